@@ -1,0 +1,1 @@
+//! tiergate-router
