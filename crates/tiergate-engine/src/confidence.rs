@@ -1,0 +1,67 @@
+//! Confidence signals from raw logits (before temperature): per-token top-1 probability and
+//! entropy, and the prompt's mean negative log-likelihood. Computed in f64 for stability.
+
+/// Log of the softmax normaliser: ln(sum(exp(logits))).
+fn log_partition(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// Top-1 probability and entropy (nats) of softmax(logits).
+pub(crate) fn token_confidence(logits: &[f32]) -> (f32, f32) {
+    let log_z = log_partition(logits);
+    let mut entropy = 0.0f64;
+    let mut top1 = 0.0f64;
+    for &l in logits {
+        let log_p = l as f64 - log_z;
+        let p = log_p.exp();
+        entropy -= p * log_p;
+        top1 = top1.max(p);
+    }
+    (top1 as f32, entropy.max(0.0) as f32)
+}
+
+/// Mean negative log-likelihood (nats per token) of `ids[1..]`, where row `i` of `logits`
+/// (`vocab` wide) predicts `ids[i + 1]`. `None` when there is nothing to predict (one token).
+pub(crate) fn prompt_nll(logits: &[f32], vocab: usize, ids: &[u32]) -> Option<f64> {
+    if ids.len() < 2 || vocab == 0 {
+        return None;
+    }
+    let mut total = 0.0f64;
+    for (position, next) in ids.iter().skip(1).enumerate() {
+        let row = logits.get(position * vocab..(position + 1) * vocab)?;
+        let target = *row.get(*next as usize)? as f64;
+        total += log_partition(row) - target;
+    }
+    Some(total / (ids.len() - 1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_logits_have_maximal_entropy() {
+        let (top1, entropy) = token_confidence(&[1.0; 4]);
+        assert!((top1 - 0.25).abs() < 1e-6);
+        assert!((entropy - 4f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn peaked_logits_are_confident() {
+        let (top1, entropy) = token_confidence(&[30.0, 0.0, 0.0]);
+        assert!(top1 > 0.999_999);
+        assert!(entropy < 1e-6);
+    }
+
+    #[test]
+    fn nll_matches_hand_computation() {
+        // Two rows over a vocab of 2; ids [0, 1, 0].
+        let logits = [0.0, 0.0, 2.0, 0.0];
+        let nll = prompt_nll(&logits, 2, &[0, 1, 0]).unwrap_or(f64::NAN);
+        let expected = (2f64.ln() + (1.0 + (-2f64).exp()).ln()) / 2.0;
+        assert!((nll - expected).abs() < 1e-9);
+        assert_eq!(prompt_nll(&logits, 2, &[0]), None);
+    }
+}

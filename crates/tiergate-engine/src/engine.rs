@@ -1,0 +1,317 @@
+//! The engine handle: load a model directory, then generate or score from async code.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::EngineError;
+use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
+use crate::generate::GenerationJob;
+use crate::manifest::{Architecture, ChatTemplate, Manifest, ModelVariant};
+use crate::prompt::{Prompt, render};
+use crate::runtime;
+use crate::session::{GraphOptimization, SessionOptions};
+use crate::tokenizer::TextCodec;
+use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
+
+/// How to load and run the local model. Sits in the node's TOML config as is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Model directory with `manifest.json`, the ONNX graphs and `tokenizer.json`.
+    pub model_dir: PathBuf,
+    /// Which graph of the manifest to run.
+    pub variant: ModelVariant,
+    /// The ONNX Runtime library; when unset, `ORT_DYLIB_PATH`, then `.tools/onnxruntime/`.
+    pub ort_library: Option<PathBuf>,
+    /// Worker threads, each with its own session (concurrent generations).
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+    pub graph_optimization: GraphOptimization,
+    /// Directory for optimised graphs (written on first load, reused after).
+    pub optimized_model_cache: Option<PathBuf>,
+    /// Requests waiting for a worker beyond which new ones get `Overloaded`.
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            model_dir: PathBuf::from("models/edge"),
+            variant: ModelVariant::Fp32,
+            ort_library: None,
+            workers: 1,
+            intra_op_threads: 1,
+            graph_optimization: GraphOptimization::All,
+            optimized_model_cache: None,
+            queue_capacity: 16,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn for_model(model_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            model_dir: model_dir.into(),
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// What is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub architecture: Architecture,
+    pub context_length: usize,
+    pub variant: ModelVariant,
+    pub vocab_size: usize,
+    pub model_dir: PathBuf,
+}
+
+/// A cheap, cloneable handle to a loaded model and its workers. The workers stop when the last
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+#[derive(Debug)]
+struct EngineInner {
+    info: ModelInfo,
+    template: ChatTemplate,
+    codec: Arc<TextCodec>,
+    pool: WorkerPool,
+}
+
+impl Engine {
+    /// Loads the model (verifying every file's hash and the graph's IO) and starts the workers.
+    /// Blocking: call it before serving or from `spawn_blocking`.
+    pub fn load(config: &EngineConfig) -> Result<Engine, EngineError> {
+        if config.workers == 0 {
+            return Err(EngineError::ConfigInvalid(
+                "workers must be at least 1".into(),
+            ));
+        }
+        let dir = &config.model_dir;
+        let manifest = Manifest::load(dir)?;
+        manifest.verify_files(dir)?;
+        let model_file =
+            manifest
+                .model_file(config.variant)
+                .ok_or_else(|| EngineError::VariantMissing {
+                    model_dir: dir.clone(),
+                    variant: config.variant.to_string(),
+                })?;
+        let model_path = dir.join(&model_file.path);
+        let optimized_model = config
+            .optimized_model_cache
+            .as_deref()
+            .map(|cache| cache_file(cache, &model_file.sha256, config.graph_optimization));
+        if let Some(parent) = optimized_model.as_deref().and_then(Path::parent) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                EngineError::ConfigInvalid(format!(
+                    "optimized_model_cache {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let tokenizer_path = manifest
+            .tokenizer_file()
+            .map(|f| dir.join(&f.path))
+            .ok_or_else(|| EngineError::ManifestInvalid {
+                path: dir.join(crate::manifest::MANIFEST_FILE),
+                reason: "no tokenizer file".into(),
+            })?;
+        let codec = Arc::new(TextCodec::load(&tokenizer_path, &manifest)?);
+        let environment = runtime::environment(config.ort_library.as_deref())?;
+
+        let info = ModelInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            architecture: manifest.architecture,
+            context_length: manifest.context_length,
+            variant: config.variant,
+            vocab_size: manifest.vocab_size,
+            model_dir: dir.clone(),
+        };
+        let template = manifest.chat_template.clone();
+        let pool = WorkerPool::start(PoolSpec {
+            environment,
+            model_path,
+            manifest: Arc::new(manifest),
+            codec: Arc::clone(&codec),
+            options: SessionOptions {
+                intra_op_threads: config.intra_op_threads,
+                graph_optimization: config.graph_optimization,
+                optimized_model,
+            },
+            workers: config.workers,
+            queue_capacity: config.queue_capacity,
+        })?;
+        tracing::info!(
+            model = %info.name,
+            version = %info.version,
+            variant = %info.variant,
+            workers = config.workers,
+            "engine loaded"
+        );
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                info,
+                template,
+                codec,
+                pool,
+            }),
+        })
+    }
+
+    pub fn model(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.inner.pool.stats()
+    }
+
+    /// The text the model sees for `prompt` (chat template applied to conversations).
+    pub fn render(&self, prompt: &Prompt) -> String {
+        render(&self.inner.template, prompt)
+    }
+
+    /// Token ids the model sees for `prompt`, checked against the context.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        if prompt.is_blank() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let ids = self.inner.codec.encode(&self.render(prompt))?;
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let limit = self.inner.info.context_length;
+        // At least one position must stay free for the answer.
+        if ids.len() >= limit {
+            return Err(EngineError::PromptTooLong {
+                tokens: ids.len(),
+                limit,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Queues a generation and returns its event stream: `Started`, then `Token`s, then
+    /// `Finished` (or one `Err`). Dropping the stream cancels the generation.
+    pub fn generate_stream(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<GenerationStream, EngineError> {
+        request.sampling.validate()?;
+        let prompt_ids = self.tokenize(&request.prompt)?;
+        let (events, receiver) = mpsc::unbounded_channel();
+        self.inner.pool.submit(Job::Generate {
+            job: GenerationJob {
+                prompt_ids,
+                sampling: request.sampling,
+                deadline: request.deadline,
+                queue_time: std::time::Duration::ZERO,
+            },
+            events,
+        })?;
+        Ok(GenerationStream {
+            receiver,
+            finished: false,
+        })
+    }
+
+    /// Generates to the end and collects the answer.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
+        let mut stream = self.generate_stream(request)?;
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        let mut prompt_tokens = 0;
+        let mut prompt_score = None;
+        while let Some(event) = stream.next().await {
+            match event? {
+                GenerationEvent::Started {
+                    prompt_tokens: n,
+                    prompt_score: score,
+                } => {
+                    prompt_tokens = n;
+                    prompt_score = score;
+                }
+                GenerationEvent::Token(token) => {
+                    text.push_str(&token.text);
+                    tokens.push(token);
+                }
+                GenerationEvent::Finished(summary) => {
+                    return Ok(Generation {
+                        text,
+                        tokens,
+                        prompt_tokens,
+                        prompt_score,
+                        finish_reason: summary.finish_reason,
+                        timings: summary.timings,
+                    });
+                }
+            }
+        }
+        Err(unfinished())
+    }
+
+    /// Prefills the prompt without generating: its mean NLL and first-token confidence.
+    pub async fn score_prompt(&self, prompt: &Prompt) -> Result<PromptScore, EngineError> {
+        let prompt_ids = self.tokenize(prompt)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner.pool.submit(Job::Score { prompt_ids, reply })?;
+        answer.await.map_err(|_| unfinished())?
+    }
+
+    /// The raw logits of the first answer token after `prompt` (parity checks, debugging).
+    pub async fn next_token_logits(&self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
+        let prompt_ids = self.tokenize(prompt)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner.pool.submit(Job::Logits { prompt_ids, reply })?;
+        answer.await.map_err(|_| unfinished())?
+    }
+}
+
+fn unfinished() -> EngineError {
+    EngineError::Runtime("the worker stopped before finishing the request".into())
+}
+
+/// `<cache>/<first 16 hex of the graph's sha256>-<level>.onnx`: a changed graph or level never
+/// reuses a stale optimised file.
+fn cache_file(cache: &Path, sha256: &str, level: GraphOptimization) -> PathBuf {
+    let key: String = sha256.chars().take(16).collect();
+    cache.join(format!("{key}-{}.onnx", level.as_str()))
+}
+
+/// The events of one generation. Dropping it cancels the generation (the worker notices the
+/// closed channel before its next step and moves on).
+#[derive(Debug)]
+pub struct GenerationStream {
+    receiver: mpsc::UnboundedReceiver<Result<GenerationEvent, EngineError>>,
+    finished: bool,
+}
+
+impl Stream for GenerationStream {
+    type Item = Result<GenerationEvent, EngineError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let polled = self.receiver.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(GenerationEvent::Finished(_))) | Some(Err(_))) = &polled {
+            self.finished = true;
+        }
+        polled
+    }
+}

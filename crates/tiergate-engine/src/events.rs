@@ -1,0 +1,132 @@
+//! What callers send to the engine and what comes back.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::prompt::Prompt;
+use crate::sampling::SamplingParams;
+
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    /// Generation stops (finish reason `deadline`) once this instant has passed.
+    pub deadline: Option<Instant>,
+}
+
+impl GenerationRequest {
+    pub fn new(prompt: Prompt, sampling: SamplingParams) -> Self {
+        GenerationRequest {
+            prompt,
+            sampling,
+            deadline: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model produced its end-of-answer token.
+    Eos,
+    /// A stop sequence appeared (it is not part of the text).
+    Stop,
+    /// `max_new_tokens` was reached, or the context is full.
+    Length,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eos => "eos",
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+/// One generated token with the model's confidence when it chose it (from the raw logits,
+/// before temperature).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// Text released with this token. Empty while a multi-byte character is incomplete, while
+    /// the text could still be the start of a stop sequence, and for special tokens; the
+    /// concatenation over all tokens is the answer.
+    pub text: String,
+    /// Probability of the most likely token at this step.
+    pub top1_prob: f32,
+    /// Entropy (nats) of the next-token distribution at this step.
+    pub entropy: f32,
+}
+
+/// Where the time went. `session_run` is the part inside `Session::run`; the rest of
+/// prefill + decode is the engine's own overhead (tensors, sampling, detokenization).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// From submission until a worker picked the request up.
+    pub queue: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+    pub session_run: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSummary {
+    pub finish_reason: FinishReason,
+    pub completion_tokens: usize,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// The prompt was prefilled. `prompt_score` is its mean negative log-likelihood (nats per
+    /// token); `None` for a one-token prompt or when the deadline passed before prefill.
+    Started {
+        prompt_tokens: usize,
+        prompt_score: Option<f64>,
+    },
+    Token(TokenEvent),
+    Finished(GenerationSummary),
+}
+
+/// A whole generation, collected from the event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<TokenEvent>,
+    pub prompt_tokens: usize,
+    pub prompt_score: Option<f64>,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+impl Generation {
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    /// Decode speed in tokens per second (`None` without decode time).
+    pub fn decode_tokens_per_second(&self) -> Option<f64> {
+        let seconds = self.timings.decode.as_secs_f64();
+        // The first token comes from the prefill logits; decode produced the rest.
+        let decoded = self.tokens.len().saturating_sub(1);
+        (seconds > 0.0 && decoded > 0).then(|| decoded as f64 / seconds)
+    }
+}
+
+/// The prompt alone, prefilled (no generation): what the router asks for Explain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptScore {
+    pub prompt_tokens: usize,
+    /// Mean negative log-likelihood of the prompt tokens (nats per token); `None` for one token.
+    pub mean_nll: Option<f64>,
+    /// Confidence of the model's first answer token (top-1 probability, entropy).
+    pub next_top1_prob: f32,
+    pub next_entropy: f32,
+    pub prefill_time: Duration,
+}

@@ -1,0 +1,292 @@
+//! The model directory contract: `manifest.json` (identity, shapes, graph IO names, special
+//! tokens, chat template, files with sha256). Loading checks every listed file's size and hash.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::EngineError;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Learned position embeddings; the graph takes `position_ids`.
+    Gpt2,
+    /// Rotary positions (from `position_ids` when the graph has them) and grouped-query attention.
+    Llama,
+}
+
+impl Architecture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gpt2 => "gpt2",
+            Self::Llama => "llama",
+        }
+    }
+}
+
+/// Which of the manifest's model graphs to run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelVariant {
+    #[default]
+    Fp32,
+    /// Dynamically quantized weights (onnxruntime `quantize_dynamic`).
+    Int8,
+}
+
+impl ModelVariant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ModelVariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!(
+                "unknown model variant `{other}` (expected fp32 or int8)"
+            )),
+        }
+    }
+}
+
+/// Graph input/output names. Per-layer names contain `{layer}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoNames {
+    pub input_ids: String,
+    pub attention_mask: String,
+    pub position_ids: Option<String>,
+    pub logits: String,
+    pub past_key: String,
+    pub past_value: String,
+    pub present_key: String,
+    pub present_value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialTokens {
+    pub eos: String,
+    #[serde(default)]
+    pub pad: Option<String>,
+    #[serde(default)]
+    pub bos: Option<String>,
+}
+
+/// A conversation renders as `message` per message (`{role}`, `{content}` substituted), then
+/// `generation_prompt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatTemplate {
+    pub message: String,
+    pub generation_prompt: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Model,
+    Tokenizer,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub kind: FileKind,
+    #[serde(default)]
+    pub variant: Option<ModelVariant>,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub name: String,
+    pub version: String,
+    pub architecture: Architecture,
+    pub context_length: usize,
+    pub num_layers: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub io: IoNames,
+    pub special_tokens: SpecialTokens,
+    pub chat_template: ChatTemplate,
+    pub files: Vec<FileEntry>,
+    /// Free-form provenance (corpus, seed, steps); not interpreted.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl Manifest {
+    /// Reads and checks `<dir>/manifest.json` (structure only; see [`Manifest::verify_files`]).
+    pub fn load(dir: &Path) -> Result<Manifest, EngineError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::ModelFileMissing {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| EngineError::ManifestInvalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        manifest
+            .validate()
+            .map_err(|reason| EngineError::ManifestInvalid { path, reason })?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "schema_version {} is not supported (expected {SCHEMA_VERSION})",
+                self.schema_version
+            ));
+        }
+        for (field, value) in [
+            ("context_length", self.context_length),
+            ("num_layers", self.num_layers),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if value == 0 {
+                return Err(format!("{field} must be positive"));
+            }
+        }
+        if self.context_length < 2 {
+            return Err("context_length must be at least 2".into());
+        }
+        let io = &self.io;
+        let mut plain = vec![
+            ("io.input_ids", &io.input_ids),
+            ("io.attention_mask", &io.attention_mask),
+            ("io.logits", &io.logits),
+        ];
+        if let Some(position_ids) = &io.position_ids {
+            plain.push(("io.position_ids", position_ids));
+        }
+        for (field, name) in plain {
+            if name.is_empty() {
+                return Err(format!("{field} is empty"));
+            }
+        }
+        for (field, pattern) in [
+            ("io.past_key", &io.past_key),
+            ("io.past_value", &io.past_value),
+            ("io.present_key", &io.present_key),
+            ("io.present_value", &io.present_value),
+        ] {
+            if !pattern.contains("{layer}") {
+                return Err(format!("{field} `{pattern}` must contain {{layer}}"));
+            }
+        }
+        if !self.chat_template.message.contains("{content}") {
+            return Err("chat_template.message must contain {content}".into());
+        }
+        for file in &self.files {
+            let relative = Path::new(&file.path);
+            let plain_relative = relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            if file.path.is_empty() || !plain_relative {
+                return Err(format!(
+                    "file path `{}` must be relative to the model directory",
+                    file.path
+                ));
+            }
+            if file.sha256.len() != 64 || hex::decode(&file.sha256).is_err() {
+                return Err(format!("file `{}` has a malformed sha256", file.path));
+            }
+            if file.kind == FileKind::Model && file.variant.is_none() {
+                return Err(format!("model file `{}` names no variant", file.path));
+            }
+        }
+        let tokenizers = self.files_of(FileKind::Tokenizer).count();
+        if tokenizers != 1 {
+            return Err(format!(
+                "expected exactly one tokenizer file, found {tokenizers}"
+            ));
+        }
+        if self.files_of(FileKind::Model).next().is_none() {
+            return Err("no model file listed".into());
+        }
+        Ok(())
+    }
+
+    fn files_of(&self, kind: FileKind) -> impl Iterator<Item = &FileEntry> {
+        self.files.iter().filter(move |f| f.kind == kind)
+    }
+
+    pub fn model_file(&self, variant: ModelVariant) -> Option<&FileEntry> {
+        self.files_of(FileKind::Model)
+            .find(|f| f.variant == Some(variant))
+    }
+
+    pub fn tokenizer_file(&self) -> Option<&FileEntry> {
+        self.files_of(FileKind::Tokenizer).next()
+    }
+
+    /// Checks the size and sha256 of every listed file.
+    pub fn verify_files(&self, dir: &Path) -> Result<(), EngineError> {
+        for file in &self.files {
+            verify_file(&dir.join(&file.path), file)?;
+        }
+        Ok(())
+    }
+
+    pub fn layer_name(pattern: &str, layer: usize) -> String {
+        pattern.replace("{layer}", &layer.to_string())
+    }
+}
+
+fn verify_file(path: &Path, entry: &FileEntry) -> Result<(), EngineError> {
+    let missing = |e: std::io::Error| EngineError::ModelFileMissing {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut file = File::open(path).map_err(missing)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer).map_err(missing)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(EngineError::HashMismatch {
+            path: PathBuf::from(path),
+            expected: entry.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}

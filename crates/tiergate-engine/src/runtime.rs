@@ -1,0 +1,101 @@
+//! Finding and loading the ONNX Runtime shared library, and the one ort environment per process.
+//!
+//! ort's lazy `ort::init()` path panics when the library is missing, so the library is always
+//! loaded here, explicitly, from the first of: the configured path, `ORT_DYLIB_PATH`, or
+//! `.tools/onnxruntime/libonnxruntime.so.<version>` (what `make setup` fetches) in the current
+//! directory, the executable's directory, or any of their ancestors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::environment::Environment;
+
+use crate::error::EngineError;
+
+/// The environment variable ort itself reads; honoured here for the same purpose.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+/// Where `scripts/fetch-onnxruntime.sh` puts the library, relative to the repository root.
+pub const BUNDLED_LIBRARY: &str = ".tools/onnxruntime/libonnxruntime.so.1.31.1";
+
+/// The environment, created once per process (ort allows only one), with the library it loaded.
+static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+
+/// Resolves the ONNX Runtime library path without loading it.
+///
+/// An explicit path or a set `ORT_DYLIB_PATH` is authoritative: when it names no file, that is
+/// an error rather than a silent fallback to another library.
+pub fn resolve_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
+    if let Some(path) = explicit {
+        return existing(path, "configured ort_library");
+    }
+    if let Some(value) = std::env::var_os(ORT_DYLIB_ENV).filter(|v| !v.is_empty()) {
+        return existing(Path::new(&value), ORT_DYLIB_ENV);
+    }
+    let mut tried = Vec::new();
+    let mut bases: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        bases.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        bases.extend(exe_dir.ancestors().map(Path::to_path_buf));
+    }
+    for base in bases {
+        let candidate = base.join(BUNDLED_LIBRARY);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+    }
+    tried.dedup();
+    Err(EngineError::OrtLibraryNotFound {
+        tried: format!("{ORT_DYLIB_ENV} unset; {}", tried.join(", ")),
+    })
+}
+
+fn existing(path: &Path, source: &str) -> Result<PathBuf, EngineError> {
+    if path.is_file() {
+        // ort resolves relative paths against the executable; make them mean the current dir.
+        Ok(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+    } else {
+        Err(EngineError::OrtLibraryNotFound {
+            tried: format!("{source} = {}", path.display()),
+        })
+    }
+}
+
+/// Loads the library (first call only) and returns the process-wide environment.
+///
+/// A later call naming a different library gets the already loaded one (a process cannot hold
+/// two), with a warning.
+pub(crate) fn environment(explicit: Option<&Path>) -> Result<Environment, EngineError> {
+    let path = resolve_library(explicit)?;
+    let mut slot = ENVIRONMENT
+        .lock()
+        .map_err(|_| EngineError::runtime("ort environment lock poisoned"))?;
+    if let Some((loaded, environment)) = slot.as_ref() {
+        if *loaded != path {
+            tracing::warn!(
+                loaded = %loaded.display(),
+                requested = %path.display(),
+                "ONNX Runtime is already loaded in this process; using the loaded library"
+            );
+        }
+        return Ok(environment.clone());
+    }
+    let invalid = |reason: String| EngineError::OrtLibraryInvalid {
+        path: path.clone(),
+        reason,
+    };
+    let environment = ort::init_from(&path)
+        .map_err(|e| invalid(e.to_string()))?
+        .with_name("tiergate")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+    tracing::info!(library = %path.display(), "loaded ONNX Runtime");
+    *slot = Some((path, environment.clone()));
+    Ok(environment)
+}

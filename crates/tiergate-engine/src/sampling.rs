@@ -1,0 +1,227 @@
+//! Choosing the next token: greedy (temperature 0) or sampled with temperature, top-k, top-p.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// Upper bound on generated tokens (the EOS token counts). 0 only scores the prompt.
+    pub max_new_tokens: usize,
+    /// 0 is greedy decoding; otherwise logits are divided by it before sampling.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens; 0 disables the filter.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches top_p; 1.0 disables the filter.
+    pub top_p: f32,
+    /// Makes sampling reproducible; `None` draws a seed from the OS.
+    pub seed: Option<u64>,
+    /// Generation stops before the first occurrence of any of these; the text excludes it.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingParams {
+            max_new_tokens,
+            ..SamplingParams::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), EngineError> {
+        let invalid = |m: String| Err(EngineError::InvalidSampling(m));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return invalid(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return invalid("stop sequences must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    rng: StdRng,
+    /// Scratch space reused across steps: (token, scaled logit or probability).
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub(crate) fn new(params: &SamplingParams) -> Sampler {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Sampler {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            rng,
+            candidates: Vec::new(),
+        }
+    }
+
+    pub(crate) fn next_token(&mut self, logits: &[f32]) -> u32 {
+        if self.temperature == 0.0 || self.top_k == 1 {
+            return argmax(logits);
+        }
+        let inverse_temperature = 1.0 / self.temperature;
+        self.candidates.clear();
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inverse_temperature)),
+        );
+        let descending = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+        if self.top_k > 0 && self.top_k < self.candidates.len() {
+            self.candidates
+                .select_nth_unstable_by(self.top_k - 1, descending);
+            self.candidates.truncate(self.top_k);
+        }
+        if self.top_p < 1.0 {
+            self.candidates.sort_unstable_by(descending);
+        }
+        // Softmax over the candidates (max subtracted for stability).
+        let max = self
+            .candidates
+            .iter()
+            .map(|c| c.1)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for candidate in &mut self.candidates {
+            candidate.1 = (candidate.1 - max).exp();
+            total += candidate.1;
+        }
+        if self.top_p < 1.0 {
+            let mut cumulative = 0.0f32;
+            let mut keep = self.candidates.len();
+            for (i, candidate) in self.candidates.iter().enumerate() {
+                cumulative += candidate.1 / total;
+                if cumulative >= self.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            self.candidates.truncate(keep);
+            total = self.candidates.iter().map(|c| c.1).sum();
+        }
+        let mut threshold = self.rng.random::<f32>() * total;
+        for candidate in &self.candidates {
+            threshold -= candidate.1;
+            if threshold <= 0.0 {
+                return candidate.0;
+            }
+        }
+        // Rounding left a sliver of mass: the last candidate takes it.
+        self.candidates
+            .last()
+            .map_or_else(|| argmax(logits), |c| c.0)
+    }
+}
+
+/// Index of the largest logit; the first one on ties (like numpy's argmax).
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &value) in logits.iter().enumerate() {
+        if value > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.1, 3.0, 3.0, -1.0]), 1);
+        let mut sampler = Sampler::new(&SamplingParams::greedy(1));
+        assert_eq!(sampler.next_token(&[0.0, 0.5, 2.0]), 2);
+    }
+
+    #[test]
+    fn top_k_never_picks_outside_the_k_best() {
+        let logits = [5.0, 4.9, 4.8, 0.0, 0.0, 0.0];
+        let mut sampler = Sampler::new(&params(5.0, 2, 1.0, 7));
+        for _ in 0..500 {
+            assert!(sampler.next_token(&logits) < 2);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_only() {
+        // Probabilities about 0.64, 0.24, 0.09, 0.03: top_p 0.8 keeps the first two.
+        let logits = [3.0, 2.0, 1.0, 0.0];
+        let mut sampler = Sampler::new(&params(1.0, 0, 0.8, 3));
+        let mut seen = [0usize; 4];
+        for _ in 0..2000 {
+            seen[sampler.next_token(&logits) as usize] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0);
+        assert_eq!(seen[2] + seen[3], 0);
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let draw = |seed| {
+            let mut sampler = Sampler::new(&params(1.0, 0, 1.0, seed));
+            (0..40)
+                .map(|_| sampler.next_token(&logits))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(11), draw(11));
+        assert_ne!(draw(11), draw(12));
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        assert!(params(-1.0, 0, 1.0, 0).validate().is_err());
+        assert!(params(f32::NAN, 0, 1.0, 0).validate().is_err());
+        assert!(params(1.0, 0, 0.0, 0).validate().is_err());
+        assert!(params(1.0, 0, 1.5, 0).validate().is_err());
+        let mut empty_stop = SamplingParams::default();
+        empty_stop.stop = vec![String::new()];
+        assert!(empty_stop.validate().is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The model's `tokenizer.json` (Hugging Face `tokenizers`) and streaming detokenization.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::EngineError;
+use crate::manifest::Manifest;
+
+#[derive(Debug)]
+pub(crate) struct TextCodec {
+    tokenizer: Tokenizer,
+    eos_id: u32,
+}
+
+impl TextCodec {
+    pub(crate) fn load(path: &Path, manifest: &Manifest) -> Result<TextCodec, EngineError> {
+        let invalid = |reason: String| EngineError::TokenizerInvalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| invalid(e.to_string()))?;
+        let eos = &manifest.special_tokens.eos;
+        let eos_id = tokenizer
+            .token_to_id(eos)
+            .ok_or_else(|| invalid(format!("the EOS token `{eos}` is not in its vocabulary")))?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > manifest.vocab_size {
+            return Err(invalid(format!(
+                "it has {vocab} tokens but the model's vocabulary has {}",
+                manifest.vocab_size
+            )));
+        }
+        Ok(TextCodec { tokenizer, eos_id })
+    }
+
+    pub(crate) fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// Ids of `text` as the reference does it: `encode(text, add_special_tokens=False)`.
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids` without special tokens.
+    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+}
+
+/// Turns a token stream into text deltas that never split a character: bytes of an incomplete
+/// UTF-8 sequence decode to U+FFFD, so text is held back until the character is complete.
+///
+/// Decoding restarts from a recent offset (not the whole sequence) with one token of context,
+/// so decoders that depend on neighbouring tokens (leading spaces) give the same text.
+#[derive(Debug, Default)]
+pub(crate) struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    /// Adds a token and returns the text it completes (possibly empty).
+    pub(crate) fn push(&mut self, codec: &TextCodec, id: u32) -> Result<String, EngineError> {
+        self.ids.push(id);
+        let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = codec.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            if let Some(delta) = full.get(prefix.len()..) {
+                let delta = delta.to_string();
+                self.prefix_offset = self.read_offset;
+                self.read_offset = self.ids.len();
+                return Ok(delta);
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// The text still held back (an incomplete character at the end decodes as U+FFFD).
+    pub(crate) fn flush(&mut self, codec: &TextCodec) -> Result<String, EngineError> {
+        let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = codec.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}

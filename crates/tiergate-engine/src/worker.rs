@@ -1,0 +1,277 @@
+//! Worker threads, each owning one ONNX Runtime session, fed from one bounded queue.
+//!
+//! The async side never runs inference: it puts a job on the queue (failing fast with
+//! `Overloaded` when the queue is full) and awaits a tokio channel. A worker that finds the
+//! event channel closed (the caller dropped the stream) stops that generation.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ort::environment::Environment;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tracing::Span;
+
+use crate::error::EngineError;
+use crate::events::{GenerationEvent, PromptScore};
+use crate::generate::{
+    EventSink, GenerationJob, Outcome, next_token_logits, run_generation, score_prompt,
+};
+use crate::manifest::Manifest;
+use crate::session::{ModelSession, SessionOptions};
+use crate::tokenizer::TextCodec;
+
+pub(crate) type EventSender = async_mpsc::UnboundedSender<Result<GenerationEvent, EngineError>>;
+
+pub(crate) enum Job {
+    Generate {
+        job: GenerationJob,
+        events: EventSender,
+    },
+    Score {
+        prompt_ids: Vec<u32>,
+        reply: oneshot::Sender<Result<PromptScore, EngineError>>,
+    },
+    Logits {
+        prompt_ids: Vec<u32>,
+        reply: oneshot::Sender<Result<Vec<f32>, EngineError>>,
+    },
+}
+
+/// A job with what travels with it: the caller's tracing span and the time it was queued.
+pub(crate) struct Envelope {
+    pub job: Job,
+    pub span: Span,
+    pub enqueued: Instant,
+}
+
+/// Counters over the engine's life, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub generations_finished: u64,
+    /// Generations stopped because the caller dropped the stream (or never listened).
+    pub generations_cancelled: u64,
+    pub generations_failed: u64,
+    pub prompts_scored: u64,
+    pub rejected_overloaded: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCell {
+    finished: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    scored: AtomicU64,
+    overloaded: AtomicU64,
+}
+
+impl StatsCell {
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            generations_finished: self.finished.load(Ordering::Relaxed),
+            generations_cancelled: self.cancelled.load(Ordering::Relaxed),
+            generations_failed: self.failed.load(Ordering::Relaxed),
+            prompts_scored: self.scored.load(Ordering::Relaxed),
+            rejected_overloaded: self.overloaded.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) struct PoolSpec {
+    pub environment: Environment,
+    pub model_path: PathBuf,
+    pub manifest: Arc<Manifest>,
+    pub codec: Arc<TextCodec>,
+    pub options: SessionOptions,
+    pub workers: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct WorkerPool {
+    queue: SyncSender<Envelope>,
+    capacity: usize,
+    stats: Arc<StatsCell>,
+}
+
+impl WorkerPool {
+    /// Starts the workers and waits until each has its session (or one failed to get it).
+    pub(crate) fn start(spec: PoolSpec) -> Result<WorkerPool, EngineError> {
+        let (queue, receiver) = mpsc::sync_channel::<Envelope>(spec.queue_capacity);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(StatsCell::default());
+        let spec = Arc::new(spec);
+        // The first worker starts alone so that, with an optimised-model cache configured, it
+        // writes the cache and the others load it.
+        let first = spawn_worker(0, &spec, &receiver, &stats)?;
+        first.recv().map_err(|_| EngineError::WorkersGone)??;
+        let pending: Vec<_> = (1..spec.workers)
+            .map(|index| spawn_worker(index, &spec, &receiver, &stats))
+            .collect::<Result<_, _>>()?;
+        for ready in pending {
+            ready.recv().map_err(|_| EngineError::WorkersGone)??;
+        }
+        Ok(WorkerPool {
+            queue,
+            capacity: spec.queue_capacity,
+            stats,
+        })
+    }
+
+    pub(crate) fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let envelope = Envelope {
+            job,
+            span: Span::current(),
+            enqueued: Instant::now(),
+        };
+        match self.queue.try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                Err(EngineError::Overloaded {
+                    capacity: self.capacity,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::WorkersGone),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> EngineStats {
+        self.stats.snapshot()
+    }
+}
+
+fn spawn_worker(
+    index: usize,
+    spec: &Arc<PoolSpec>,
+    receiver: &Arc<Mutex<Receiver<Envelope>>>,
+    stats: &Arc<StatsCell>,
+) -> Result<mpsc::Receiver<Result<(), EngineError>>, EngineError> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let spec = Arc::clone(spec);
+    let receiver = Arc::clone(receiver);
+    let stats = Arc::clone(stats);
+    std::thread::Builder::new()
+        .name(format!("tiergate-engine-{index}"))
+        .spawn(move || {
+            let session = ModelSession::open(
+                &spec.environment,
+                &spec.model_path,
+                &spec.manifest,
+                &spec.options,
+            );
+            let mut session = match session {
+                Ok(session) => {
+                    let _ = ready_tx.send(Ok(()));
+                    session
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    return;
+                }
+            };
+            drop(ready_tx);
+            worker_loop(&mut session, &spec.codec, &receiver, &stats);
+        })
+        .map_err(|e| EngineError::Runtime(format!("cannot start a worker thread: {e}")))?;
+    Ok(ready_rx)
+}
+
+fn worker_loop(
+    session: &mut ModelSession,
+    codec: &TextCodec,
+    receiver: &Mutex<Receiver<Envelope>>,
+    stats: &StatsCell,
+) {
+    loop {
+        // Hold the lock only while waiting for the next job; it is released before running it.
+        let envelope = match receiver.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        // Every `Engine` handle is gone: the queue is closed and the worker ends.
+        let Ok(Envelope {
+            job,
+            span,
+            enqueued,
+        }) = envelope
+        else {
+            return;
+        };
+        let _entered = span.enter();
+        let queue_time = enqueued.elapsed();
+        // A panic inside a job must not take the worker (and its session) down with it.
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
+            Job::Generate { mut job, events } => {
+                job.queue_time = queue_time;
+                run_generate(session, codec, job, events, stats);
+            }
+            Job::Score { prompt_ids, reply } => {
+                if reply.is_closed() {
+                    return;
+                }
+                let _span = tracing::debug_span!("engine.score_prompt", tokens = prompt_ids.len())
+                    .entered();
+                let result = score_prompt(session, &prompt_ids);
+                if result.is_ok() {
+                    stats.scored.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(result);
+            }
+            Job::Logits { prompt_ids, reply } => {
+                if !reply.is_closed() {
+                    let _ = reply.send(next_token_logits(session, &prompt_ids));
+                }
+            }
+        }));
+        if run.is_err() {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("engine job panicked; the worker continues");
+        }
+    }
+}
+
+fn run_generate(
+    session: &mut ModelSession,
+    codec: &TextCodec,
+    job: GenerationJob,
+    events: EventSender,
+    stats: &StatsCell,
+) {
+    let _span = tracing::debug_span!(
+        "engine.generate",
+        prompt_tokens = job.prompt_ids.len(),
+        max_new_tokens = job.sampling.max_new_tokens
+    )
+    .entered();
+    let mut sink = ChannelSink(events);
+    match run_generation(session, codec, job, &mut sink) {
+        Ok(Outcome::Finished) => {
+            stats.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Outcome::Cancelled) => {
+            stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("generation cancelled: the caller went away");
+        }
+        Err(error) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "generation failed");
+            let _ = sink.0.send(Err(error));
+        }
+    }
+}
+
+struct ChannelSink(EventSender);
+
+impl EventSink for ChannelSink {
+    fn emit(&mut self, event: GenerationEvent) -> bool {
+        self.0.send(Ok(event)).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
