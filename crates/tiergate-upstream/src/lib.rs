@@ -1,1 +1,27 @@
-//! tiergate-upstream
+//! Clients for the tiers above a node.
+//!
+//! - [`cloud`]: the cloud tier, any OpenAI-compatible chat-completions endpoint over HTTPS
+//!   (hyper + rustls), whole or streamed (SSE, parsed by [`sse`]).
+//! - [`regional`]: the regional tier, other tiergate nodes over gRPC, balanced over endpoints
+//!   ([`balance`]) whose health is watched (grpc.health.v1).
+//!
+//! Both feed a per-link `tiergate_router::health::LinkHealth` from every call (passive
+//! observation), refuse calls at once while a link's breaker is open, and end calls at the
+//! caller's deadline. Failures are [`UpstreamError`]s with a kind, `is_retryable()` and a
+//! metric label.
+
+pub mod balance;
+pub mod cloud;
+pub mod error;
+mod health_watch;
+mod openai;
+pub mod regional;
+pub mod sse;
+mod tls;
+
+pub use cloud::{CloudClient, CloudConfig, CloudEvent, CloudStream};
+pub use error::{ErrorKind, SetupError, UpstreamError};
+pub use openai::CloudCompletion;
+pub use regional::{
+    EndpointSnapshot, RegionalClient, RegionalConfig, RegionalStream, RegionalTlsConfig,
+};
