@@ -2,3 +2,4 @@
 //! a routing plan across tiers, and the metrics exporter. `main.rs` only parses the command line.
 
 pub mod config;
+pub mod metrics;
