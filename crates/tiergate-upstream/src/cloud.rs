@@ -576,10 +576,7 @@ mod tests {
                 CloudConfig::new("ftp://host/v1", "m"),
                 "http:// or https://",
             ),
-            (
-                CloudConfig::new("api.example/v1", "m"),
-                "cloud.base_url",
-            ),
+            (CloudConfig::new("api.example/v1", "m"), "cloud.base_url"),
             (CloudConfig::new("https://h/v1", " "), "model"),
             (
                 CloudConfig {

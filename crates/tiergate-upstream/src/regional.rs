@@ -293,7 +293,7 @@ impl RegionalClient {
             let call = client.generate(grpc_request(request.clone(), deadline));
             let result = match tokio::time::timeout_at(deadline.into(), call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(UpstreamError::from_grpc_status(&status)),
+                Ok(Err(status)) => Err(status_error(&status, deadline)),
                 Err(_) => Err(UpstreamError::timeout("waiting for the regional answer")),
             };
             endpoint.observe(result.as_ref().map(|_| ()), started.elapsed());
@@ -323,7 +323,7 @@ impl RegionalClient {
             let call = client.generate_stream(grpc_request(request.clone(), deadline));
             let opened = match tokio::time::timeout_at(deadline.into(), call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(UpstreamError::from_grpc_status(&status)),
+                Ok(Err(status)) => Err(status_error(&status, deadline)),
                 Err(_) => Err(UpstreamError::timeout(
                     "waiting for the regional stream to start",
                 )),
@@ -430,6 +430,19 @@ impl Inner {
     }
 }
 
+/// The peer's status as an error. The peer enforces our grpc-timeout itself and may answer
+/// CANCELLED when it expires: past the deadline, any failure is a timeout.
+fn status_error(status: &tonic::Status, deadline: Instant) -> UpstreamError {
+    let err = UpstreamError::from_grpc_status(status);
+    if Instant::now() >= deadline && err.kind() != ErrorKind::Timeout {
+        return UpstreamError::new(
+            ErrorKind::Timeout,
+            format!("deadline passed ({})", err.message()),
+        );
+    }
+    err
+}
+
 fn grpc_request(request: GenerateRequest, deadline: Instant) -> tonic::Request<GenerateRequest> {
     let mut request = tonic::Request::new(request);
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -462,7 +475,7 @@ fn read_stream(
                     ErrorKind::Protocol,
                     "the regional stream ended without a done message",
                 ),
-                Ok(Err(status)) => UpstreamError::from_grpc_status(&status),
+                Ok(Err(status)) => status_error(&status, deadline),
                 Err(_) => UpstreamError::timeout("streaming the regional answer"),
             };
             endpoint.observe(Err(&error), started.elapsed());

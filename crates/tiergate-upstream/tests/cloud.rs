@@ -1,0 +1,766 @@
+//! The cloud client against an in-test provider that speaks the real OpenAI wire format
+//! (JSON and SSE) over real TLS (a private CA made by rcgen, trusted through `ca_file`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{TestPki, eventually};
+use futures::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use tiergate_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, Usage};
+use tiergate_router::health::{LinkHealthConfig, LinkState};
+use tiergate_upstream::{CloudClient, CloudConfig, CloudEvent, ErrorKind};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const API_KEY: &str = "sk-test-0123456789";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the fake provider does with the next requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Status(u16),
+    /// Never answers.
+    Stall,
+    /// Streams the first delta, then never sends more.
+    StallMidStream,
+    /// Streams some deltas, then closes the body mid-event without `[DONE]`.
+    TruncateStream,
+    /// Answers 200 with a body that is not JSON.
+    BadJson,
+}
+
+struct State {
+    mode: Mutex<Mode>,
+    calls: AtomicUsize,
+    last_body: Mutex<Option<Value>>,
+}
+
+struct Provider {
+    state: Arc<State>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Provider {
+    async fn start(pki: Option<&TestPki>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = pki.map(|pki| tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(pki))));
+        let state = Arc::new(State {
+            mode: Mutex::new(Mode::Normal),
+            calls: AtomicUsize::new(0),
+            last_body: Mutex::new(None),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tcp.set_nodelay(true).unwrap();
+                let state = shared.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            // A client that does not trust us aborts the handshake: fine.
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { state, addr, task }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    fn last_body(&self) -> Value {
+        self.state.last_body.lock().unwrap().clone().unwrap()
+    }
+
+    fn https_config(&self, pki: &TestPki) -> CloudConfig {
+        let key_file = pki.dir().join("api-key");
+        std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
+        CloudConfig {
+            ca_file: Some(pki.ca_file.clone()),
+            api_key_file: Some(key_file),
+            ..CloudConfig::new(
+                format!("https://127.0.0.1:{}/v1/", self.addr.port()),
+                "fake-gpt",
+            )
+        }
+    }
+}
+
+fn server_tls(pki: &TestPki) -> rustls::ServerConfig {
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn openai_error(status: u16, message: &str, kind: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "code": null}}),
+    )
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    if req.method() != http::Method::POST || req.uri().path() != "/v1/chat/completions" {
+        return Ok(openai_error(404, "no such route", "invalid_request_error"));
+    }
+    let authorized = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {API_KEY}").as_bytes());
+    if !authorized {
+        return Ok(openai_error(
+            401,
+            "Incorrect API key provided",
+            "invalid_request_error",
+        ));
+    }
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(openai_error(
+            400,
+            "We could not parse the JSON body",
+            "invalid_request_error",
+        ));
+    };
+    *state.last_body.lock().unwrap() = Some(request.clone());
+    let mode = *state.mode.lock().unwrap();
+    match mode {
+        Mode::Status(429) => {
+            let mut response = openai_error(429, "Rate limit reached for requests", "requests");
+            response
+                .headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("7"));
+            return Ok(response);
+        }
+        Mode::Status(code) => {
+            return Ok(openai_error(
+                code,
+                "The server had an error while processing your request",
+                "server_error",
+            ));
+        }
+        Mode::Stall => std::future::pending::<()>().await,
+        Mode::BadJson => {
+            return Ok(Response::new(
+                Full::new(Bytes::from_static(b"{\"choices\": [")).boxed(),
+            ));
+        }
+        Mode::Normal | Mode::StallMidStream | Mode::TruncateStream => {}
+    }
+    let prompt = request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let answer = answer_for(&prompt);
+    let usage = json!({
+        "prompt_tokens": prompt.split_whitespace().count(),
+        "completion_tokens": answer.split_whitespace().count(),
+        "total_tokens": prompt.split_whitespace().count() + answer.split_whitespace().count()
+    });
+    if request["stream"].as_bool() != Some(true) {
+        return Ok(json_response(
+            200,
+            &json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "fake-gpt-0613",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop", "logprobs": null}],
+                "usage": usage
+            }),
+        ));
+    }
+    let sse = sse_body(&answer, &usage);
+    let bytes = match mode {
+        Mode::StallMidStream => {
+            // The role chunk and the first delta, then silence.
+            let second = sse
+                .match_indices("\n\n")
+                .nth(2)
+                .map(|(i, _)| i + 2)
+                .unwrap();
+            sse.as_bytes()[..second].to_vec()
+        }
+        Mode::TruncateStream => {
+            let cut = sse.find("\"finish_reason\":\"stop\"").unwrap();
+            sse.as_bytes()[..cut].to_vec()
+        }
+        _ => sse.into_bytes(),
+    };
+    let stall = mode == Mode::StallMidStream;
+    // Small frames, sent apart, so that events arrive split mid-line and mid-event.
+    let frames = async_stream::stream! {
+        for piece in bytes.chunks(7) {
+            yield Ok::<_, Infallible>(Frame::data(Bytes::copy_from_slice(piece)));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if stall {
+            std::future::pending::<()>().await;
+        }
+    };
+    Ok(Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap())
+}
+
+fn answer_for(prompt: &str) -> String {
+    format!("You said: {prompt} \u{2713}")
+}
+
+/// The answer as OpenAI streams it: a role chunk, one chunk per word, a finish chunk, a usage
+/// chunk, `[DONE]`; with a keep-alive comment and mixed line ends as real servers send.
+fn sse_body(answer: &str, usage: &Value) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt-0613",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+    };
+    let mut out = String::from(": keep-alive\n\n");
+    out += &format!(
+        "data: {}\n\n",
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+    );
+    for (i, word) in answer.split(' ').enumerate() {
+        let piece = if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        };
+        let end = if i % 2 == 0 { "\r\n\r\n" } else { "\n\n" };
+        out += &format!(
+            "data: {}{end}",
+            chunk(json!({"content": piece}), Value::Null)
+        );
+    }
+    out += &format!("data: {}\n\n", chunk(json!({}), json!("stop")));
+    out += &format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt-0613", "choices": [], "usage": usage})
+    );
+    out += "data: [DONE]\n\n";
+    out
+}
+
+fn request(prompt: &str) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.to_owned(),
+        params: Some(GenerationParams {
+            max_new_tokens: 64,
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + WAIT)
+}
+
+#[tokio::test]
+async fn json_completion_over_tls_with_the_api_key() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+
+    let done = client
+        .generate(&request("turn on the lights"), soon())
+        .await
+        .unwrap();
+    assert_eq!(done.text, answer_for("turn on the lights"));
+    assert_eq!(done.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(
+        done.usage,
+        Some(Usage {
+            prompt_tokens: 4,
+            completion_tokens: 7
+        })
+    );
+    assert_eq!(done.model, "fake-gpt-0613");
+
+    let sent = provider.last_body();
+    assert_eq!(sent["model"], "fake-gpt");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "turn on the lights"}])
+    );
+    assert_eq!(sent["max_tokens"], 64);
+    assert_eq!(sent["stream"], false);
+
+    let snapshot = client.snapshot(Instant::now());
+    assert_eq!(snapshot.state, LinkState::Closed);
+    assert!(snapshot.latency_ewma_ms.unwrap() > 0.0);
+    assert_eq!(snapshot.window_calls, 1);
+}
+
+#[tokio::test]
+async fn chat_messages_are_sent_as_they_are() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    let chat = GenerateRequest {
+        messages: vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "be brief".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    let done = client.generate(&chat, soon()).await.unwrap();
+    assert_eq!(done.text, answer_for("hi"));
+    assert_eq!(
+        provider.last_body()["messages"],
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    );
+}
+
+#[tokio::test]
+async fn streamed_answer_split_mid_event_arrives_whole() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+
+    let prompt = "what is the capital of France";
+    let mut stream = client
+        .generate_stream(&request(prompt), soon())
+        .await
+        .unwrap();
+    let mut deltas = Vec::new();
+    let mut done = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            CloudEvent::Delta(text) => {
+                assert!(done.is_none(), "delta after done");
+                deltas.push(text);
+            }
+            CloudEvent::Done(completion) => done = Some(completion),
+        }
+    }
+    let done = done.expect("the stream ends with Done");
+    let expected = answer_for(prompt);
+    assert_eq!(deltas.len(), expected.split(' ').count(), "{deltas:?}");
+    assert_eq!(deltas.concat(), expected);
+    assert_eq!(done.text, expected);
+    assert_eq!(done.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(
+        done.usage,
+        Some(Usage {
+            prompt_tokens: 6,
+            completion_tokens: 9
+        })
+    );
+
+    let sent = provider.last_body();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+    assert_eq!(client.snapshot(Instant::now()).window_calls, 1);
+}
+
+#[tokio::test]
+async fn plain_http_works_for_local_endpoints() {
+    let provider = Provider::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, API_KEY).unwrap();
+    let config = CloudConfig {
+        api_key_file: Some(key_file),
+        ..CloudConfig::new(format!("http://127.0.0.1:{}/v1", provider.addr.port()), "m")
+    };
+    let client = CloudClient::new(&config).unwrap();
+    let done = client.generate(&request("local"), soon()).await.unwrap();
+    assert_eq!(done.text, answer_for("local"));
+    let mut stream = client
+        .generate_stream(&request("local"), soon())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        if let CloudEvent::Delta(delta) = event.unwrap() {
+            text.push_str(&delta);
+        }
+    }
+    assert_eq!(text, answer_for("local"));
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_connect_error() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let config = CloudConfig {
+        ca_file: None,
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert_eq!(provider.calls(), 0, "no request got through");
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_api_key_is_rejected_with_the_providers_message() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+
+    let no_key = CloudConfig {
+        api_key_file: None,
+        ..provider.https_config(&pki)
+    };
+    let wrong_key_file = pki.dir().join("wrong-key");
+    std::fs::write(&wrong_key_file, "sk-wrong\n").unwrap();
+    let wrong_key = CloudConfig {
+        api_key_file: Some(wrong_key_file),
+        ..provider.https_config(&pki)
+    };
+    for config in [no_key, wrong_key] {
+        let client = CloudClient::new(&config).unwrap();
+        for _ in 0..6 {
+            let err = client.generate(&request("x"), soon()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+            assert_eq!(err.http_status(), Some(401));
+            assert!(
+                err.message().contains("Incorrect API key provided"),
+                "{err}"
+            );
+            assert!(!err.is_retryable());
+            assert_eq!(err.as_label(), "rejected");
+        }
+        // A rejected request says nothing bad about the link: the breaker stays closed.
+        assert_eq!(client.snapshot(Instant::now()).state, LinkState::Closed);
+        let err = match client.generate_stream(&request("x"), soon()).await {
+            Ok(_) => panic!("a stream was opened without the key"),
+            Err(err) => err,
+        };
+        assert_eq!(err.http_status(), Some(401));
+    }
+}
+
+#[tokio::test]
+async fn server_errors_open_the_breaker_after_the_threshold_and_probes_close_it() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let config = CloudConfig {
+        health: LinkHealthConfig {
+            consecutive_failures: 3,
+            error_rate_threshold: 0.0,
+            open_duration: Duration::from_millis(300),
+            ..LinkHealthConfig::default()
+        },
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    provider.set_mode(Mode::Status(500));
+    for i in 0..3 {
+        assert!(
+            client.is_available(Instant::now()),
+            "closed before failure {i}"
+        );
+        let err = client.generate(&request("x"), soon()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ServerError, "{err}");
+        assert_eq!(err.http_status(), Some(500));
+        assert!(err.message().contains("The server had an error"), "{err}");
+        assert!(err.is_retryable());
+    }
+    assert_eq!(provider.calls(), 3);
+    assert!(!client.is_available(Instant::now()));
+    let snapshot = client.snapshot(Instant::now());
+    assert_eq!(snapshot.state, LinkState::Open);
+    assert_eq!(snapshot.consecutive_failures, 3);
+
+    // Open: refused at once, the provider is not called.
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(provider.calls(), 3);
+
+    // After the open duration one probe goes through; its success closes the breaker.
+    provider.set_mode(Mode::Normal);
+    eventually(WAIT, "breaker half-open", || {
+        client.is_available(Instant::now())
+    })
+    .await;
+    let done = client.generate(&request("back"), soon()).await.unwrap();
+    assert_eq!(done.text, answer_for("back"));
+    assert_eq!(client.snapshot(Instant::now()).state, LinkState::Closed);
+}
+
+#[tokio::test]
+async fn rate_limits_are_typed_with_retry_after_and_count_against_the_link() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let config = CloudConfig {
+        health: LinkHealthConfig {
+            consecutive_failures: 2,
+            error_rate_threshold: 0.0,
+            open_duration: Duration::from_secs(60),
+            ..LinkHealthConfig::default()
+        },
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    provider.set_mode(Mode::Status(429));
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert_eq!(err.as_label(), "rate_limited");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    assert!(err.message().contains("Rate limit reached"), "{err}");
+    assert!(err.is_retryable());
+    // A 429 on the streaming path is the same error.
+    let err = match client.generate_stream(&request("x"), soon()).await {
+        Ok(_) => panic!("stream opened on a 429"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(client.snapshot(Instant::now()).state, LinkState::Open);
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(provider.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_stalled_server_fails_at_the_deadline_without_hanging() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    provider.set_mode(Mode::Stall);
+
+    let start = Instant::now();
+    let deadline = Some(start + Duration::from_millis(300));
+    let err = client.generate(&request("x"), deadline).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.is_retryable());
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(
+        start.elapsed() < WAIT,
+        "the call hung: {:?}",
+        start.elapsed()
+    );
+
+    let err = match client
+        .generate_stream(
+            &request("x"),
+            Some(Instant::now() + Duration::from_millis(300)),
+        )
+        .await
+    {
+        Ok(_) => panic!("a stalled server opened a stream"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+
+    // A deadline already passed fails without a call.
+    let calls = provider.calls();
+    let err = client
+        .generate(&request("x"), Some(Instant::now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(provider.calls(), calls);
+}
+
+#[tokio::test]
+async fn the_configured_timeout_caps_a_call_without_a_deadline() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let config = CloudConfig {
+        timeout: Duration::from_millis(300),
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    provider.set_mode(Mode::Stall);
+    let start = Instant::now();
+    let err = client.generate(&request("x"), None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(start.elapsed() < WAIT);
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    provider.set_mode(Mode::StallMidStream);
+    let start = Instant::now();
+    let deadline = Some(start + Duration::from_millis(1500));
+    let mut stream = client
+        .generate_stream(&request("hello there"), deadline)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let err = loop {
+        match stream.next().await.unwrap() {
+            Ok(CloudEvent::Delta(delta)) => text.push_str(&delta),
+            Ok(CloudEvent::Done(_)) => panic!("a stalled stream completed"),
+            Err(err) => break err,
+        }
+    };
+    assert!(!text.is_empty(), "the deltas before the stall arrive");
+    assert!(answer_for("hello there").starts_with(&text), "{text}");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(stream.next().await.is_none(), "nothing after the error");
+    assert!(start.elapsed() < WAIT);
+    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn a_truncated_stream_is_a_protocol_error_not_a_short_answer() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    provider.set_mode(Mode::TruncateStream);
+    let mut stream = client
+        .generate_stream(&request("cut me off"), soon())
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = Some(event);
+    }
+    let err = last.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("[DONE]"), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_a_protocol_error() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    provider.set_mode(Mode::BadJson);
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert_eq!(err.as_label(), "protocol");
+    // A JSON answer where a stream was asked for is refused too.
+    let err = match client.generate_stream(&request("x"), soon()).await {
+        Ok(_) => panic!("JSON accepted as a stream"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let client = CloudClient::new(&CloudConfig::new(
+        format!("http://127.0.0.1:{port}/v1"),
+        "m",
+    ))
+    .unwrap();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    assert_eq!(err.as_label(), "connect");
+    assert!(err.is_retryable());
+    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_request_is_refused_before_any_io() {
+    let provider = Provider::start(None).await;
+    let client = CloudClient::new(&CloudConfig::new(
+        format!("http://127.0.0.1:{}/v1", provider.addr.port()),
+        "m",
+    ))
+    .unwrap();
+    let err = client
+        .generate(&GenerateRequest::default(), soon())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    assert!(!err.is_retryable());
+    assert_eq!(provider.calls(), 0);
+    assert_eq!(client.snapshot(Instant::now()).window_calls, 0);
+}
+
+#[tokio::test]
+async fn status_code_is_ok_for_the_fixture_itself() {
+    // Guards the fixture: a wrong path answers 404 in the OpenAI error shape.
+    let provider = Provider::start(None).await;
+    let client = CloudClient::new(&CloudConfig::new(
+        format!("http://127.0.0.1:{}/nope", provider.addr.port()),
+        "m",
+    ))
+    .unwrap();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.http_status(), Some(StatusCode::NOT_FOUND.as_u16()));
+    assert!(err.message().contains("no such route"));
+}
