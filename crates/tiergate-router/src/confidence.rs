@@ -1,0 +1,370 @@
+//! Early exit: judge the local model's confidence over its first `commit_window` tokens.
+//!
+//! The executor feeds every generated token's top-1 probability and entropy to a
+//! [`CommitMonitor`] and holds the tokens back (no streaming) while the verdict is
+//! [`Verdict::Pending`]. On [`Verdict::Commit`] it releases them and streams the rest without
+//! asking again; on [`Verdict::Abandon`] it stops the local generation and escalates.
+//! Verdicts are final: once committed or abandoned, later tokens do not change them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::complexity::InvalidConfig;
+
+/// Thresholds of the early-exit check.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfidenceConfig {
+    /// Tokens judged before the answer is committed. 0 commits at once (no gate).
+    pub commit_window: usize,
+    /// The mean top-1 probability over the window must reach this, in `[0, 1]`.
+    pub min_mean_top1: f32,
+    /// Any single token in the window below this abandons at once, in `[0, 1]`.
+    pub min_token_top1: f32,
+    /// When set, the mean entropy (nats) over the window must not exceed this.
+    pub max_mean_entropy: Option<f32>,
+}
+
+impl Default for ConfidenceConfig {
+    fn default() -> Self {
+        ConfidenceConfig {
+            commit_window: 8,
+            min_mean_top1: 0.5,
+            min_token_top1: 0.05,
+            max_mean_entropy: None,
+        }
+    }
+}
+
+impl ConfidenceConfig {
+    /// Checks that the probabilities are in `[0, 1]` and the entropy bound is not negative.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        for (field, value) in [
+            ("confidence.min_mean_top1", self.min_mean_top1),
+            ("confidence.min_token_top1", self.min_token_top1),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(InvalidConfig::new(
+                    field,
+                    format!("must be a probability in [0, 1], got {value}"),
+                ));
+            }
+        }
+        if let Some(e) = self.max_mean_entropy
+            && !(e.is_finite() && e >= 0.0)
+        {
+            return Err(InvalidConfig::new(
+                "confidence.max_mean_entropy",
+                format!("must be a finite number >= 0, got {e}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The monitor's judgement so far.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The window is not full yet: keep generating, hold the tokens back.
+    Pending,
+    /// Confidence held over the window (or the answer ended inside it with confidence held):
+    /// release the tokens, keep the answer at this tier.
+    Commit {
+        /// Mean top-1 probability over the judged tokens (1.0 when no token was judged).
+        mean_top1: f32,
+        /// Tokens judged.
+        tokens: usize,
+    },
+    /// Confidence dropped inside the window: stop and escalate.
+    Abandon {
+        /// Mean top-1 probability over the tokens seen up to and including `at_token`.
+        mean_top1: f32,
+        /// 0-based index of the token that decided it.
+        at_token: usize,
+    },
+}
+
+impl Verdict {
+    /// Whether the verdict is final (committed or abandoned).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Verdict::Pending)
+    }
+}
+
+/// Judges one local generation, one token at a time. Pure and allocation-free.
+#[derive(Debug, Clone)]
+pub struct CommitMonitor {
+    config: ConfidenceConfig,
+    tokens: usize,
+    sum_top1: f64,
+    sum_entropy: f64,
+    verdict: Verdict,
+}
+
+impl CommitMonitor {
+    /// A monitor for a new generation. With `commit_window == 0` it is committed from the start.
+    pub fn new(config: &ConfidenceConfig) -> CommitMonitor {
+        let verdict = if config.commit_window == 0 {
+            Verdict::Commit {
+                mean_top1: 1.0,
+                tokens: 0,
+            }
+        } else {
+            Verdict::Pending
+        };
+        CommitMonitor {
+            config: *config,
+            tokens: 0,
+            sum_top1: 0.0,
+            sum_entropy: 0.0,
+            verdict,
+        }
+    }
+
+    /// The current verdict.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    /// Tokens judged so far (at most `commit_window`).
+    pub fn tokens_judged(&self) -> usize {
+        self.tokens
+    }
+
+    /// Feeds the next generated token: its top-1 probability and the entropy (nats) of its
+    /// distribution. A NaN probability counts as 0 (no confidence). After a final verdict
+    /// this only returns it again.
+    pub fn push(&mut self, top1_prob: f32, entropy: f32) -> Verdict {
+        if self.verdict.is_final() {
+            return self.verdict;
+        }
+        let top1 = if top1_prob.is_nan() {
+            0.0
+        } else {
+            top1_prob.clamp(0.0, 1.0)
+        };
+        let at_token = self.tokens;
+        self.tokens += 1;
+        self.sum_top1 += f64::from(top1);
+        self.sum_entropy += f64::from(if entropy.is_nan() {
+            f32::INFINITY
+        } else {
+            entropy
+        });
+        let window = self.config.commit_window;
+        let mean = self.mean_top1();
+        // One token below the floor abandons; so does a mean that can no longer reach the
+        // threshold even if every remaining token of the window had probability 1.
+        let best_reachable = (self.sum_top1 + (window - self.tokens) as f64) / window as f64;
+        if top1 < self.config.min_token_top1
+            || best_reachable < f64::from(self.config.min_mean_top1)
+        {
+            self.verdict = Verdict::Abandon {
+                mean_top1: mean,
+                at_token,
+            };
+        } else if self.tokens == window {
+            self.verdict = self.judge_window(at_token);
+        }
+        self.verdict
+    }
+
+    /// The generation ended (EOS, stop sequence, length limit) before the window filled:
+    /// judge it on the tokens it had. No effect once the verdict is final.
+    pub fn finish(&mut self) -> Verdict {
+        if self.verdict.is_final() {
+            return self.verdict;
+        }
+        self.verdict = if self.tokens == 0 {
+            Verdict::Commit {
+                mean_top1: 1.0,
+                tokens: 0,
+            }
+        } else {
+            self.judge_window(self.tokens - 1)
+        };
+        self.verdict
+    }
+
+    fn mean_top1(&self) -> f32 {
+        if self.tokens == 0 {
+            1.0
+        } else {
+            (self.sum_top1 / self.tokens as f64) as f32
+        }
+    }
+
+    fn judge_window(&self, last_token: usize) -> Verdict {
+        let mean_top1 = self.mean_top1();
+        let mean_entropy = self.sum_entropy / self.tokens as f64;
+        let too_uncertain = self
+            .config
+            .max_mean_entropy
+            .is_some_and(|max| mean_entropy > f64::from(max));
+        if mean_top1 < self.config.min_mean_top1 || too_uncertain {
+            Verdict::Abandon {
+                mean_top1,
+                at_token: last_token,
+            }
+        } else {
+            Verdict::Commit {
+                mean_top1,
+                tokens: self.tokens,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn config(window: usize) -> ConfidenceConfig {
+        ConfidenceConfig {
+            commit_window: window,
+            min_mean_top1: 0.6,
+            min_token_top1: 0.1,
+            max_mean_entropy: None,
+        }
+    }
+
+    #[test]
+    fn window_zero_commits_before_any_token() {
+        let mut m = CommitMonitor::new(&config(0));
+        let committed = Verdict::Commit {
+            mean_top1: 1.0,
+            tokens: 0,
+        };
+        assert_eq!(m.verdict(), committed);
+        assert_eq!(m.push(0.0, 9.0), committed, "final verdicts do not change");
+        assert_eq!(m.finish(), committed);
+    }
+
+    #[test]
+    fn window_one_is_decided_by_the_first_token() {
+        let mut m = CommitMonitor::new(&config(1));
+        assert_eq!(m.verdict(), Verdict::Pending);
+        assert_eq!(
+            m.push(0.7, 0.5),
+            Verdict::Commit {
+                mean_top1: 0.7,
+                tokens: 1
+            }
+        );
+        let mut m = CommitMonitor::new(&config(1));
+        assert_eq!(
+            m.push(0.5, 0.5),
+            Verdict::Abandon {
+                mean_top1: 0.5,
+                at_token: 0
+            }
+        );
+    }
+
+    #[test]
+    fn pending_until_the_window_fills_then_commits() {
+        let mut m = CommitMonitor::new(&config(3));
+        assert_eq!(m.push(0.9, 0.1), Verdict::Pending);
+        assert_eq!(m.push(0.9, 0.1), Verdict::Pending);
+        let v = m.push(0.6, 0.1);
+        assert!(
+            matches!(v, Verdict::Commit { tokens: 3, mean_top1 } if (mean_top1 - 0.8).abs() < 1e-6)
+        );
+        assert_eq!(
+            m.push(0.0, 9.0),
+            v,
+            "after the commit the monitor stops judging"
+        );
+        assert_eq!(m.tokens_judged(), 3);
+    }
+
+    #[test]
+    fn a_single_low_token_abandons_at_once() {
+        let mut m = CommitMonitor::new(&config(8));
+        m.push(0.99, 0.0);
+        let v = m.push(0.05, 3.0);
+        assert!(matches!(v, Verdict::Abandon { at_token: 1, .. }), "{v:?}");
+        assert_eq!(m.push(0.99, 0.0), v);
+        assert_eq!(m.finish(), v);
+    }
+
+    #[test]
+    fn abandons_as_soon_as_the_mean_cannot_be_reached() {
+        // Window 4, mean must reach 0.6 (sum 2.4): after two tokens of 0.15 the best possible
+        // sum is 0.3 + 2 = 2.3.
+        let mut m = CommitMonitor::new(&config(4));
+        assert_eq!(m.push(0.15, 1.0), Verdict::Pending);
+        assert!(matches!(
+            m.push(0.15, 1.0),
+            Verdict::Abandon { at_token: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn eos_before_the_window_is_judged_on_the_tokens_it_had() {
+        let mut m = CommitMonitor::new(&config(8));
+        m.push(0.9, 0.1);
+        m.push(0.8, 0.1);
+        assert!(matches!(m.finish(), Verdict::Commit { tokens: 2, .. }));
+
+        let mut m = CommitMonitor::new(&config(8));
+        m.push(0.9, 0.1);
+        m.push(0.2, 0.1);
+        assert!(matches!(m.finish(), Verdict::Abandon { at_token: 1, .. }));
+
+        let mut m = CommitMonitor::new(&config(8));
+        assert!(matches!(m.finish(), Verdict::Commit { tokens: 0, .. }));
+    }
+
+    #[test]
+    fn entropy_bound_applies_at_the_window_end() {
+        let mut c = config(2);
+        c.max_mean_entropy = Some(1.0);
+        let mut m = CommitMonitor::new(&c);
+        m.push(0.9, 1.5);
+        assert!(matches!(
+            m.push(0.9, 1.0),
+            Verdict::Abandon { at_token: 1, .. }
+        ));
+        let mut m = CommitMonitor::new(&c);
+        m.push(0.9, 1.0);
+        assert!(matches!(m.push(0.9, 0.9), Verdict::Commit { .. }));
+    }
+
+    #[test]
+    fn nan_probability_counts_as_no_confidence() {
+        let mut m = CommitMonitor::new(&config(4));
+        assert!(matches!(
+            m.push(f32::NAN, 0.0),
+            Verdict::Abandon { at_token: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range_thresholds() {
+        ConfidenceConfig::default().validate().unwrap();
+        let mut c = ConfidenceConfig::default();
+        c.min_mean_top1 = 1.5;
+        assert_eq!(c.validate().unwrap_err().field, "confidence.min_mean_top1");
+        let mut c = ConfidenceConfig::default();
+        c.max_mean_entropy = Some(-1.0);
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "confidence.max_mean_entropy"
+        );
+    }
+
+    #[test]
+    fn verdict_serializes_with_a_tag() {
+        let json = serde_json::to_string(&Verdict::Abandon {
+            mean_top1: 0.25,
+            at_token: 3,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"verdict":"abandon","mean_top1":0.25,"at_token":3}"#
+        );
+    }
+}
