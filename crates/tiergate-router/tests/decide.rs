@@ -1,0 +1,422 @@
+//! One case per rule of `decide`, table-driven. Complexity is pinned by the config's bias
+//! (all text weights 0), so each case states the score it routes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tiergate_router::complexity::{ComplexityConfig, TEXT_SIGNAL_COUNT, TextWeights};
+use tiergate_router::policy::SkipCause;
+use tiergate_router::{
+    Forwarding, NodeView, Reason, RouterConfig, Signals, Step, Tier, TierConstraint, UpstreamView,
+    decide,
+};
+
+use Step::{Local, Upstream};
+use Tier::{Cloud, Edge, Regional};
+
+const LOW: f64 = 0.2;
+const MID: f64 = 0.6;
+const HIGH: f64 = 0.9;
+
+/// Local-first below 0.5, cloud-first from 0.8, hop limit 3.
+fn config(complexity: f64) -> RouterConfig {
+    let logit = (complexity / (1.0 - complexity)).ln();
+    RouterConfig {
+        complexity: ComplexityConfig {
+            bias: logit,
+            weights: TextWeights::from_array([0.0; TEXT_SIGNAL_COUNT]),
+            ..ComplexityConfig::default()
+        },
+        local_max_complexity: 0.5,
+        cloud_min_complexity: 0.8,
+        max_hops: 3,
+        ..RouterConfig::default()
+    }
+}
+
+fn up(tier: Tier, available: bool) -> UpstreamView {
+    UpstreamView { tier, available }
+}
+
+struct Case {
+    name: &'static str,
+    complexity: f64,
+    local: Tier,
+    upstreams: Vec<UpstreamView>,
+    constraint: TierConstraint,
+    hops: u32,
+    tried: Vec<Tier>,
+    plan: Vec<Step>,
+    reason: Reason,
+    degraded: bool,
+}
+
+fn case(name: &'static str, complexity: f64, local: Tier, upstreams: Vec<UpstreamView>) -> Case {
+    Case {
+        name,
+        complexity,
+        local,
+        upstreams,
+        constraint: TierConstraint::None,
+        hops: 0,
+        tried: Vec::new(),
+        plan: Vec::new(),
+        reason: Reason::NoUpstream,
+        degraded: false,
+    }
+}
+
+impl Case {
+    fn constraint(mut self, c: TierConstraint) -> Case {
+        self.constraint = c;
+        self
+    }
+    fn forwarded(mut self, hops: u32, tried: Vec<Tier>) -> Case {
+        self.hops = hops;
+        self.tried = tried;
+        self
+    }
+    fn expect(mut self, plan: Vec<Step>, reason: Reason, degraded: bool) -> Case {
+        self.plan = plan;
+        self.reason = reason;
+        self.degraded = degraded;
+        self
+    }
+}
+
+const GATED: Step = Local { gated: true };
+const LOCAL: Step = Local { gated: false };
+
+fn both() -> Vec<UpstreamView> {
+    vec![up(Regional, true), up(Cloud, true)]
+}
+
+#[test]
+fn each_rule_of_decide() {
+    use TierConstraint::{AtLeastCloud, AtMostRegional, EdgeOnly};
+    let cases = vec![
+        case(
+            "low complexity: local first, gated, then up, local last",
+            LOW,
+            Edge,
+            both(),
+        )
+        .expect(
+            vec![GATED, Upstream(Regional), Upstream(Cloud), LOCAL],
+            Reason::EarlyExit,
+            false,
+        ),
+        case("mid complexity: regional then cloud", MID, Edge, both()).expect(
+            vec![Upstream(Regional), Upstream(Cloud), LOCAL],
+            Reason::Complexity,
+            false,
+        ),
+        case("high complexity: cloud first", HIGH, Edge, both()).expect(
+            vec![Upstream(Cloud), Upstream(Regional), LOCAL],
+            Reason::Complexity,
+            false,
+        ),
+        case("exactly local_max goes up", 0.5, Edge, both()).expect(
+            vec![Upstream(Regional), Upstream(Cloud), LOCAL],
+            Reason::Complexity,
+            false,
+        ),
+        case("exactly cloud_min prefers the cloud", 0.8, Edge, both()).expect(
+            vec![Upstream(Cloud), Upstream(Regional), LOCAL],
+            Reason::Complexity,
+            false,
+        ),
+        case(
+            "unavailable upstream is skipped",
+            MID,
+            Edge,
+            vec![up(Regional, false), up(Cloud, true)],
+        )
+        .expect(vec![Upstream(Cloud), LOCAL], Reason::Complexity, false),
+        case(
+            "one of two regional endpoints up is enough",
+            MID,
+            Edge,
+            vec![up(Regional, false), up(Regional, true)],
+        )
+        .expect(vec![Upstream(Regional), LOCAL], Reason::Complexity, false),
+        case(
+            "all upstreams down: degraded local",
+            HIGH,
+            Edge,
+            vec![up(Regional, false), up(Cloud, false)],
+        )
+        .expect(vec![LOCAL], Reason::UpstreamUnavailable, true),
+        case(
+            "all upstreams down, low complexity: still degraded",
+            LOW,
+            Edge,
+            vec![up(Regional, false)],
+        )
+        .expect(vec![LOCAL], Reason::UpstreamUnavailable, true),
+        case(
+            "no upstream configured: top of the hierarchy",
+            HIGH,
+            Regional,
+            vec![],
+        )
+        .expect(vec![LOCAL], Reason::NoUpstream, false),
+        case(
+            "never down or sideways",
+            HIGH,
+            Regional,
+            vec![up(Edge, true), up(Regional, true), up(Cloud, true)],
+        )
+        .expect(vec![Upstream(Cloud), LOCAL], Reason::Complexity, false),
+        case(
+            "only lower tiers configured",
+            HIGH,
+            Regional,
+            vec![up(Edge, true)],
+        )
+        .expect(vec![LOCAL], Reason::NoUpstream, false),
+        case(
+            "never to a tier already tried: degraded",
+            HIGH,
+            Regional,
+            vec![up(Cloud, true)],
+        )
+        .forwarded(1, vec![Edge, Cloud])
+        .expect(vec![LOCAL], Reason::UpstreamUnavailable, true),
+        case("tried tier skipped, the other used", MID, Edge, both())
+            .forwarded(0, vec![Regional])
+            .expect(vec![Upstream(Cloud), LOCAL], Reason::Complexity, false),
+        case("hop limit: local only", HIGH, Regional, both())
+            .forwarded(3, vec![Edge])
+            .expect(vec![LOCAL], Reason::HopLimit, false),
+        case(
+            "one hop below the limit still forwards",
+            HIGH,
+            Regional,
+            both(),
+        )
+        .forwarded(2, vec![Edge])
+        .expect(vec![Upstream(Cloud), LOCAL], Reason::Complexity, false),
+        case(
+            "edge_only: local, ungated, not degraded",
+            HIGH,
+            Edge,
+            both(),
+        )
+        .constraint(EdgeOnly)
+        .expect(vec![LOCAL], Reason::TierConstraint, false),
+        case(
+            "edge_only even when upstreams are down",
+            HIGH,
+            Edge,
+            vec![up(Regional, false)],
+        )
+        .constraint(EdgeOnly)
+        .expect(vec![LOCAL], Reason::TierConstraint, false),
+        case("at_most_regional drops the cloud", HIGH, Edge, both())
+            .constraint(AtMostRegional)
+            .expect(vec![Upstream(Regional), LOCAL], Reason::Complexity, false),
+        case(
+            "at_most_regional with only the cloud above: local on purpose",
+            HIGH,
+            Regional,
+            vec![up(Cloud, true)],
+        )
+        .constraint(AtMostRegional)
+        .expect(vec![LOCAL], Reason::TierConstraint, false),
+        case("at_least_cloud: cloud only, no local", LOW, Edge, both())
+            .constraint(AtLeastCloud)
+            .expect(vec![Upstream(Cloud)], Reason::TierConstraint, false),
+        case(
+            "at_least_cloud, cloud down: empty plan",
+            LOW,
+            Edge,
+            vec![up(Regional, true), up(Cloud, false)],
+        )
+        .constraint(AtLeastCloud)
+        .expect(vec![], Reason::UpstreamUnavailable, false),
+        case(
+            "at_least_cloud, no cloud configured: empty plan",
+            LOW,
+            Edge,
+            vec![up(Regional, true)],
+        )
+        .constraint(AtLeastCloud)
+        .expect(vec![], Reason::TierConstraint, false),
+        case(
+            "at_least_cloud at the hop limit: empty plan",
+            LOW,
+            Regional,
+            both(),
+        )
+        .constraint(AtLeastCloud)
+        .forwarded(3, vec![Edge])
+        .expect(vec![], Reason::HopLimit, false),
+        case(
+            "at_least_cloud on a cloud-tier node: local",
+            LOW,
+            Cloud,
+            vec![],
+        )
+        .constraint(AtLeastCloud)
+        .expect(vec![LOCAL], Reason::NoUpstream, false),
+    ];
+    for c in cases {
+        let decision = decide(
+            &config(c.complexity),
+            &Signals::from_prompt("a prompt", None),
+            &NodeView {
+                local_tier: c.local,
+                upstreams: c.upstreams.clone(),
+            },
+            c.constraint,
+            &Forwarding {
+                hop_count: c.hops,
+                tiers_tried: c.tried.clone(),
+            },
+        );
+        assert!(
+            (decision.complexity.score - c.complexity).abs() < 1e-9,
+            "{}",
+            c.name
+        );
+        assert_eq!(decision.plan, c.plan, "{}", c.name);
+        assert_eq!(decision.reason, c.reason, "{}", c.name);
+        assert_eq!(decision.degraded, c.degraded, "{}", c.name);
+        let first = c.plan.first().map(|s| match s {
+            Local { .. } => c.local,
+            Upstream(t) => *t,
+        });
+        assert_eq!(decision.tier, first, "{}", c.name);
+    }
+}
+
+#[test]
+fn skipped_upstreams_say_why() {
+    let decision = decide(
+        &config(MID),
+        &Signals::from_prompt("x", None),
+        &NodeView {
+            local_tier: Regional,
+            upstreams: vec![up(Edge, true), up(Cloud, false)],
+        },
+        TierConstraint::None,
+        &Forwarding::default(),
+    );
+    let causes: Vec<(Tier, SkipCause)> =
+        decision.skipped.iter().map(|s| (s.tier, s.cause)).collect();
+    assert_eq!(
+        causes,
+        vec![
+            (Edge, SkipCause::NotAboveLocal),
+            (Cloud, SkipCause::Unavailable)
+        ]
+    );
+
+    let decision = decide(
+        &config(MID),
+        &Signals::from_prompt("x", None),
+        &NodeView {
+            local_tier: Edge,
+            upstreams: both(),
+        },
+        TierConstraint::None,
+        &Forwarding {
+            hop_count: 9,
+            tiers_tried: vec![],
+        },
+    );
+    assert!(
+        decision
+            .skipped
+            .iter()
+            .all(|s| s.cause == SkipCause::HopLimit)
+    );
+    assert_eq!(decision.skipped.len(), 2);
+}
+
+#[test]
+fn decision_json_carries_signals_thresholds_plan_and_reason() {
+    let decision = decide(
+        &RouterConfig::default(),
+        &Signals::from_prompt("Explain step by step why 17 * 23 = 391.", Some(4.5)),
+        &NodeView {
+            local_tier: Edge,
+            upstreams: both(),
+        },
+        TierConstraint::AtMostRegional,
+        &Forwarding::default(),
+    );
+    let json = serde_json::to_value(&decision).unwrap();
+    assert_eq!(json["local_tier"], "edge");
+    assert_eq!(json["constraint"], "at_most_regional");
+    assert_eq!(json["reason"], decision.reason.as_str());
+    assert_eq!(json["tier"], decision.tier.unwrap().as_str());
+    assert_eq!(json["degraded"], false);
+    assert_eq!(json["signals"]["prompt_nll"], 4.5);
+    assert_eq!(json["signals"]["features"]["numbers"], 3);
+    assert!(json["complexity"]["score"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        json["complexity"]["components"].as_array().unwrap().len(),
+        TEXT_SIGNAL_COUNT + 1
+    );
+    assert_eq!(json["thresholds"]["max_hops"], 3);
+    assert_eq!(json["thresholds"]["confidence"]["commit_window"], 8);
+    assert_eq!(json["skipped"][0]["tier"], "cloud");
+    assert_eq!(json["skipped"][0]["cause"], "constraint");
+    let plan = json["plan"].as_array().unwrap();
+    assert!(
+        plan.iter()
+            .any(|s| s == &serde_json::json!({"upstream": "regional"})),
+        "{plan:?}"
+    );
+    assert!(
+        plan.iter()
+            .all(|s| s != &serde_json::json!({"upstream": "cloud"}))
+    );
+}
+
+#[test]
+fn reason_names_are_snake_case_and_stable() {
+    let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "early_exit",
+            "low_confidence",
+            "complexity",
+            "tier_constraint",
+            "hop_limit",
+            "upstream_unavailable",
+            "upstream_failed",
+            "no_upstream"
+        ]
+    );
+    for r in Reason::ALL {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        assert_eq!(r.to_string(), r.as_str());
+    }
+}
+
+#[test]
+fn router_config_from_toml_rejects_unknown_fields_and_validates() {
+    let c: RouterConfig = toml::from_str(
+        "local_max_complexity = 0.4\n[confidence]\ncommit_window = 4\n[complexity.nll]\nweight = 1.0\n",
+    )
+    .unwrap();
+    assert_eq!(c.local_max_complexity, 0.4);
+    assert_eq!(c.confidence.commit_window, 4);
+    assert_eq!(
+        c.cloud_min_complexity,
+        RouterConfig::default().cloud_min_complexity
+    );
+    c.validate().unwrap();
+
+    let err = toml::from_str::<RouterConfig>("max_hop = 2\n").unwrap_err();
+    assert!(err.to_string().contains("max_hop"), "{err}");
+
+    let c = RouterConfig {
+        cloud_min_complexity: 1.5,
+        ..RouterConfig::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "cloud_min_complexity");
+    RouterConfig::default().validate().unwrap();
+}
