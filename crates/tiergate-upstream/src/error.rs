@@ -182,6 +182,19 @@ fn is_connect_error(status: &tonic::Status) -> bool {
     false
 }
 
+/// An error with its sources, since hyper's top-level messages alone ("client error (Connect)")
+/// do not say what went wrong.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// Why a client could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

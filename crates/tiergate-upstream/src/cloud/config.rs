@@ -1,0 +1,217 @@
+//! The cloud tier's config, and reading its API key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tiergate_router::health::{LinkHealthConfig, duration_text};
+
+use crate::error::SetupError;
+
+/// How to reach the cloud tier.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1` or
+    /// `http://127.0.0.1:8080/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// The provider's model name sent with every request.
+    pub model: String,
+    /// Environment variable that holds the API key (sent as `Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// File that holds the API key (a mounted secret); surrounding whitespace is trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Extra PEM CA bundle to trust besides the public roots (private providers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Upper bound of one call, streamed answers included.
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// Upper bound of the TCP connect.
+    #[serde(default = "default_connect_timeout", with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Circuit breaker and latency tracking of the link.
+    #[serde(default)]
+    pub health: LinkHealthConfig,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl CloudConfig {
+    /// A config with every optional field at its default.
+    pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            model: model.into(),
+            api_key_env: None,
+            api_key_file: None,
+            ca_file: None,
+            timeout: default_timeout(),
+            connect_timeout: default_connect_timeout(),
+            health: LinkHealthConfig::default(),
+        }
+    }
+}
+
+pub(super) fn read_api_key(config: &CloudConfig) -> Result<Option<String>, SetupError> {
+    match (&config.api_key_env, &config.api_key_file) {
+        (Some(_), Some(_)) => Err(SetupError::Config(
+            "set cloud.api_key_env or cloud.api_key_file, not both".into(),
+        )),
+        (Some(var), None) => std::env::var(var)
+            .ok()
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .map(Some)
+            .ok_or_else(|| SetupError::MissingApiKeyEnv(var.clone())),
+        (None, Some(path)) => {
+            let key = std::fs::read_to_string(path).map_err(|source| SetupError::ReadFile {
+                what: "API key file",
+                path: path.clone(),
+                source,
+            })?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(SetupError::Config(format!(
+                    "API key file `{}` is empty",
+                    path.display()
+                )));
+            }
+            Ok(Some(key.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+pub(super) fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::cloud::CloudClient;
+
+    #[test]
+    fn config_parses_with_defaults_and_rejects_unknown_fields() {
+        let config: CloudConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "https://api.example.invalid/v1",
+            "model": "gpt-x",
+            "timeout": "30s",
+            "health": {"consecutive_failures": 2}
+        }))
+        .unwrap();
+        assert_eq!(config.timeout, Duration::from_secs(30));
+        assert_eq!(config.connect_timeout, default_connect_timeout());
+        assert_eq!(config.health.consecutive_failures, 2);
+        let err = serde_json::from_value::<CloudConfig>(serde_json::json!({
+            "base_url": "x", "model": "m", "api_key": "sk-oops"
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+    }
+
+    #[test]
+    fn bad_configs_fail_at_construction() {
+        let cases = [
+            (
+                CloudConfig::new("ftp://host/v1", "m"),
+                "http:// or https://",
+            ),
+            (CloudConfig::new("api.example/v1", "m"), "cloud.base_url"),
+            (CloudConfig::new("https://h/v1", " "), "model"),
+            (
+                CloudConfig {
+                    api_key_env: Some("A".into()),
+                    api_key_file: Some("/nonexistent".into()),
+                    ..CloudConfig::new("https://h/v1", "m")
+                },
+                "not both",
+            ),
+            (
+                CloudConfig {
+                    api_key_env: Some("TIERGATE_TEST_SURELY_UNSET_VARIABLE".into()),
+                    ..CloudConfig::new("https://h/v1", "m")
+                },
+                "TIERGATE_TEST_SURELY_UNSET_VARIABLE",
+            ),
+            (
+                CloudConfig {
+                    api_key_file: Some("/nonexistent/key".into()),
+                    ..CloudConfig::new("https://h/v1", "m")
+                },
+                "/nonexistent/key",
+            ),
+            (
+                CloudConfig {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..CloudConfig::new("https://h/v1", "m")
+                },
+                "/nonexistent/ca.pem",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = CloudClient::new(&config).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn api_key_file_is_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-secret-123\n").unwrap();
+        let config = CloudConfig {
+            api_key_file: Some(path.clone()),
+            ..CloudConfig::new("http://127.0.0.1:9/v1/", "m")
+        };
+        assert_eq!(
+            read_api_key(&config).unwrap().as_deref(),
+            Some("sk-secret-123")
+        );
+        let client = CloudClient::new(&config).unwrap();
+        assert_eq!(client.base_url(), "http://127.0.0.1:9/v1");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+
+        std::fs::write(&path, "\n").unwrap();
+        let err = CloudClient::new(&config).unwrap_err().to_string();
+        assert!(err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let config = CloudConfig {
+            ca_file: Some(path),
+            ..CloudConfig::new("https://h/v1", "m")
+        };
+        let err = CloudClient::new(&config).unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        assert!(is_loopback("localhost"));
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("[::1]"));
+        assert!(!is_loopback("api.openai.com"));
+        assert!(!is_loopback("10.0.0.1"));
+    }
+}
