@@ -344,11 +344,15 @@ mod tests {
     #[test]
     fn validate_rejects_out_of_range_thresholds() {
         ConfidenceConfig::default().validate().unwrap();
-        let mut c = ConfidenceConfig::default();
-        c.min_mean_top1 = 1.5;
+        let c = ConfidenceConfig {
+            min_mean_top1: 1.5,
+            ..ConfidenceConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "confidence.min_mean_top1");
-        let mut c = ConfidenceConfig::default();
-        c.max_mean_entropy = Some(-1.0);
+        let c = ConfidenceConfig {
+            max_mean_entropy: Some(-1.0),
+            ..ConfidenceConfig::default()
+        };
         assert_eq!(
             c.validate().unwrap_err().field,
             "confidence.max_mean_entropy"

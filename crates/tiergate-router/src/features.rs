@@ -45,99 +45,34 @@ pub struct PromptFeatures {
     pub non_ascii_share: f32,
 }
 
-const MATH_WORDS: &[&str] = &[
-    "calculate",
-    "compute",
-    "solve",
-    "sum",
-    "product",
-    "total",
-    "equation",
-    "equations",
-    "integral",
-    "derivative",
-    "probability",
-    "percent",
-    "percentage",
-    "ratio",
-    "average",
-    "median",
-    "remainder",
-    "divisible",
-    "prime",
-    "fraction",
-    "multiply",
-    "multiplied",
-    "divide",
-    "divided",
-    "square",
-    "root",
-    "polynomial",
-    "matrix",
-    "vector",
-    "theorem",
-    "area",
-    "volume",
-    "perimeter",
-    "twice",
-    "half",
-    "times",
-    "each",
-    "per",
-    "cost",
-    "costs",
-    "price",
-    "rate",
-    "speed",
-];
+// Word classes, one match per word (the compiler turns it into a length-then-bytes search).
+const MATH: u8 = 1;
+const CODE: u8 = 2;
+const MULTI_STEP: u8 = 4;
+const NEGATION: u8 = 8;
 
-const CODE_WORDS: &[&str] = &[
-    "def", "fn", "return", "class", "import", "void", "int", "const", "let", "var", "println",
-    "printf", "lambda", "struct", "impl", "include", "null", "nullptr", "async", "await",
-];
-
-const MULTI_STEP_WORDS: &[&str] = &[
-    "then",
-    "explain",
-    "compare",
-    "why",
-    "prove",
-    "derive",
-    "justify",
-    "analyze",
-    "analyse",
-    "evaluate",
-    "first",
-    "second",
-    "finally",
-    "after",
-    "afterwards",
-    "because",
-    "therefore",
-    "difference",
-    "steps",
-    "describe",
-    "discuss",
-    "if",
-    "until",
-    "remaining",
-    "rest",
-];
-
-const NEGATION_WORDS: &[&str] = &[
-    "not",
-    "except",
-    "false",
-    "least",
-    "incorrect",
-    "never",
-    "neither",
-    "nor",
-    "cannot",
-    "isn't",
-    "doesn't",
-    "won't",
-];
+/// The class of a lowercased word: mathematical vocabulary, a code keyword, a multi-step cue
+/// or a negation; 0 for any other word.
+fn word_class(word: &str) -> u8 {
+    match word {
+        "calculate" | "compute" | "solve" | "sum" | "product" | "total" | "equation"
+        | "equations" | "integral" | "derivative" | "probability" | "percent" | "percentage"
+        | "ratio" | "average" | "median" | "remainder" | "divisible" | "prime" | "fraction"
+        | "multiply" | "multiplied" | "divide" | "divided" | "square" | "root" | "polynomial"
+        | "matrix" | "vector" | "theorem" | "area" | "volume" | "perimeter" | "twice" | "half"
+        | "times" | "each" | "per" | "cost" | "costs" | "price" | "rate" | "speed" => MATH,
+        "def" | "fn" | "return" | "class" | "import" | "void" | "int" | "const" | "let" | "var"
+        | "println" | "printf" | "lambda" | "struct" | "impl" | "include" | "#include" | "null"
+        | "nullptr" | "async" | "await" => CODE,
+        "then" | "explain" | "compare" | "why" | "prove" | "derive" | "justify" | "analyze"
+        | "analyse" | "evaluate" | "first" | "second" | "finally" | "after" | "afterwards"
+        | "because" | "therefore" | "difference" | "steps" | "describe" | "discuss" | "if"
+        | "until" | "remaining" | "rest" => MULTI_STEP,
+        "not" | "except" | "false" | "least" | "incorrect" | "never" | "neither" | "nor"
+        | "cannot" | "isn't" | "doesn't" | "won't" => NEGATION,
+        _ => 0,
+    }
+}
 
 /// Two-word cues, matched on consecutive lowercased words.
 const MATH_PAIRS: &[(&str, &str)] = &[("how", "many"), ("how", "much"), ("how", "long")];
@@ -272,7 +207,11 @@ fn scan_words(text: &str, f: &mut PromptFeatures) {
         // Keep letters, digits, and an inner apostrophe ("isn't"); lowercase as we go.
         word.clear();
         for c in raw.chars() {
-            if c.is_alphanumeric() || c == '\'' || c == '#' {
+            if c.is_ascii() {
+                if c.is_ascii_alphanumeric() || c == '\'' || c == '#' {
+                    word.push(c.to_ascii_lowercase());
+                }
+            } else if c.is_alphanumeric() {
                 word.extend(c.to_lowercase());
             }
         }
@@ -282,17 +221,12 @@ fn scan_words(text: &str, f: &mut PromptFeatures) {
         if letters >= 10 {
             f.long_words += 1;
         }
-        if MATH_WORDS.contains(&word) {
-            f.math_words += 1;
-        }
-        if CODE_WORDS.contains(&word) || word == "#include" {
-            f.code_markers += 1;
-        }
-        if MULTI_STEP_WORDS.contains(&word) {
-            f.multi_step_cues += 1;
-        }
-        if NEGATION_WORDS.contains(&word) {
-            f.negation_cues += 1;
+        match word_class(word) {
+            MATH => f.math_words += 1,
+            CODE => f.code_markers += 1,
+            MULTI_STEP => f.multi_step_cues += 1,
+            NEGATION => f.negation_cues += 1,
+            _ => {}
         }
         let pair = (prev_word.as_str(), word);
         if MATH_PAIRS.contains(&pair) {

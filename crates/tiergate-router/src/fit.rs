@@ -42,6 +42,8 @@ impl Default for FitOptions {
     }
 }
 
+// Index loops read like the matrix algebra they implement.
+#[allow(clippy::needless_range_loop)]
 /// Fits `labels` (each in `[0, 1]`) from `rows`, each row counted `sample_weights[i]` times
 /// (all 1 when `None`).
 pub fn fit_logistic(
@@ -106,6 +108,7 @@ pub fn fit_logistic(
 }
 
 /// Solves `a x = b` by Gaussian elimination with partial pivoting.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     let n = b.len();
     for col in 0..n {

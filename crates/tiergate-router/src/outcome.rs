@@ -34,18 +34,17 @@ impl StepResult {
     }
 
     fn fits(self, step: Step) -> bool {
-        match (self, step) {
+        matches!(
+            (self, step),
             (
                 StepResult::LocalCommitted { .. } | StepResult::LocalAbandoned { .. },
                 Step::Local { gated: true },
-            ) => true,
-            (StepResult::LocalAnswered, Step::Local { gated: false }) => true,
-            (
-                StepResult::UpstreamAnswered { .. } | StepResult::UpstreamFailed,
-                Step::Upstream(_),
-            ) => true,
-            _ => false,
-        }
+            ) | (StepResult::LocalAnswered, Step::Local { gated: false })
+                | (
+                    StepResult::UpstreamAnswered { .. } | StepResult::UpstreamFailed,
+                    Step::Upstream(_),
+                )
+        )
     }
 }
 
