@@ -1,1 +1,188 @@
-//! Helpers for end-to-end tests that start real tiergate processes.
+//! Helpers for end-to-end tests: start real `tiergate serve` processes on 127.0.0.1 with
+//! ephemeral ports, and talk to them over real gRPC and HTTP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tiergate_proto::v1::inference_client::InferenceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a node may take to load its model and bind (generous: CI machines are shared).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (models/, .tools/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The `tiergate` binary of this build: beside the test binary's `deps/` folder.
+pub fn tiergate_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("target/debug"), Path::to_path_buf);
+    profile_dir.join("tiergate")
+}
+
+/// A running `tiergate serve` process; killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub name: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    /// Starts a node from a TOML config (paths in it are relative to the repo root). The
+    /// listen addresses are forced to 127.0.0.1:0 and read back from the node's ready line.
+    pub async fn start(name: &str, config_toml: &str) -> anyhow::Result<NodeProcess> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config_path, config_toml)?;
+        let bin = tiergate_bin();
+        if !bin.exists() {
+            bail!("{} is missing: run `cargo build` first", bin.display());
+        }
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(repo_root())
+            .env("TIERGATE__SERVER__GRPC_LISTEN", "\"127.0.0.1:0\"")
+            .env("TIERGATE__SERVER__HTTP_LISTEN", "\"127.0.0.1:0\"")
+            .env("TIERGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && value["event"] == "listening"
+                {
+                    return Ok::<_, anyhow::Error>(value);
+                }
+            }
+            bail!("node {name} exited before it was ready")
+        })
+        .await
+        .with_context(|| format!("node {name} did not become ready"))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+            ready[key]
+                .as_str()
+                .context("missing address")?
+                .parse()
+                .context("bad address")
+        };
+        Ok(NodeProcess {
+            name: name.to_owned(),
+            grpc: addr("grpc")?,
+            http: addr("http")?,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the process (SIGKILL) and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub async fn grpc_client(&self) -> anyhow::Result<InferenceClient<tonic::transport::Channel>> {
+        Ok(InferenceClient::connect(self.grpc_url()).await?)
+    }
+}
+
+/// A plain HTTP/1.1 client for the tests.
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request with a body and reads the whole reply.
+pub async fn http_send(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> anyhow::Result<HttpReply> {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body.into()))?;
+    let response = http_client().request(request).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(HttpReply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// POSTs JSON.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<HttpReply> {
+    http_send(
+        http::Method::POST,
+        url,
+        &[("content-type", "application/json")],
+        serde_json::to_vec(body)?,
+    )
+    .await
+}
+
+/// GETs a URL.
+pub async fn get(url: &str) -> anyhow::Result<HttpReply> {
+    http_send(http::Method::GET, url, &[], Bytes::new()).await
+}

@@ -23,8 +23,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one node: gRPC and HTTP servers, local engine, router, upstreams.
+    Serve(ServeArgs),
+    /// Three tiers on loopback, a mixed workload, a table of where each prompt went.
+    Demo(DemoArgs),
     /// Answer one prompt with the local ONNX model alone (no routing, no upstream).
     Generate(GenerateArgs),
+    /// Routing decisions and thresholds.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Evaluations on labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +94,114 @@ pub struct GenerateArgs {
     pub threads: usize,
 
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The node's TOML config (defaults, then this file, then TIERGATE__SECTION__FIELD variables).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder holding the `edge` and `regional` model directories.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .tools/onnxruntime/ from `make setup`).
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+
+    /// First port of the demo nodes (edge gRPC/HTTP on +0/+1, regional +10/+11, cloud +20/+21).
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+
+    /// Run the workload on free ports, print the table and exit instead of serving on.
+    #[arg(long)]
+    pub exit: bool,
+
+    /// Print the rows as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// The routing decision for a prompt, without generating.
+    Explain(RouteExplainArgs),
+    /// The complexity threshold that sends a given share of a labelled data set up.
+    Calibrate(RouteCalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RouteExplainArgs {
+    /// The prompt (one user message).
+    pub prompt: String,
+
+    /// The node's config; without it, the default edge node (models/edge).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+
+    /// Tier constraint: none, edge_only, at_most_regional, at_least_cloud.
+    #[arg(long, default_value = "none")]
+    pub constraint: String,
+
+    /// Print the whole decision as JSON (the same document as the Explain RPC's decision_json).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteCalibrateArgs {
+    /// CSV with columns prompt,weak_correct,strong_correct,source.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    /// Share of prompts to send up (0..=1).
+    #[arg(long, default_value_t = 0.3)]
+    pub strong_share: f64,
+
+    /// The node's config (its complexity weights); without it, the defaults.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// APGR, CPT(50%) and CPT(80%) of the complexity signal on labelled data (RouteLLM metrics).
+    Routing(EvalRoutingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRoutingArgs {
+    /// CSV files with columns prompt,weak_correct,strong_correct,source (repeatable).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+
+    /// The node's config (its complexity weights); without it, the defaults.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load a config as `serve` would and report the first problem.
+    Validate(ConfigValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigValidateArgs {
+    pub file: PathBuf,
+
     #[arg(long)]
     pub json: bool,
 }

@@ -2,4 +2,9 @@
 //! a routing plan across tiers, and the metrics exporter. `main.rs` only parses the command line.
 
 pub mod config;
+pub mod demo;
+pub mod grpc;
+pub mod http;
 pub mod metrics;
+pub mod node;
+pub mod serve;

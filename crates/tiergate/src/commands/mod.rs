@@ -1,11 +1,22 @@
 //! One module per subcommand; `run` dispatches.
 
+pub mod config;
+pub mod demo;
+pub mod eval;
 pub mod generate;
+pub mod route;
+pub mod serve;
 
-use crate::cli::Command;
+use crate::cli::{Command, ConfigCommand, EvalCommand, RouteCommand};
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Generate(args) => generate::run(args).await,
+        Command::Route(RouteCommand::Explain(args)) => route::explain(args).await,
+        Command::Route(RouteCommand::Calibrate(args)) => route::calibrate(&args),
+        Command::Eval(EvalCommand::Routing(args)) => eval::routing(&args),
+        Command::Config(ConfigCommand::Validate(args)) => config::validate(&args),
     }
 }

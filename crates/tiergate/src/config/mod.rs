@@ -2,5 +2,7 @@
 
 pub mod duration;
 mod layers;
+mod node;
 
 pub use layers::{ConfigError, ENV_PREFIX, load};
+pub use node::{Config, NodeSection, ServerSection, UpstreamsSection};

@@ -1,0 +1,56 @@
+//! `tiergate serve --config FILE`: one node, until SIGINT or SIGTERM.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde_json::json;
+use tiergate::config::Config;
+use tiergate::serve::start_node;
+
+use crate::cli::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let node = start_node(config).await?;
+    // One JSON line on stdout says where the node listens (ports may have been 0): scripts and
+    // the end-to-end tests read it. Logs go to stderr.
+    let ready = json!({
+        "event": "listening",
+        "node": node.name,
+        "grpc": node.grpc_addr.to_string(),
+        "http": node.http_addr.to_string(),
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{ready}")?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

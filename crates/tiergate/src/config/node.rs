@@ -1,0 +1,117 @@
+//! The node's TOML configuration. Every field has a default that serves the demo's edge node;
+//! `docs/configuration.md` documents each one.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use tiergate_engine::EngineConfig;
+use tiergate_router::RouterConfig;
+use tiergate_router::tier::Tier;
+use tiergate_upstream::{CloudConfig, RegionalConfig};
+
+use super::{ConfigError, load};
+use crate::node::Limits;
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub server: ServerSection,
+    pub limits: Limits,
+    pub engine: EngineConfig,
+    pub router: RouterConfig,
+    pub upstreams: UpstreamsSection,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Shown in every answer's routing and in metrics' `node` label.
+    pub name: String,
+    /// The tier the node's local model serves as: "edge", "regional" or "cloud".
+    pub tier: Tier,
+    /// The model id clients ask for to let the router choose the tier.
+    pub routed_model: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: "edge-1".to_owned(),
+            tier: Tier::Edge,
+            routed_model: "tiergate".to_owned(),
+        }
+    }
+}
+
+/// Where the node listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// gRPC (Inference, Health, reflection). Port 0 picks a free port.
+    pub grpc_listen: SocketAddr,
+    /// HTTP (OpenAI API, /metrics, /healthz, /readyz). Port 0 picks a free port.
+    pub http_listen: SocketAddr,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// The tiers above this node; either may be absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamsSection {
+    pub regional: Option<RegionalConfig>,
+    pub cloud: Option<CloudConfig>,
+}
+
+impl Config {
+    /// Defaults, then `file`, then `TIERGATE__…` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = load(file, std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that hold across fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        };
+        if self.node.name.trim().is_empty() {
+            return Err(invalid("node.name", "must not be empty"));
+        }
+        if self.node.routed_model.trim().is_empty() {
+            return Err(invalid("node.routed_model", "must not be empty"));
+        }
+        if self.limits.default_max_new_tokens > self.limits.max_new_tokens {
+            return Err(invalid(
+                "limits.default_max_new_tokens",
+                "is larger than limits.max_new_tokens",
+            ));
+        }
+        if self.upstreams.regional.is_some() && self.node.tier >= Tier::Regional {
+            return Err(invalid(
+                "upstreams.regional",
+                "a regional or cloud node cannot forward to the regional tier (never down)",
+            ));
+        }
+        if self.upstreams.cloud.is_some() && self.node.tier >= Tier::Cloud {
+            return Err(invalid(
+                "upstreams.cloud",
+                "a cloud node has no tier above it",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,9 @@
+//! The gRPC front end: `tiergate.v1.Inference`, with `grpc.health.v1.Health` and server
+//! reflection on the same port.
+
+pub mod convert;
+mod server;
+mod service;
+
+pub use server::serve_grpc;
+pub use service::{InferenceService, grpc_timeout};

@@ -1,0 +1,135 @@
+//! The `tiergate.v1.Inference` gRPC service: translates the wire to the node and back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tiergate_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
+use crate::node::{NodeApi, NodeError, NodeRequest, StreamEvent};
+
+/// The gRPC face of a node.
+pub struct InferenceService {
+    node: Arc<dyn NodeApi>,
+}
+
+impl std::fmt::Debug for InferenceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceService")
+            .field("node", &self.node.name())
+            .finish()
+    }
+}
+
+impl InferenceService {
+    pub fn new(node: Arc<dyn NodeApi>) -> Self {
+        InferenceService { node }
+    }
+
+    fn node_request(&self, request: Request<pb::GenerateRequest>) -> Result<NodeRequest, Status> {
+        let now = Instant::now();
+        let timeout = grpc_timeout(request.metadata());
+        request_from_pb(request.into_inner(), self.node.limits(), timeout, now)
+            .map_err(Status::from)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for InferenceService {
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let request = self.node_request(request)?;
+        let answer = self.node.generate(request).await?;
+        Ok(Response::new(answer_to_pb(&answer)))
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let request = self.node_request(request)?;
+        let events = self.node.generate_stream(request).await?;
+        let stream = events.map(|event| {
+            let event = match event.map_err(Status::from)? {
+                StreamEvent::Routed(routing) => {
+                    pb::generate_stream_response::Event::Routed(routing_to_pb(&routing))
+                }
+                StreamEvent::Delta(text) => {
+                    pb::generate_stream_response::Event::Delta(pb::TextDelta { text })
+                }
+                StreamEvent::Done(answer) => {
+                    // The deltas carried the text; the closing message carries the rest.
+                    let mut done = answer_to_pb(&answer);
+                    done.text.clear();
+                    pb::generate_stream_response::Event::Done(done)
+                }
+            };
+            Ok(pb::GenerateStreamResponse { event: Some(event) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let request = self.node_request(request)?;
+        let explanation = self.node.explain(request).await?;
+        let decision_json = serde_json::to_string(&explanation.decision)
+            .map_err(|e| Status::from(NodeError::Internal(e.to_string())))?;
+        Ok(Response::new(pb::ExplainResponse {
+            routing: Some(routing_to_pb(&explanation.routing)),
+            decision_json,
+        }))
+    }
+}
+
+/// Reads the `grpc-timeout` header ("100m" = 100 ms; units H M S m u n).
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! The OpenAI-compatible HTTP front end, plus `/metrics`, `/healthz` and `/readyz`.
+
+mod openai_request;
+mod openai_response;
+mod routes;
+mod server;
+
+pub use openai_request::parse_constraint;
+pub use routes::{HttpBody, HttpState, handle};
+pub use server::serve_http;

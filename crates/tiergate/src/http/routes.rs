@@ -1,0 +1,350 @@
+//! HTTP routes: the OpenAI-compatible API, `/v1/models`, `/metrics`, `/healthz`, `/readyz`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+
+use super::openai_request::{
+    ChatCompletionBody, CompletionBody, ParseContext, ParsedRequest, chat_request,
+    completion_request, parse_json,
+};
+use super::openai_response::{self as wire, Endpoint, ResponseMeta};
+use crate::metrics::NodeMetrics;
+use crate::node::{NodeApi, NodeError, RoutingInfo, StreamEvent};
+
+/// The response body type of every route: a whole buffer or an SSE stream.
+pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What the HTTP front end needs.
+pub struct HttpState {
+    pub node: Arc<dyn NodeApi>,
+    pub metrics: NodeMetrics,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState")
+            .field("node", &self.node.name())
+            .finish()
+    }
+}
+
+/// Routes one request. Never fails: every error becomes a response with the right status.
+pub async fn handle(
+    state: Arc<HttpState>,
+    request: Request<Incoming>,
+) -> Result<Response<HttpBody>, Infallible> {
+    let path = request.uri().path();
+    let response = match (request.method(), path) {
+        (&Method::POST, "/v1/chat/completions") => {
+            completions(&state, request, Endpoint::Chat).await
+        }
+        (&Method::POST, "/v1/completions") => {
+            completions(&state, request, Endpoint::Completions).await
+        }
+        (&Method::GET, "/v1/models") => models(&state),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.node.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (
+            _,
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/models"
+            | "/metrics"
+            | "/healthz"
+            | "/readyz",
+        ) => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not allowed on {path}", request.method()),
+        ),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
+    };
+    Ok(response)
+}
+
+async fn completions(
+    state: &HttpState,
+    request: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<HttpBody> {
+    let now = Instant::now();
+    let (parts, body) = request.into_parts();
+    let limit = state.node.limits().max_body_bytes;
+    let body = match read_body(&parts.headers, body, limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let cards = state.node.models();
+    let models: Vec<String> = cards.iter().map(|m| m.id.clone()).collect();
+    let local_model = cards
+        .iter()
+        .find(|m| m.local)
+        .map(|m| m.id.clone())
+        .unwrap_or_default();
+    let header_constraint = parts
+        .headers
+        .get("x-tiergate-tier-constraint")
+        .and_then(|v| v.to_str().ok());
+    let ctx = ParseContext {
+        limits: state.node.limits(),
+        models: &models,
+        local_model: &local_model,
+        header_constraint,
+        request_id: request_id(&parts.headers),
+        now,
+    };
+    let parsed = match endpoint {
+        Endpoint::Chat => {
+            parse_json::<ChatCompletionBody>(&body).and_then(|b| chat_request(b, &ctx))
+        }
+        Endpoint::Completions => {
+            parse_json::<CompletionBody>(&body).and_then(|b| completion_request(b, &ctx))
+        }
+    };
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(err) => return rejected(state, &err),
+    };
+    if parsed.stream {
+        stream_response(state, endpoint, parsed).await
+    } else {
+        unary_response(state, endpoint, parsed).await
+    }
+}
+
+async fn unary_response(
+    state: &HttpState,
+    endpoint: Endpoint,
+    parsed: ParsedRequest,
+) -> Response<HttpBody> {
+    let meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    match state.node.generate(parsed.request).await {
+        Ok(answer) => {
+            let body = wire::completion(&meta, &answer);
+            let mut response = json_response(StatusCode::OK, &body);
+            routing_headers(response.headers_mut(), &answer.routing);
+            response
+        }
+        Err(err) => node_error(&err),
+    }
+}
+
+async fn stream_response(
+    state: &HttpState,
+    endpoint: Endpoint,
+    parsed: ParsedRequest,
+) -> Response<HttpBody> {
+    let meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    let include_usage = parsed.include_usage;
+    let mut events = match state.node.generate_stream(parsed.request).await {
+        Ok(events) => events,
+        Err(err) => return node_error(&err),
+    };
+    // The headers wait for the tier to be settled, so they can say which tier answers.
+    let routing = match events.next().await {
+        Some(Ok(StreamEvent::Routed(routing))) => routing,
+        Some(Err(err)) => return node_error(&err),
+        Some(Ok(_)) | None => {
+            let err = NodeError::Internal("stream did not start with its routing".to_owned());
+            return node_error(&err);
+        }
+    };
+    let first = wire::role_chunk(&meta, &routing).map(|chunk| sse_data(&chunk));
+    let frames = events
+        .map(move |event| match event {
+            Ok(StreamEvent::Delta(text)) => sse_data(&wire::delta_chunk(&meta, &text)),
+            Ok(StreamEvent::Done(answer)) => {
+                let mut out = sse_data(&wire::final_chunk(&meta, &answer)).to_vec();
+                if include_usage {
+                    out.extend_from_slice(&sse_data(&wire::usage_chunk(&meta, &answer)));
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                Bytes::from(out)
+            }
+            // A routing change after the start cannot happen; a repeat carries nothing new.
+            Ok(StreamEvent::Routed(_)) => Bytes::new(),
+            Err(err) => {
+                let mut out = sse_data(&wire::error_body(&err)).to_vec();
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                Bytes::from(out)
+            }
+        })
+        .filter(|bytes| std::future::ready(!bytes.is_empty()));
+    let frames = futures::stream::iter(first).chain(frames);
+    let body = StreamBody::new(frames.map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))));
+    let mut response = Response::new(BodyExt::boxed_unsync(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    routing_headers(headers, &routing);
+    response
+}
+
+/// Reads a request body up to `limit` bytes; more is 413, never truncated.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<HttpBody>> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("cannot read request body: {err}"),
+        )),
+    }
+}
+
+fn models(state: &HttpState) -> Response<HttpBody> {
+    let data: Vec<Value> = state
+        .node
+        .models()
+        .into_iter()
+        .map(|m| json!({"id": m.id, "object": "model", "created": 0, "owned_by": "tiergate", "tiergate": {"tier": m.tier}}))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn metrics(state: &HttpState) -> Response<HttpBody> {
+    match state.metrics.render() {
+        Ok(body) => {
+            let mut response = Response::new(full(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(NodeMetrics::content_type()),
+            );
+            response
+        }
+        Err(err) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("cannot render metrics: {err}"),
+        ),
+    }
+}
+
+/// A request refused before it reached the node (the node counts its own failures).
+fn rejected(state: &HttpState, err: &NodeError) -> Response<HttpBody> {
+    state
+        .metrics
+        .requests
+        .with_label_values(&["none", "none", err.as_label()])
+        .inc();
+    node_error(err)
+}
+
+fn node_error(err: &NodeError) -> Response<HttpBody> {
+    json_response(err.http_status(), &wire::error_body(err))
+}
+
+fn routing_headers(headers: &mut HeaderMap, routing: &RoutingInfo) {
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    put("x-tiergate-tier", routing.tier.to_string());
+    put("x-tiergate-reason", routing.reason.clone());
+    put(
+        "x-tiergate-complexity",
+        format!("{:.4}", routing.complexity),
+    );
+    if let Some(confidence) = routing.local_confidence {
+        put("x-tiergate-local-confidence", format!("{confidence:.4}"));
+    }
+    put("x-tiergate-degraded", routing.degraded.to_string());
+    put("x-tiergate-node", routing.node.clone());
+}
+
+/// A client's `x-request-id` when it is short and plain, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+}
+
+fn sse_data(value: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    // Serializing a serde_json::Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, value);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn full(bytes: Bytes) -> HttpBody {
+    BodyExt::boxed_unsync(Full::new(bytes))
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<HttpBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<HttpBody> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "param": null, "code": status.as_u16()}}),
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,164 @@
+//! What a node offers to its front ends (gRPC and HTTP): requests in, answers out, in the
+//! node's own terms. Each front end converts its wire format to and from these types.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::BoxStream;
+use serde::Serialize;
+use tiergate_router::tier::{Tier, TierConstraint};
+
+use super::error::NodeError;
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// The input: a conversation (rendered with the model's chat template) or raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Chat(Vec<Message>),
+    /// Used verbatim (the OpenAI completions API).
+    Text(String),
+}
+
+impl Input {
+    /// The text the router scores: the last user message for a chat, the text otherwise.
+    pub fn routing_text(&self) -> &str {
+        match self {
+            Input::Text(text) => text,
+            Input::Chat(messages) => messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map_or("", |m| m.content.as_str()),
+        }
+    }
+}
+
+/// Generation parameters, already validated against the node's limits.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sampling {
+    pub max_new_tokens: u32,
+    /// `None` or 0: greedy.
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+/// How a request travelled so far; a node never forwards down or around a loop.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarding {
+    pub hop_count: u32,
+    pub tiers_tried: Vec<Tier>,
+    pub via: Vec<String>,
+}
+
+/// A request as the node sees it.
+#[derive(Debug, Clone)]
+pub struct NodeRequest {
+    pub input: Input,
+    pub sampling: Sampling,
+    pub constraint: TierConstraint,
+    pub forwarding: Forwarding,
+    /// Generation stops here and says so.
+    pub deadline: Instant,
+    pub request_id: String,
+}
+
+/// Where and why a request was answered; every answer carries it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoutingInfo {
+    pub tier: Tier,
+    pub reason: String,
+    pub complexity: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_confidence: Option<f64>,
+    pub degraded: bool,
+    pub node: String,
+    pub tiers_tried: Vec<Tier>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its answer, or a stop sequence was met.
+    Stop,
+    /// `max_new_tokens` or the context length was reached.
+    Length,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Deadline => "deadline",
+        }
+    }
+}
+
+/// Token counts of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// A complete answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub text: String,
+    pub routing: RoutingInfo,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    pub model: String,
+    #[serde(with = "seconds")]
+    pub time_to_first_token: Duration,
+    #[serde(with = "seconds")]
+    pub total_time: Duration,
+}
+
+/// What a streamed answer yields: `Routed` once, then deltas, then `Done` (with empty text).
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Routed(RoutingInfo),
+    Delta(String),
+    Done(Answer),
+}
+
+/// A streamed answer. Dropping it cancels the work behind it.
+pub type AnswerStream = BoxStream<'static, Result<StreamEvent, NodeError>>;
+
+/// A model a node serves, for `GET /v1/models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub tier: Tier,
+    /// Asking for this model pins the request to this node (the node's own local model).
+    pub local: bool,
+}
+
+mod seconds {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}

@@ -1,0 +1,402 @@
+//! Walks a routing plan: tries each step's tier in order, holds a gated local answer back
+//! until its commit window closes, falls through on failure, and streams the one answer that
+//! wins. The router names the outcome (`Decision::outcome`); this file only runs the steps.
+//! It runs as its own task; the client's stream is the receiving end of a channel, so a client
+//! that goes away cancels the walk and the work behind it.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tiergate_router::tier::Tier;
+use tiergate_router::{CommitMonitor, Decision, Step, StepResult, Verdict};
+use tokio::sync::mpsc;
+
+use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary};
+use super::{Answer, NodeError, NodeRequest, RoutingInfo, StreamEvent};
+use crate::metrics::NodeMetrics;
+
+/// Starts attempts at each tier; implemented by the node over its engine and upstream clients.
+pub trait TierStarter: Send + Sync + 'static {
+    /// Starts the local model on the request.
+    fn start_local(&self, request: &NodeRequest)
+    -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
+    /// Starts a call to an upstream tier; `request.forwarding` is already updated.
+    fn start_upstream(
+        &self,
+        tier: Tier,
+        request: &NodeRequest,
+    ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
+}
+
+/// Everything one walk needs.
+pub struct Walk<'a> {
+    pub node_name: &'a str,
+    pub request: NodeRequest,
+    pub decision: &'a Decision,
+    pub metrics: &'a NodeMetrics,
+    pub started: Instant,
+}
+
+type Sender = mpsc::Sender<Result<StreamEvent, NodeError>>;
+
+/// How a step that did not answer ended.
+enum StepEnd {
+    /// The answer was streamed (or the client left while it was).
+    Answered,
+    /// Fell through to the next step, with what happened.
+    FellThrough(StepResult, Option<NodeError>),
+}
+
+impl Walk<'_> {
+    /// Runs the plan, sending events to `tx`. Returns when the answer is complete, every step
+    /// failed, or the client went away.
+    pub async fn run(self, tiers: &dyn TierStarter, tx: Sender) {
+        let mut results: Vec<StepResult> = Vec::new();
+        let mut last_error: Option<(Tier, NodeError)> = None;
+        for &step in &self.decision.plan {
+            let tier = self.decision.step_tier(step);
+            let end = match step {
+                Step::Local { gated } => self.run_local(tiers, gated, &results, &tx).await,
+                Step::Upstream(tier) => self.run_upstream(tiers, tier, &results, &tx).await,
+            };
+            match end {
+                StepEnd::Answered => return,
+                StepEnd::FellThrough(result, error) => {
+                    results.push(result);
+                    if let Some(error) = error {
+                        last_error = Some((tier, error));
+                    }
+                }
+            }
+        }
+        // A request the local model refuses (too long, queue full) keeps its own status.
+        if let Some((_, err @ (NodeError::InvalidArgument(_) | NodeError::Overloaded(_)))) =
+            &last_error
+        {
+            self.metrics
+                .requests
+                .with_label_values(&["none", self.decision.reason.as_str(), err.as_label()])
+                .inc();
+            let _ = tx.send(Err(err.clone())).await;
+            return;
+        }
+        let message = match (&last_error, self.decision.plan.is_empty()) {
+            (_, true) => "no tier allowed by the request's constraint is reachable".to_owned(),
+            (Some((tier, err)), false) => {
+                format!("no tier could answer; last failure at {tier}: {err}")
+            }
+            (None, false) => "no tier could answer".to_owned(),
+        };
+        self.metrics
+            .requests
+            .with_label_values(&["none", self.decision.reason.as_str(), "unavailable"])
+            .inc();
+        let _ = tx.send(Err(NodeError::Unavailable(message))).await;
+    }
+
+    async fn run_local(
+        &self,
+        tiers: &dyn TierStarter,
+        gated: bool,
+        before: &[StepResult],
+        tx: &Sender,
+    ) -> StepEnd {
+        let failed = |err| StepEnd::FellThrough(local_failure(gated), Some(err));
+        let mut attempt = match tiers.start_local(&self.request).await {
+            Ok(attempt) => attempt,
+            Err(err) => return failed(err),
+        };
+        let mut held: Vec<AttemptEvent> = Vec::new();
+        let result = if gated {
+            let mut monitor = CommitMonitor::new(&self.decision.thresholds.confidence);
+            let verdict = loop {
+                let verdict = match attempt.next().await {
+                    Some(Ok(event)) => {
+                        let verdict = match &event {
+                            AttemptEvent::Delta {
+                                confidence: Some(c),
+                                ..
+                            } => monitor.push(c.top1_prob, c.entropy),
+                            AttemptEvent::Done(_) => monitor.finish(),
+                            _ => Verdict::Pending,
+                        };
+                        held.push(event);
+                        verdict
+                    }
+                    Some(Err(err)) => return failed(err),
+                    None => monitor.finish(),
+                };
+                if verdict.is_final() {
+                    break verdict;
+                }
+            };
+            match verdict {
+                Verdict::Commit { mean_top1, .. } => {
+                    self.metrics
+                        .local_attempts
+                        .with_label_values(&["commit"])
+                        .inc();
+                    self.metrics.local_confidence.observe(f64::from(mean_top1));
+                    StepResult::LocalCommitted { mean_top1 }
+                }
+                Verdict::Abandon { mean_top1, .. } => {
+                    self.metrics
+                        .local_attempts
+                        .with_label_values(&["abandon"])
+                        .inc();
+                    self.metrics.local_confidence.observe(f64::from(mean_top1));
+                    let wasted = held
+                        .iter()
+                        .filter(|e| matches!(e, AttemptEvent::Delta { .. }));
+                    self.metrics
+                        .generated_tokens
+                        .with_label_values(&["false"])
+                        .inc_by(wasted.count() as u64);
+                    // Dropping the attempt stops the local generation.
+                    return StepEnd::FellThrough(StepResult::LocalAbandoned { mean_top1 }, None);
+                }
+                Verdict::Pending => return failed(NodeError::Internal("verdict pending".into())),
+            }
+        } else {
+            StepResult::LocalAnswered
+        };
+        let Some(routing) = self.routing(before, result, None) else {
+            return failed(NodeError::Internal(
+                "the plan and its results disagree".into(),
+            ));
+        };
+        let tokens = self.stream_answer(routing, held, attempt, tx).await;
+        self.metrics
+            .generated_tokens
+            .with_label_values(&["true"])
+            .inc_by(tokens);
+        StepEnd::Answered
+    }
+
+    async fn run_upstream(
+        &self,
+        tiers: &dyn TierStarter,
+        tier: Tier,
+        before: &[StepResult],
+        tx: &Sender,
+    ) -> StepEnd {
+        let label = tier.as_str();
+        let failed = |err: NodeError| {
+            tracing::warn!(upstream = %tier, error = %err, "upstream attempt failed; trying the next step");
+            self.metrics
+                .upstream_requests
+                .with_label_values(&[label, err.as_label()])
+                .inc();
+            StepEnd::FellThrough(StepResult::UpstreamFailed, Some(err))
+        };
+        let request = self.forwarded_request(before);
+        let call_started = Instant::now();
+        let mut attempt = match tiers.start_upstream(tier, &request).await {
+            Ok(attempt) => attempt,
+            Err(err) => return failed(err),
+        };
+        // The first event proves the upstream answers; a failure before it falls through.
+        let first = match attempt.next().await {
+            Some(Ok(event)) => event,
+            Some(Err(err)) => return failed(err),
+            None => return failed(NodeError::Upstream(format!("{tier} sent nothing"))),
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[label, "ok"])
+            .inc();
+        let upstream_routing = match &first {
+            AttemptEvent::UpstreamRouted(routing) => Some(routing.clone()),
+            _ => None,
+        };
+        let result = StepResult::UpstreamAnswered {
+            degraded: upstream_routing.as_ref().is_some_and(|r| r.degraded),
+        };
+        let Some(routing) = self.routing(before, result, upstream_routing) else {
+            return failed(NodeError::Internal(
+                "the plan and its results disagree".into(),
+            ));
+        };
+        let held = match first {
+            AttemptEvent::UpstreamRouted(_) => Vec::new(),
+            other => vec![other],
+        };
+        self.stream_answer(routing, held, attempt, tx).await;
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[label])
+            .observe(call_started.elapsed().as_secs_f64());
+        StepEnd::Answered
+    }
+
+    /// The request as it goes up: one more hop, this node's tiers marked as tried.
+    fn forwarded_request(&self, before: &[StepResult]) -> NodeRequest {
+        let mut request = self.request.clone();
+        let forwarding = &mut request.forwarding;
+        forwarding.hop_count += 1;
+        let local = self.decision.local_tier;
+        let tried_here = self.decision.plan[..before.len()]
+            .iter()
+            .map(|step| self.decision.step_tier(*step))
+            .chain([local]);
+        for tier in tried_here {
+            if !forwarding.tiers_tried.contains(&tier) {
+                forwarding.tiers_tried.push(tier);
+            }
+        }
+        forwarding.via.push(self.node_name.to_owned());
+        request
+    }
+
+    /// The routing an answer reports, named by the router from the steps' results. An upstream
+    /// tiergate node's own routing says which tier finally answered.
+    fn routing(
+        &self,
+        before: &[StepResult],
+        answered: StepResult,
+        upstream: Option<RoutingInfo>,
+    ) -> Option<RoutingInfo> {
+        let mut results = before.to_vec();
+        results.push(answered);
+        let outcome = self.decision.outcome(&results).ok()?;
+        let mut tiers_tried = outcome.tiers_tried;
+        let (tier, node) = match &upstream {
+            Some(r) => {
+                for tier in &r.tiers_tried {
+                    if !tiers_tried.contains(tier) {
+                        tiers_tried.push(*tier);
+                    }
+                }
+                (r.tier, r.node.clone())
+            }
+            None if matches!(answered, StepResult::UpstreamAnswered { .. }) => {
+                (outcome.tier, outcome.tier.as_str().to_owned())
+            }
+            None => (outcome.tier, self.node_name.to_owned()),
+        };
+        // Tiers tried before the one that answered.
+        tiers_tried.retain(|t| *t != tier);
+        Some(RoutingInfo {
+            tier,
+            reason: outcome.reason.as_str().to_owned(),
+            complexity: self.decision.complexity.score,
+            local_confidence: outcome
+                .local_confidence
+                .map(f64::from)
+                .or(upstream.as_ref().and_then(|r| r.local_confidence)),
+            degraded: outcome.degraded,
+            node,
+            tiers_tried,
+        })
+    }
+
+    /// Sends `Routed`, the held events, then the rest of the attempt. Returns the number of
+    /// deltas passed on.
+    async fn stream_answer(
+        &self,
+        routing: RoutingInfo,
+        held: Vec<AttemptEvent>,
+        rest: AttemptStream,
+        tx: &Sender,
+    ) -> u64 {
+        if tx
+            .send(Ok(StreamEvent::Routed(routing.clone())))
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let mut text = String::new();
+        let mut deltas = 0_u64;
+        let mut first_token: Option<Duration> = None;
+        let mut events = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(AttemptEvent::Delta { text: piece, .. }) => {
+                    deltas += 1;
+                    first_token.get_or_insert_with(|| self.started.elapsed());
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    text.push_str(&piece);
+                    if tx.send(Ok(StreamEvent::Delta(piece))).await.is_err() {
+                        return deltas;
+                    }
+                }
+                Ok(AttemptEvent::UpstreamRouted(_)) => {}
+                Ok(AttemptEvent::Done(summary)) => {
+                    let answer = self.answer(routing, text, summary, first_token);
+                    self.record_answer(&answer);
+                    let _ = tx.send(Ok(StreamEvent::Done(answer))).await;
+                    return deltas;
+                }
+                Err(err) => {
+                    // Text may have reached the client: the answer cannot move to another tier.
+                    self.metrics
+                        .requests
+                        .with_label_values(&[
+                            routing.tier.as_str(),
+                            &routing.reason,
+                            err.as_label(),
+                        ])
+                        .inc();
+                    let _ = tx.send(Err(err)).await;
+                    return deltas;
+                }
+            }
+        }
+        let err = NodeError::Upstream(format!(
+            "{} ended without finishing the answer",
+            routing.tier
+        ));
+        let _ = tx.send(Err(err)).await;
+        deltas
+    }
+
+    fn answer(
+        &self,
+        routing: RoutingInfo,
+        text: String,
+        summary: AttemptSummary,
+        first_token: Option<Duration>,
+    ) -> Answer {
+        let total_time = self.started.elapsed();
+        Answer {
+            text,
+            routing,
+            usage: summary.usage,
+            finish_reason: summary.finish_reason,
+            model: summary.model,
+            time_to_first_token: first_token.unwrap_or(total_time),
+            total_time,
+        }
+    }
+
+    fn record_answer(&self, answer: &Answer) {
+        let tier = answer.routing.tier.as_str();
+        self.metrics
+            .requests
+            .with_label_values(&[tier, &answer.routing.reason, "ok"])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[tier])
+            .observe(answer.total_time.as_secs_f64());
+        self.metrics
+            .time_to_first_token
+            .with_label_values(&[tier])
+            .observe(answer.time_to_first_token.as_secs_f64());
+    }
+}
+
+/// A local step that could not run counts as abandoned (gated) for naming the outcome, so the
+/// reason of a later answer still says why the request moved on.
+fn local_failure(gated: bool) -> StepResult {
+    if gated {
+        StepResult::LocalAbandoned { mean_top1: 0.0 }
+    } else {
+        // An ungated local step is the last resort; nothing comes after it.
+        StepResult::LocalAnswered
+    }
+}

@@ -1,0 +1,50 @@
+//! A tiergate node: the front-end-neutral API ([`NodeApi`]), its error type and limits.
+
+pub mod api;
+mod attempt;
+pub mod error;
+mod executor;
+pub mod limits;
+mod service;
+
+use futures::future::BoxFuture;
+
+pub use api::{
+    Answer, AnswerStream, FinishReason, Forwarding, Input, Message, ModelCard, NodeRequest, Role,
+    RoutingInfo, Sampling, StreamEvent, Usage,
+};
+pub use error::NodeError;
+pub use limits::Limits;
+pub use service::{Node, NodeParts};
+
+/// The routing decision for a request, without generating.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The tier the plan would try first, and why.
+    pub routing: RoutingInfo,
+    /// The full decision, as `tiergate route explain --json` prints it.
+    pub decision: serde_json::Value,
+}
+
+/// What the gRPC and HTTP front ends call. One implementation walks the routing plan across
+/// tiers; front ends only translate wire formats.
+pub trait NodeApi: Send + Sync + 'static {
+    /// Answers in one piece.
+    fn generate(&self, request: NodeRequest) -> BoxFuture<'_, Result<Answer, NodeError>>;
+    /// Answers as a stream: `Routed`, deltas, `Done`. Errors before the stream starts are returned
+    /// here; errors after it started arrive as the stream's last item.
+    fn generate_stream(
+        &self,
+        request: NodeRequest,
+    ) -> BoxFuture<'_, Result<AnswerStream, NodeError>>;
+    /// The routing decision without generating.
+    fn explain(&self, request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>>;
+    /// The models this node answers with (its own and the tiers above it).
+    fn models(&self) -> Vec<ModelCard>;
+    /// The request limits front ends validate against.
+    fn limits(&self) -> &Limits;
+    /// The node's name, as it appears in `RoutingInfo::node`.
+    fn name(&self) -> &str;
+    /// Ready to serve: the local engine is loaded.
+    fn is_ready(&self) -> bool;
+}

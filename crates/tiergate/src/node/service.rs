@@ -1,0 +1,441 @@
+//! The node: its local engine, its upstream clients and its router, behind [`NodeApi`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
+use tiergate_router::features::PromptFeatures;
+use tiergate_router::tier::Tier;
+use tiergate_router::{Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide};
+use tiergate_upstream::{CloudClient, CloudEvent, RegionalClient, UpstreamError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary, TokenConfidence};
+use super::executor::{TierStarter, Walk};
+use super::{
+    Answer, AnswerStream, Explanation, FinishReason, Input, Limits, ModelCard, NodeApi, NodeError,
+    NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
+};
+use crate::grpc::convert::{
+    answer_from_pb, finish_reason_from_str, request_to_pb, routing_from_pb,
+};
+use crate::metrics::NodeMetrics;
+
+/// Events buffered between the walk and the client; small, since a slow client should slow
+/// generation rather than grow memory.
+const STREAM_BUFFER: usize = 32;
+
+/// What a node is made of.
+#[derive(Debug)]
+pub struct NodeParts {
+    pub name: String,
+    pub tier: Tier,
+    pub routed_model: String,
+    pub engine: Engine,
+    pub router: RouterConfig,
+    pub regional: Option<RegionalClient>,
+    pub cloud: Option<CloudClient>,
+    pub limits: Limits,
+    pub metrics: NodeMetrics,
+}
+
+/// A running node. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Node {
+    parts: NodeParts,
+}
+
+impl Node {
+    pub fn new(parts: NodeParts) -> Arc<Node> {
+        parts.metrics.ready.set(1.0);
+        Arc::new(Node { parts })
+    }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.parts.metrics
+    }
+
+    /// The routing decision for a request: features, the local model's surprise, link health.
+    async fn decision(&self, request: &NodeRequest) -> Decision {
+        let text = request.input.routing_text();
+        let features = PromptFeatures::extract(text);
+        // A prompt the local model cannot even read (too long) simply has no NLL signal; the
+        // text features still route it.
+        let prompt_nll = match self
+            .parts
+            .engine
+            .score_prompt(&engine_prompt(&request.input))
+            .await
+        {
+            Ok(score) => score.mean_nll,
+            Err(err) => {
+                tracing::debug!(error = %err, "prompt scoring failed; routing on text features");
+                None
+            }
+        };
+        let now = Instant::now();
+        let mut upstreams = Vec::new();
+        if let Some(regional) = &self.parts.regional {
+            upstreams.push(UpstreamView {
+                tier: Tier::Regional,
+                available: regional.is_available(now),
+            });
+        }
+        if let Some(cloud) = &self.parts.cloud {
+            upstreams.push(UpstreamView {
+                tier: Tier::Cloud,
+                available: cloud.is_available(now),
+            });
+        }
+        for upstream in &upstreams {
+            self.parts
+                .metrics
+                .upstream_available
+                .with_label_values(&[upstream.tier.as_str()])
+                .set(if upstream.available { 1.0 } else { 0.0 });
+        }
+        let view = NodeView {
+            local_tier: self.parts.tier,
+            upstreams,
+        };
+        let forwarding = tiergate_router::Forwarding {
+            hop_count: request.forwarding.hop_count,
+            tiers_tried: request.forwarding.tiers_tried.clone(),
+        };
+        let signals = Signals {
+            features,
+            prompt_nll,
+        };
+        let decision = decide(
+            &self.parts.router,
+            &signals,
+            &view,
+            request.constraint,
+            &forwarding,
+        );
+        self.parts
+            .metrics
+            .complexity
+            .observe(decision.complexity.score);
+        decision
+    }
+
+    async fn start(self: Arc<Self>, request: NodeRequest) -> AnswerStream {
+        let started = Instant::now();
+        let decision = self.decision(&request).await;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let node = Arc::clone(&self);
+        tokio::spawn(async move {
+            node.parts.metrics.in_flight.inc();
+            let walk = Walk {
+                node_name: &node.parts.name,
+                request,
+                decision: &decision,
+                metrics: &node.parts.metrics,
+                started,
+            };
+            walk.run(node.as_ref(), tx).await;
+            node.parts.metrics.in_flight.dec();
+        });
+        ReceiverStream::new(rx).boxed()
+    }
+}
+
+impl NodeApi for Arc<Node> {
+    fn generate(&self, request: NodeRequest) -> BoxFuture<'_, Result<Answer, NodeError>> {
+        async move {
+            let mut events = Arc::clone(self).start(request).await;
+            while let Some(event) = events.next().await {
+                // The walk puts the whole text in `Done`; deltas only matter to streams.
+                if let StreamEvent::Done(answer) = event? {
+                    return Ok(answer);
+                }
+            }
+            Err(NodeError::Internal(
+                "the answer ended without finishing".to_owned(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn generate_stream(
+        &self,
+        request: NodeRequest,
+    ) -> BoxFuture<'_, Result<AnswerStream, NodeError>> {
+        async move {
+            let mut events = Arc::clone(self).start(request).await;
+            // An error before anything was answered is the call's error, not the stream's.
+            match events.next().await {
+                Some(Err(err)) => Err(err),
+                Some(Ok(first)) => Ok(futures::stream::iter([Ok(first)]).chain(events).boxed()),
+                None => Err(NodeError::Internal("no answer was started".to_owned())),
+            }
+        }
+        .boxed()
+    }
+
+    fn explain(&self, request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
+        async move {
+            let decision = self.decision(&request).await;
+            let tier = match decision.plan.first() {
+                Some(Step::Local { .. }) => self.parts.tier,
+                Some(Step::Upstream(tier)) => *tier,
+                None => {
+                    return Err(NodeError::Unavailable(
+                        "no tier allowed by the request's constraint is reachable".to_owned(),
+                    ));
+                }
+            };
+            let routing = RoutingInfo {
+                tier,
+                reason: decision.reason.as_str().to_owned(),
+                complexity: decision.complexity.score,
+                local_confidence: None,
+                degraded: decision.degraded,
+                node: self.parts.name.clone(),
+                tiers_tried: Vec::new(),
+            };
+            let decision = serde_json::to_value(&decision)
+                .map_err(|e| NodeError::Internal(format!("cannot serialize the decision: {e}")))?;
+            Ok(Explanation { routing, decision })
+        }
+        .boxed()
+    }
+
+    fn models(&self) -> Vec<ModelCard> {
+        vec![
+            ModelCard {
+                id: self.parts.routed_model.clone(),
+                tier: self.parts.tier,
+                local: false,
+            },
+            ModelCard {
+                id: self.parts.engine.model().name.clone(),
+                tier: self.parts.tier,
+                local: true,
+            },
+        ]
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.parts.limits
+    }
+
+    fn name(&self) -> &str {
+        &self.parts.name
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+impl TierStarter for Node {
+    fn start_local(
+        &self,
+        request: &NodeRequest,
+    ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
+        let generation = GenerationRequest {
+            prompt: engine_prompt(&request.input),
+            sampling: engine_sampling(&request.sampling),
+            deadline: Some(request.deadline),
+        };
+        let model = self.parts.engine.model().name.clone();
+        let result = self
+            .parts
+            .engine
+            .generate_stream(generation)
+            .map_err(engine_error)
+            .map(|events| local_attempt(events, model));
+        futures::future::ready(result).boxed()
+    }
+
+    fn start_upstream(
+        &self,
+        tier: Tier,
+        request: &NodeRequest,
+    ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
+        let wire = request_to_pb(request);
+        let deadline = Some(request.deadline);
+        async move {
+            match tier {
+                Tier::Regional => {
+                    let client = self.parts.regional.as_ref().ok_or_else(|| {
+                        NodeError::Unavailable("no regional upstream is configured".to_owned())
+                    })?;
+                    let events = client
+                        .generate_stream(wire, deadline)
+                        .await
+                        .map_err(upstream_error)?;
+                    Ok(regional_attempt(events))
+                }
+                Tier::Cloud => {
+                    let client = self.parts.cloud.as_ref().ok_or_else(|| {
+                        NodeError::Unavailable("no cloud upstream is configured".to_owned())
+                    })?;
+                    let events = client
+                        .generate_stream(&wire, deadline)
+                        .await
+                        .map_err(upstream_error)?;
+                    Ok(cloud_attempt(events, client.model().to_owned()))
+                }
+                Tier::Edge => Err(NodeError::Internal(
+                    "the edge is never an upstream".to_owned(),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn engine_prompt(input: &Input) -> tiergate_engine::Prompt {
+    match input {
+        Input::Text(text) => tiergate_engine::Prompt::Text(text.clone()),
+        Input::Chat(messages) => tiergate_engine::Prompt::Chat(
+            messages
+                .iter()
+                .map(|m| tiergate_engine::ChatMessage {
+                    role: match m.role {
+                        Role::System => tiergate_engine::Role::System,
+                        Role::User => tiergate_engine::Role::User,
+                        Role::Assistant => tiergate_engine::Role::Assistant,
+                    },
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn engine_sampling(sampling: &super::Sampling) -> tiergate_engine::SamplingParams {
+    tiergate_engine::SamplingParams {
+        max_new_tokens: sampling.max_new_tokens as usize,
+        temperature: sampling.temperature.unwrap_or(0.0),
+        top_k: sampling.top_k.unwrap_or(0) as usize,
+        top_p: sampling.top_p.unwrap_or(1.0),
+        seed: sampling.seed,
+        stop: sampling.stop.clone(),
+    }
+}
+
+fn engine_error(err: EngineError) -> NodeError {
+    match err.class() {
+        ErrorClass::InvalidRequest => NodeError::InvalidArgument(err.to_string()),
+        ErrorClass::Overloaded => NodeError::Overloaded(err.to_string()),
+        ErrorClass::Unavailable => NodeError::Unavailable(err.to_string()),
+        ErrorClass::Internal => NodeError::Internal(err.to_string()),
+    }
+}
+
+fn upstream_error(err: UpstreamError) -> NodeError {
+    NodeError::Upstream(err.to_string())
+}
+
+fn finish_from_engine(reason: tiergate_engine::FinishReason) -> FinishReason {
+    match reason {
+        tiergate_engine::FinishReason::Eos | tiergate_engine::FinishReason::Stop => {
+            FinishReason::Stop
+        }
+        tiergate_engine::FinishReason::Length => FinishReason::Length,
+        tiergate_engine::FinishReason::Deadline => FinishReason::Deadline,
+    }
+}
+
+fn local_attempt(events: tiergate_engine::GenerationStream, model: String) -> AttemptStream {
+    events
+        .scan(0_u32, move |prompt_tokens, event| {
+            let mapped = match event {
+                Ok(GenerationEvent::Started {
+                    prompt_tokens: n, ..
+                }) => {
+                    *prompt_tokens = u32::try_from(n).unwrap_or(u32::MAX);
+                    None
+                }
+                Ok(GenerationEvent::Token(token)) => Some(Ok(AttemptEvent::Delta {
+                    text: token.text,
+                    confidence: Some(TokenConfidence {
+                        top1_prob: token.top1_prob,
+                        entropy: token.entropy,
+                    }),
+                })),
+                Ok(GenerationEvent::Finished(summary)) => {
+                    Some(Ok(AttemptEvent::Done(AttemptSummary {
+                        finish_reason: finish_from_engine(summary.finish_reason),
+                        usage: Usage {
+                            prompt_tokens: *prompt_tokens,
+                            completion_tokens: u32::try_from(summary.completion_tokens)
+                                .unwrap_or(u32::MAX),
+                        },
+                        model: model.clone(),
+                    })))
+                }
+                Err(err) => Some(Err(engine_error(err))),
+            };
+            futures::future::ready(Some(mapped))
+        })
+        .filter_map(futures::future::ready)
+        .boxed()
+}
+
+fn regional_attempt(
+    events: impl futures::Stream<
+        Item = Result<tiergate_proto::v1::GenerateStreamResponse, UpstreamError>,
+    > + Send
+    + 'static,
+) -> AttemptStream {
+    use tiergate_proto::v1::generate_stream_response::Event;
+    events
+        .filter_map(|item| {
+            let mapped = match item {
+                Err(err) => Some(Err(upstream_error(err))),
+                Ok(response) => match response.event {
+                    None => None,
+                    Some(Event::Routed(routing)) => {
+                        Some(routing_from_pb(routing).map(AttemptEvent::UpstreamRouted))
+                    }
+                    Some(Event::Delta(delta)) => Some(Ok(AttemptEvent::Delta {
+                        text: delta.text,
+                        confidence: None,
+                    })),
+                    Some(Event::Done(done)) => Some(answer_from_pb(done).map(|answer: Answer| {
+                        AttemptEvent::Done(AttemptSummary {
+                            finish_reason: answer.finish_reason,
+                            usage: answer.usage,
+                            model: answer.model,
+                        })
+                    })),
+                },
+            };
+            futures::future::ready(mapped)
+        })
+        .boxed()
+}
+
+fn cloud_attempt(events: tiergate_upstream::CloudStream, model: String) -> AttemptStream {
+    events
+        .map(move |item| match item {
+            Err(err) => Err(upstream_error(err)),
+            Ok(CloudEvent::Delta(text)) => Ok(AttemptEvent::Delta {
+                text,
+                confidence: None,
+            }),
+            Ok(CloudEvent::Done(done)) => Ok(AttemptEvent::Done(AttemptSummary {
+                finish_reason: finish_reason_from_str(
+                    done.finish_reason.as_deref().unwrap_or("stop"),
+                ),
+                usage: done.usage.map_or_else(Usage::default, |u| Usage {
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                }),
+                model: if done.model.is_empty() {
+                    model.clone()
+                } else {
+                    done.model
+                },
+            })),
+        })
+        .boxed()
+}
