@@ -186,3 +186,110 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<Ht
 pub async fn get(url: &str) -> anyhow::Result<HttpReply> {
     http_send(http::Method::GET, url, &[], Bytes::new()).await
 }
+
+/// Router settings that make a node's early-exit check always commit or always abandon, so a
+/// test decides the path instead of the toy model's mood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// The node's defaults.
+    Default,
+    /// Every local attempt commits.
+    Commit,
+    /// Every local attempt is abandoned (escalates).
+    Abandon,
+    /// Every prompt skips the local attempt and goes to the cloud first.
+    CloudFirst,
+}
+
+impl Gate {
+    fn router_toml(self) -> &'static str {
+        match self {
+            Gate::Default => "",
+            Gate::Commit => {
+                "[router]\nlocal_max_complexity = 1.0\n[router.confidence]\nmin_mean_top1 = 0.0\nmin_token_top1 = 0.0\n"
+            }
+            Gate::Abandon => {
+                "[router]\nlocal_max_complexity = 1.0\n[router.confidence]\nmin_mean_top1 = 1.0\n"
+            }
+            Gate::CloudFirst => {
+                "[router]\nlocal_max_complexity = 0.0\ncloud_min_complexity = 0.0\n"
+            }
+        }
+    }
+}
+
+/// The TOML of a node of `tier` running `model`, with upstreams and a router gate.
+pub fn node_toml(
+    name: &str,
+    tier: &str,
+    model: &str,
+    regional: Option<&NodeProcess>,
+    cloud: Option<&NodeProcess>,
+    gate: Gate,
+) -> String {
+    let mut toml = format!(
+        "[node]\nname = \"{name}\"\ntier = \"{tier}\"\n[engine]\nmodel_dir = \"models/{model}\"\n"
+    );
+    if let Some(regional) = regional {
+        toml.push_str(&format!(
+            "[upstreams.regional]\nendpoints = [\"{}\"]\nhealth_check_interval = \"100ms\"\n",
+            regional.grpc_url()
+        ));
+    }
+    if let Some(cloud) = cloud {
+        toml.push_str(&format!(
+            "[upstreams.cloud]\nbase_url = \"{}/v1\"\nmodel = \"tiergate\"\n",
+            cloud.http_url()
+        ));
+    }
+    toml.push_str(gate.router_toml());
+    toml
+}
+
+/// Edge, regional and a cloud stand-in, each a real `tiergate serve` process.
+#[derive(Debug)]
+pub struct Cluster {
+    pub edge: NodeProcess,
+    pub regional: Option<NodeProcess>,
+    pub cloud: Option<NodeProcess>,
+}
+
+impl Cluster {
+    /// Starts cloud, then regional (cloud above it), then edge (regional, cloud as fallback).
+    pub async fn start(edge_gate: Gate, regional_gate: Gate) -> anyhow::Result<Cluster> {
+        let cloud = NodeProcess::start(
+            "cloud",
+            &node_toml("cloud-1", "cloud", "regional", None, None, Gate::Default),
+        )
+        .await?;
+        let regional = NodeProcess::start(
+            "regional",
+            &node_toml(
+                "regional-1",
+                "regional",
+                "regional",
+                None,
+                Some(&cloud),
+                regional_gate,
+            ),
+        )
+        .await?;
+        let edge = NodeProcess::start(
+            "edge",
+            &node_toml(
+                "edge-1",
+                "edge",
+                "edge",
+                Some(&regional),
+                Some(&cloud),
+                edge_gate,
+            ),
+        )
+        .await?;
+        Ok(Cluster {
+            edge,
+            regional: Some(regional),
+            cloud: Some(cloud),
+        })
+    }
+}

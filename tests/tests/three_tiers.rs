@@ -1,0 +1,198 @@
+//! Three real `tiergate serve` processes (edge, regional, cloud stand-in) on 127.0.0.1: where
+//! requests land, what happens when tiers go away, and that every API tells the same story.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tiergate_e2e::{Cluster, Gate, post_json};
+use tiergate_proto::v1 as pb;
+
+fn request(prompt: &str) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt: prompt.to_owned(),
+        params: Some(pb::GenerationParams {
+            max_new_tokens: 24,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tier(routing: &pb::RoutingInfo) -> pb::Tier {
+    pb::Tier::try_from(routing.tier).unwrap()
+}
+
+async fn generate(cluster: &Cluster, prompt: &str) -> pb::GenerateResponse {
+    let mut client = cluster.edge.grpc_client().await.unwrap();
+    let mut req = tonic::Request::new(request(prompt));
+    req.set_timeout(Duration::from_secs(30));
+    client.generate(req).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn confident_in_domain_answer_exits_at_the_edge() {
+    let cluster = Cluster::start(Gate::Commit, Gate::Default).await.unwrap();
+    let answer = generate(&cluster, "turn on the kitchen lights").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Edge);
+    assert_eq!(routing.reason, "early_exit");
+    assert!(routing.local_confidence.is_some());
+    assert!(!routing.degraded);
+    assert!(!answer.text.is_empty());
+    assert_eq!(routing.node, "edge-1");
+}
+
+#[tokio::test]
+async fn low_confidence_escalates_to_regional_then_the_cloud_when_regional_is_stopped() {
+    let mut cluster = Cluster::start(Gate::Abandon, Gate::Commit).await.unwrap();
+    let answer = generate(&cluster, "what is 12 plus 7").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Regional, "{routing:?}");
+    assert_eq!(routing.reason, "low_confidence");
+    assert_eq!(routing.tiers_tried, vec![pb::Tier::Edge as i32]);
+    assert_eq!(routing.node, "regional-1");
+    assert!(!routing.degraded);
+
+    // Regional goes away: the same request now reaches the cloud.
+    cluster.regional.take().unwrap().stop().await.unwrap();
+    let answer = generate(&cluster, "what is 12 plus 7").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Cloud, "{routing:?}");
+    assert!(
+        !routing.degraded,
+        "the cloud is a better tier, not a degraded one"
+    );
+    assert!(!answer.text.is_empty());
+
+    // The cloud goes too: the edge answers itself and says the answer is degraded.
+    cluster.cloud.take().unwrap().stop().await.unwrap();
+    let answer = generate(&cluster, "what is 12 plus 7").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Edge, "{routing:?}");
+    assert!(routing.degraded);
+    assert!(
+        ["upstream_failed", "upstream_unavailable"].contains(&routing.reason.as_str()),
+        "{routing:?}"
+    );
+    assert!(!answer.text.is_empty());
+}
+
+#[tokio::test]
+async fn complex_prompts_go_to_the_cloud_and_explain_agrees() {
+    let cluster = Cluster::start(Gate::CloudFirst, Gate::Default)
+        .await
+        .unwrap();
+    let prompt = "Prove that there are infinitely many primes, step by step.";
+    let answer = generate(&cluster, prompt).await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Cloud, "{routing:?}");
+    assert_eq!(routing.reason, "complexity");
+
+    let mut client = cluster.edge.grpc_client().await.unwrap();
+    let explained = client.explain(request(prompt)).await.unwrap().into_inner();
+    let explained_routing = explained.routing.unwrap();
+    assert_eq!(explained_routing.tier, routing.tier);
+    assert_eq!(explained_routing.reason, routing.reason);
+    assert!((explained_routing.complexity - routing.complexity).abs() < 1e-9);
+    let decision: serde_json::Value = serde_json::from_str(&explained.decision_json).unwrap();
+    assert_eq!(decision["tier"], "cloud");
+    assert_eq!(decision["reason"], "complexity");
+    assert!(decision["complexity"]["components"].is_array());
+}
+
+#[tokio::test]
+async fn privacy_pinned_requests_never_leave_the_edge() {
+    let cluster = Cluster::start(Gate::CloudFirst, Gate::Default)
+        .await
+        .unwrap();
+    let mut client = cluster.edge.grpc_client().await.unwrap();
+    let mut req = request("summarise my medical history, step by step, in detail");
+    req.tier_constraint = pb::TierConstraint::EdgeOnly as i32;
+    let answer = client.generate(req).await.unwrap().into_inner();
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Edge);
+    assert_eq!(routing.reason, "tier_constraint");
+    assert!(routing.tiers_tried.is_empty());
+}
+
+#[tokio::test]
+async fn streaming_and_unary_agree_on_grpc_and_http() {
+    for gate in [Gate::Commit, Gate::Abandon] {
+        let cluster = Cluster::start(gate, Gate::Commit).await.unwrap();
+        let prompt = "turn off the bedroom fan";
+        let unary = generate(&cluster, prompt).await;
+
+        let mut client = cluster.edge.grpc_client().await.unwrap();
+        let mut stream = client
+            .generate_stream(request(prompt))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(message) = stream.next().await {
+            events.push(message.unwrap().event.unwrap());
+        }
+        use pb::generate_stream_response::Event;
+        let Some(Event::Routed(routed)) = events.first() else {
+            panic!("stream must open with its routing: {events:?}");
+        };
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delta(d) => Some(d.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let Some(Event::Done(done)) = events.last() else {
+            panic!("stream must end with done: {events:?}");
+        };
+        let unary_routing = unary.routing.clone().unwrap();
+        assert_eq!(text, unary.text, "gate {gate:?}");
+        assert_eq!(routed.tier, unary_routing.tier);
+        assert_eq!(done.routing.as_ref().unwrap().tier, unary_routing.tier);
+        assert_eq!(done.routing.as_ref().unwrap().reason, unary_routing.reason);
+        assert_eq!(done.usage, unary.usage);
+
+        // HTTP, unary and SSE, tell the same story in headers and the `tiergate` field.
+        let url = format!("{}/v1/chat/completions", cluster.edge.http_url());
+        let body = serde_json::json!({
+            "model": "tiergate",
+            "max_tokens": 24,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        let reply = post_json(&url, &body).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let json = reply.json().unwrap();
+        assert_eq!(json["choices"][0]["message"]["content"], unary.text);
+        let tier_name = match tier(&unary_routing) {
+            pb::Tier::Edge => "edge",
+            pb::Tier::Regional => "regional",
+            pb::Tier::Cloud => "cloud",
+            pb::Tier::Unspecified => "?",
+        };
+        assert_eq!(reply.header("x-tiergate-tier"), Some(tier_name));
+        assert_eq!(json["tiergate"]["tier"], tier_name);
+        assert_eq!(json["tiergate"]["reason"], unary_routing.reason);
+
+        let mut streamed = body.clone();
+        streamed["stream"] = serde_json::json!(true);
+        let reply = post_json(&url, &streamed).await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+        assert_eq!(reply.header("x-tiergate-tier"), Some(tier_name));
+        let sse = reply.text();
+        assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+        let mut sse_text = String::new();
+        for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if line == "[DONE]" {
+                break;
+            }
+            let chunk: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+                sse_text.push_str(piece);
+            }
+        }
+        assert_eq!(sse_text, unary.text, "gate {gate:?}");
+    }
+}
