@@ -84,11 +84,11 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The fields only the chat endpoint has. (Read apart from [`CommonFields`] rather than with
+/// `#[serde(flatten)]`, which would lose the field path in error messages.)
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionBody {
     pub messages: Vec<ChatMessageBody>,
-    #[serde(flatten)]
-    pub common: CommonFields,
 }
 
 /// `prompt` of the completions API: one string (a list of one string is accepted too).
@@ -102,8 +102,6 @@ pub enum PromptField {
 #[derive(Debug, Deserialize)]
 pub struct CompletionBody {
     pub prompt: PromptField,
-    #[serde(flatten)]
-    pub common: CommonFields,
 }
 
 /// A request parsed from either endpoint, ready for the node.
@@ -129,32 +127,51 @@ pub struct ParseContext<'a> {
     pub now: Instant,
 }
 
-/// Parses a JSON body, naming the failing field in the error.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
+/// Parses a request body as a JSON object.
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, NodeError> {
     if body.is_empty() {
-        return Err(NodeError::InvalidArgument(
-            "request body is empty; expected a JSON object".to_owned(),
-        ));
+        return Err(invalid("request body is empty; expected a JSON object"));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|err| invalid(format!("malformed JSON: {err}")))?;
+    if !value.is_object() {
+        return Err(invalid("invalid request: the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Reads `T` out of a parsed body, naming the failing field in the error.
+fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, NodeError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let what = if inner.is_syntax() || inner.is_eof() {
-            "malformed JSON"
-        } else {
-            "invalid request"
-        };
         if path == "." || path.is_empty() {
-            NodeError::InvalidArgument(format!("{what}: {inner}"))
+            invalid(format!("invalid request: {inner}"))
         } else {
-            NodeError::InvalidArgument(format!("{what}: `{path}`: {inner}"))
+            invalid(format!("invalid request: `{path}`: {inner}"))
         }
     })
 }
 
-pub fn chat_request(
+/// Parses a chat completions body.
+pub fn parse_chat(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, NodeError> {
+    let value = parse_body(body)?;
+    let chat: ChatCompletionBody = from_value(&value)?;
+    let common: CommonFields = from_value(&value)?;
+    chat_request(chat, common, ctx)
+}
+
+/// Parses a (text) completions body.
+pub fn parse_completion(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, NodeError> {
+    let value = parse_body(body)?;
+    let completion: CompletionBody = from_value(&value)?;
+    let common: CommonFields = from_value(&value)?;
+    completion_request(completion, common, ctx)
+}
+
+fn chat_request(
     body: ChatCompletionBody,
+    common: CommonFields,
     ctx: &ParseContext<'_>,
 ) -> Result<ParsedRequest, NodeError> {
     if body.messages.is_empty() {
@@ -181,11 +198,12 @@ pub fn chat_request(
     {
         return Err(invalid("`messages` has no non-empty user message"));
     }
-    finish(Input::Chat(messages), body.common, ctx)
+    finish(Input::Chat(messages), common, ctx)
 }
 
-pub fn completion_request(
+fn completion_request(
     body: CompletionBody,
+    common: CommonFields,
     ctx: &ParseContext<'_>,
 ) -> Result<ParsedRequest, NodeError> {
     let prompt = match body.prompt {
@@ -201,7 +219,7 @@ pub fn completion_request(
     if prompt.trim().is_empty() {
         return Err(invalid("`prompt` is empty"));
     }
-    finish(Input::Text(prompt), body.common, ctx)
+    finish(Input::Text(prompt), common, ctx)
 }
 
 fn chat_message(index: usize, message: ChatMessageBody) -> Result<Message, NodeError> {

@@ -11,10 +11,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::UnsyncBoxB
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 
-use super::openai_request::{
-    ChatCompletionBody, CompletionBody, ParseContext, ParsedRequest, chat_request,
-    completion_request, parse_json,
-};
+use super::openai_request::{ParseContext, ParsedRequest, parse_chat, parse_completion};
 use super::openai_response::{self as wire, Endpoint, ResponseMeta};
 use crate::metrics::NodeMetrics;
 use crate::node::{NodeApi, NodeError, RoutingInfo, StreamEvent};
@@ -113,12 +110,8 @@ async fn completions(
         now,
     };
     let parsed = match endpoint {
-        Endpoint::Chat => {
-            parse_json::<ChatCompletionBody>(&body).and_then(|b| chat_request(b, &ctx))
-        }
-        Endpoint::Completions => {
-            parse_json::<CompletionBody>(&body).and_then(|b| completion_request(b, &ctx))
-        }
+        Endpoint::Chat => parse_chat(&body, &ctx),
+        Endpoint::Completions => parse_completion(&body, &ctx),
     };
     let parsed = match parsed {
         Ok(parsed) => parsed,
