@@ -56,6 +56,8 @@ async fn json_completion_over_tls_with_the_api_key() {
     );
     assert_eq!(done.model, "fake-gpt-0613");
 
+    // TLS with ALPN: the client speaks HTTP/2 when the provider offers it.
+    assert_eq!(provider.last_version(), Some(http::Version::HTTP_2));
     let sent = provider.last_body();
     assert_eq!(sent["model"], "fake-gpt");
     assert_eq!(
@@ -152,6 +154,7 @@ async fn plain_http_works_for_local_endpoints() {
     let client = CloudClient::new(&config).unwrap();
     let done = client.generate(&request("local"), soon()).await.unwrap();
     assert_eq!(done.text, answer_for("local"));
+    assert_eq!(provider.last_version(), Some(http::Version::HTTP_11));
     let mut stream = client
         .generate_stream(&request("local"), soon())
         .await

@@ -44,6 +44,7 @@ pub struct State {
     mode: Mutex<Mode>,
     calls: AtomicUsize,
     last_body: Mutex<Option<Value>>,
+    last_version: Mutex<Option<http::Version>>,
 }
 
 pub struct Provider {
@@ -67,6 +68,7 @@ impl Provider {
             mode: Mutex::new(Mode::Normal),
             calls: AtomicUsize::new(0),
             last_body: Mutex::new(None),
+            last_version: Mutex::new(None),
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -105,6 +107,11 @@ impl Provider {
 
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// The HTTP version of the last request (HTTP/2 when ALPN negotiated it).
+    pub fn last_version(&self) -> Option<http::Version> {
+        *self.state.last_version.lock().unwrap()
     }
 
     pub fn last_body(&self) -> Value {
@@ -163,6 +170,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    *state.last_version.lock().unwrap() = Some(req.version());
     if req.method() != http::Method::POST || req.uri().path() != "/v1/chat/completions" {
         return Ok(openai_error(404, "no such route", "invalid_request_error"));
     }
