@@ -252,8 +252,10 @@ fn cross_validate(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Error>
         .iter()
         .map(|d| vec![0.0; d.prompts.len()])
         .collect();
-    // Per data set: sums over folds of APGR, CPT50, CPT80 of the held-out part alone.
-    let mut per_fold = vec![[0.0f64; 3]; datasets.len()];
+    // Per data set: the PGR curves of the held-out folds, each routed by its own model,
+    // summed with weight rows * quality gap (the gain there is to recover in that fold), so a
+    // fold where the two models are nearly equal does not swing the figure.
+    let mut per_fold = vec![(vec![0.0f64; 101], 0.0f64); datasets.len()];
     for fold in 0..FOLDS {
         let model = fit_where(datasets, |p, i| fold_of(p, i, &groups) != fold)?;
         for ((d, oof), sums) in datasets.iter().zip(&mut out_of_fold).zip(&mut per_fold) {
@@ -269,27 +271,35 @@ fn cross_validate(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Error>
                 }
             }
             let r = eval::evaluate(&held_out)?;
-            sums[0] += r.apgr;
-            sums[1] += r.cpt50;
-            sums[2] += r.cpt80;
+            let weight = r.rows as f64 * (r.quality_strong - r.quality_weak);
+            for (sum, p) in sums.0.iter_mut().zip(&r.pgr) {
+                *sum += weight * p;
+            }
+            sums.1 += weight;
         }
     }
-    println!(
-        "mean over the {FOLDS} held-out folds (each scored by the model fitted on the other folds):"
-    );
-    for (d, sums) in datasets.iter().zip(&per_fold) {
-        let k = FOLDS as f64;
-        println!(
-            "{:<12} {:<28} {:>6} {:>7.4} {:>6.0}% {:>6.0}%",
-            d.name,
-            "logistic (per-fold mean)",
-            d.prompts.len(),
-            sums[0] / k,
-            sums[1] / k * 100.0,
-            sums[2] / k * 100.0
-        );
+    println!("held-out folds, each routed by the model fitted on the other folds (gap-weighted):");
+    print_header();
+    for (d, (curve, total)) in datasets.iter().zip(&per_fold) {
+        let pgr: Vec<f64> = curve.iter().map(|p| p / total).collect();
+        let cpt = |x: f64| {
+            pgr.iter()
+                .position(|&p| p >= x - 1e-9)
+                .map_or(1.0, |i| i as f64 / 100.0)
+        };
+        let report = RoutingReport {
+            rows: d.prompts.len(),
+            quality_weak: f64::NAN,
+            quality_strong: f64::NAN,
+            apgr: pgr.iter().sum::<f64>() / pgr.len() as f64,
+            cpt50: cpt(0.5),
+            cpt80: cpt(0.8),
+            pgr: pgr.clone(),
+        };
+        print_report(&d.name, "logistic (per-fold routing)", &report);
     }
-    println!("grouped {FOLDS}-fold cross-validation (out-of-fold scores), L2 = {L2}");
+    println!();
+    println!("the same out-of-fold scores pooled into one ranking per data set, L2 = {L2}:");
     print_header();
     for (d, oof) in datasets.iter().zip(&out_of_fold) {
         print_report(
