@@ -4,16 +4,25 @@ CARGO ?= cargo
 ORT_LIB := $(CURDIR)/.tools/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test setup build lint unit bench models fmt
+.PHONY: demo test setup test-deps build lint unit bench models fmt
 
 ## Fetch what is needed, build, run the demo on the bundled models.
 demo: setup build
 	./target/debug/tiergate demo
 
 ## Everything the tests need, then the tests (CI runs this).
-test: setup lint build unit
+test: setup test-deps lint build unit
 
 setup: $(ORT_LIB)
+
+## The official OpenAI Python client for the compatibility test, pinned in tests/requirements.txt.
+TEST_VENV := .venv/test
+test-deps: $(TEST_VENV)/.installed
+
+$(TEST_VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
 
 $(ORT_LIB):
 	./scripts/fetch-onnxruntime.sh

@@ -1,0 +1,77 @@
+"""Drives a tiergate node with the official OpenAI Python client, streaming and not.
+
+Usage: openai_client_check.py BASE_URL   (e.g. http://127.0.0.1:8080/v1)
+Prints one JSON object with what it saw; exits non-zero on the first failed expectation.
+"""
+
+import json
+import sys
+
+from openai import OpenAI
+
+
+def main() -> int:
+    base_url = sys.argv[1]
+    client = OpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=60)
+    seen = {}
+
+    models = [m.id for m in client.models.list()]
+    assert "tiergate" in models, models
+    seen["models"] = models
+
+    messages = [{"role": "user", "content": "turn on the kitchen lights"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiergate", messages=messages, max_tokens=24
+    )
+    completion = raw.parse()
+    text = completion.choices[0].message.content
+    assert text, completion
+    assert completion.choices[0].finish_reason in ("stop", "length"), completion
+    assert completion.usage.completion_tokens > 0, completion.usage
+    routing = completion.model_extra["tiergate"]
+    assert routing["tier"] in ("edge", "regional", "cloud"), routing
+    assert raw.headers["x-tiergate-tier"] == routing["tier"], dict(raw.headers)
+    seen["unary"] = {"text": text, "routing": routing}
+
+    stream = client.chat.completions.create(
+        model="tiergate",
+        messages=messages,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    streamed = "".join(pieces)
+    assert streamed == text, (streamed, text)
+    assert finish in ("stop", "length"), finish
+    assert usage is not None and usage.completion_tokens > 0, usage
+    seen["stream"] = {"text": streamed, "chunks": len(pieces)}
+
+    legacy = client.completions.create(
+        model="tiergate", prompt="<|user|>hello<|end|><|assistant|>", max_tokens=8
+    )
+    assert legacy.choices[0].text is not None, legacy
+    seen["completions"] = legacy.choices[0].text
+
+    try:
+        client.chat.completions.create(model="no-such-model", messages=messages)
+    except Exception as error:  # the client raises BadRequestError for a 400
+        assert getattr(error, "status_code", None) == 400, error
+        seen["bad_model_status"] = error.status_code
+    else:
+        raise AssertionError("an unknown model was accepted")
+
+    print(json.dumps(seen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
