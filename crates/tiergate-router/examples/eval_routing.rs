@@ -172,7 +172,7 @@ fn evaluate_default(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Erro
         );
     }
     println!("\nthresholds that send a share of all these prompts up (eval::calibrate):");
-    for share in [0.8, 0.5, 0.2] {
+    for share in [0.99, 0.8, 0.5, 0.2, 0.01] {
         println!(
             "  {:>3.0}% up: score >= {:.4}",
             share * 100.0,
