@@ -202,6 +202,10 @@ impl RegionalClient {
         if config.endpoints.is_empty() {
             return Err(SetupError::Config("regional.endpoints is empty".into()));
         }
+        // Channels and health watches spawn tasks: without a runtime that would panic.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            SetupError::Config("the regional client must be built inside a Tokio runtime".into())
+        })?;
         let tls = config.tls.as_ref().map(tonic_tls).transpose()?;
         let wanted_scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -238,7 +242,7 @@ impl RegionalClient {
                 in_flight: AtomicUsize::new(0),
             });
             if config.active_health_check {
-                watchers.push(tokio::spawn(health_watch::watch(
+                watchers.push(runtime.spawn(health_watch::watch(
                     state.clone(),
                     channel.clone(),
                     config.health_check_interval,
@@ -517,4 +521,26 @@ fn tonic_tls(config: &RegionalTlsConfig) -> Result<tonic::transport::ClientTlsCo
         tls = tls.domain_name(domain.clone());
     }
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn building_outside_a_runtime_is_an_error_not_a_panic() {
+        let err = RegionalClient::new(&RegionalConfig::new(vec!["http://127.0.0.1:1".into()]))
+            .unwrap_err();
+        assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_endpoints_are_named() {
+        for (endpoint, needle) in [("not a uri", "not a uri"), ("ftp://h:1", "http://")] {
+            let err = RegionalClient::new(&RegionalConfig::new(vec![endpoint.into()])).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
 }
