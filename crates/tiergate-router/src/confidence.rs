@@ -5,6 +5,7 @@
 //! [`Verdict::Pending`]. On [`Verdict::Commit`] it releases them and streams the rest without
 //! asking again; on [`Verdict::Abandon`] it stops the local generation and escalates.
 //! Verdicts are final: once committed or abandoned, later tokens do not change them.
+//! [`CommitGate`] does the holding back too, for a streaming executor.
 
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +216,73 @@ impl CommitMonitor {
     }
 }
 
+/// What to do with the tokens after a [`CommitGate::push`] or [`CommitGate::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateAction<T> {
+    /// Keep generating; the token is held back.
+    Hold,
+    /// Send these tokens to the client now (all the held ones at the commit, then each new one).
+    Release(Vec<T>),
+    /// The attempt is abandoned: these held tokens are dropped (never shown) and the request
+    /// escalates.
+    Abandon { discarded: Vec<T>, verdict: Verdict },
+}
+
+/// A [`CommitMonitor`] that also holds the tokens back until the commit, so a streaming
+/// executor never shows the client a local answer it may still abandon.
+#[derive(Debug, Clone)]
+pub struct CommitGate<T> {
+    monitor: CommitMonitor,
+    held: Vec<T>,
+}
+
+impl<T> CommitGate<T> {
+    pub fn new(config: &ConfidenceConfig) -> CommitGate<T> {
+        CommitGate {
+            monitor: CommitMonitor::new(config),
+            held: Vec::with_capacity(config.commit_window),
+        }
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.monitor.verdict()
+    }
+
+    /// Feeds one generated token with its top-1 probability and entropy.
+    pub fn push(&mut self, token: T, top1_prob: f32, entropy: f32) -> GateAction<T> {
+        match self.monitor.verdict() {
+            Verdict::Commit { .. } => return GateAction::Release(vec![token]),
+            verdict @ Verdict::Abandon { .. } => {
+                return GateAction::Abandon {
+                    discarded: vec![token],
+                    verdict,
+                };
+            }
+            Verdict::Pending => {}
+        }
+        self.held.push(token);
+        let verdict = self.monitor.push(top1_prob, entropy);
+        self.settle(verdict)
+    }
+
+    /// The generation ended: release or drop what is held, judged on the tokens seen.
+    pub fn finish(&mut self) -> GateAction<T> {
+        let verdict = self.monitor.finish();
+        self.settle(verdict)
+    }
+
+    fn settle(&mut self, verdict: Verdict) -> GateAction<T> {
+        match verdict {
+            Verdict::Pending => GateAction::Hold,
+            Verdict::Commit { .. } => GateAction::Release(std::mem::take(&mut self.held)),
+            Verdict::Abandon { .. } => GateAction::Abandon {
+                discarded: std::mem::take(&mut self.held),
+                verdict,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -357,6 +425,44 @@ mod tests {
             c.validate().unwrap_err().field,
             "confidence.max_mean_entropy"
         );
+    }
+
+    #[test]
+    fn gate_holds_tokens_until_the_commit_then_streams() {
+        let mut gate = CommitGate::new(&config(3));
+        assert_eq!(gate.push("a", 0.9, 0.1), GateAction::Hold);
+        assert_eq!(gate.push("b", 0.9, 0.1), GateAction::Hold);
+        assert_eq!(
+            gate.push("c", 0.9, 0.1),
+            GateAction::Release(vec!["a", "b", "c"])
+        );
+        assert_eq!(gate.push("d", 0.01, 9.0), GateAction::Release(vec!["d"]));
+        assert_eq!(gate.finish(), GateAction::Release(vec![]));
+    }
+
+    #[test]
+    fn gate_drops_held_tokens_on_abandon() {
+        let mut gate = CommitGate::new(&config(4));
+        assert_eq!(gate.push(1, 0.9, 0.1), GateAction::Hold);
+        let action = gate.push(2, 0.01, 3.0);
+        assert!(
+            matches!(&action, GateAction::Abandon { discarded, verdict: Verdict::Abandon { at_token: 1, .. } } if discarded == &vec![1, 2]),
+            "{action:?}"
+        );
+        assert!(matches!(gate.push(3, 0.9, 0.1), GateAction::Abandon { .. }));
+    }
+
+    #[test]
+    fn gate_with_window_zero_streams_from_the_first_token() {
+        let mut gate = CommitGate::new(&config(0));
+        assert_eq!(gate.push('x', 0.0, 0.0), GateAction::Release(vec!['x']));
+    }
+
+    #[test]
+    fn gate_releases_a_short_confident_answer_at_eos() {
+        let mut gate = CommitGate::new(&config(8));
+        assert_eq!(gate.push("hi", 0.95, 0.1), GateAction::Hold);
+        assert_eq!(gate.finish(), GateAction::Release(vec!["hi"]));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod policy;
 pub mod tier;
 
 pub use complexity::{ComplexityConfig, ComplexityScore, InvalidConfig};
-pub use confidence::{CommitMonitor, ConfidenceConfig, Verdict};
+pub use confidence::{CommitGate, CommitMonitor, ConfidenceConfig, GateAction, Verdict};
 pub use features::PromptFeatures;
 pub use outcome::{Outcome, OutcomeError, StepResult};
 pub use policy::{
