@@ -6,6 +6,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
+use tiergate_router::complexity;
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::Tier;
 use tiergate_router::{Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide};
@@ -62,19 +63,20 @@ impl Node {
     async fn decision(&self, request: &NodeRequest) -> Decision {
         let text = request.input.routing_text();
         let features = PromptFeatures::extract(text);
-        // A prompt the local model cannot even read (too long) simply has no NLL signal; the
-        // text features still route it.
-        let prompt_nll = match self
-            .parts
-            .engine
-            .score_prompt(&engine_prompt(&request.input))
-            .await
-        {
-            Ok(score) => score.mean_nll,
-            Err(err) => {
-                tracing::debug!(error = %err, "prompt scoring failed; routing on text features");
-                None
+        // The prompt's NLL costs a prefill of the local model: pay it only when it can change
+        // the plan. A prompt the local model cannot even read (too long) has no NLL signal;
+        // the text features still route it.
+        let prompt_nll = if prompt_nll_can_change_plan(&self.parts.router, &features) {
+            let prompt = engine_prompt(&request.input);
+            match self.parts.engine.score_prompt(&prompt).await {
+                Ok(score) => score.mean_nll,
+                Err(err) => {
+                    tracing::debug!(error = %err, "prompt scoring failed; routing on text features");
+                    None
+                }
             }
+        } else {
+            None
         };
         let now = Instant::now();
         let mut upstreams = Vec::new();
@@ -291,6 +293,18 @@ impl TierStarter for Node {
     }
 }
 
+/// Whether the prompt NLL, which moves the complexity logit by at most half its weight either
+/// way, can move the score across a threshold the plan depends on.
+fn prompt_nll_can_change_plan(router: &RouterConfig, features: &PromptFeatures) -> bool {
+    let text_only = complexity::score(features, None, &router.complexity);
+    let reach = router.complexity.nll.weight.abs() / 2.0;
+    let lowest = complexity::sigmoid(text_only.logit - reach);
+    let highest = complexity::sigmoid(text_only.logit + reach);
+    [router.local_max_complexity, router.cloud_min_complexity]
+        .iter()
+        .any(|&threshold| lowest < threshold && threshold <= highest)
+}
+
 fn engine_prompt(input: &Input) -> tiergate_engine::Prompt {
     match input {
         Input::Text(text) => tiergate_engine::Prompt::Text(text.clone()),
@@ -438,4 +452,36 @@ fn cloud_attempt(events: tiergate_upstream::CloudStream, model: String) -> Attem
             })),
         })
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn prompt_nll_is_computed_only_where_it_can_change_the_plan() {
+        let features = PromptFeatures::extract("turn on the kitchen lights");
+        let text_only = complexity::score(&features, None, &RouterConfig::default().complexity);
+        let mut router = RouterConfig::default();
+
+        // A threshold right at the text-only score: the NLL decides which side it falls on.
+        router.local_max_complexity = text_only.score;
+        router.cloud_min_complexity = 1.0;
+        assert!(prompt_nll_can_change_plan(&router, &features));
+
+        // Thresholds out of the NLL's reach: the plan is the same whatever the NLL.
+        router.local_max_complexity = 0.0;
+        router.cloud_min_complexity = 0.0;
+        assert!(!prompt_nll_can_change_plan(&router, &features));
+        router.local_max_complexity = 1.0;
+        router.cloud_min_complexity = 1.0;
+        assert!(!prompt_nll_can_change_plan(&router, &features));
+
+        // Without an NLL weight it never matters.
+        router.local_max_complexity = text_only.score;
+        router.complexity.nll.weight = 0.0;
+        assert!(!prompt_nll_can_change_plan(&router, &features));
+    }
 }
