@@ -420,3 +420,45 @@ fn router_config_from_toml_rejects_unknown_fields_and_validates() {
     assert_eq!(c.validate().unwrap_err().field, "cloud_min_complexity");
     RouterConfig::default().validate().unwrap();
 }
+
+/// The shipped defaults on the kind of prompts the demo sends: a short familiar command stays
+/// local (gated); a long, multi-part prompt the local model finds surprising goes to the cloud.
+#[test]
+fn default_config_routes_demo_like_prompts() {
+    let node = NodeView {
+        local_tier: Edge,
+        upstreams: both(),
+    };
+    let route = |prompt: &str, nll: Option<f64>| {
+        decide(
+            &RouterConfig::default(),
+            &Signals::from_prompt(prompt, nll),
+            &node,
+            TierConstraint::None,
+            &Forwarding::default(),
+        )
+    };
+    let essay = "Compare the economic policies of the Roosevelt and Reagan administrations and \
+                 explain why their approaches to taxation differed. Discuss at least three \
+                 consequences of each.";
+    for nll in [None, Some(2.5)] {
+        let d = route("turn on the kitchen lights", nll);
+        assert_eq!(d.plan[0], GATED, "nll {nll:?}: {}", d.complexity.score);
+        assert_eq!(d.reason, Reason::EarlyExit);
+    }
+    for nll in [None, Some(6.5)] {
+        let d = route(essay, nll);
+        assert_eq!(
+            d.plan[0],
+            Upstream(Cloud),
+            "nll {nll:?}: {}",
+            d.complexity.score
+        );
+        assert_eq!(d.reason, Reason::Complexity);
+    }
+    // The local model's surprise alone can send a short prompt up.
+    assert_eq!(
+        route("turn on the kitchen lights", Some(6.5)).plan[0],
+        Upstream(Cloud)
+    );
+}
