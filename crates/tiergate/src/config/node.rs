@@ -100,6 +100,38 @@ impl Config {
                 "is larger than limits.max_new_tokens",
             ));
         }
+        self.router.validate().map_err(|err| ConfigError::Invalid {
+            path: format!("router.{}", err.field),
+            message: err.problem,
+        })?;
+        let health_configs = [
+            (
+                "upstreams.regional.health",
+                self.upstreams.regional.as_ref().map(|r| &r.health),
+            ),
+            (
+                "upstreams.cloud.health",
+                self.upstreams.cloud.as_ref().map(|c| &c.health),
+            ),
+        ];
+        for (path, health) in health_configs {
+            if let Some(health) = health {
+                health
+                    .validate()
+                    .map_err(|message| invalid(path, &message))?;
+            }
+        }
+        if self
+            .upstreams
+            .regional
+            .as_ref()
+            .is_some_and(|r| r.endpoints.is_empty())
+        {
+            return Err(invalid(
+                "upstreams.regional.endpoints",
+                "must list at least one endpoint",
+            ));
+        }
         if self.upstreams.regional.is_some() && self.node.tier >= Tier::Regional {
             return Err(invalid(
                 "upstreams.regional",

@@ -1,0 +1,84 @@
+//! `tiergate config validate FILE`: the shipped configs are valid, and each kind of mistake is
+//! named by its path, with a non-zero exit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn validate(file: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["config", "validate"])
+        .arg(file)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let deploy = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
+    for name in ["edge.toml", "regional.toml", "cloud-standin.toml"] {
+        let (ok, text) = validate(&deploy.join(name));
+        assert!(ok, "{name}: {text}");
+        assert!(text.contains("valid"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn mistakes_are_named_by_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nhttp_listn = \"127.0.0.1:1\"\n", "http_listn"),
+        ("[node]\ntier = \"moon\"\n", "node.tier"),
+        (
+            "[router]\nlocal_max_complexity = 2.0\n",
+            "router.local_max_complexity",
+        ),
+        (
+            "[router.confidence]\nmin_mean_top1 = -1.0\n",
+            "router.confidence.min_mean_top1",
+        ),
+        (
+            "[limits]\nmax_new_tokens = \"many\"\n",
+            "limits.max_new_tokens",
+        ),
+        (
+            "[limits]\ndefault_timeout = \"10 parsecs\"\n",
+            "limits.default_timeout",
+        ),
+        (
+            "[limits]\ndefault_max_new_tokens = 900\n",
+            "limits.default_max_new_tokens",
+        ),
+        (
+            "[node]\ntier = \"regional\"\n[upstreams.regional]\nendpoints = [\"http://127.0.0.1:1\"]\n",
+            "upstreams.regional",
+        ),
+        (
+            "[upstreams.regional]\nendpoints = []\n",
+            "upstreams.regional.endpoints",
+        ),
+        ("[upstreams.cloud]\nbase_url = \"http://x\"\n", "model"),
+        ("[engine]\nworkerz = 2\n", "workerz"),
+        ("not toml at all [", "not valid TOML"),
+    ];
+    for (index, (text, needle)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{index}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (ok, output) = validate(&file);
+        assert!(!ok, "case {index} was accepted: {text}");
+        assert!(
+            output.contains(needle),
+            "case {index}: expected `{needle}` in: {output}"
+        );
+    }
+    let (ok, output) = validate(&dir.path().join("missing.toml"));
+    assert!(!ok);
+    assert!(output.contains("cannot read config file"), "{output}");
+}
