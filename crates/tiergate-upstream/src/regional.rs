@@ -5,7 +5,7 @@
 //! a [`LinkHealth`] fed by every call (passive outlier detection) and by a background
 //! grpc.health.v1 `Watch` (active check), and an in-flight counter. Calls go to the better of two
 //! random endpoints whose breaker admits them (see [`crate::balance`]). A call that could not
-//! connect is tried once more on another endpoint: it never reached a peer, so that is safe.
+//! connect is tried on the other endpoints in turn: it never reached a peer, so that is safe.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,8 +289,9 @@ impl RegionalClient {
     ) -> Result<GenerateResponse, UpstreamError> {
         let deadline = self.inner.deadline(deadline)?;
         let mut tried = Vec::new();
+        let mut last_error = None;
         loop {
-            let (index, endpoint, channel) = self.inner.pick(&tried)?;
+            let (index, endpoint, channel) = self.inner.pick(&tried, last_error)?;
             let in_flight = InFlight::new(endpoint.clone());
             let started = Instant::now();
             let mut client = InferenceClient::new(channel);
@@ -303,15 +304,17 @@ impl RegionalClient {
             endpoint.observe(result.as_ref().map(|_| ()), started.elapsed());
             drop(in_flight);
             match result {
-                Err(err) if self.inner.may_retry(&err, &mut tried, index, deadline) => continue,
+                Err(err) if self.inner.may_retry(&err, &mut tried, index, deadline) => {
+                    last_error = Some(err);
+                }
                 other => return other,
             }
         }
     }
 
     /// Asks a regional node for a streamed answer. Errors before the stream opened are returned
-    /// here (after one more endpoint was tried if the first could not connect); later ones end
-    /// the stream.
+    /// here (after the other endpoints were tried if one could not connect); later ones end the
+    /// stream.
     pub async fn generate_stream(
         &self,
         request: GenerateRequest,
@@ -319,8 +322,9 @@ impl RegionalClient {
     ) -> Result<RegionalStream, UpstreamError> {
         let deadline = self.inner.deadline(deadline)?;
         let mut tried = Vec::new();
+        let mut last_error = None;
         loop {
-            let (index, endpoint, channel) = self.inner.pick(&tried)?;
+            let (index, endpoint, channel) = self.inner.pick(&tried, last_error)?;
             let in_flight = InFlight::new(endpoint.clone());
             let started = Instant::now();
             let mut client = InferenceClient::new(channel);
@@ -344,6 +348,7 @@ impl RegionalClient {
                     if !self.inner.may_retry(&err, &mut tried, index, deadline) {
                         return Err(err);
                     }
+                    last_error = Some(err);
                 }
             }
         }
@@ -362,8 +367,13 @@ impl Inner {
     }
 
     /// Power of two choices among the endpoints that admit a call, skipping `tried`; takes the
-    /// chosen endpoint's admission (a probe slot when half-open).
-    fn pick(&self, tried: &[usize]) -> Result<(usize, Arc<EndpointState>, Channel), UpstreamError> {
+    /// chosen endpoint's admission (a probe slot when half-open). When none is left, a retry
+    /// reports the error that made it retry.
+    fn pick(
+        &self,
+        tried: &[usize],
+        last_error: Option<UpstreamError>,
+    ) -> Result<(usize, Arc<EndpointState>, Channel), UpstreamError> {
         let now = Instant::now();
         let fallback = self
             .endpoints
@@ -390,6 +400,9 @@ impl Inner {
                 })
                 .collect();
             let Some(index) = balance::choose(&loads, &mut rand::rng()) else {
+                if let Some(err) = last_error {
+                    return Err(err);
+                }
                 return Err(UpstreamError::new(
                     ErrorKind::Unavailable,
                     format!("no regional endpoint is available ({})", self.describe(now)),
