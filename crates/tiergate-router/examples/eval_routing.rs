@@ -26,7 +26,6 @@ use std::process::ExitCode;
 
 use tiergate_router::complexity::{self, ComplexityConfig, TEXT_SIGNAL_NAMES};
 use tiergate_router::eval::{self, EvalRow, LabelledPrompt, RoutingReport};
-use tiergate_router::features::PromptFeatures;
 use tiergate_router::fit::{self, FitOptions, LogisticModel};
 
 const FOLDS: usize = 5;
@@ -94,18 +93,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-fn rows(prompts: &[LabelledPrompt], scores: &[f64]) -> Vec<EvalRow> {
-    prompts
-        .iter()
-        .zip(scores)
-        .map(|(p, &score)| EvalRow {
-            score,
-            weak_correct: p.weak_correct,
-            strong_correct: p.strong_correct,
-        })
-        .collect()
-}
-
 fn print_header() {
     println!(
         "{:<12} {:<28} {:>6} {:>7} {:>7} {:>7}",
@@ -143,22 +130,19 @@ fn evaluate_default(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Erro
     print_header();
     let mut all_scores = Vec::new();
     for d in datasets {
-        let scores: Vec<f64> = d
-            .prompts
-            .iter()
-            .map(|p| complexity::score(&PromptFeatures::extract(&p.prompt), None, &config).score)
-            .collect();
+        let scored = eval::score_labelled(&d.prompts, &config, |_| None);
+        let scores: Vec<f64> = scored.iter().map(|r| r.score).collect();
         print_report(
             &d.name,
             "complexity (default)",
-            &eval::evaluate(&rows(&d.prompts, &scores))?,
+            &eval::evaluate(&eval::rows_from_scores(&d.prompts, &scores))?,
         );
         all_scores.extend_from_slice(&scores);
         let random = random_scores(d.prompts.len(), 42);
         print_report(
             &d.name,
             "random (seed 42)",
-            &eval::evaluate(&rows(&d.prompts, &random))?,
+            &eval::evaluate(&eval::rows_from_scores(&d.prompts, &random))?,
         );
         let length: Vec<f64> = d
             .prompts
@@ -168,7 +152,7 @@ fn evaluate_default(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Erro
         print_report(
             &d.name,
             "prompt length",
-            &eval::evaluate(&rows(&d.prompts, &length))?,
+            &eval::evaluate(&eval::rows_from_scores(&d.prompts, &length))?,
         );
     }
     println!("\nthresholds that send a share of all these prompts up (eval::calibrate):");
@@ -305,14 +289,14 @@ fn cross_validate(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Error>
         print_report(
             &d.name,
             "logistic (out-of-fold)",
-            &eval::evaluate(&rows(&d.prompts, oof))?,
+            &eval::evaluate(&eval::rows_from_scores(&d.prompts, oof))?,
         );
         for (s, name) in TEXT_SIGNAL_NAMES.iter().enumerate() {
             let single: Vec<f64> = d.signals.iter().map(|x| x[s]).collect();
             print_report(
                 &d.name,
                 &format!("  signal {name}"),
-                &eval::evaluate(&rows(&d.prompts, &single))?,
+                &eval::evaluate(&eval::rows_from_scores(&d.prompts, &single))?,
             );
         }
     }

@@ -18,6 +18,9 @@ use std::io::Read;
 
 use serde::Serialize;
 
+use crate::complexity::{self, ComplexityConfig};
+use crate::features::PromptFeatures;
+
 /// Router score and correctness labels of one prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct EvalRow {
@@ -198,6 +201,36 @@ pub fn calibrate(scores: &[f64], strong_share: f64) -> Result<f64, EvalError> {
         0 => sorted[0].next_up(),
         k => sorted[k.min(sorted.len()) - 1],
     })
+}
+
+/// Pairs labelled prompts with router scores (same order) into evaluation rows.
+pub fn rows_from_scores(prompts: &[LabelledPrompt], scores: &[f64]) -> Vec<EvalRow> {
+    prompts
+        .iter()
+        .zip(scores)
+        .map(|(p, &score)| EvalRow {
+            score,
+            weak_correct: p.weak_correct,
+            strong_correct: p.strong_correct,
+        })
+        .collect()
+}
+
+/// Scores labelled prompts with the complexity score: `prompt_nll` gives the local model's NLL
+/// of a prompt when one is available (`|_| None` for text signals only).
+pub fn score_labelled(
+    prompts: &[LabelledPrompt],
+    config: &ComplexityConfig,
+    prompt_nll: impl Fn(&str) -> Option<f64>,
+) -> Vec<EvalRow> {
+    let scores: Vec<f64> = prompts
+        .iter()
+        .map(|p| {
+            let features = PromptFeatures::extract(&p.prompt);
+            complexity::score(&features, prompt_nll(&p.prompt), config).score
+        })
+        .collect();
+    rows_from_scores(prompts, &scores)
 }
 
 /// Reads `prompt,weak_correct,strong_correct,source` rows (header required, booleans
@@ -391,6 +424,26 @@ mod tests {
         assert!(calibrate(&[], 0.5).is_err());
         assert!(calibrate(&[0.1], -0.1).is_err());
         assert!(calibrate(&[f64::INFINITY], 0.5).is_err());
+    }
+
+    #[test]
+    fn score_labelled_uses_the_nll_it_is_given() {
+        let prompts = read_labelled_csv(
+            "prompt,weak_correct,strong_correct,source\nfamiliar,True,True,x\nstrange,False,True,x\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        let config = ComplexityConfig::default();
+        let rows = score_labelled(&prompts, &config, |p| {
+            Some(if p == "strange" { 8.0 } else { 1.0 })
+        });
+        assert!(rows[1].score > rows[0].score);
+        assert!(!rows[1].weak_correct && rows[1].strong_correct);
+        let report = evaluate(&rows).unwrap();
+        assert!(
+            (report.apgr - 1.0).abs() < 0.01,
+            "the surprising prompt is the one to send up"
+        );
     }
 
     #[test]
