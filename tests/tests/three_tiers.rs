@@ -196,3 +196,54 @@ async fn streaming_and_unary_agree_on_grpc_and_http() {
         assert_eq!(sse_text, unary.text, "gate {gate:?}");
     }
 }
+
+#[tokio::test]
+async fn forwarded_requests_never_go_back_down_or_around_a_loop() {
+    let cluster = Cluster::start(Gate::CloudFirst, Gate::CloudFirst)
+        .await
+        .unwrap();
+
+    // At the hop limit the edge answers itself instead of forwarding again.
+    let mut edge = cluster.edge.grpc_client().await.unwrap();
+    let mut req = request("Prove that there are infinitely many primes, step by step.");
+    req.forwarding = Some(pb::ForwardingInfo {
+        hop_count: 3,
+        ..Default::default()
+    });
+    let routing = edge
+        .generate(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .routing
+        .unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Edge, "{routing:?}");
+    assert_eq!(routing.reason, "hop_limit");
+
+    // A request that already went to the cloud is not sent there again by the regional node.
+    let mut regional = cluster
+        .regional
+        .as_ref()
+        .unwrap()
+        .grpc_client()
+        .await
+        .unwrap();
+    let mut req = request("Prove that there are infinitely many primes, step by step.");
+    req.forwarding = Some(pb::ForwardingInfo {
+        hop_count: 1,
+        tiers_tried: vec![pb::Tier::Edge as i32, pb::Tier::Cloud as i32],
+        via: vec!["edge-1".into()],
+    });
+    let routing = regional
+        .generate(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .routing
+        .unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Regional, "{routing:?}");
+    assert!(
+        routing.degraded,
+        "the cloud was wanted but already tried: {routing:?}"
+    );
+}
