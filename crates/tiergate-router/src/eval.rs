@@ -439,11 +439,8 @@ mod tests {
         });
         assert!(rows[1].score > rows[0].score);
         assert!(!rows[1].weak_correct && rows[1].strong_correct);
-        let report = evaluate(&rows).unwrap();
-        assert!(
-            (report.apgr - 1.0).abs() < 0.01,
-            "the surprising prompt is the one to send up"
-        );
+        // Sending the top half up sends exactly the surprising prompt: all of the gap.
+        assert!((pgr_at(&rows, 0.5).unwrap() - 1.0).abs() < 1e-12);
     }
 
     #[test]
