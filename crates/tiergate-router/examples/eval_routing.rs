@@ -221,6 +221,34 @@ fn fit_where(
     )
 }
 
+/// Adds a fold's PGR curve weighted by rows * quality gap.
+fn add_weighted_curve(sums: &mut (Vec<f64>, f64), r: &RoutingReport) {
+    let weight = r.rows as f64 * (r.quality_strong - r.quality_weak);
+    for (sum, p) in sums.0.iter_mut().zip(&r.pgr) {
+        *sum += weight * p;
+    }
+    sums.1 += weight;
+}
+
+/// The report of a gap-weighted sum of fold curves (qualities are per fold, so left out).
+fn weighted_report(d: &Dataset, (curve, total): &(Vec<f64>, f64)) -> RoutingReport {
+    let pgr: Vec<f64> = curve.iter().map(|p| p / total).collect();
+    let cpt = |x: f64| {
+        pgr.iter()
+            .position(|&p| p >= x - 1e-9)
+            .map_or(1.0, |i| i as f64 / 100.0)
+    };
+    RoutingReport {
+        rows: d.prompts.len(),
+        quality_weak: f64::NAN,
+        quality_strong: f64::NAN,
+        apgr: pgr.iter().sum::<f64>() / pgr.len() as f64,
+        cpt50: cpt(0.5),
+        cpt80: cpt(0.8),
+        pgr,
+    }
+}
+
 fn cross_validate(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Error>> {
     // Groups are numbered in sorted order and dealt round-robin onto folds.
     let mut groups = BTreeMap::new();
@@ -239,48 +267,47 @@ fn cross_validate(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Error>
     // Per data set: the PGR curves of the held-out folds, each routed by its own model,
     // summed with weight rows * quality gap (the gain there is to recover in that fold), so a
     // fold where the two models are nearly equal does not swing the figure.
+    // The same for prompt length alone, as the baseline to beat.
     let mut per_fold = vec![(vec![0.0f64; 101], 0.0f64); datasets.len()];
+    let mut per_fold_length = per_fold.clone();
     for fold in 0..FOLDS {
         let model = fit_where(datasets, |p, i| fold_of(p, i, &groups) != fold)?;
-        for ((d, oof), sums) in datasets.iter().zip(&mut out_of_fold).zip(&mut per_fold) {
-            let mut held_out = Vec::new();
+        for (((d, oof), sums), length_sums) in datasets
+            .iter()
+            .zip(&mut out_of_fold)
+            .zip(&mut per_fold)
+            .zip(&mut per_fold_length)
+        {
+            let (mut held_out, mut held_out_length) = (Vec::new(), Vec::new());
             for (i, p) in d.prompts.iter().enumerate() {
                 if fold_of(p, i, &groups) == fold {
                     oof[i] = predict(&model, &d.signals[i]);
-                    held_out.push(EvalRow {
-                        score: oof[i],
+                    let row = |score| EvalRow {
+                        score,
                         weak_correct: p.weak_correct,
                         strong_correct: p.strong_correct,
-                    });
+                    };
+                    held_out.push(row(oof[i]));
+                    held_out_length.push(row(p.prompt.chars().count() as f64));
                 }
             }
-            let r = eval::evaluate(&held_out)?;
-            let weight = r.rows as f64 * (r.quality_strong - r.quality_weak);
-            for (sum, p) in sums.0.iter_mut().zip(&r.pgr) {
-                *sum += weight * p;
-            }
-            sums.1 += weight;
+            add_weighted_curve(sums, &eval::evaluate(&held_out)?);
+            add_weighted_curve(length_sums, &eval::evaluate(&held_out_length)?);
         }
     }
     println!("held-out folds, each routed by the model fitted on the other folds (gap-weighted):");
     print_header();
-    for (d, (curve, total)) in datasets.iter().zip(&per_fold) {
-        let pgr: Vec<f64> = curve.iter().map(|p| p / total).collect();
-        let cpt = |x: f64| {
-            pgr.iter()
-                .position(|&p| p >= x - 1e-9)
-                .map_or(1.0, |i| i as f64 / 100.0)
-        };
-        let report = RoutingReport {
-            rows: d.prompts.len(),
-            quality_weak: f64::NAN,
-            quality_strong: f64::NAN,
-            apgr: pgr.iter().sum::<f64>() / pgr.len() as f64,
-            cpt50: cpt(0.5),
-            cpt80: cpt(0.8),
-            pgr: pgr.clone(),
-        };
-        print_report(&d.name, "logistic (per-fold routing)", &report);
+    for ((d, model), length) in datasets.iter().zip(&per_fold).zip(&per_fold_length) {
+        print_report(
+            &d.name,
+            "logistic (per-fold routing)",
+            &weighted_report(d, model),
+        );
+        print_report(
+            &d.name,
+            "length (per-fold routing)",
+            &weighted_report(d, length),
+        );
     }
     println!();
     println!("the same out-of-fold scores pooled into one ranking per data set, L2 = {L2}:");
