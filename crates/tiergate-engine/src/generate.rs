@@ -29,10 +29,11 @@ pub(crate) trait EventSink {
     fn is_closed(&self) -> bool;
 }
 
-/// What happened to a generation, for the worker's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a generation ended: its summary (for the `Finished` event, which the worker sends after
+/// counting it), or cancelled because nobody listens any more.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
-    Finished,
+    Finished(GenerationSummary),
     Cancelled,
 }
 
@@ -43,7 +44,7 @@ fn deadline_passed(deadline: Option<Instant>) -> bool {
 pub(crate) fn run_generation(
     session: &mut ModelSession,
     codec: &TextCodec,
-    job: GenerationJob,
+    job: &GenerationJob,
     sink: &mut dyn EventSink,
 ) -> Result<Outcome, EngineError> {
     let prompt_tokens = job.prompt_ids.len();
@@ -59,17 +60,14 @@ pub(crate) fn run_generation(
             prompt_tokens,
             prompt_score: None,
         };
-        let finished = GenerationEvent::Finished(GenerationSummary {
+        if !sink.emit(started) {
+            return Ok(Outcome::Cancelled);
+        }
+        return Ok(Outcome::Finished(GenerationSummary {
             finish_reason: FinishReason::Deadline,
             completion_tokens: 0,
             timings,
-        });
-        let delivered = sink.emit(started) && sink.emit(finished);
-        return Ok(if delivered {
-            Outcome::Finished
-        } else {
-            Outcome::Cancelled
-        });
+        }));
     }
 
     let prefill_started = Instant::now();
@@ -149,16 +147,11 @@ pub(crate) fn run_generation(
         logits = step_logits.data;
     };
     timings.decode = decode_started.elapsed();
-    let delivered = sink.emit(GenerationEvent::Finished(GenerationSummary {
+    Ok(Outcome::Finished(GenerationSummary {
         finish_reason,
         completion_tokens: generated,
         timings,
-    }));
-    Ok(if delivered {
-        Outcome::Finished
-    } else {
-        Outcome::Cancelled
-    })
+    }))
 }
 
 /// Prefill only: the prompt's mean NLL and the confidence of the first answer token.

@@ -220,8 +220,10 @@ mod tests {
         assert!(params(f32::NAN, 0, 1.0, 0).validate().is_err());
         assert!(params(1.0, 0, 0.0, 0).validate().is_err());
         assert!(params(1.0, 0, 1.5, 0).validate().is_err());
-        let mut empty_stop = SamplingParams::default();
-        empty_stop.stop = vec![String::new()];
+        let empty_stop = SamplingParams {
+            stop: vec![String::new()],
+            ..SamplingParams::default()
+        };
         assert!(empty_stop.validate().is_err());
     }
 }

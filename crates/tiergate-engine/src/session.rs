@@ -173,10 +173,10 @@ impl ModelSession {
         let session = builder
             .commit_from_file(source)
             .map_err(|e| EngineError::Runtime(format!("loading {}: {e}", source.display())))?;
-        if let Some((temporary, target)) = pending_cache {
-            if let Err(e) = std::fs::rename(&temporary, &target) {
-                tracing::warn!(error = %e, path = %target.display(), "could not store the optimised model");
-            }
+        if let Some((temporary, target)) = pending_cache
+            && let Err(e) = std::fs::rename(&temporary, &target)
+        {
+            tracing::warn!(error = %e, path = %target.display(), "could not store the optimised model");
         }
         let model = ModelSession {
             session,

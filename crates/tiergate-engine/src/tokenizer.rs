@@ -73,13 +73,14 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let full = codec.decode(&self.ids[self.prefix_offset..])?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
-            if let Some(delta) = full.get(prefix.len()..) {
-                let delta = delta.to_string();
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-                return Ok(delta);
-            }
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && let Some(delta) = full.get(prefix.len()..)
+        {
+            let delta = delta.to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            return Ok(delta);
         }
         Ok(String::new())
     }
@@ -91,5 +92,47 @@ impl IncrementalDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn edge_codec() -> TextCodec {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/edge");
+        let manifest = Manifest::load(&dir).unwrap();
+        TextCodec::load(&dir.join("tokenizer.json"), &manifest).unwrap()
+    }
+
+    #[test]
+    fn streamed_text_equals_the_whole_decode_and_never_splits_a_character() {
+        let codec = edge_codec();
+        let text = "héllo wörld, 日本語 and émoji 🙂 done";
+        let ids = codec.encode(text).unwrap();
+        // The small byte-level vocabulary spells rare characters as several byte tokens.
+        assert!(ids.len() > text.split(' ').count());
+        let mut decoder = IncrementalDecoder::default();
+        let mut streamed = String::new();
+        let mut empty_deltas = 0;
+        for &id in &ids {
+            let delta = decoder.push(&codec, id).unwrap();
+            assert!(!delta.contains('\u{FFFD}'), "broken character in {delta:?}");
+            empty_deltas += usize::from(delta.is_empty());
+            streamed.push_str(&delta);
+        }
+        streamed.push_str(&decoder.flush(&codec).unwrap());
+        assert_eq!(streamed, codec.decode(&ids).unwrap());
+        assert_eq!(streamed, text);
+        assert!(empty_deltas > 0, "no multi-byte character was held back");
+    }
+
+    #[test]
+    fn special_tokens_are_known_and_skipped_in_text() {
+        let codec = edge_codec();
+        let ids = codec.encode("<|user|>hi<|end|>").unwrap();
+        assert_eq!(ids.last(), Some(&codec.eos_id()));
+        assert_eq!(codec.decode(&ids).unwrap(), "hi");
     }
 }

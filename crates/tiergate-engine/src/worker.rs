@@ -207,7 +207,7 @@ fn worker_loop(
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
             Job::Generate { mut job, events } => {
                 job.queue_time = queue_time;
-                run_generate(session, codec, job, events, stats);
+                run_generate(session, codec, &job, events, stats);
             }
             Job::Score { prompt_ids, reply } => {
                 if reply.is_closed() {
@@ -237,7 +237,7 @@ fn worker_loop(
 fn run_generate(
     session: &mut ModelSession,
     codec: &TextCodec,
-    job: GenerationJob,
+    job: &GenerationJob,
     events: EventSender,
     stats: &StatsCell,
 ) {
@@ -249,8 +249,10 @@ fn run_generate(
     .entered();
     let mut sink = ChannelSink(events);
     match run_generation(session, codec, job, &mut sink) {
-        Ok(Outcome::Finished) => {
+        Ok(Outcome::Finished(summary)) => {
+            // Counted before the caller can see the end, so stats never lag the stream.
             stats.finished.fetch_add(1, Ordering::Relaxed);
+            let _ = sink.0.send(Ok(GenerationEvent::Finished(summary)));
         }
         Ok(Outcome::Cancelled) => {
             stats.cancelled.fetch_add(1, Ordering::Relaxed);
