@@ -9,6 +9,43 @@
 //! - [`outcome`]: after the plan ran, which tier answered and why.
 //! - [`eval`]: routing evaluation (PGR, APGR, CPT as defined for RouteLLM) and calibration.
 //! - [`fit`]: the tiny logistic regression that learns the complexity weights.
+//!
+//! How a node uses it (the executor does the I/O between the calls):
+//!
+//! ```
+//! use tiergate_router::*;
+//!
+//! let config = RouterConfig::default();
+//! let node = NodeView {
+//!     local_tier: Tier::Edge,
+//!     upstreams: vec![UpstreamView { tier: Tier::Regional, available: true }],
+//! };
+//! // The engine's prefill gives the prompt NLL; the client gives constraint and forwarding.
+//! let signals = Signals::from_prompt("turn on the kitchen lights", Some(3.1));
+//! let decision = decide(&config, &signals, &node, TierConstraint::None, &Forwarding::default());
+//! assert_eq!(decision.plan[0], Step::Local { gated: true });
+//!
+//! // Run the gated local step: hold tokens back until the commit window says yes or no.
+//! let mut gate = CommitGate::new(&config.confidence);
+//! let mut shown = Vec::new();
+//! for (token, top1) in [("Turning", 0.9), (" on", 0.8), (" the", 0.9), (" lights", 0.7)] {
+//!     match gate.push(token, top1, 0.5) {
+//!         GateAction::Hold => {}
+//!         GateAction::Release(tokens) => shown.extend(tokens),
+//!         GateAction::Abandon { .. } => break, // run the next step of the plan
+//!     }
+//! }
+//! if let GateAction::Release(tokens) = gate.finish() {
+//!     shown.extend(tokens); // EOS came before the window filled
+//! }
+//! let mean_top1 = match gate.verdict() {
+//!     Verdict::Commit { mean_top1, .. } => mean_top1,
+//!     other => panic!("{other:?}"),
+//! };
+//! let outcome = decision.outcome(&[StepResult::LocalCommitted { mean_top1 }]).unwrap();
+//! assert_eq!((outcome.tier, outcome.reason.as_str()), (Tier::Edge, "early_exit"));
+//! assert_eq!(shown.concat(), "Turning on the lights");
+//! ```
 
 pub mod complexity;
 pub mod confidence;
