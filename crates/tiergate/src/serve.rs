@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the engine loader thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -119,6 +121,10 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     let grpc_addr = local_addr(&grpc_listener, config.server.grpc_listen);
     let http_addr = local_addr(&http_listener, config.server.http_listen);
 
+    let (grpc_tls, http_tls) = match &config.server.tls {
+        Some(tls) => (Some(tls.grpc_config()?), Some(tls.http_acceptor()?)),
+        None => (None, None),
+    };
     let (stop, stopped) = watch::channel(false);
     let api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
     let grpc_task = {
@@ -126,7 +132,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         let stopped = stopped.clone();
         tokio::spawn(async move {
             if let Err(err) =
-                crate::grpc::serve_grpc(grpc_listener, api, wait_for_stop(stopped)).await
+                crate::grpc::serve_grpc(grpc_listener, api, grpc_tls, wait_for_stop(stopped)).await
             {
                 tracing::error!(error = %err, "gRPC server failed");
             }
@@ -134,7 +140,12 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     };
     let http_task = {
         let state = Arc::new(HttpState { node: api, metrics });
-        tokio::spawn(serve_http(http_listener, state, wait_for_stop(stopped)))
+        tokio::spawn(serve_http(
+            http_listener,
+            state,
+            http_tls,
+            wait_for_stop(stopped),
+        ))
     };
     tracing::info!(
         node = %config.node.name,

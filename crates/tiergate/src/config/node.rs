@@ -12,6 +12,7 @@ use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load};
 use crate::node::Limits;
+use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +56,8 @@ pub struct ServerSection {
     pub grpc_listen: SocketAddr,
     /// HTTP (OpenAI API, /metrics, /healthz, /readyz). Port 0 picks a free port.
     pub http_listen: SocketAddr,
+    /// TLS on both listeners; absent: plaintext (loopback and trusted networks only).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerSection {
@@ -62,6 +65,7 @@ impl Default for ServerSection {
         ServerSection {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
         }
     }
 }

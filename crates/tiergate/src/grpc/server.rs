@@ -1,5 +1,5 @@
 //! The gRPC listener: Inference, Health and reflection on one port, TCP_NODELAY on each
-//! accepted connection.
+//! accepted connection, TLS (mutual when configured) in front when configured.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::node::NodeApi;
 pub async fn serve_grpc(
     listener: TcpListener,
     node: Arc<dyn NodeApi>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max_message = node.limits().max_body_bytes;
@@ -39,7 +40,10 @@ pub async fn serve_grpc(
     let inference =
         InferenceServer::new(InferenceService::new(node)).max_decoding_message_size(max_message);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder();
+    let mut server = match tls {
+        Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
+        None => tonic::transport::Server::builder(),
+    };
     let router = server.add_service(health_service).add_service(inference);
     // Reflection is a convenience for grpcurl and friends; a node serves without it.
     let router = match reflection {

@@ -1,5 +1,5 @@
-//! The HTTP listener: accepts connections (TCP_NODELAY on each), serves HTTP/1.1 and HTTP/2
-//! with hyper, and drains connections on shutdown.
+//! The HTTP listener: accepts connections (TCP_NODELAY on each), optionally TLS, serves HTTP/1.1
+//! and HTTP/2 with hyper, and drains connections on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,16 +10,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::routes::{HttpState, handle};
 
 /// How long open connections may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP on `listener` until `shutdown` completes, then drains open connections.
 pub async fn serve_http(
     listener: TcpListener,
     state: Arc<HttpState>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Builder::new(TokioExecutor::new());
@@ -42,12 +46,38 @@ pub async fn serve_http(
                 }
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| handle(Arc::clone(&state), request));
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
+                    let served = match tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .into_owned();
+                            watcher.watch(connection).await
+                        }
+                        Some(acceptor) => {
+                            // The handshake is bounded so a silent client cannot hold a task.
+                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            let stream = match handshake.await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .into_owned();
+                            watcher.watch(connection).await
+                        }
+                    };
+                    if let Err(err) = served {
                         tracing::debug!(error = %err, %peer, "http connection ended with an error");
                     }
                 });

@@ -345,7 +345,14 @@ fn engine_error(err: EngineError) -> NodeError {
 }
 
 fn upstream_error(err: UpstreamError) -> NodeError {
-    NodeError::Upstream(err.to_string())
+    use tiergate_upstream::ErrorKind;
+    let message = err.to_string();
+    match err.kind() {
+        ErrorKind::Timeout => NodeError::DeadlineExceeded(message),
+        ErrorKind::Unavailable | ErrorKind::Connect => NodeError::Unavailable(message),
+        ErrorKind::RateLimited => NodeError::Overloaded(message),
+        _ => NodeError::Upstream(message),
+    }
 }
 
 fn finish_from_engine(reason: tiergate_engine::FinishReason) -> FinishReason {
