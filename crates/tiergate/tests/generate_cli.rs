@@ -1,0 +1,107 @@
+//! `tiergate generate` as a user runs it: the built binary, the bundled edge model, the real
+//! ONNX Runtime library (found by the engine: ORT_DYLIB_PATH or `.tools/` above the cwd).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tiergate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .current_dir(repo_root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The answer the Python reference decodes greedily for `prompt` on the edge model.
+fn reference_answer(prompt: &str) -> String {
+    let path = repo_root().join("models/edge/reference.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prompt"] == prompt)
+        .expect("the reference has this prompt");
+    case["greedy_text"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn generate_json_answers_the_kitchen_lights_prompt() {
+    let prompt = "turn on the kitchen lights";
+    let output = tiergate(&["generate", "--model", "models/edge", "--json", prompt]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr: {stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert_eq!(result["model"]["name"], "tiergate-edge");
+    assert_eq!(result["text"], reference_answer(prompt).as_str());
+    assert_eq!(result["finish_reason"], "eos");
+    assert_eq!(result["prompt_tokens"], 8);
+    assert!(result["prompt_score"].as_f64().unwrap() > 0.0);
+
+    let tokens = result["tokens"].as_array().unwrap();
+    assert_eq!(
+        tokens.len() as u64,
+        result["completion_tokens"].as_u64().unwrap()
+    );
+    let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(text, result["text"].as_str().unwrap());
+    for token in tokens {
+        let p = token["top1_prob"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{token}");
+        assert!(token["entropy"].as_f64().unwrap() >= 0.0, "{token}");
+    }
+    let timings = &result["timings"];
+    assert!(timings["prefill_ms"].as_f64().unwrap() > 0.0);
+    assert!(timings["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn generate_prints_answer_confidence_and_timings_for_people() {
+    let output = tiergate(&["generate", "--max-tokens", "3", "what is 7 plus 5"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("finish length"), "{stdout}");
+    assert!(stdout.contains("prompt score"), "{stdout}");
+    assert!(stdout.contains("tokens/s"), "{stdout}");
+    assert!(stdout.contains("p(top1)"), "{stdout}");
+}
+
+#[test]
+fn generate_errors_are_one_line_with_a_non_zero_exit() {
+    let output = tiergate(&[
+        "generate",
+        "--ort-library",
+        "/nonexistent/libonnxruntime.so",
+        "hello",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("make setup"),
+        "{stderr}"
+    );
+
+    let output = tiergate(&["generate", "   "]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stderr).unwrap().contains("empty"));
+
+    let output = tiergate(&["generate", "--model", "models/no-such-model", "hello"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("manifest.json")
+    );
+}
