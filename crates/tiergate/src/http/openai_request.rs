@@ -262,7 +262,7 @@ fn finish(
     let model = common
         .model
         .ok_or_else(|| invalid("`model` is required (see GET /v1/models)"))?;
-    if !ctx.models.iter().any(|m| *m == model) {
+    if !ctx.models.contains(&model) {
         return Err(invalid(format!(
             "unknown model `{model}`; this node serves: {}",
             ctx.models.join(", ")

@@ -471,11 +471,12 @@ mod tests {
     fn prompt_nll_is_computed_only_where_it_can_change_the_plan() {
         let features = PromptFeatures::extract("turn on the kitchen lights");
         let text_only = complexity::score(&features, None, &RouterConfig::default().complexity);
-        let mut router = RouterConfig::default();
-
         // A threshold right at the text-only score: the NLL decides which side it falls on.
-        router.local_max_complexity = text_only.score;
-        router.cloud_min_complexity = 1.0;
+        let mut router = RouterConfig {
+            local_max_complexity: text_only.score,
+            cloud_min_complexity: 1.0,
+            ..RouterConfig::default()
+        };
         assert!(prompt_nll_can_change_plan(&router, &features));
 
         // Thresholds out of the NLL's reach: the plan is the same whatever the NLL.
