@@ -18,20 +18,20 @@ use crate::node::{Node, NodeApi, NodeParts};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot load the local model: {0}")]
+    #[error("cannot load the local model")]
     Engine(#[from] tiergate_engine::EngineError),
     #[error("cannot set up upstream `{tier}`: {message}")]
     Upstream { tier: &'static str, message: String },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot register metrics: {0}")]
+    #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot set up TLS: {0}")]
+    #[error("cannot set up TLS")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("the engine loader thread failed: {0}")]
+    #[error("the engine loader thread failed")]
     Join(#[from] tokio::task::JoinError),
 }
 

@@ -1,0 +1,36 @@
+//! `tiergate demo --exit --json`: three nodes in one process, the mixed workload, one row per
+//! prompt saying where it went and why.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn demo_routes_the_mixed_workload_across_the_tiers() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["demo", "--exit", "--json"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(rows.len() >= 8, "{rows:?}");
+    let kinds: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for kind in ["in-domain", "harder", "open-ended", "privacy"] {
+        assert!(kinds.contains(kind), "{kinds:?}");
+    }
+    for row in &rows {
+        let tier = row["tier"].as_str().unwrap();
+        assert!(["edge", "regional", "cloud"].contains(&tier), "{row}");
+        assert!(!row["reason"].as_str().unwrap().is_empty(), "{row}");
+        assert_eq!(row["degraded"], false, "all three tiers are up: {row}");
+        if row["kind"] == "privacy" {
+            assert_eq!(tier, "edge", "privacy-pinned prompts stay at the edge: {row}");
+            assert_eq!(row["reason"], "tier_constraint");
+        }
+        if row["kind"] == "open-ended" {
+            assert_ne!(tier, "edge", "open-ended prompts go up: {row}");
+        }
+    }
+}
