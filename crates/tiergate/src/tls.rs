@@ -25,7 +25,7 @@ pub struct ServerTls {
 /// Why TLS could not be set up; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
