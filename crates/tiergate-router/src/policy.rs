@@ -248,14 +248,14 @@ pub fn decide(
 ) -> Decision {
     let complexity = complexity::score(&signals.features, signals.prompt_nll, &config.complexity);
     let candidates = classify_upstreams(node, constraint, forwarding);
-    let (plan, reason, degraded) = choose_plan(
+    let inputs = PlanInputs {
         config,
-        complexity.score,
+        complexity: complexity.score,
         node,
         constraint,
         forwarding,
-        &candidates,
-    );
+    };
+    let (plan, reason, degraded) = choose_plan(&inputs, &candidates);
     let mut skipped = candidates.skipped;
     if reason == Reason::HopLimit {
         skipped.extend(candidates.available.iter().map(|&tier| SkippedUpstream {
@@ -333,14 +333,24 @@ fn classify_upstreams(
     candidates
 }
 
-fn choose_plan(
-    config: &RouterConfig,
+/// Everything the plan depends on besides the classified upstreams.
+struct PlanInputs<'a> {
+    config: &'a RouterConfig,
     complexity: f64,
-    node: &NodeView,
+    node: &'a NodeView,
     constraint: TierConstraint,
-    forwarding: &Forwarding,
-    candidates: &Candidates,
-) -> (Vec<Step>, Reason, bool) {
+    forwarding: &'a Forwarding,
+}
+
+/// Applies the rules of the module documentation, in order: (plan, reason, degraded).
+fn choose_plan(inputs: &PlanInputs<'_>, candidates: &Candidates) -> (Vec<Step>, Reason, bool) {
+    let PlanInputs {
+        config,
+        complexity,
+        node,
+        constraint,
+        forwarding,
+    } = *inputs;
     const LOCAL: Step = Step::Local { gated: false };
     // The constraint applies to the local tier too (it matters for a cloud-tier node).
     let local_may_serve = match constraint {
