@@ -16,6 +16,8 @@ pub enum StepResult {
     LocalAbandoned { mean_top1: f32 },
     /// An ungated local step answered.
     LocalAnswered,
+    /// A local step could not run (engine overloaded, prompt too long, engine error).
+    LocalFailed,
     /// The upstream answered; `degraded` is the upstream's own flag (a regional node may
     /// itself have answered locally because the cloud was unreachable).
     UpstreamAnswered { degraded: bool },
@@ -40,6 +42,7 @@ impl StepResult {
                 StepResult::LocalCommitted { .. } | StepResult::LocalAbandoned { .. },
                 Step::Local { gated: true },
             ) | (StepResult::LocalAnswered, Step::Local { gated: false })
+                | (StepResult::LocalFailed, Step::Local { .. })
                 | (
                     StepResult::UpstreamAnswered { .. } | StepResult::UpstreamFailed,
                     Step::Upstream(_),
@@ -97,6 +100,7 @@ impl Decision {
         let reason = match last.checked_sub(1).map(|i| results[i]) {
             None => self.reason,
             Some(StepResult::LocalAbandoned { .. }) => Reason::LowConfidence,
+            Some(StepResult::LocalFailed) => Reason::LocalFailed,
             Some(_) => Reason::UpstreamFailed,
         };
         // Falling back to the local model after the plan's upstreams failed is degraded.

@@ -142,12 +142,15 @@ pub enum Reason {
     UpstreamUnavailable,
     /// An upstream call failed at run time and the next step answered.
     UpstreamFailed,
+    /// The local model could not run (overloaded, prompt too long, engine error) and the next
+    /// step answered.
+    LocalFailed,
     /// Nothing above this node is configured: answered locally (the top of the hierarchy).
     NoUpstream,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::EarlyExit,
         Reason::LowConfidence,
         Reason::Complexity,
@@ -155,6 +158,7 @@ impl Reason {
         Reason::HopLimit,
         Reason::UpstreamUnavailable,
         Reason::UpstreamFailed,
+        Reason::LocalFailed,
         Reason::NoUpstream,
     ];
 
@@ -167,6 +171,7 @@ impl Reason {
             Reason::HopLimit => "hop_limit",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamFailed => "upstream_failed",
+            Reason::LocalFailed => "local_failed",
             Reason::NoUpstream => "no_upstream",
         }
     }

@@ -387,6 +387,7 @@ fn reason_names_are_snake_case_and_stable() {
             "hop_limit",
             "upstream_unavailable",
             "upstream_failed",
+            "local_failed",
             "no_upstream"
         ]
     );

@@ -150,3 +150,28 @@ fn results_that_do_not_fit_the_plan_are_errors() {
         Err(OutcomeError::TooManyResults { .. })
     ));
 }
+
+#[test]
+fn local_step_that_could_not_run_is_named_local_failed() {
+    let d = decision(true, true);
+    let o = d
+        .outcome(&[
+            StepResult::LocalFailed,
+            StepResult::UpstreamAnswered { degraded: false },
+        ])
+        .unwrap();
+    assert_eq!(
+        (o.tier, o.reason, o.degraded),
+        (Tier::Regional, Reason::LocalFailed, false)
+    );
+    assert_eq!(o.local_confidence, None, "no confidence was measured");
+    assert_eq!(o.tiers_tried, vec![Tier::Edge, Tier::Regional]);
+    // The ungated local step of last resort failing too leaves no answer.
+    let all_failed = [
+        StepResult::LocalFailed,
+        StepResult::UpstreamFailed,
+        StepResult::UpstreamFailed,
+        StepResult::LocalFailed,
+    ];
+    assert_eq!(d.outcome(&all_failed), Err(OutcomeError::Unanswered(4)));
+}
