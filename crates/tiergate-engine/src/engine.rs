@@ -191,11 +191,21 @@ impl Engine {
         if prompt.is_blank() {
             return Err(EngineError::EmptyPrompt);
         }
-        let ids = self.inner.codec.encode(&self.render(prompt))?;
+        let rendered = self.render(prompt);
+        let limit = self.inner.info.context_length;
+        // Refuse a prompt that cannot fit before spending time (on the caller's thread) to
+        // tokenize all of it.
+        let at_least = self.inner.codec.min_tokens(&rendered);
+        if at_least >= limit {
+            return Err(EngineError::PromptTooLong {
+                tokens: at_least,
+                limit,
+            });
+        }
+        let ids = self.inner.codec.encode(&rendered)?;
         if ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let limit = self.inner.info.context_length;
         // At least one position must stay free for the answer.
         if ids.len() >= limit {
             return Err(EngineError::PromptTooLong {

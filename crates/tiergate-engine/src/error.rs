@@ -83,7 +83,9 @@ pub enum EngineError {
     // --- requests ---
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("the prompt has {tokens} tokens; the model's context holds {limit}, so at most {} prompt tokens fit", limit.saturating_sub(1))]
+    /// `tokens` is the exact count, or for a prompt far beyond the context a lower bound
+    /// computed without tokenizing all of it.
+    #[error("the prompt needs at least {tokens} tokens; the model's context holds {limit}, so at most {} prompt tokens fit", limit.saturating_sub(1))]
     PromptTooLong { tokens: usize, limit: usize },
     #[error("invalid sampling parameters: {0}")]
     InvalidSampling(String),

@@ -75,6 +75,13 @@ pub struct Timings {
     pub session_run: Duration,
 }
 
+impl Timings {
+    /// Prefill + decode time not spent inside `Session::run`.
+    pub fn outside_session_run(&self) -> Duration {
+        (self.prefill + self.decode).saturating_sub(self.session_run)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationSummary {
     pub finish_reason: FinishReason,

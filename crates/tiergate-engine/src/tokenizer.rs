@@ -11,6 +11,9 @@ use crate::manifest::Manifest;
 pub(crate) struct TextCodec {
     tokenizer: Tokenizer,
     eos_id: u32,
+    /// No token stands for more bytes of text than this (an upper bound: the longest vocabulary
+    /// entry in UTF-8), so `bytes / max_token_bytes` is a lower bound on the token count.
+    max_token_bytes: usize,
 }
 
 impl TextCodec {
@@ -31,7 +34,23 @@ impl TextCodec {
                 manifest.vocab_size
             )));
         }
-        Ok(TextCodec { tokenizer, eos_id })
+        let max_token_bytes = tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(TextCodec {
+            tokenizer,
+            eos_id,
+            max_token_bytes,
+        })
+    }
+
+    /// The fewest tokens `text` can encode to, without encoding it.
+    pub(crate) fn min_tokens(&self, text: &str) -> usize {
+        text.len().div_ceil(self.max_token_bytes)
     }
 
     pub(crate) fn eos_id(&self) -> u32 {

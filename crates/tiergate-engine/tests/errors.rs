@@ -250,6 +250,12 @@ async fn bad_requests_are_invalid_requests() {
         engine.score_prompt(&long).await,
         Err(EngineError::PromptTooLong { .. })
     ));
+    // Megabytes of prompt are refused from their length alone, with a lower bound on tokens.
+    let huge = Prompt::user("kitchen lights ".repeat(100_000));
+    match engine.generate_stream(request(huge)) {
+        Err(EngineError::PromptTooLong { tokens, limit }) => assert!(tokens >= limit),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
 
     let mut bad_sampling = request(Prompt::user("hello"));
     bad_sampling.sampling.temperature = -0.5;

@@ -15,8 +15,11 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The bundled models, or another copy of them named by `TIERGATE_TEST_MODELS`.
 pub fn model_dir(name: &str) -> PathBuf {
-    repo_root().join("models").join(name)
+    std::env::var_os("TIERGATE_TEST_MODELS")
+        .map_or_else(|| repo_root().join("models"), PathBuf::from)
+        .join(name)
 }
 
 pub fn config(name: &str) -> EngineConfig {
