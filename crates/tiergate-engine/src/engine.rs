@@ -31,12 +31,15 @@ pub struct EngineConfig {
     pub ort_library: Option<PathBuf>,
     /// Worker threads, each with its own session (concurrent generations).
     pub workers: usize,
-    /// ONNX Runtime intra-op threads per session.
+    /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
     pub graph_optimization: GraphOptimization,
-    /// Directory for optimised graphs (written on first load, reused after).
+    /// Directory for optimised graphs, keyed by the graph's sha256 and the level: written on
+    /// first load, loaded (skipping optimisation) after. With level `all` the file suits only
+    /// this kind of CPU, so keep the cache on the machine that made it.
     pub optimized_model_cache: Option<PathBuf>,
-    /// Requests waiting for a worker beyond which new ones get `Overloaded`.
+    /// Requests that may wait for a worker; one more gets `Overloaded`. 0 accepts a request only
+    /// when a worker is idle.
     pub queue_capacity: usize,
 }
 
@@ -187,6 +190,11 @@ impl Engine {
     }
 
     /// Token ids the model sees for `prompt`, checked against the context.
+    ///
+    /// Context policy: a prompt is never truncated. One of `context_length` tokens or more is
+    /// refused with `PromptTooLong` (at least one position must stay free for the answer);
+    /// during generation, when prompt + generated tokens reach `context_length`, generation
+    /// stops with finish reason `length`.
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         if prompt.is_blank() {
             return Err(EngineError::EmptyPrompt);
