@@ -39,6 +39,9 @@ pub struct PromptFeatures {
     pub answer_choices: u32,
     /// Words of 10 or more letters: a proxy for technical vocabulary.
     pub long_words: u32,
+    /// Words that start with an uppercase letter, not counting the first word of the text:
+    /// names, places, titles (knowledge-heavy prompts).
+    pub capitalized_words: u32,
     /// Mean word length in characters (0 for no words).
     pub mean_word_len: f32,
     /// Share of characters outside ASCII, in `[0, 1]`: a hint of another language or script.
@@ -203,6 +206,9 @@ fn scan_words(text: &str, f: &mut PromptFeatures) {
     let mut prev_word = String::new();
     let mut word = String::new();
     for raw in text.split_whitespace() {
+        if f.words > 0 && raw.chars().next().is_some_and(char::is_uppercase) {
+            f.capitalized_words += 1;
+        }
         f.words += 1;
         // Keep letters, digits, and an inner apostrophe ("isn't"); lowercase as we go.
         word.clear();
@@ -301,6 +307,13 @@ mod tests {
         assert_eq!(f.answer_choices, 3);
         assert_eq!(f.list_items, 3);
         assert_eq!(f.lines, 8);
+    }
+
+    #[test]
+    fn capitalized_words_skip_the_first_word() {
+        let f = PromptFeatures::extract("Who wrote Hamlet in London? Shakespeare did.");
+        assert_eq!(f.capitalized_words, 3, "Hamlet, London, Shakespeare");
+        assert_eq!(PromptFeatures::extract("Hello").capitalized_words, 0);
     }
 
     #[test]

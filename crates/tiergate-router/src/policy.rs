@@ -41,14 +41,14 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     /// Thresholds from `eval::calibrate` on shared/routing-eval with the default weights:
-    /// 0.565 sends about half of those prompts up first, 0.628 sends about a fifth to the cloud
+    /// 0.567 sends about half of those prompts up first, 0.633 sends about a fifth to the cloud
     /// first (see docs/routing.md).
     fn default() -> Self {
         RouterConfig {
             complexity: ComplexityConfig::default(),
             confidence: ConfidenceConfig::default(),
-            local_max_complexity: 0.565,
-            cloud_min_complexity: 0.628,
+            local_max_complexity: 0.567,
+            cloud_min_complexity: 0.633,
             max_hops: 3,
         }
     }

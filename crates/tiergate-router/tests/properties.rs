@@ -97,7 +97,7 @@ proptest! {
     #[test]
     fn score_is_in_range_for_any_weights(
         prompt in ".{0,300}", nll in nll(),
-        weights in prop::array::uniform14(-50.0f64..50.0), bias in -50.0f64..50.0,
+        weights in prop::array::uniform16(-50.0f64..50.0), bias in -50.0f64..50.0,
     ) {
         let config = ComplexityConfig { bias, weights: TextWeights::from_array(weights), nll: NllNormalization::default() };
         let s = complexity::score(&PromptFeatures::extract(&prompt), nll, &config);
