@@ -190,7 +190,7 @@ impl Default for NllNormalization {
     /// Set from the bundled edge model (models/edge/eval.json): mean prompt NLL 3.04 nats on
     /// its held-out in-domain prompts, 7.66 on out-of-domain ones (AUROC 0.9999). The range
     /// spans the two, so the midpoint (5.25) is neutral; the weight lets the NLL outweigh the
-    /// text signals (at most +-2 logits against their ~0.5 logit spread).
+    /// text signals (at most +-2 logits against their ~1 logit spread).
     fn default() -> Self {
         NllNormalization {
             low_nats: 3.0,
