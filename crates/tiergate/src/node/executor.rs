@@ -102,7 +102,7 @@ impl Walk<'_> {
         before: &[StepResult],
         tx: &Sender,
     ) -> StepEnd {
-        let failed = |err| StepEnd::FellThrough(local_failure(gated), Some(err));
+        let failed = |err| StepEnd::FellThrough(StepResult::LocalFailed, Some(err));
         let mut attempt = match tiers.start_local(&self.request).await {
             Ok(attempt) => attempt,
             Err(err) => return failed(err),
@@ -387,16 +387,5 @@ impl Walk<'_> {
             .time_to_first_token
             .with_label_values(&[tier])
             .observe(answer.time_to_first_token.as_secs_f64());
-    }
-}
-
-/// A local step that could not run counts as abandoned (gated) for naming the outcome, so the
-/// reason of a later answer still says why the request moved on.
-fn local_failure(gated: bool) -> StepResult {
-    if gated {
-        StepResult::LocalAbandoned { mean_top1: 0.0 }
-    } else {
-        // An ungated local step is the last resort; nothing comes after it.
-        StepResult::LocalAnswered
     }
 }
