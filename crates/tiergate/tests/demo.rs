@@ -26,7 +26,10 @@ fn demo_routes_the_mixed_workload_across_the_tiers() {
         assert!(!row["reason"].as_str().unwrap().is_empty(), "{row}");
         assert_eq!(row["degraded"], false, "all three tiers are up: {row}");
         if row["kind"] == "privacy" {
-            assert_eq!(tier, "edge", "privacy-pinned prompts stay at the edge: {row}");
+            assert_eq!(
+                tier, "edge",
+                "privacy-pinned prompts stay at the edge: {row}"
+            );
             assert_eq!(row["reason"], "tier_constraint");
         }
         if row["kind"] == "open-ended" {
