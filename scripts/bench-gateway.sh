@@ -8,6 +8,8 @@
 #   BENCH_RATES="500 2000 5000 10000"  BENCH_RATE_CONCURRENCY=50  BENCH_MAX_CONCURRENCY="1 16 64"
 #   BENCH_DURATION=10s  BENCH_UPSTREAM_WORKERS=1  BENCH_KEEP=DIR (keep oha's JSON results there)
 #   BENCH_MODEL_DIR=models/edge (the node loads it at start-up, though it never runs it here)
+#   BENCH_VIA=tiergate, or plain-proxy: a minimal hyper proxy in tiergate's place, the floor
+#   of what any HTTP/1.1 gateway costs here (bench/src/bin/plain-proxy.rs)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ MAX_CONCURRENCY=${BENCH_MAX_CONCURRENCY:-"1 16 64"}
 DURATION=${BENCH_DURATION:-10s}
 UPSTREAM_WORKERS=${BENCH_UPSTREAM_WORKERS:-1}
 MODEL_DIR=${BENCH_MODEL_DIR:-models/edge}
+VIA=${BENCH_VIA:-tiergate}
 OHA_VERSION=1.16.0
 OHA=$ROOT/.tools/cargo-bin/bin/oha
 BODY='{"model":"tiergate","messages":[{"role":"user","content":"hello"}],"max_tokens":8}'
@@ -26,6 +29,10 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.tools/onnxruntime/libonnxruntime.
 
 say() { echo "bench-gateway: $*" >&2; }
 
+if [[ $VIA != tiergate && $VIA != plain-proxy ]]; then
+    say "BENCH_VIA must be tiergate or plain-proxy, not $VIA"
+    exit 1
+fi
 if [[ ! -f $ORT_DYLIB_PATH ]]; then
     say "no ONNX Runtime library at $ORT_DYLIB_PATH (run ./scripts/fetch-onnxruntime.sh)"
     exit 1
@@ -77,10 +84,11 @@ PIDS+=($!)
 wait_listening "$WORK/upstream.out" "${PIDS[-1]}"
 UPSTREAM=$(jq -r .addr "$WORK/upstream.out")
 
-# Every request goes to the cloud upstream without the local model (thresholds 0), and the
-# breaker's triggers are off: an overloaded moment must not turn into fast refusals that would
-# flatter the gateway's figures.
-cat >"$WORK/node.toml" <<EOF
+start_tiergate() {
+    # Every request goes to the cloud upstream without the local model (thresholds 0), and
+    # the breaker's triggers are off: an overloaded moment must not turn into fast refusals
+    # that would flatter the gateway's figures.
+    cat >"$WORK/node.toml" <<EOF
 [node]
 name = "bench-edge"
 tier = "edge"
@@ -107,8 +115,14 @@ cloud_min_complexity = 0.0
 [limits]
 max_body_bytes = 1048576
 EOF
-TIERGATE_LOG=warn target/release/tiergate serve --config "$WORK/node.toml" >"$WORK/node.out" 2>"$WORK/node.log" &
-PIDS+=($!)
+    TIERGATE_LOG=warn target/release/tiergate serve --config "$WORK/node.toml" >"$WORK/node.out" 2>"$WORK/node.log" &
+    PIDS+=($!)
+}
+start_plain_proxy() {
+    target/release/plain-proxy --upstream "$UPSTREAM" >"$WORK/node.out" 2>"$WORK/node.log" &
+    PIDS+=($!)
+}
+if [[ $VIA == tiergate ]]; then start_tiergate; else start_plain_proxy; fi
 wait_listening "$WORK/node.out" "${PIDS[-1]}"
 GATEWAY=$(jq -r .http "$WORK/node.out")
 
@@ -136,15 +150,23 @@ for url in "$DIRECT_URL" "$GATEWAY_URL"; do
 done
 
 say "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-say "upstream $UPSTREAM (workers $UPSTREAM_WORKERS), tiergate $GATEWAY; $DURATION per run"
+say "upstream $UPSTREAM (workers $UPSTREAM_WORKERS), $VIA $GATEWAY; $DURATION per run"
+
+GATEWAY_PID=${PIDS[-1]}
+CLOCK_TICKS=$(getconf CLK_TCK)
+# User + system CPU time of the gateway process so far, in clock ticks.
+gateway_ticks() { awk '{print $14 + $15}' "/proc/$GATEWAY_PID/stat"; }
 
 CASES=()
 run_case() {
-    local id=$1 label=$2
+    local id=$1 label=$2 before
     shift 2
     say "$label"
     oha_run "$WORK/$id.direct.json" "$DIRECT_URL" "$@"
+    before=$(gateway_ticks)
     oha_run "$WORK/$id.gateway.json" "$GATEWAY_URL" "$@"
+    awk -v ticks=$(( $(gateway_ticks) - before )) -v hz="$CLOCK_TICKS" \
+        'BEGIN { print ticks / hz }' >"$WORK/$id.gateway.cpu"
     CASES+=("$id=$label")
 }
 
@@ -157,4 +179,4 @@ for conns in $MAX_CONCURRENCY; do
 done
 
 say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-target/release/bench-report "$WORK" "${CASES[@]}"
+target/release/bench-report --via "$VIA" "$WORK" "${CASES[@]}"

@@ -32,6 +32,8 @@ pub struct OhaSummary {
 pub struct RunFigures {
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// 2xx answers.
+    pub ok: u64,
     /// 2xx answers per second of wall time.
     pub ok_per_sec: f64,
     /// Answers that were not 2xx plus requests that got no answer (connection errors,
@@ -81,6 +83,7 @@ impl OhaResult {
         Ok(RunFigures {
             p50_ms: percentile_ms("p50")?,
             p99_ms: percentile_ms("p99")?,
+            ok,
             ok_per_sec,
             failed,
         })
@@ -93,17 +96,30 @@ pub struct CaseFigures {
     pub case: String,
     pub direct: RunFigures,
     pub gateway: RunFigures,
+    /// CPU time (user + system) the gateway process used during its run, when measured.
+    pub gateway_cpu_seconds: Option<f64>,
 }
 
-/// The Markdown table of all cases, latencies in ms.
-pub fn table(cases: &[CaseFigures]) -> String {
+impl CaseFigures {
+    /// The gateway's CPU time per 2xx answer, in microseconds.
+    pub fn gateway_cpu_us_per_answer(&self) -> Option<f64> {
+        let cpu = self.gateway_cpu_seconds?;
+        (self.gateway.ok > 0).then(|| cpu * 1e6 / self.gateway.ok as f64)
+    }
+}
+
+/// The Markdown table of all cases, latencies in ms; `via` names what stood between the load
+/// and the upstream (tiergate, or the plain proxy of the comparison).
+pub fn table(via: &str, cases: &[CaseFigures]) -> String {
     let mut out = String::new();
-    out.push_str(
-        "| case | direct p50 | direct p99 | via tiergate p50 | via tiergate p99 \
-         | added p50 | added p99 | direct ok/s | via tiergate ok/s | throughput ratio \
-         | failed (direct / via) |\n",
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "| case | direct p50 | direct p99 | via {via} p50 | via {via} p99 \
+         | added p50 | added p99 | direct ok/s | via {via} ok/s | throughput ratio \
+         | failed (direct / via) | {via} CPU per answer |",
     );
-    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for row in cases {
         let (d, g) = (&row.direct, &row.gateway);
         let ratio = if d.ok_per_sec > 0.0 {
@@ -111,10 +127,12 @@ pub fn table(cases: &[CaseFigures]) -> String {
         } else {
             0.0
         };
-        // Writing to a String cannot fail.
+        let cpu = row
+            .gateway_cpu_us_per_answer()
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.0} µs"));
         let _ = writeln!(
             out,
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.0} | {:.0} | {:.2} | {} / {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.0} | {:.0} | {:.2} | {} / {} | {} |",
             row.case,
             d.p50_ms,
             d.p99_ms,
@@ -127,6 +145,7 @@ pub fn table(cases: &[CaseFigures]) -> String {
             ratio,
             d.failed,
             g.failed,
+            cpu,
         );
     }
     out
@@ -157,6 +176,7 @@ mod tests {
         let f = result.figures().unwrap();
         assert!((f.p50_ms - 0.2).abs() < 1e-9, "{f:?}");
         assert!((f.p99_ms - 1.5).abs() < 1e-9, "{f:?}");
+        assert_eq!(f.ok, 4000);
         assert!((f.ok_per_sec - 2000.0).abs() < 1e-9, "{f:?}");
         assert_eq!(f.failed, 13);
     }
@@ -185,15 +205,20 @@ mod tests {
             .unwrap()
             .figures()
             .unwrap();
-        let table = table(&[CaseFigures {
-            case: "rate 2000".into(),
-            direct,
-            gateway,
-        }]);
+        let table = table(
+            "tiergate",
+            &[CaseFigures {
+                case: "rate 2000".into(),
+                direct,
+                gateway,
+                gateway_cpu_seconds: Some(0.24),
+            }],
+        );
+        assert!(table.starts_with("| case | direct p50 | direct p99 | via tiergate p50 |"));
         let row = table.lines().nth(2).unwrap();
         assert_eq!(
             row,
-            "| rate 2000 | 0.200 | 1.000 | 0.500 | 1.800 | +0.300 | +0.800 | 2000 | 1500 | 0.75 | 0 / 2 |"
+            "| rate 2000 | 0.200 | 1.000 | 0.500 | 1.800 | +0.300 | +0.800 | 2000 | 1500 | 0.75 | 0 / 2 | 80 µs |"
         );
     }
 }

@@ -1,8 +1,9 @@
-//! `bench-report DIR ID=LABEL...`: reads `DIR/ID.direct.json` and `DIR/ID.gateway.json`
-//! (oha's JSON results) for each case and prints the Markdown table of the gateway's overhead.
+//! `bench-report [--via NAME] DIR ID=LABEL...`: reads `DIR/ID.direct.json` and `DIR/ID.gateway.json`
+//! (oha's JSON results) for each case, and `DIR/ID.gateway.cpu` (the gateway's CPU seconds in
+//! that run) when present, and prints the Markdown table of the gateway's overhead.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -13,9 +14,25 @@ use tiergate_bench::report::{CaseFigures, OhaResult, table};
 struct Args {
     /// Folder holding ID.direct.json and ID.gateway.json for each case.
     dir: PathBuf,
+    /// What stood between the load and the upstream, for the column names.
+    #[arg(long, default_value = "tiergate")]
+    via: String,
     /// Cases in table order, as ID=LABEL.
     #[arg(required = true)]
     cases: Vec<String>,
+}
+
+/// The gateway's CPU seconds of a run, written by the script; absent file: not measured.
+fn cpu_seconds(path: &Path) -> anyhow::Result<Option<f64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{}: not a number of seconds", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,10 +51,11 @@ fn main() -> anyhow::Result<()> {
             case: label.to_owned(),
             direct: figures("direct")?,
             gateway: figures("gateway")?,
+            gateway_cpu_seconds: cpu_seconds(&args.dir.join(format!("{id}.gateway.cpu")))?,
         });
     }
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(table(&rows).as_bytes())?;
+    stdout.write_all(table(&args.via, &rows).as_bytes())?;
     stdout.flush()?;
     Ok(())
 }
