@@ -8,6 +8,8 @@
 #   BENCH_RATES="500 2000 5000 10000"  BENCH_RATE_CONCURRENCY=50  BENCH_MAX_CONCURRENCY="1 16 64"
 #   BENCH_DURATION=10s  BENCH_UPSTREAM_WORKERS=1  BENCH_KEEP=DIR (keep oha's JSON results there)
 #   BENCH_MODEL_DIR=models/edge (the node loads it at start-up, though it never runs it here)
+#   BENCH_GATEWAY_ENV="VAR=VALUE ..." (the gateway process's alone, e.g. TOKIO_WORKER_THREADS=1
+#   or LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2, for experiments)
 #   BENCH_VIA=tiergate, or plain-proxy: a minimal hyper proxy in tiergate's place, the floor
 #   of what any HTTP/1.1 gateway costs here (bench/src/bin/plain-proxy.rs)
 set -euo pipefail
@@ -22,6 +24,9 @@ DURATION=${BENCH_DURATION:-10s}
 UPSTREAM_WORKERS=${BENCH_UPSTREAM_WORKERS:-1}
 MODEL_DIR=${BENCH_MODEL_DIR:-models/edge}
 VIA=${BENCH_VIA:-tiergate}
+# TOKIO_WORKER_THREADS is read by oha too: set it for the gateway process alone.
+read -r -a GATEWAY_ENV <<<"${BENCH_GATEWAY_ENV:-}"
+unset TOKIO_WORKER_THREADS
 OHA_VERSION=1.16.0
 OHA=$ROOT/.tools/cargo-bin/bin/oha
 BODY='{"model":"tiergate","messages":[{"role":"user","content":"hello"}],"max_tokens":8}'
@@ -115,11 +120,11 @@ cloud_min_complexity = 0.0
 [limits]
 max_body_bytes = 1048576
 EOF
-    TIERGATE_LOG=warn target/release/tiergate serve --config "$WORK/node.toml" >"$WORK/node.out" 2>"$WORK/node.log" &
+    env "${GATEWAY_ENV[@]}" TIERGATE_LOG=warn target/release/tiergate serve --config "$WORK/node.toml" >"$WORK/node.out" 2>"$WORK/node.log" &
     PIDS+=($!)
 }
 start_plain_proxy() {
-    target/release/plain-proxy --upstream "$UPSTREAM" >"$WORK/node.out" 2>"$WORK/node.log" &
+    env "${GATEWAY_ENV[@]}" target/release/plain-proxy --upstream "$UPSTREAM" >"$WORK/node.out" 2>"$WORK/node.log" &
     PIDS+=($!)
 }
 if [[ $VIA == tiergate ]]; then start_tiergate; else start_plain_proxy; fi
@@ -150,7 +155,7 @@ for url in "$DIRECT_URL" "$GATEWAY_URL"; do
 done
 
 say "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-say "upstream $UPSTREAM (workers $UPSTREAM_WORKERS), $VIA $GATEWAY; $DURATION per run"
+say "upstream $UPSTREAM (workers $UPSTREAM_WORKERS), $VIA $GATEWAY (env: ${BENCH_GATEWAY_ENV:-none}); $DURATION per run"
 
 GATEWAY_PID=${PIDS[-1]}
 CLOCK_TICKS=$(getconf CLK_TCK)
