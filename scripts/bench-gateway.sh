@@ -154,6 +154,7 @@ for url in "$DIRECT_URL" "$GATEWAY_URL"; do
     oha_run "$WORK/warmup.json" "$url" -z 2s -c 16
 done
 
+say "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates bench 2>/dev/null || echo ' + uncommitted changes in crates/ or bench/')"
 say "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 say "upstream $UPSTREAM (workers $UPSTREAM_WORKERS), $VIA $GATEWAY (env: ${BENCH_GATEWAY_ENV:-none}); $DURATION per run"
 
