@@ -34,3 +34,4 @@ for m in "${MODELS[@]}"; do
     "$PY" manifest.py "$m"
 done
 "$PY" sizes.py
+"$PY" summary.py

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import sys
 from pathlib import Path
 
-from common import WORK_DIR
+from common import MODELS_DIR, WORK_DIR
 
-ROUTING_EVAL = Path("/work/shared/routing-eval")
+# The MMLU and GSM8K prompts of the routing evaluation data. The sampled probes are committed as
+# models/ood-probes.jsonl, so the pipeline runs without this directory (it then reuses that file).
+ROUTING_EVAL = Path(os.environ.get("TIERGATE_ROUTING_EVAL", "/work/shared/routing-eval"))
+COMMITTED_PROBES = MODELS_DIR / "ood-probes.jsonl"
 
 # ---------------------------------------------------------------- helpers
 
@@ -49,8 +53,18 @@ def emit(rng, split: Split, train_tpl, heldout_tpl, train_vals, heldout_vals, ma
         split.add("heldout", p, a)
 
 
+PREFIXES = ["please ", "hey ", "ok ", "hey, ", "quick question: ", "hi, "]
+QUESTION_PREFIXES = ["tell me ", "can you tell me ", "do you know ", "i want to know "]
+
+
 def surface_noise(rng: random.Random, prompt: str) -> str:
-    """Light variation seen in real requests: capital first letter, trailing punctuation."""
+    """Variation seen in real requests: a polite or chatty prefix, capital first letter, trailing punctuation.
+    The prefixes teach the model to key on the content rather than on the first words of a template."""
+    r = rng.random()
+    if r < 0.12:
+        prompt = rng.choice(PREFIXES) + prompt
+    elif r < 0.2 and prompt.split()[0] in ("what", "what's", "how", "which", "is"):
+        prompt = rng.choice(QUESTION_PREFIXES) + prompt
     r = rng.random()
     if r < 0.15:
         prompt = prompt[0].upper() + prompt[1:]
@@ -58,7 +72,7 @@ def surface_noise(rng: random.Random, prompt: str) -> str:
     if r < 0.1:
         prompt += "?" if prompt.split()[0] in QUESTION_WORDS else "."
     elif r < 0.15:
-        prompt += " please"
+        prompt += rng.choice([" please", " thanks"])
     return prompt
 
 
@@ -557,7 +571,7 @@ def build(model: str, seed: int) -> tuple[list, list]:
             if c not in ("greeting", "faq", "definition", "howto"):
                 p = surface_noise(rng, p)
             train.append((p, a, c))
-            train_prompts.add(p.lower().rstrip("?. ").removesuffix(" please"))
+            train_prompts.add(p.lower())
         held.extend(s.heldout)
     # a held-out prompt must never appear in training, whatever the template made of it
     held = [h for h in held if h[0].lower() not in train_prompts]
@@ -615,11 +629,12 @@ def ood_probes(seed: int, per_source: int = 60, max_chars: int = 400) -> list[tu
     256-token context)."""
     rng = random.Random(seed)
     out = []
-    for name, source in [("mmlu-dev.csv", "mmlu"), ("gsm8k.csv", "gsm8k")]:
+    csvs = [("mmlu-dev.csv", "mmlu"), ("gsm8k.csv", "gsm8k")]
+    if not all((ROUTING_EVAL / name).exists() for name, _ in csvs):
+        print(f"{ROUTING_EVAL} not found: using the committed {COMMITTED_PROBES.name}", file=sys.stderr)
+        return [(r["prompt"], r["source"]) for r in map(json.loads, COMMITTED_PROBES.open())]
+    for name, source in csvs:
         path = ROUTING_EVAL / name
-        if not path.exists():
-            print(f"warning: {path} missing, no {source} probes", file=sys.stderr)
-            continue
         with path.open(newline="") as f:
             rows = [r["prompt"] for r in csv.DictReader(f)]
         for p in rng.sample(rows, per_source):
@@ -645,6 +660,7 @@ def main() -> None:
         print(f"{name}: {len(train)} training examples, {len(held)} held-out")
     ood = ood_probes(seed=99)
     write_jsonl(WORK_DIR / "ood.jsonl", ood, ("prompt", "source"))
+    write_jsonl(COMMITTED_PROBES, ood, ("prompt", "source"))
     print(f"out-of-domain probes: {len(ood)}")
 
 
