@@ -18,14 +18,15 @@ fn greedy(prompt: &str, max_new_tokens: usize) -> GenerationRequest {
     GenerationRequest::new(Prompt::user(prompt), SamplingParams::greedy(max_new_tokens))
 }
 
+/// An out-of-domain prompt, where the model is unsure and sampling has room to differ.
 fn sampled(seed: u64) -> GenerationRequest {
     GenerationRequest::new(
-        Prompt::user("what is tiergate"),
+        Prompt::user("write a poem about the sea"),
         SamplingParams {
             max_new_tokens: 24,
             temperature: 1.0,
-            top_k: 50,
-            top_p: 0.95,
+            top_k: 200,
+            top_p: 0.98,
             seed: Some(seed),
             stop: Vec::new(),
         },
