@@ -1,24 +1,31 @@
 //! Confidence signals from raw logits (before temperature): per-token top-1 probability and
-//! entropy, and the prompt's mean negative log-likelihood. Computed in f64 for stability.
+//! entropy, and the prompt's mean negative log-likelihood.
+//!
+//! This runs over the whole vocabulary for every token and every prompt position: exponentials
+//! are f32, sums are accumulated in f64, and the entropy needs no second pass.
 
 /// Log of the softmax normaliser: ln(sum(exp(logits))).
 fn log_partition(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    max + sum.ln()
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    f64::from(max) + sum.ln()
 }
 
 /// Top-1 probability and entropy (nats) of softmax(logits).
 pub(crate) fn token_confidence(logits: &[f32]) -> (f32, f32) {
-    let log_z = log_partition(logits);
-    let mut entropy = 0.0f64;
-    let mut top1 = 0.0f64;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    // sum(e_i * (l_i - max)) gives the entropy without a second pass of exponentials:
+    // H = ln Z' - sum(p_i (l_i - max)), with Z' = sum(e_i), e_i = exp(l_i - max).
+    let mut weighted = 0.0f64;
     for &l in logits {
-        let log_p = l as f64 - log_z;
-        let p = log_p.exp();
-        entropy -= p * log_p;
-        top1 = top1.max(p);
+        let shifted = l - max;
+        let e = f64::from(shifted.exp());
+        sum += e;
+        weighted += e * f64::from(shifted);
     }
+    let entropy = sum.ln() - weighted / sum;
+    let top1 = 1.0 / sum;
     (top1 as f32, entropy.max(0.0) as f32)
 }
 
