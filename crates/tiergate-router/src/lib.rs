@@ -28,7 +28,7 @@
 //! // Run the gated local step: hold tokens back until the commit window says yes or no.
 //! let mut gate = CommitGate::new(&config.confidence);
 //! let mut shown = Vec::new();
-//! for (token, top1) in [("Turning", 0.9), (" on", 0.8), (" the", 0.9), (" lights", 0.7)] {
+//! for (token, top1) in [("Turning", 0.99), (" on", 0.95), (" the", 0.97), (" lights", 0.9)] {
 //!     match gate.push(token, top1, 0.5) {
 //!         GateAction::Hold => {}
 //!         GateAction::Release(tokens) => shown.extend(tokens),

@@ -452,12 +452,12 @@ fn default_config_routes_demo_like_prompts() {
     let d = route(essay, None);
     assert!(matches!(d.plan[0], Upstream(_)), "{}", d.complexity.score);
     assert_eq!(d.reason, Reason::Complexity);
-    let d = route(essay, Some(6.5));
+    let d = route(essay, Some(11.0));
     assert_eq!(d.plan[0], Upstream(Cloud), "{}", d.complexity.score);
     assert_eq!(d.reason, Reason::Complexity);
     // The local model's surprise alone can send a short prompt up.
     assert_eq!(
-        route("turn on the kitchen lights", Some(6.5)).plan[0],
+        route("turn on the kitchen lights", Some(11.0)).plan[0],
         Upstream(Cloud)
     );
 }
