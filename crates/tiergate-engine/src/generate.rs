@@ -182,3 +182,91 @@ pub(crate) fn next_token_logits(
     let (logits, _) = session.forward(prompt_ids, &mut cache, false)?;
     Ok(logits.data)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::{Manifest, ModelVariant};
+    use crate::session::{GraphOptimization, SessionOptions};
+
+    fn edge() -> (ModelSession, TextCodec, Vec<u32>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/edge");
+        let manifest = Manifest::load(&dir).unwrap();
+        let codec = TextCodec::load(&dir.join("tokenizer.json"), &manifest).unwrap();
+        let environment = crate::runtime::environment(None).unwrap();
+        let model = manifest.model_file(ModelVariant::Fp32).unwrap();
+        let options = SessionOptions {
+            intra_op_threads: 1,
+            graph_optimization: GraphOptimization::All,
+            optimized_model: None,
+        };
+        let session =
+            ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();
+        let ids = codec
+            .encode("<|user|>turn on the kitchen lights<|end|><|assistant|>")
+            .unwrap();
+        (session, codec, ids)
+    }
+
+    /// Records events; reports itself closed after `capacity` tokens, like a dropped stream.
+    struct ClosingSink {
+        events: Vec<GenerationEvent>,
+        capacity: usize,
+    }
+
+    impl ClosingSink {
+        fn tokens(&self) -> usize {
+            self.events
+                .iter()
+                .filter(|e| matches!(e, GenerationEvent::Token(_)))
+                .count()
+        }
+    }
+
+    impl EventSink for ClosingSink {
+        fn emit(&mut self, event: GenerationEvent) -> bool {
+            if self.tokens() >= self.capacity && matches!(event, GenerationEvent::Token(_)) {
+                return false;
+            }
+            self.events.push(event);
+            true
+        }
+
+        fn is_closed(&self) -> bool {
+            self.tokens() >= self.capacity
+        }
+    }
+
+    fn job(ids: &[u32]) -> GenerationJob {
+        GenerationJob {
+            prompt_ids: ids.to_vec(),
+            sampling: SamplingParams::greedy(24),
+            deadline: None,
+            queue_time: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_closed_stream_stops_the_decode_loop_mid_answer() {
+        let (mut session, codec, ids) = edge();
+        let mut open = ClosingSink {
+            events: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let outcome = run_generation(&mut session, &codec, &job(&ids), &mut open).unwrap();
+        assert!(matches!(outcome, Outcome::Finished(_)));
+        let full = open.tokens();
+        assert!(full > 3, "the answer is long enough to cut");
+
+        let mut closing = ClosingSink {
+            events: Vec::new(),
+            capacity: 2,
+        };
+        let outcome = run_generation(&mut session, &codec, &job(&ids), &mut closing).unwrap();
+        assert_eq!(outcome, Outcome::Cancelled);
+        assert_eq!(closing.tokens(), 2);
+    }
+}
