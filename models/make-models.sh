@@ -2,7 +2,9 @@
 # Regenerates every artifact under models/: corpora, tokenizers, training, ONNX export, parity checks,
 # int8 quantization, reference.json, evaluation (eval.json) and manifest.json, for edge and regional.
 # Needs python3 (3.11) and PyPI only. Usage: models/make-models.sh [edge|regional ...]
-# TIERGATE_TRAIN_STEPS=N overrides the training steps (quick smoke runs; the committed models use the defaults).
+# TIERGATE_TRAIN_STEPS=N overrides the training steps (quick smoke runs; the committed models use the defaults);
+# TIERGATE_MODELS_OUT=DIR writes the model directories there instead of models/ (a smoke run that keeps them).
+# Takes about 35 minutes on 2 shared cores (training is most of it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent.parent
-WORK_DIR = MODELS_DIR / ".work"  # git-ignored intermediates (corpora, trained weights)
+# Where the model directories are written; TIERGATE_MODELS_OUT=/tmp/x makes a run that leaves models/ alone.
+OUT_DIR = Path(os.environ.get("TIERGATE_MODELS_OUT", MODELS_DIR))
+WORK_DIR = OUT_DIR / ".work"  # git-ignored intermediates (corpora, trained weights)
 
 # Order fixes the ids: <|pad|>=0, <|end|>=1, <|system|>=2, <|user|>=3, <|assistant|>=4.
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -54,7 +56,7 @@ class ModelConfig:
 
     @property
     def out_dir(self) -> Path:
-        return MODELS_DIR / self.name
+        return OUT_DIR / self.name
 
     @property
     def work_dir(self) -> Path:
@@ -108,7 +110,7 @@ REGIONAL = ModelConfig(
     weight_decay=0.01,
 )
 
-CONFIGS = {c.name: EDGE if c.name == "edge" else REGIONAL for c in (EDGE, REGIONAL)}
+CONFIGS = {c.name: c for c in (EDGE, REGIONAL)}
 
 
 def write_json(path: Path, obj) -> None:

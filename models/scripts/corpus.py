@@ -13,7 +13,7 @@ import random
 import sys
 from pathlib import Path
 
-from common import MODELS_DIR, WORK_DIR
+from common import MODELS_DIR, OUT_DIR, WORK_DIR
 
 # The MMLU and GSM8K prompts of the routing evaluation data. The sampled probes are committed as
 # models/ood-probes.jsonl, so the pipeline runs without this directory (it then reuses that file).
@@ -660,7 +660,8 @@ def main() -> None:
         print(f"{name}: {len(train)} training examples, {len(held)} held-out")
     ood = ood_probes(seed=99)
     write_jsonl(WORK_DIR / "ood.jsonl", ood, ("prompt", "source"))
-    write_jsonl(COMMITTED_PROBES, ood, ("prompt", "source"))
+    if OUT_DIR == MODELS_DIR:
+        write_jsonl(COMMITTED_PROBES, ood, ("prompt", "source"))
     print(f"out-of-domain probes: {len(ood)}")
 
 

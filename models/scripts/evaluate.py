@@ -14,7 +14,7 @@ import time
 import numpy as np
 from tokenizers import Tokenizer
 
-from common import CONFIGS, WORK_DIR, ModelConfig, write_json
+from common import CONFIGS, WORK_DIR, ModelConfig, read_json, write_json
 from runtime import CONFIDENCE_WINDOW, generate, session
 
 MAX_NEW_EVAL = 48  # long enough for every answer in the corpus
@@ -42,6 +42,7 @@ def run_set(sess, cfg, tok, rows, max_new):
     for r in rows:
         g = generate(sess, cfg, tok, r["prompt"], max_new)
         rec = {**r, "output": g.text.strip(), "confidence": round(g.confidence, 4),
+               "min_confidence": round(g.min_confidence, 4),
                "prompt_nll": round(g.prompt_nll, 4), "new_tokens": len(g.tokens)}
         if "answer" in r:
             rec["correct"] = rec["output"] == r["answer"]
@@ -53,7 +54,11 @@ def accuracy(recs) -> dict:
     by_cat: dict[str, list[bool]] = {}
     for r in recs:
         by_cat.setdefault(r["category"], []).append(r["correct"])
-    return {"count": len(recs), "accuracy": round(float(np.mean([r["correct"] for r in recs])), 4),
+    right, wrong = [r for r in recs if r["correct"]], [r for r in recs if not r["correct"]]
+    # does the confidence tell a right in-domain answer from a wrong one?
+    calibration = {f"auroc_{key}_correct_vs_wrong": round(auroc([r[key] for r in right], [r[key] for r in wrong]), 4)
+                   for key in ("confidence", "min_confidence")} if right and wrong else {}
+    return {"count": len(recs), "accuracy": round(float(np.mean([r["correct"] for r in recs])), 4), **calibration,
             "by_category": {c: {"count": len(v), "accuracy": round(float(np.mean(v)), 4)}
                             for c, v in sorted(by_cat.items())}}
 
@@ -87,6 +92,8 @@ def separation(in_recs, ood_recs) -> dict:
         "in_domain_count": len(in_recs), "out_of_domain_count": len(ood_recs),
         "auroc_confidence": round(auroc(conf_in, conf_out), 4),
         "auroc_prompt_nll": round(auroc([-x for x in nll_in], [-x for x in nll_out]), 4),
+        "auroc_min_confidence": round(auroc([r["min_confidence"] for r in in_recs],
+                                            [r["min_confidence"] for r in ood_recs]), 4),
         "in_domain_mean_confidence": round(float(np.mean(conf_in)), 4),
         "out_of_domain_mean_confidence": round(float(np.mean(conf_out)), 4),
         "in_domain_mean_prompt_nll": round(float(np.mean(nll_in)), 4),
@@ -122,7 +129,10 @@ def escalation_examples(regional_held, edge_cfg) -> dict:
         "regional_accuracy": round(float(np.mean([p["regional_correct"] for p in pairs])), 4),
         "edge_mean_confidence": round(float(np.mean([p["edge_confidence"] for p in pairs])), 4),
         "regional_mean_confidence": round(float(np.mean([p["regional_confidence"] for p in pairs])), 4),
-        "examples": [p for p in pairs if p["regional_correct"] and not p["edge_correct"]][:12],
+        # up to 3 per category, the ones the edge is least sure about first (what the router escalates)
+        "examples": [p for c in sorted({p["category"] for p in pairs})
+                     for p in sorted((p for p in pairs if p["category"] == c and p["regional_correct"]
+                                      and not p["edge_correct"]), key=lambda p: p["edge_confidence"])[:3]],
     }
 
 
@@ -147,16 +157,33 @@ def main(name: str) -> None:
               f"{result['decode']['tokens_per_second']} tok/s, {result['bytes']} bytes", flush=True)
         if variant == "fp32":
             fp32_held = held
+    regional_held = CONFIGS["regional"].work_dir / "heldout.jsonl"
+    if name == "edge" and regional_held.exists():
+        rows = [r for r in load_jsonl(regional_held) if r["category"] not in EDGE_CATEGORIES]
+        recs = run_set(session(cfg.out_dir / "model.onnx"), cfg, tok, rows, MAX_NEW_EVAL)
+        sep = separation(fp32_held, [{**r, "source": r["category"]} for r in recs])
+        report["escalation_set"] = {
+            "about": "fp32; in-domain held-out vs the regional model's own categories (long arithmetic, "
+                     "comparisons, definitions, how-to), which the edge should escalate",
+            "edge_accuracy": round(float(np.mean([r["correct"] for r in recs])), 4),
+            **{k: v for k, v in sep.items() if k != "confidence_thresholds"}}
+        print(f"edge on regional-only prompts: accuracy {report['escalation_set']['edge_accuracy']:.3f}, AUROC "
+              f"confidence {sep['auroc_confidence']:.3f}, min confidence {sep['auroc_min_confidence']:.3f}, "
+              f"prompt NLL {sep['auroc_prompt_nll']:.3f}")
     if name == "regional" and (CONFIGS["edge"].out_dir / "model.onnx").exists():
         report["escalation"] = escalation_examples(fp32_held, CONFIGS["edge"])
         e = report["escalation"]
         print(f"regional-only prompts: edge accuracy {e['edge_accuracy']:.3f} (confidence "
               f"{e['edge_mean_confidence']:.3f}), regional accuracy {e['regional_accuracy']:.3f}")
+    verify = cfg.work_dir / "verify.json"
+    if verify.exists():
+        report["parity"] = read_json(verify)
     report["definitions"] = {
         "accuracy": "exact match of the greedy answer (up to 48 new tokens, without special tokens) on held-out "
                     "in-domain prompts whose value combinations (and for half of them the template) never occur "
                     "in training",
         "confidence": f"mean top-1 probability of the first {CONFIDENCE_WINDOW} generated tokens (greedy, EOS included)",
+        "min_confidence": "lowest top-1 probability over the whole greedy answer",
         "prompt_nll": "mean negative log-likelihood of the rendered prompt tokens 1..n-1",
         "auroc": "probability that an in-domain held-out prompt scores as more in-domain than an out-of-domain probe",
         "decode": "Python onnxruntime 1.31.1, CPUExecutionProvider, 1 intra-op thread, greedy with KV cache, "

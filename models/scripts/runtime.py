@@ -62,6 +62,11 @@ class Generation:
         """Mean top-1 probability over the first CONFIDENCE_WINDOW generated tokens."""
         return float(np.mean(self.top1_probs[:CONFIDENCE_WINDOW]))
 
+    @property
+    def min_confidence(self) -> float:
+        """Lowest top-1 probability over the whole answer (catches one unsure token, e.g. a digit of a sum)."""
+        return float(min(self.top1_probs))
+
 
 def generate(sess, cfg: ModelConfig, tok: Tokenizer, prompt: str, max_new: int = MAX_NEW_TOKENS) -> Generation:
     eos = tok.token_to_id(EOS)

@@ -76,9 +76,17 @@ def main() -> None:
               f"(mean confidence {esc['edge_mean_confidence']:.3f}), regional accuracy "
               f"{pct(esc['regional_accuracy'])} (mean confidence {esc['regional_mean_confidence']:.3f}).\n")
         print("| prompt | edge answer (confidence) | regional answer (confidence) |\n| --- | --- | --- |")
-        for p in esc["examples"][:8]:
+        for p in esc["examples"]:
             print(f"| {p['prompt']} | {p['edge_output']} ({p['edge_confidence']:.2f}) | "
                   f"{p['regional_output']} ({p['regional_confidence']:.2f}) |")
+
+    print()
+    print("| parity (max abs logit difference) | edge | regional |\n| --- | --- | --- |")
+    for key, label in [("max_abs_diff_jax_vs_onnxruntime", "jax forward vs onnxruntime"),
+                       ("max_abs_diff_kv_cache_vs_full", "KV-cache steps vs full recompute"),
+                       ("max_abs_diff_left_padded_vs_unpadded", "left-padded batch vs unpadded")]:
+        print(f"| {label} | " + " | ".join(f"{evals[n].get('parity', {}).get(key, float('nan')):.1e}"
+                                          for n in CONFIGS) + " |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from common import CONFIGS, render_prompt
+from common import CONFIGS, render_prompt, write_json
 from export_onnx import load_params
 from model import forward
 from runtime import empty_past, full_logits, run, session
@@ -52,6 +52,10 @@ def main(name: str) -> None:
         worst_pad = max(worst_pad, float(np.abs(logits[0, pad:] - ort_logits).max()))
     print(f"{name}: max |jax - ort| {worst_fw:.2e}, max |kv cache - full| {worst_cache:.2e}, "
           f"max |left padded - unpadded| {worst_pad:.2e}")
+    write_json(cfg.work_dir / "verify.json", {
+        "prompts": PROMPTS, "max_abs_diff_jax_vs_onnxruntime": worst_fw, "max_abs_diff_kv_cache_vs_full": worst_cache,
+        "max_abs_diff_left_padded_vs_unpadded": worst_pad, "tolerance_framework": TOL_FRAMEWORK,
+        "tolerance_cache": TOL_CACHE})
     if worst_fw > TOL_FRAMEWORK or worst_cache > TOL_CACHE or worst_pad > TOL_CACHE:
         sys.exit(f"{name}: parity check failed")
 
