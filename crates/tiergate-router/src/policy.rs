@@ -40,15 +40,19 @@ pub struct RouterConfig {
 }
 
 impl Default for RouterConfig {
-    /// Thresholds from `eval::calibrate` on shared/routing-eval with the default weights:
-    /// 0.567 sends about half of those prompts up first, 0.633 sends about a fifth to the cloud
-    /// first (see docs/routing.md).
+    /// `local_max_complexity` from `eval::calibrate` on shared/routing-eval with the default
+    /// weights (0.567 sends about half of those prompts up first). `cloud_min_complexity` is
+    /// higher than the text-only calibration (0.633, a fifth of those prompts) because the local
+    /// model's NLL adds up to +2 logits to every prompt it finds surprising: at 0.633 nearly all
+    /// out-of-domain prompts would skip the regional tier. At 0.9 the regional tier stays in the
+    /// path (and decides about the cloud with its own, larger model) for all but the prompts that
+    /// are both complex by their text and surprising (see docs/routing.md).
     fn default() -> Self {
         RouterConfig {
             complexity: ComplexityConfig::default(),
             confidence: ConfidenceConfig::default(),
             local_max_complexity: 0.567,
-            cloud_min_complexity: 0.633,
+            cloud_min_complexity: 0.9,
             max_hops: 3,
         }
     }

@@ -424,7 +424,7 @@ fn router_config_from_toml_rejects_unknown_fields_and_validates() {
 
 /// The shipped defaults on the kind of prompts the demo sends: a short familiar command stays
 /// local (gated); a long, multi-part prompt goes up first, to the cloud when the local model
-/// finds it surprising.
+/// also finds it surprising; surprise alone goes to the regional tier.
 #[test]
 fn default_config_routes_demo_like_prompts() {
     let node = NodeView {
@@ -455,9 +455,9 @@ fn default_config_routes_demo_like_prompts() {
     let d = route(essay, Some(11.0));
     assert_eq!(d.plan[0], Upstream(Cloud), "{}", d.complexity.score);
     assert_eq!(d.reason, Reason::Complexity);
-    // The local model's surprise alone can send a short prompt up.
+    // The local model's surprise alone sends a short prompt up, to the regional tier first.
     assert_eq!(
         route("turn on the kitchen lights", Some(11.0)).plan[0],
-        Upstream(Cloud)
+        Upstream(Regional)
     );
 }

@@ -46,12 +46,22 @@ pub const WORKLOAD: &[DemoPrompt] = &[
     },
     DemoPrompt {
         kind: "harder",
+        prompt: "which one is heavier, a mouse or a horse",
+        constraint: pb::TierConstraint::Unspecified,
+    },
+    DemoPrompt {
+        kind: "harder",
+        prompt: "Rosa had 18 apples and found 4 more. how many apples does Rosa have now",
+        constraint: pb::TierConstraint::Unspecified,
+    },
+    DemoPrompt {
+        kind: "harder",
         prompt: "what is 17 times 23 minus 45",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
         kind: "harder",
-        prompt: "explain why the sky is blue",
+        prompt: "tell me what a volcano is",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
