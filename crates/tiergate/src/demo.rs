@@ -293,7 +293,10 @@ pub fn print_usage(out: &mut impl Write, nodes: &DemoNodes, repo: &Path) -> std:
         "  grpcurl -plaintext -d '{{\"prompt\":\"what is 12 plus 7\"}}' {grpc} tiergate.v1.Inference/Generate"
     )?;
     writeln!(out)?;
-    writeln!(out, "OpenAI Python client:")?;
+    writeln!(
+        out,
+        "OpenAI Python client (`pip install openai`, or .venv/test/bin/python after `make test`):"
+    )?;
     writeln!(
         out,
         "  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{http}/v1\", api_key=\"unused\"); \\"
