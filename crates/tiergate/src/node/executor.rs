@@ -21,11 +21,14 @@ pub trait TierStarter: Send + Sync + 'static {
     /// Starts the local model on the request.
     fn start_local(&self, request: &NodeRequest)
     -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
-    /// Starts a call to an upstream tier; `request.forwarding` is already updated.
+    /// Starts a call to an upstream tier; `request.forwarding` is already updated. With
+    /// `whole_answer` the client waits for the whole answer, so the upstream is asked for it in
+    /// one response rather than as a stream.
     fn start_upstream(
         &self,
         tier: Tier,
         request: &NodeRequest,
+        whole_answer: bool,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
 }
 
@@ -36,6 +39,8 @@ pub struct Walk<'a> {
     pub decision: &'a Decision,
     pub metrics: &'a NodeMetrics,
     pub started: Instant,
+    /// The client waits for the whole answer (no stream to feed).
+    pub whole_answer: bool,
 }
 
 type Sender = mpsc::Sender<Result<StreamEvent, NodeError>>;
@@ -192,7 +197,10 @@ impl Walk<'_> {
         };
         let request = self.forwarded_request(before);
         let call_started = Instant::now();
-        let mut attempt = match tiers.start_upstream(tier, &request).await {
+        let mut attempt = match tiers
+            .start_upstream(tier, &request, self.whole_answer)
+            .await
+        {
             Ok(attempt) => attempt,
             Err(err) => return failed(err),
         };

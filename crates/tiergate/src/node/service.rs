@@ -125,7 +125,7 @@ impl Node {
         decision
     }
 
-    async fn start(self: Arc<Self>, request: NodeRequest) -> AnswerStream {
+    async fn start(self: Arc<Self>, request: NodeRequest, whole_answer: bool) -> AnswerStream {
         let started = Instant::now();
         let decision = self.decision(&request).await;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -138,6 +138,7 @@ impl Node {
                 decision: &decision,
                 metrics: &node.parts.metrics,
                 started,
+                whole_answer,
             };
             walk.run(node.as_ref(), tx).await;
             node.parts.metrics.in_flight.dec();
@@ -149,7 +150,7 @@ impl Node {
 impl NodeApi for Arc<Node> {
     fn generate(&self, request: NodeRequest) -> BoxFuture<'_, Result<Answer, NodeError>> {
         async move {
-            let mut events = Arc::clone(self).start(request).await;
+            let mut events = Arc::clone(self).start(request, true).await;
             while let Some(event) = events.next().await {
                 // The walk puts the whole text in `Done`; deltas only matter to streams.
                 if let StreamEvent::Done(answer) = event? {
@@ -168,7 +169,7 @@ impl NodeApi for Arc<Node> {
         request: NodeRequest,
     ) -> BoxFuture<'_, Result<AnswerStream, NodeError>> {
         async move {
-            let mut events = Arc::clone(self).start(request).await;
+            let mut events = Arc::clone(self).start(request, false).await;
             // An error before anything was answered is the call's error, not the stream's.
             match events.next().await {
                 Some(Err(err)) => Err(err),
@@ -259,6 +260,7 @@ impl TierStarter for Node {
         &self,
         tier: Tier,
         request: &NodeRequest,
+        whole_answer: bool,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
         let wire = request_to_pb(request);
         let deadline = Some(request.deadline);
@@ -268,6 +270,14 @@ impl TierStarter for Node {
                     let client = self.parts.regional.as_ref().ok_or_else(|| {
                         NodeError::Unavailable("no regional upstream is configured".to_owned())
                     })?;
+                    if whole_answer {
+                        let answer = client
+                            .generate(wire, deadline)
+                            .await
+                            .map_err(upstream_error)
+                            .and_then(answer_from_pb)?;
+                        return Ok(whole_attempt(Some(answer.routing.clone()), answer));
+                    }
                     let events = client
                         .generate_stream(wire, deadline)
                         .await
@@ -278,6 +288,13 @@ impl TierStarter for Node {
                     let client = self.parts.cloud.as_ref().ok_or_else(|| {
                         NodeError::Unavailable("no cloud upstream is configured".to_owned())
                     })?;
+                    if whole_answer {
+                        let done = client
+                            .generate(&wire, deadline)
+                            .await
+                            .map_err(upstream_error)?;
+                        return Ok(whole_attempt(None, cloud_answer(done, client.model())));
+                    }
                     let events = client
                         .generate_stream(&wire, deadline)
                         .await
@@ -443,22 +460,65 @@ fn cloud_attempt(events: tiergate_upstream::CloudStream, model: String) -> Attem
                 text,
                 confidence: None,
             }),
-            Ok(CloudEvent::Done(done)) => Ok(AttemptEvent::Done(AttemptSummary {
-                finish_reason: finish_reason_from_str(
-                    done.finish_reason.as_deref().unwrap_or("stop"),
-                ),
-                usage: done.usage.map_or_else(Usage::default, |u| Usage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                }),
-                model: if done.model.is_empty() {
-                    model.clone()
-                } else {
-                    done.model
-                },
-            })),
+            Ok(CloudEvent::Done(done)) => {
+                Ok(AttemptEvent::Done(cloud_answer(done, &model).summary))
+            }
         })
         .boxed()
+}
+
+/// A whole cloud answer, in the attempt's terms.
+struct WholeAnswer {
+    text: String,
+    summary: AttemptSummary,
+}
+
+fn cloud_answer(done: tiergate_upstream::CloudCompletion, model: &str) -> WholeAnswer {
+    WholeAnswer {
+        summary: AttemptSummary {
+            finish_reason: finish_reason_from_str(done.finish_reason.as_deref().unwrap_or("stop")),
+            usage: done.usage.map_or_else(Usage::default, |u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+            model: if done.model.is_empty() {
+                model.to_owned()
+            } else {
+                done.model
+            },
+        },
+        text: done.text,
+    }
+}
+
+impl From<Answer> for WholeAnswer {
+    fn from(answer: Answer) -> Self {
+        WholeAnswer {
+            text: answer.text,
+            summary: AttemptSummary {
+                finish_reason: answer.finish_reason,
+                usage: answer.usage,
+                model: answer.model,
+            },
+        }
+    }
+}
+
+/// An answer that arrived in one piece, as the attempt events the executor walks.
+fn whole_attempt(routing: Option<RoutingInfo>, answer: impl Into<WholeAnswer>) -> AttemptStream {
+    let answer = answer.into();
+    let events = routing
+        .map(AttemptEvent::UpstreamRouted)
+        .into_iter()
+        .chain([
+            AttemptEvent::Delta {
+                text: answer.text,
+                confidence: None,
+            },
+            AttemptEvent::Done(answer.summary),
+        ])
+        .map(Ok);
+    futures::stream::iter(events).boxed()
 }
 
 #[cfg(test)]
