@@ -438,13 +438,10 @@ fn regional_attempt(
                         text: delta.text,
                         confidence: None,
                     })),
-                    Some(Event::Done(done)) => Some(answer_from_pb(done).map(|answer: Answer| {
-                        AttemptEvent::Done(AttemptSummary {
-                            finish_reason: answer.finish_reason,
-                            usage: answer.usage,
-                            model: answer.model,
-                        })
-                    })),
+                    Some(Event::Done(done)) => Some(
+                        answer_from_pb(done)
+                            .map(|answer| AttemptEvent::Done(WholeAnswer::from(answer).summary)),
+                    ),
                 },
             };
             futures::future::ready(mapped)
