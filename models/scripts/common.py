@@ -16,6 +16,9 @@ SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>
 PAD, EOS = "<|pad|>", "<|end|>"
 MESSAGE_TEMPLATE = "<|{role}|>{content}<|end|>"
 GENERATION_PROMPT = "<|assistant|>"
+# The same template in Jinja, as the manifest carries it (the engine renders it with minijinja).
+CHAT_TEMPLATE_JINJA = ("{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+                       "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 OPSET = 17
 ORT_VERSION = "1.31.1"

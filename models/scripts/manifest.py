@@ -5,7 +5,7 @@ import hashlib
 import json
 import sys
 
-from common import (CONFIGS, EOS, GENERATION_PROMPT, MESSAGE_TEMPLATE, PAD, SPECIAL_TOKENS, read_json,
+from common import (CHAT_TEMPLATE_JINJA, CONFIGS, EOS, PAD, SPECIAL_TOKENS, read_json,
                     write_json)
 
 VERSION = "1.0.0"
@@ -56,7 +56,7 @@ def main(name: str) -> None:
             "present_value": "present.{layer}.value",
         },
         "special_tokens": {"eos": EOS, "pad": PAD, "bos": None},
-        "chat_template": {"message": MESSAGE_TEMPLATE, "generation_prompt": GENERATION_PROMPT},
+        "chat_template": {"jinja": CHAT_TEMPLATE_JINJA},
         "files": files,
         "training": {
             "made_by": "models/make-models.sh (models/scripts/*.py)",

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
-use crate::manifest::{Architecture, ChatTemplate, Manifest, ModelVariant};
-use crate::prompt::{Prompt, render};
+use crate::manifest::{Architecture, Manifest, ModelVariant};
+use crate::prompt::{ChatRenderer, Prompt};
 use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
 use crate::tokenizer::TextCodec;
@@ -89,7 +89,7 @@ pub struct Engine {
 #[derive(Debug)]
 struct EngineInner {
     info: ModelInfo,
-    template: ChatTemplate,
+    template: ChatRenderer,
     codec: Arc<TextCodec>,
     pool: WorkerPool,
 }
@@ -105,7 +105,7 @@ impl Engine {
         }
         let dir = &config.model_dir;
         let manifest = Manifest::load(dir)?;
-        manifest.verify_files(dir)?;
+        manifest.verify_variant(dir, config.variant)?;
         let model_file =
             manifest
                 .model_file(config.variant)
@@ -145,7 +145,11 @@ impl Engine {
             vocab_size: manifest.vocab_size,
             model_dir: dir.clone(),
         };
-        let template = manifest.chat_template.clone();
+        let template = ChatRenderer::new(&manifest.chat_template, &manifest.special_tokens)
+            .map_err(|reason| EngineError::ManifestInvalid {
+                path: dir.join(crate::manifest::MANIFEST_FILE),
+                reason,
+            })?;
         let pool = WorkerPool::start(PoolSpec {
             environment,
             model_path,
@@ -185,8 +189,8 @@ impl Engine {
     }
 
     /// The text the model sees for `prompt` (chat template applied to conversations).
-    pub fn render(&self, prompt: &Prompt) -> String {
-        render(&self.inner.template, prompt)
+    pub fn render(&self, prompt: &Prompt) -> Result<String, EngineError> {
+        self.inner.template.render(prompt)
     }
 
     /// Token ids the model sees for `prompt`, checked against the context.
@@ -199,7 +203,7 @@ impl Engine {
         if prompt.is_blank() {
             return Err(EngineError::EmptyPrompt);
         }
-        let rendered = self.render(prompt);
+        let rendered = self.render(prompt)?;
         let limit = self.inner.info.context_length;
         // Refuse a prompt that cannot fit before spending time (on the caller's thread) to
         // tokenize all of it.

@@ -58,6 +58,15 @@ pub enum EngineError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "model file {} is {actual} bytes but its manifest says {expected} (truncated or replaced?)",
+        path.display()
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     #[error("model variant {variant} is not listed in the manifest of {}", model_dir.display())]
     VariantMissing { model_dir: PathBuf, variant: String },
     #[error(
@@ -87,6 +96,8 @@ pub enum EngineError {
     /// computed without tokenizing all of it.
     #[error("the prompt needs at least {tokens} tokens; the model's context holds {limit}, so at most {} prompt tokens fit", limit.saturating_sub(1))]
     PromptTooLong { tokens: usize, limit: usize },
+    #[error("the model's chat template refused the conversation: {0}")]
+    ChatTemplate(String),
     #[error("invalid sampling parameters: {0}")]
     InvalidSampling(String),
     #[error("the engine queue is full ({capacity} requests waiting); retry later")]
@@ -104,7 +115,10 @@ pub enum EngineError {
 impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::EmptyPrompt | Self::PromptTooLong { .. } | Self::InvalidSampling(_) => {
+            Self::EmptyPrompt
+            | Self::PromptTooLong { .. }
+            | Self::InvalidSampling(_)
+            | Self::ChatTemplate(_) => {
                 ErrorClass::InvalidRequest
             }
             Self::Overloaded { .. } => ErrorClass::Overloaded,
@@ -113,6 +127,7 @@ impl EngineError {
             | Self::ModelFileMissing { .. }
             | Self::ManifestInvalid { .. }
             | Self::HashMismatch { .. }
+            | Self::SizeMismatch { .. }
             | Self::VariantMissing { .. }
             | Self::GraphIoMismatch { .. }
             | Self::TokenizerInvalid { .. }

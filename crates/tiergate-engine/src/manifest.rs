@@ -39,6 +39,8 @@ pub enum ModelVariant {
     Fp32,
     /// Dynamically quantized weights (onnxruntime `quantize_dynamic`).
     Int8,
+    /// 4-bit block-quantized weights (ONNX Runtime `MatMulNBits`), e.g. a GGUF's own Q4 blocks.
+    Int4,
 }
 
 impl ModelVariant {
@@ -46,6 +48,7 @@ impl ModelVariant {
         match self {
             Self::Fp32 => "fp32",
             Self::Int8 => "int8",
+            Self::Int4 => "int4",
         }
     }
 }
@@ -62,8 +65,9 @@ impl std::str::FromStr for ModelVariant {
         match s {
             "fp32" => Ok(Self::Fp32),
             "int8" => Ok(Self::Int8),
+            "int4" => Ok(Self::Int4),
             other => Err(format!(
-                "unknown model variant `{other}` (expected fp32 or int8)"
+                "unknown model variant `{other}` (expected fp32, int8 or int4)"
             )),
         }
     }
@@ -93,13 +97,12 @@ pub struct SpecialTokens {
     pub bos: Option<String>,
 }
 
-/// A conversation renders as `message` per message (`{role}`, `{content}` substituted), then
-/// `generation_prompt`.
+/// The model's chat template: Jinja source as Hugging Face tokenizer configs and GGUF files
+/// carry it (`messages`, `add_generation_prompt`, `bos_token`, `eos_token`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatTemplate {
-    pub message: String,
-    pub generation_prompt: String,
+    pub jinja: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,9 +140,12 @@ pub struct Manifest {
     pub special_tokens: SpecialTokens,
     pub chat_template: ChatTemplate,
     pub files: Vec<FileEntry>,
-    /// Free-form provenance (corpus, seed, steps); not interpreted.
+    /// Free-form provenance of a trained model (corpus, seed, steps); not interpreted.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Free-form provenance of an imported model (package, hashes, importer); not interpreted.
+    #[serde(default)]
+    pub source: serde_json::Value,
 }
 
 impl Manifest {
@@ -206,8 +212,8 @@ impl Manifest {
                 return Err(format!("{field} `{pattern}` must contain {{layer}}"));
             }
         }
-        if !self.chat_template.message.contains("{content}") {
-            return Err("chat_template.message must contain {content}".into());
+        if self.chat_template.jinja.trim().is_empty() {
+            return Err("chat_template.jinja is empty".into());
         }
         for file in &self.files {
             let relative = Path::new(&file.path);
@@ -254,7 +260,25 @@ impl Manifest {
 
     /// Checks the size and sha256 of every listed file.
     pub fn verify_files(&self, dir: &Path) -> Result<(), EngineError> {
-        for file in &self.files {
+        self.verify(dir, self.files.iter())
+    }
+
+    /// Checks the files one variant loads: its graph and the tokenizer (not the other variants'
+    /// graphs, which can be hundreds of MB each).
+    pub fn verify_variant(&self, dir: &Path, variant: ModelVariant) -> Result<(), EngineError> {
+        let used = self
+            .files
+            .iter()
+            .filter(|f| f.kind != FileKind::Model || f.variant == Some(variant));
+        self.verify(dir, used)
+    }
+
+    fn verify<'a>(
+        &self,
+        dir: &Path,
+        files: impl Iterator<Item = &'a FileEntry>,
+    ) -> Result<(), EngineError> {
+        for file in files {
             verify_file(&dir.join(&file.path), file)?;
         }
         Ok(())
@@ -271,6 +295,15 @@ fn verify_file(path: &Path, entry: &FileEntry) -> Result<(), EngineError> {
         reason: e.to_string(),
     };
     let mut file = File::open(path).map_err(missing)?;
+    // A size mismatch (a truncated download, a replaced file) is said as such, before hashing.
+    let actual_bytes = file.metadata().map_err(missing)?.len();
+    if actual_bytes != entry.bytes {
+        return Err(EngineError::SizeMismatch {
+            path: PathBuf::from(path),
+            expected: entry.bytes,
+            actual: actual_bytes,
+        });
+    }
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {

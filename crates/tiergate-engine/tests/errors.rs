@@ -125,6 +125,61 @@ fn too_few_layers_in_the_manifest_leaves_graph_io_unexpected() {
 }
 
 #[test]
+fn truncated_model_file_is_named_with_both_sizes() {
+    let dir = common::copy_model("edge");
+    let model = dir.path().join("model.onnx");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let error = load(dir.path()).unwrap_err();
+    match &error {
+        EngineError::SizeMismatch {
+            path,
+            expected,
+            actual,
+        } => {
+            assert!(path.ends_with("model.onnx"));
+            assert_eq!(*expected, bytes.len() as u64);
+            assert_eq!(*actual, (bytes.len() / 2) as u64);
+        }
+        other => panic!("expected SizeMismatch, got {other}"),
+    }
+    assert_eq!(error.class(), ErrorClass::Unavailable);
+    assert!(error.to_string().contains("truncated"), "{error}");
+}
+
+#[test]
+fn only_the_loaded_variant_is_hashed_but_it_always_is() {
+    // A broken int8 graph does not stop the fp32 variant from loading...
+    let dir = common::copy_model("edge");
+    std::fs::write(dir.path().join("model.int8.onnx"), b"garbage").unwrap();
+    load(dir.path()).unwrap();
+    // ...and is refused when it is the variant asked for.
+    let error = Engine::load(&EngineConfig {
+        variant: ModelVariant::Int8,
+        ..EngineConfig::for_model(dir.path())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(error, EngineError::SizeMismatch { ref path, .. } if path.ends_with("model.int8.onnx")),
+        "{error}"
+    );
+}
+
+#[test]
+fn chat_template_that_does_not_compile_is_an_invalid_manifest() {
+    let dir = common::copy_model("edge");
+    edit_manifest(dir.path(), |m| {
+        m["chat_template"]["jinja"] = "{% for message in messages %}".into()
+    });
+    let error = load(dir.path()).unwrap_err();
+    assert!(
+        matches!(error, EngineError::ManifestInvalid { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("chat_template"), "{error}");
+}
+
+#[test]
 fn bad_manifest_json_and_bad_fields_are_invalid_manifests() {
     let dir = common::copy_model("edge");
     std::fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();

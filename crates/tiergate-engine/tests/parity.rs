@@ -17,7 +17,7 @@ async fn check_model(name: &str) {
     for case in &reference.cases {
         let prompt = Prompt::user(case.prompt.as_str());
         assert_eq!(
-            engine.render(&prompt),
+            engine.render(&prompt).unwrap(),
             case.rendered,
             "{name}: rendered prompt"
         );
