@@ -1,0 +1,326 @@
+"""Builds the SmolLM2 decoder as an ONNX graph (opset 17, + com.microsoft v1 for the int4 variant) with the
+Hugging Face Optimum decoder-with-past IO the Rust engine expects:
+
+inputs  input_ids [b, s], attention_mask [b, past + s], position_ids [b, s] (int64),
+        past_key_values.{i}.key / .value float32 [b, kv_heads, past, head_dim]
+outputs logits float32 [b, s, vocab], present.{i}.key / .value float32 [b, kv_heads, past + s, head_dim]
+
+Hugging Face Llama semantics: RMSNorm, rotary (rotate_half layout) on position_ids, grouped-query attention
+(query head h reads kv head h // (heads / kv_heads)), SiLU-gated MLP, final norm, lm_head tied to the
+embedding. The mask is causal over absolute positions (past + s) and drops every key whose
+attention_mask is 0, so left-padded batches decode like single sequences.
+
+Two weight back-ends share one graph body:
+- fp32: every weight dequantized from the GGUF (gguf's reference dequantizer); plain MatMul, and the tied
+  embedding is one [vocab, d] initializer read by Gather (lookup) and Gemm transB=1 (lm_head).
+- int4: the GGUF's own Q4_1 blocks in com.microsoft.MatMulNBits (bits 4, block 32), no re-quantization.
+  Q4_1 is w = d * q + m per block of 32 along the input; MatMulNBits computes (q - zero_point) * scale.
+  With scale = d and a zero point of 0 the kernel yields d * q, and the per-block offset m is added through
+  an exact identity: sum_k (d q_k + m) a_k = sum_k d q_k a_k + m * sum_k a_k, i.e. a second, small fp32
+  MatMul of the input's block sums [.., K/32] with M^T [K/32, N]. The int4 values, d and m are the GGUF's
+  (fp16 -> fp32 is exact); a block with d = 0 needs no special case (it is all m).
+  The Q8_0 tied embedding stays 8 bits per weight, as two 4-bit planes (see Q8Planes) shared by
+  GatherBlockQuantized (lookup) and MatMulNBits (lm_head).
+  accuracy_level 0 keeps activations in fp32, so the int4 graph computes what the fp32 graph computes
+  (same weights) up to float summation order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from gguf_source import BLOCK, GGUFModel, q4_1_blocks, q8_0_blocks
+
+OPSET = 17
+MS_DOMAIN = "com.microsoft"
+MASK_VALUE = -3.4028234663852886e38  # float32 lowest, like transformers' additive mask minimum
+BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+
+
+class GraphBuilder:
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def op(self, op_type: str, inputs: list[str], name_hint: str = "", domain: str = "", **attrs) -> str:
+        self._n += 1
+        out = f"/{name_hint or op_type.lower()}_{self._n}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out.lstrip("/") + "_node", domain=domain,
+                                           **attrs))
+        return out
+
+    def op_to(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output + "_node", **attrs))
+        return output
+
+    def ops_n(self, op_type: str, inputs: list[str], n_out: int, **attrs) -> list[str]:
+        self._n += 1
+        outs = [f"/{op_type.lower()}_{self._n}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type.lower()}_{self._n}_node", **attrs))
+        return outs
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value, dtype) -> str:
+        key = (repr(value), np.dtype(dtype).str)
+        if key not in self._consts:
+            name = f"const_{len(self._consts)}"
+            self.initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def i64(self, value) -> str:
+        return self.const(value, np.int64)
+
+    def f32(self, value) -> str:
+        return self.const(value, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """uint8 values 0..15 [..., 32] -> MatMulNBits blob [..., 16]: element 2i in the low nibble of byte i,
+    element 2i+1 in the high nibble (ContribOperators.md, MatMulNBits input B)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(blob: np.ndarray) -> np.ndarray:
+    """Inverse of pack_nibbles, as the kernel reads B."""
+    out = np.empty(blob.shape[:-1] + (blob.shape[-1] * 2,), np.uint8)
+    out[..., 0::2] = blob & 0x0F
+    out[..., 1::2] = blob >> 4
+    return out
+
+
+class Int4Linear:
+    """MatMulNBits tensors for one (possibly row-concatenated) Q4_1 weight [N, K]."""
+
+    def __init__(self, tensors):
+        parts = [q4_1_blocks(t) for t in tensors]
+        self.d = np.concatenate([p[0] for p in parts])  # scales [N, nb]
+        self.m = np.concatenate([p[1] for p in parts])  # block offsets [N, nb]
+        self.blob = pack_nibbles(np.concatenate([p[2] for p in parts]))  # [N, nb, 16]
+        self.n, self.nb = self.d.shape
+        self.k = self.nb * BLOCK
+        self.zero_points = np.zeros((self.n, (self.nb + 1) // 2), np.uint8)  # packed 4-bit zeros
+
+    def dequantize_as_ort(self) -> np.ndarray:
+        """What the graph multiplies by: (q - zero_point) * scale from the MatMulNBits tensors (nibble order,
+        packed zero points) plus the block offset m of the block-sum MatMul; float32 [N, K]."""
+        q = unpack_nibbles(self.blob).astype(np.float32)
+        zp = unpack_nibbles(self.zero_points)[:, : self.nb].astype(np.float32)
+        w = (q - zp[..., None]) * self.d[..., None] + self.m[..., None]
+        return w.reshape(self.n, self.k)
+
+
+class Q8Planes:
+    """The Q8_0 tied embedding as two 4-bit planes of the same int8 values, so the fast fp32-activation int4
+    kernel serves the lm_head with the weights exact: q = 16 * hi + lo with hi = q >> 4 in -8..7 (stored as
+    hi + 8, read with the default zero point 8, scale 16 d) and lo = q & 15 in 0..15 (zero point 0, scale d);
+    d * q = 16 d * hi + d * lo exactly in float32 (both products and their sum are representable)."""
+
+    def __init__(self, t):
+        self.d, q = q8_0_blocks(t)  # [vocab, nb], int8 [vocab, nb, 32]
+        q16 = q.astype(np.int16)
+        self.hi_blob = pack_nibbles(((q16 >> 4) + 8).astype(np.uint8))  # [vocab, nb, 16]
+        self.lo_blob = pack_nibbles((q16 & 15).astype(np.uint8))
+        self.hi_scales = self.d * np.float32(16.0)
+        self.n, self.nb = self.d.shape
+        self.lo_zero_points = np.zeros((self.n, (self.nb + 1) // 2), np.uint8)  # MatMulNBits: packed 4-bit zeros
+        self.lo_zero_points_3d = np.zeros((self.n, self.nb, 1), np.uint8)  # GatherBlockQuantized: per block
+
+    def dequantize_as_ort(self) -> np.ndarray:
+        """(hi - 8) * 16 d + (lo - 0) * d from the stored planes, float32 [vocab, nb * 32]."""
+        hi = unpack_nibbles(self.hi_blob).astype(np.float32) - 8.0
+        lo = unpack_nibbles(self.lo_blob).astype(np.float32)
+        w = hi * self.hi_scales[..., None] + lo * self.d[..., None]
+        return w.reshape(self.n, self.nb * BLOCK)
+
+
+def block_sums(g: GraphBuilder, x: str, nb: int) -> str:
+    """[b, s, nb * 32] -> [b, s, nb]: the sum of each block of 32 inputs (for the Q4_1 offsets m)."""
+    blocks = g.op("Reshape", [x, g.i64([0, 0, nb, BLOCK])], "blocks")
+    return g.op("ReduceSum", [blocks, g.i64([-1])], "block_sums", keepdims=0)
+
+
+def int4_linear(g: GraphBuilder, x: str, lin: Int4Linear, label: str, accuracy_level: int) -> str:
+    """x [b, s, K] -> [b, s, N]: MatMulNBits (d * q) + block sums of x times the block offsets m."""
+    main = g.op("MatMulNBits", [x, g.weight(label + ".qweight", lin.blob), g.weight(label + ".scales", lin.d),
+                                g.weight(label + ".zero_points", lin.zero_points)], label, domain=MS_DOMAIN,
+                K=lin.k, N=lin.n, bits=4, block_size=BLOCK, accuracy_level=accuracy_level)
+    offset = g.op("MatMul", [block_sums(g, x, lin.nb), g.weight(label + ".block_offsets_t", lin.m.T)],
+                  label + "_offset")
+    return g.op("Add", [main, offset], label + "_q4_1")
+
+
+class Weights:
+    """Maps GGUF tensors to graph initializers and emits the linear layers of one back-end."""
+
+    def __init__(self, g: GraphBuilder, model: GGUFModel, variant: str, accuracy_level: int):
+        self.g, self.model, self.variant, self.accuracy_level = g, model, variant, accuracy_level
+
+    def norm(self, name: str) -> str:
+        return self.g.weight(name, self.model.dequantized(name).astype(np.float32))
+
+    def linear(self, x: str, names: list[str], label: str) -> str:
+        """x [b, s, K] times the row-concatenation of the named weights ([N, K] each) -> [b, s, sum N]."""
+        g = self.g
+        if self.variant == "fp32":
+            w = np.concatenate([self.model.dequantized(n) for n in names])
+            return g.op("MatMul", [x, g.weight(label + ".weight_t", w.T)], label)
+        return int4_linear(g, x, Int4Linear([self.model.tensors[n] for n in names]), label, self.accuracy_level)
+
+    def embedding_and_lm_head(self, input_ids: str):
+        """Returns (embeddings [b, s, d], function(x [b, s, d]) -> logits [b, s, vocab])."""
+        g, t = self.g, self.model.tensors["token_embd.weight"]
+        vocab, d = t.rows, t.cols
+        if self.variant == "fp32":
+            table = g.weight("embed_tokens.weight", self.model.dequantized("token_embd.weight"))
+            emb = g.op("Gather", [table, input_ids], "embed_tokens", axis=0)
+
+            def lm_head(x):  # tied: Gemm with transB reads the same [vocab, d] initializer
+                flat = g.op("Reshape", [x, g.i64([-1, d])])
+                logits = g.op("Gemm", [flat, table], "lm_head", transB=1)
+                shape = g.op("Concat", [g.op("Slice", [g.op("Shape", [x]), g.i64([0]), g.i64([2])]),
+                                        g.i64([vocab])], axis=0)
+                return g.op_to("Reshape", [logits, shape], "logits")
+            return emb, lm_head
+
+        planes = Q8Planes(t)
+        nb = planes.nb
+        hi_blob, lo_blob = g.weight("embed_tokens.q8_high", planes.hi_blob), g.weight("embed_tokens.q8_low", planes.lo_blob)
+        lookup = []
+        for blob, scales, zp, part in ((hi_blob, planes.hi_scales, None, "high"),
+                                       (lo_blob, planes.d, planes.lo_zero_points_3d, "low")):
+            inputs = [blob, input_ids, g.weight(f"embed_tokens.{part}.scales_3d", scales[..., None])]
+            if zp is not None:
+                inputs.append(g.weight(f"embed_tokens.{part}.zero_points_3d", zp))
+            lookup.append(g.op("GatherBlockQuantized", inputs, f"embed_tokens_{part}", domain=MS_DOMAIN,
+                               gather_axis=0, quantize_axis=2, block_size=BLOCK, bits=4))  # [b, s, nb, 32]
+        emb = g.op("Reshape", [g.op("Add", lookup, "embed_tokens"), g.i64([0, 0, d])], "embeddings")
+
+        def lm_head(x):
+            hi = g.op("MatMulNBits", [x, hi_blob, g.weight("lm_head.high.scales", planes.hi_scales)], "lm_head_high",
+                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
+            lo = g.op("MatMulNBits", [x, lo_blob, g.weight("lm_head.low.scales", planes.d),
+                                      g.weight("lm_head.low.zero_points", planes.lo_zero_points)], "lm_head_low",
+                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
+            return g.op_to("Add", [hi, lo], "logits")
+        return emb, lm_head
+
+
+# ---------------------------------------------------------------------------------------------- graph body
+def rms_norm(g: GraphBuilder, x: str, scale: str, eps: float) -> str:
+    """x / sqrt(mean(x^2) + eps) * w, in the Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul form that
+    ONNX Runtime fuses into SimplifiedLayerNormalization (checked for 1.31.1)."""
+    ms = g.op("ReduceMean", [g.op("Pow", [x, g.f32(2.0)])], "rms_mean", axes=[-1], keepdims=1)
+    return g.op("Mul", [g.op("Div", [x, g.op("Sqrt", [g.op("Add", [ms, g.f32(eps)])])]), scale], "rms_norm")
+
+
+def rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
+    """x * cos + rotate_half(x) * sin (Hugging Face Llama layout: halves, not interleaved)."""
+    x1, x2 = g.ops_n("Split", [x], 2, axis=-1)
+    rotated = g.op("Concat", [g.op("Neg", [x2]), x1], "rotate_half", axis=-1)
+    return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "rope")
+
+
+def attention_mask_graph(g: GraphBuilder) -> str:
+    """Boolean [b, 1, 1, s, total]: key position <= query position (absolute, past + i) and key not padding."""
+    s = g.op("Gather", [g.op("Shape", ["input_ids"]), g.i64(1)], "seq_len", axis=0)
+    total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)
+    past = g.op("Sub", [total, s], "past_len")
+    key_pos = g.op("Range", [g.i64(0), total, g.i64(1)], "key_pos")
+    query_pos = g.op("Range", [past, total, g.i64(1)], "query_pos")
+    causal = g.op("LessOrEqual", [g.op("Unsqueeze", [key_pos, g.i64([0])]),
+                                  g.op("Unsqueeze", [query_pos, g.i64([1])])], "causal")  # [s, total]
+    not_pad = g.op("Greater", ["attention_mask", g.i64(0)], "not_pad")  # [b, total]
+    return g.op("And", [causal, g.op("Unsqueeze", [not_pad, g.i64([1, 2, 3])])], "allowed")
+
+
+def build(model: GGUFModel, variant: str, accuracy_level: int = 0) -> onnx.ModelProto:
+    cfg = model.config
+    d, hd, h, kvh = cfg.d_model, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    g = GraphBuilder()
+    w = Weights(g, model, variant, accuracy_level)
+    allowed = attention_mask_graph(g)
+
+    x, lm_head = w.embedding_and_lm_head("input_ids")
+    inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))).astype(np.float32)
+    pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], to=TensorProto.FLOAT), g.i64([-1])])
+    freqs = g.op("Mul", [pos, g.weight("rope_inv_freq", inv_freq)], "freqs")  # [b, s, hd/2]
+    emb = g.op("Concat", [freqs, freqs], axis=-1)
+    cos = g.op("Unsqueeze", [g.op("Cos", [emb]), g.i64([1])], "cos")  # [b, 1, s, hd]
+    sin = g.op("Unsqueeze", [g.op("Sin", [emb]), g.i64([1])], "sin")
+    cos_q = g.op("Unsqueeze", [cos, g.i64([1])])  # [b, 1, 1, s, hd] for the grouped query layout
+    sin_q = g.op("Unsqueeze", [sin, g.i64([1])])
+    rep = h // kvh
+    splits_qkv = g.i64([h * hd, kvh * hd, kvh * hd])
+    splits_ffn = g.i64([cfg.ffn, cfg.ffn])
+
+    for i in range(cfg.num_layers):
+        p = f"blk.{i}."
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
+        y = rms_norm(g, x, w.norm(p + "attn_norm.weight"), cfg.norm_eps)
+        qkv = w.linear(y, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], f"layers.{i}.qkv_proj")
+        q, k, v = g.ops_n("Split", [qkv, splits_qkv], 3, axis=-1)
+        q = g.op("Transpose", [g.op("Reshape", [q, g.i64([0, 0, kvh, rep, hd])])], perm=[0, 2, 3, 1, 4])
+        q = rotate(g, q, cos_q, sin_q)  # [b, kvh, rep, s, hd]
+        k = g.op("Transpose", [g.op("Reshape", [k, g.i64([0, 0, kvh, hd])])], perm=[0, 2, 1, 3])
+        k = rotate(g, k, cos, sin)  # [b, kvh, s, hd]
+        v = g.op("Transpose", [g.op("Reshape", [v, g.i64([0, 0, kvh, hd])])], perm=[0, 2, 1, 3])
+        g.op_to("Concat", [past_k, k], pres_k, axis=2)
+        g.op_to("Concat", [past_v, v], pres_v, axis=2)
+        k_t = g.op("Unsqueeze", [g.op("Transpose", [pres_k], "k_t", perm=[0, 1, 3, 2]), g.i64([2])])
+        scores = g.op("Mul", [g.op("MatMul", [q, k_t]), g.f32(1.0 / np.sqrt(hd))], "scores")
+        scores = g.op("Where", [allowed, scores, g.f32(MASK_VALUE)], "masked_scores")
+        probs = g.op("Softmax", [scores], "probs", axis=-1)
+        ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [pres_v, g.i64([2])])], "context")  # [b, kvh, rep, s, hd]
+        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.i64([0, 0, h * hd])])
+        x = g.op("Add", [x, w.linear(ctx, [p + "attn_output.weight"], f"layers.{i}.o_proj")], "residual")
+        y = rms_norm(g, x, w.norm(p + "ffn_norm.weight"), cfg.norm_eps)
+        gate, up = g.ops_n("Split", [w.linear(y, [p + "ffn_gate.weight", p + "ffn_up.weight"],
+                                              f"layers.{i}.gate_up_proj"), splits_ffn], 2, axis=-1)
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])], "silu"), up])
+        x = g.op("Add", [x, w.linear(act, [p + "ffn_down.weight"], f"layers.{i}.down_proj")], "residual")
+
+    x = rms_norm(g, x, w.norm("output_norm.weight"), cfg.norm_eps)
+    lm_head(x)
+
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, SEQ]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [BATCH, SEQ]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, SEQ, cfg.vocab_size])]
+    for i in range(cfg.num_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
+                                                        [BATCH, kvh, PAST, hd]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT,
+                                                         [BATCH, kvh, TOTAL, hd]))
+    graph = helper.make_graph(g.nodes, f"smollm2_135m_instruct_{variant}", inputs, outputs, g.initializers)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if variant != "fp32":
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    m = helper.make_model(graph, opset_imports=opsets, producer_name="tiergate-models/smollm2",
+                          producer_version="1")
+    m.ir_version = 8
+    m.doc_string = f"SmolLM2-135M-Instruct from GGUF ({variant})"
+    return m
+
+
+def linear_probe(lin: Int4Linear, accuracy_level: int) -> onnx.ModelProto:
+    """One int4 linear exactly as the model emits it (`int4_linear`), as a graph A [1, n, K] -> Y [1, n, N]:
+    fed the identity matrix, ORT's output is the effective weight matrix transposed."""
+    g = GraphBuilder()
+    g.op_to("Identity", [int4_linear(g, "A", lin, "probe", accuracy_level)], "Y")
+    graph = helper.make_graph(g.nodes, "probe", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, "n", lin.k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, "n", lin.n])], g.initializers)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+    m.ir_version = 8
+    return m

@@ -1,0 +1,64 @@
+"""Turns the SmolLM2-135M-Instruct GGUF into a tiergate model folder, without torch:
+tokenizer.json, model.onnx (fp32), model.int4.onnx (the GGUF's Q4_1 blocks in MatMulNBits), manifest.json,
+then runs verify.py's checks on it (import-report.json). Run by scripts/import-real-model.sh.
+
+Usage: import_gguf.py --gguf FILE --wheel-sha256 HEX --out DIR [--reference models/smollm2/reference.json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import onnx
+
+import gguf_source
+import graph
+import manifest
+import tokenizer
+import verify
+
+# MatMulNBits accuracy_level of the int4 graph: 0 keeps the activations in fp32 (the int4 graph then matches the
+# fp32 one to ~1e-4 in the logits); 4 would quantize them to int8 per block of 32 (like llama.cpp's q8
+# activations): faster, but prefill and cached decode then differ by up to ~3 in the logits (README.md).
+ACCURACY_LEVEL = 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--wheel-sha256", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reference", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    model = gguf_source.load(args.gguf)
+    verify.log(f"read {args.gguf.name}: {model.config}, tensor types {model.type_counts} ({time.time() - t0:.1f}s)")
+
+    tokenizer.write(model.tokenizer, out / "tokenizer.json")
+    for variant, file in (("fp32", "model.onnx"), ("int4", "model.int4.onnx")):
+        t1 = time.time()
+        m = graph.build(model, variant, ACCURACY_LEVEL)
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save_model(m, str(out / file))
+        verify.log(f"wrote {file}: {(out / file).stat().st_size} bytes, {len(m.graph.node)} nodes "
+                   f"({time.time() - t1:.1f}s)")
+        del m
+
+    int4_note = (f"the GGUF's own Q4_1 blocks, no re-quantization: com.microsoft.MatMulNBits bits=4 block_size=32 "
+                 f"accuracy_level={ACCURACY_LEVEL}, scale=d, zero_point=0, plus the offsets m as an fp32 MatMul of "
+                 f"the input's 32-wide block sums; the Q8_0 tied embedding kept 8-bit as two exact 4-bit planes "
+                 f"(GatherBlockQuantized lookup, MatMulNBits lm_head)")
+    embedding_note = "q8"
+    manifest.write(out, model, args.wheel_sha256, int4_note, embedding_note)
+    verify.log(f"wrote manifest.json ({time.time() - t0:.1f}s so far)")
+    return verify.verify(out, model, ACCURACY_LEVEL, args.reference, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

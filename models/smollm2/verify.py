@@ -1,0 +1,297 @@
+"""Checks an imported model folder with Python onnxruntime (the runtime version the Rust engine loads):
+
+(a) int4 exactness: every Q4_1 weight as the int4 graph holds it (MatMulNBits blob / scales / zero points +
+    block offsets), dequantized in numpy exactly as the kernel reads it, against gguf's reference
+    dequantizer; the same for the 8-bit embedding; plus ONNX Runtime itself fed the identity matrix through
+    the same int4 subgraphs (its output is the effective weight matrix);
+(b) greedy decoding with the KV cache of chat prompts (template rendered like transformers does) with both
+    variants;
+(c) int4 vs fp32 logits over the prompt positions (max abs diff, top-1 agreement);
+(d) KV-cache decoding vs full recomputation, and a left-padded batch vs single sequences;
+plus the tokenizer (round trips; models/smollm2/reference.json ids when given) and decode speed.
+Exits non-zero when (a) or the coherence check (the France answer names Paris) fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+import graph
+from gguf_source import F32, Q4_1, GGUFModel
+
+PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy."]
+PARIS_PROMPT = 0
+GREEDY_TOKENS = 32
+SPEED_TOKENS = 64
+TOKENIZER_SAMPLES = [
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "12345",
+    "naïve café 日本語 🤖",
+    "   leading spaces",
+    "line one\nline two\n\n\nend",
+    "Hello, world! It's 2024-05-17; x=3.14e-2.",
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n",
+    "\ttabs\tand  double  spaces ",
+]
+EXACT_TOL = 1e-6
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+class Runner:
+    def __init__(self, path: Path, num_layers: int, kv_heads: int, head_dim: int, threads: int = 2):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+
+    def empty_past(self, batch: int = 1) -> dict:
+        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        return {f"past_key_values.{i}.{k}": z for i in range(self.layers) for k in ("key", "value")}
+
+    def run(self, ids, mask, positions, past):
+        feeds = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64),
+                 "position_ids": np.asarray(positions, np.int64), **past}
+        outs = dict(zip(self.names, self.sess.run(self.names, feeds)))
+        present = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"]
+                   for i in range(self.layers) for k in ("key", "value")}
+        return outs["logits"], present
+
+    def full(self, ids: list[int]) -> np.ndarray:
+        """Logits [s, vocab] of one sequence, no cache."""
+        a = np.array([ids])
+        return self.run(a, np.ones_like(a), np.arange(len(ids))[None], self.empty_past())[0][0]
+
+    def greedy(self, ids: list[int], n: int, eos: int | None):
+        """Greedy decoding with the KV cache: (new tokens, prefill logits [s, vocab], per-step logits, seconds of
+        the decode steps)."""
+        a = np.array([ids])
+        logits, past = self.run(a, np.ones_like(a), np.arange(len(ids))[None], self.empty_past())
+        prefill = logits[0]
+        step = prefill[-1]
+        tokens, steps = [], []
+        total = len(ids)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            nxt = int(np.argmax(step))
+            tokens.append(nxt)
+            steps.append(step)
+            if nxt == eos or len(tokens) == n:
+                break
+            total += 1
+            logits, past = self.run([[nxt]], np.ones((1, total)), [[total - 1]], past)
+            step = logits[0, -1]
+        return tokens, prefill, steps, time.perf_counter() - t0
+
+
+def render_chat(template: str, messages: list[dict]) -> str:
+    """The GGUF's Jinja chat template rendered as transformers' apply_chat_template does."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_dequant(model: GGUFModel, accuracy_level: int) -> dict:
+    worst, n = 0.0, 0
+    for name, t in model.tensors.items():
+        if t.qtype != Q4_1:
+            continue
+        diff = float(np.abs(graph.Int4Linear([t]).dequantize_as_ort() - model.dequantized(name)).max())
+        worst, n = max(worst, diff), n + 1
+    planes = graph.Q8Planes(model.tensors["token_embd.weight"])
+    emb_diff = float(np.abs(planes.dequantize_as_ort() - model.dequantized("token_embd.weight")).max())
+    norms = sum(1 for t in model.tensors.values() if t.qtype == F32)
+
+    # ONNX Runtime itself, through the same int4 subgraph the model uses (fused q/k/v of the first and last
+    # layers, and ffn_down, K = 1536).
+    probes = {}
+    last = model.config.num_layers - 1
+    for label, names in {
+        "blk.0.qkv": [f"blk.0.attn_{x}.weight" for x in "qkv"],
+        f"blk.{last}.qkv": [f"blk.{last}.attn_{x}.weight" for x in "qkv"],
+        f"blk.{last}.ffn_down": [f"blk.{last}.ffn_down.weight"],
+    }.items():
+        lin = graph.Int4Linear([model.tensors[x] for x in names])
+        sess = ort.InferenceSession(graph.linear_probe(lin, accuracy_level).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"A": np.eye(lin.k, dtype=np.float32)[None]})[0][0].T  # [N, K]
+        ref = np.concatenate([model.dequantized(x) for x in names])
+        probes[label] = float(np.abs(got - ref).max())
+    return {"q4_1_tensors": n, "q4_1_max_abs_diff": worst, "q8_0_embedding_max_abs_diff": emb_diff,
+            "f32_norms_copied": norms, "ort_identity_probe_max_abs_diff": probes}
+
+
+def check_tokenizer(tok: Tokenizer, reference: Path | None) -> dict:
+    out = {"samples": [], "round_trip_ok": True}
+    for s in TOKENIZER_SAMPLES:
+        ids = tok.encode(s, add_special_tokens=False).ids
+        back = tok.decode(ids, skip_special_tokens=False)
+        out["samples"].append({"text": s, "ids": ids})
+        if back != s:
+            out["round_trip_ok"] = False
+            log(f"tokenizer round trip differs: {s!r} -> {back!r}")
+    if reference and reference.exists():
+        ref = json.loads(reference.read_text(encoding="utf-8"))
+        entries = ref.get("tokenizer", []) if isinstance(ref, dict) else []
+        if isinstance(entries, dict):
+            entries = entries.get("cases", entries.get("samples", []))
+        compared, mismatches = 0, []
+        for e in entries:
+            text = e.get("text", e.get("input"))
+            want = e.get("ids", e.get("input_ids"))
+            if text is None or want is None:
+                continue
+            got = tok.encode(text, add_special_tokens=False).ids
+            compared += 1
+            if got != list(want):
+                mismatches.append({"text": text, "want": list(want), "got": got})
+        out["reference"] = {"path": str(reference), "compared": compared, "mismatches": mismatches}
+    return out
+
+
+def first_diff_summary(a: np.ndarray, b: np.ndarray) -> dict:
+    """int4 vs fp32 logits [positions, vocab]."""
+    d = a - b
+    centered = d - d.mean(-1, keepdims=True)
+    return {"positions": int(a.shape[0]), "max_abs_diff": float(np.abs(d).max()),
+            "max_abs_diff_last_position": float(np.abs(d[-1]).max()),
+            "max_abs_diff_mean_removed": float(np.abs(centered).max()),
+            "top1_agreement": float(np.mean(a.argmax(-1) == b.argmax(-1)))}
+
+
+def check_cache_and_batch(r: Runner, prompts: list[list[int]], generated: list[int], steps: list[np.ndarray]) -> dict:
+    # (d1) cached decode vs one full pass over prompt + generated tokens
+    seq = prompts[0] + generated
+    full = r.full(seq)[len(prompts[0]) - 1: len(seq) - 1]
+    cached = np.stack(steps[: full.shape[0]])
+    kv = {"steps": int(cached.shape[0]), "max_abs_diff": float(np.abs(full - cached).max()),
+          "top1_agreement": float(np.mean(full.argmax(-1) == cached.argmax(-1)))}
+    # (d2) a left-padded batch (prefill, then one cached step) vs each sequence alone
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), 2, np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    pos = np.clip(np.cumsum(mask, -1) - 1, 0, None)
+    logits, past = r.run(ids, mask, pos, r.empty_past(len(prompts)))
+    nxt = logits[:, -1].argmax(-1)
+    mask2 = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], 1)
+    logits2, _ = r.run(nxt[:, None], mask2, pos[:, -1:] + 1, past)
+    diffs = []
+    for i, p in enumerate(prompts):
+        alone = r.full(p + [int(nxt[i])])
+        diffs.append(float(np.abs(alone[len(p) - 1] - logits[i, -1]).max()))
+        diffs.append(float(np.abs(alone[len(p)] - logits2[i, -1]).max()))
+    return {"kv_cache_vs_full": kv, "left_padded_batch_vs_single_max_abs_diff": max(diffs)}
+
+
+def speed(r: Runner, ids: list[int], n: int) -> float:
+    """Decode tokens/s: n greedy steps with the KV cache after the prompt (EOS ignored)."""
+    a = np.array([ids])
+    logits, past = r.run(a, np.ones_like(a), np.arange(len(ids))[None], r.empty_past())
+    total = len(ids)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        total += 1
+        logits, past = r.run([[int(np.argmax(logits[0, -1]))]], np.ones((1, total)), [[total - 1]], past)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--reference", type=Path)
+    ap.add_argument("--accuracy-level", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import gguf_source
+    model = gguf_source.load(args.gguf)
+    return verify(args.model_dir, model, args.accuracy_level, args.reference, args.threads)
+
+
+def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | None, threads: int = 2) -> int:
+    report: dict = {}
+    failures: list[str] = []
+    cfg = model.config
+
+    t0 = time.time()
+    report["dequant"] = dq = check_dequant(model, accuracy_level)
+    log(f"(a) dequant: {dq['q4_1_tensors']} Q4_1 tensors max abs diff {dq['q4_1_max_abs_diff']:.3g}, "
+        f"Q8_0 embedding {dq['q8_0_embedding_max_abs_diff']:.3g}, ORT identity probes "
+        f"{dq['ort_identity_probe_max_abs_diff']} ({time.time() - t0:.1f}s)")
+    worst = max(dq["q4_1_max_abs_diff"], dq["q8_0_embedding_max_abs_diff"],
+                *dq["ort_identity_probe_max_abs_diff"].values())
+    if not worst <= EXACT_TOL:
+        failures.append(f"dequant max abs diff {worst} > {EXACT_TOL}")
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    report["tokenizer"] = tk = check_tokenizer(tok, reference)
+    if not tk["round_trip_ok"]:
+        failures.append("tokenizer round trip")
+    if "reference" in tk:
+        ref = tk["reference"]
+        log(f"tokenizer vs {ref['path']}: {ref['compared']} compared, {len(ref['mismatches'])} mismatches")
+        if ref["mismatches"]:
+            failures.append(f"tokenizer differs from reference on {len(ref['mismatches'])} strings")
+
+    eos = model.tokenizer.eos_id
+    prompts = [tok.encode(render_chat(model.chat_template, [{"role": "user", "content": p}]),
+                          add_special_tokens=False).ids for p in PROMPTS]
+    runners = {v: Runner(out / f, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, threads)
+               for v, f in (("fp32", "model.onnx"), ("int4", "model.int4.onnx"))}
+    report["greedy"], prefill, steps, gens = {}, {}, {}, {}
+    for v, r in runners.items():
+        report["greedy"][v] = []
+        for i, (p, ids) in enumerate(zip(PROMPTS, prompts)):
+            tokens, pre, st, _ = r.greedy(ids, GREEDY_TOKENS, eos)
+            text = tok.decode(tokens, skip_special_tokens=True)
+            report["greedy"][v].append({"prompt": p, "text": text, "tokens": tokens})
+            prefill[(v, i)], steps[(v, i)], gens[(v, i)] = pre, st, tokens
+            log(f"(b) {v} greedy: {p!r} -> {text!r}")
+        if "paris" not in report["greedy"][v][PARIS_PROMPT]["text"].lower():
+            failures.append(f"{v}: the France answer does not mention Paris")
+
+    pre_fp32 = np.concatenate([prefill[("fp32", i)] for i in range(len(PROMPTS))])
+    pre_int4 = np.concatenate([prefill[("int4", i)] for i in range(len(PROMPTS))])
+    report["int4_vs_fp32"] = c = first_diff_summary(pre_int4, pre_fp32)
+    log(f"(c) int4 vs fp32 logits over {c['positions']} prompt positions: max abs diff {c['max_abs_diff']:.4g} "
+        f"(last position {c['max_abs_diff_last_position']:.4g}, with the mean shift removed "
+        f"{c['max_abs_diff_mean_removed']:.4g}), top-1 agreement {c['top1_agreement']:.4f}")
+
+    report["cache"] = {}
+    for v, r in runners.items():
+        report["cache"][v] = d = check_cache_and_batch(r, prompts, gens[(v, 0)], steps[(v, 0)])
+        log(f"(d) {v}: KV cache vs full recompute over {d['kv_cache_vs_full']['steps']} steps: max abs diff "
+            f"{d['kv_cache_vs_full']['max_abs_diff']:.3g}, top-1 agreement {d['kv_cache_vs_full']['top1_agreement']}; "
+            f"left-padded batch vs single: max abs diff {d['left_padded_batch_vs_single_max_abs_diff']:.3g}")
+
+    report["speed_tokens_per_s"] = {}
+    for v, r in runners.items():
+        report["speed_tokens_per_s"][v] = tps = speed(r, prompts[PARIS_PROMPT], SPEED_TOKENS)
+        log(f"speed {v}: {tps:.1f} tokens/s ({SPEED_TOKENS} tokens, {threads} threads, one run)")
+
+    report["failures"] = failures
+    (out / "import-report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n",
+                                            encoding="utf-8")
+    for f in failures:
+        log(f"FAILED: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
