@@ -199,6 +199,8 @@ pub enum Gate {
     Abandon,
     /// Every prompt skips the local attempt and goes to the cloud first.
     CloudFirst,
+    /// Every local attempt is tried and abandoned on its prompt's NLL, before any token.
+    SurprisedByEveryPrompt,
 }
 
 impl Gate {
@@ -213,6 +215,9 @@ impl Gate {
             }
             Gate::CloudFirst => {
                 "[router]\nlocal_max_complexity = 0.0\ncloud_min_complexity = 0.0\n"
+            }
+            Gate::SurprisedByEveryPrompt => {
+                "[router]\nlocal_max_complexity = 1.0\n[router.confidence]\nmin_mean_top1 = 0.0\nmin_token_top1 = 0.0\nmax_prompt_nll = 0.0\n"
             }
         }
     }

@@ -101,6 +101,73 @@ async fn complex_prompts_go_to_the_cloud_and_explain_agrees() {
     assert!(decision["complexity"]["components"].is_array());
 }
 
+/// Real clients always send a system prompt: the complexity score reads the last user turn, so
+/// the system prompt and earlier turns change neither the score nor the plan (they are reported
+/// as context in the decision).
+#[tokio::test]
+async fn a_system_prompt_and_history_do_not_change_where_a_request_goes() {
+    let cluster = Cluster::start(Gate::Default, Gate::Default).await.unwrap();
+    let mut client = cluster.edge.grpc_client().await.unwrap();
+    let message = |role: &str, content: &str| pb::ChatMessage {
+        role: role.to_owned(),
+        content: content.to_owned(),
+    };
+    let plain = pb::GenerateRequest {
+        messages: vec![message("user", "turn on the kitchen lights")],
+        ..request("")
+    };
+    let with_context = pb::GenerateRequest {
+        messages: vec![
+            message("system", "You are a home assistant."),
+            message("user", "What can you do? Explain in detail, step by step."),
+            message(
+                "assistant",
+                "I can control devices, tell the time and convert units.",
+            ),
+            message("user", "turn on the kitchen lights"),
+        ],
+        ..request("")
+    };
+    let plain = client.explain(plain).await.unwrap().into_inner();
+    let with_context = client.explain(with_context).await.unwrap().into_inner();
+    let (a, b) = (plain.routing.unwrap(), with_context.routing.unwrap());
+    assert_eq!(a.complexity, b.complexity);
+    assert_eq!((a.tier, &a.reason), (b.tier, &b.reason));
+    assert_eq!(tier(&a), pb::Tier::Edge, "{a:?}");
+    let decision: serde_json::Value = serde_json::from_str(&with_context.decision_json).unwrap();
+    assert_eq!(
+        decision["signals"]["context"],
+        serde_json::json!({"earlier_turns": 2, "earlier_words": 20, "system_words": 5})
+    );
+}
+
+/// The prompt NLL check runs on the gated local step's own prefill: an edge whose bound no
+/// prompt meets abandons before any token and escalates, and /metrics names the cause.
+#[tokio::test]
+async fn a_prompt_the_local_model_finds_too_surprising_escalates_before_any_token() {
+    let cluster = Cluster::start(Gate::SurprisedByEveryPrompt, Gate::Commit)
+        .await
+        .unwrap();
+    let answer = generate(&cluster, "turn on the kitchen lights").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Regional, "{routing:?}");
+    assert_eq!(routing.reason, "low_confidence");
+    assert!(!answer.text.is_empty());
+    let metrics = tiergate_e2e::get(&format!("{}/metrics", cluster.edge.http_url()))
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains(r#"tiergate_local_abandons_total{cause="prompt_nll",node="edge-1"} 1"#),
+        "{metrics}"
+    );
+    // Abandoned before the first token: nothing was generated and thrown away.
+    assert!(
+        metrics.contains(r#"tiergate_generated_tokens_total{kept="false",node="edge-1"} 0"#),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn privacy_pinned_requests_never_leave_the_edge() {
     let cluster = Cluster::start(Gate::CloudFirst, Gate::Default)

@@ -118,9 +118,7 @@ impl EngineError {
             Self::EmptyPrompt
             | Self::PromptTooLong { .. }
             | Self::InvalidSampling(_)
-            | Self::ChatTemplate(_) => {
-                ErrorClass::InvalidRequest
-            }
+            | Self::ChatTemplate(_) => ErrorClass::InvalidRequest,
             Self::Overloaded { .. } => ErrorClass::Overloaded,
             Self::OrtLibraryNotFound { .. }
             | Self::OrtLibraryInvalid { .. }

@@ -156,7 +156,13 @@ mod tests {
             pad: None,
             bos: None,
         };
-        ChatRenderer::new(&ChatTemplate { jinja: jinja.into() }, &special).unwrap()
+        ChatRenderer::new(
+            &ChatTemplate {
+                jinja: jinja.into(),
+            },
+            &special,
+        )
+        .unwrap()
     }
 
     fn chat(messages: &[(Role, &str)]) -> Prompt {
@@ -212,9 +218,7 @@ mod tests {
         let r = renderer(
             "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with a user message') }}{% endif %}x",
         );
-        let err = r
-            .render(&chat(&[(Role::Assistant, "hello")]))
-            .unwrap_err();
+        let err = r.render(&chat(&[(Role::Assistant, "hello")])).unwrap_err();
         assert!(matches!(err, EngineError::ChatTemplate(_)), "{err:?}");
         assert!(
             err.to_string()

@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
         });
         c.bench_function(&format!("features+decide/{name}"), |b| {
             b.iter(|| {
-                let signals = Signals::from_prompt(black_box(prompt), Some(3.2));
+                let signals = Signals::from_prompt(black_box(prompt));
                 decide(&config, &signals, &node, TierConstraint::None, &forwarding)
             })
         });

@@ -130,7 +130,7 @@ fn evaluate_default(datasets: &[Dataset]) -> Result<(), Box<dyn std::error::Erro
     print_header();
     let mut all_scores = Vec::new();
     for d in datasets {
-        let scored = eval::score_labelled(&d.prompts, &config, |_| None);
+        let scored = eval::score_labelled(&d.prompts, &config);
         let scores: Vec<f64> = scored.iter().map(|r| r.score).collect();
         print_report(
             &d.name,

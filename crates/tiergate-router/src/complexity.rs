@@ -1,12 +1,13 @@
-//! Prompt complexity: a logistic score in `[0, 1]` over normalised text signals and the local
-//! model's surprise at the prompt (its mean token negative log-likelihood).
+//! Prompt complexity: a logistic score in `[0, 1]` over normalised text signals of the
+//! request's last user turn.
 //!
-//! `score = sigmoid(bias + sum_i weight_i * signal_i + weight_nll * (nll_signal - 0.5))`
+//! `score = sigmoid(bias + sum_i weight_i * signal_i)`
 //!
-//! Every text signal is a count squashed into `[0, 1]` (see [`TextSignals`]); the NLL signal is
-//! the NLL mapped linearly from `[low_nats, high_nats]` onto `[0, 1]` and centred, so an absent
-//! NLL (no local model, or it was not computed) is neutral. The default text weights were fitted
-//! by logistic regression on the routing-evaluation data (see `docs/routing.md`).
+//! Every text signal is a count squashed into `[0, 1]` (see [`TextSignals`]). The score is
+//! computed the same way for every prompt, so it ranks prompts on one scale. The local model's
+//! surprise at the prompt (its NLL) is not part of it: that is a check of the local attempt
+//! (`confidence.max_prompt_nll`), taken from the attempt's own prefill. The default weights were
+//! fitted by logistic regression on the routing-evaluation data (see `docs/routing.md`).
 
 use serde::{Deserialize, Serialize};
 
@@ -176,40 +177,11 @@ const DEFAULT_BIAS: f64 = -0.1619;
 /// How the prompt NLL (nats per token) is mapped onto `[0, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct NllNormalization {
-    /// NLL at or below this is familiar text for the local model (signal 0).
-    pub low_nats: f64,
-    /// NLL at or above this is text the local model finds surprising (signal 1).
-    pub high_nats: f64,
-    /// Logit weight of the NLL signal; the signal is centred, so the NLL moves the logit
-    /// by at most `weight / 2` either way and an absent NLL moves it by nothing.
-    pub weight: f64,
-}
-
-impl Default for NllNormalization {
-    /// Set from the trained edge model (models/edge/eval.json): mean prompt NLL 2.52 nats on
-    /// its held-out in-domain prompts, 11.14 on out-of-domain ones (AUROC 0.9998). The range
-    /// lies between the two, so the midpoint (6.5) is neutral; the weight lets the NLL outweigh the
-    /// text signals (at most +-2 logits against their ~1 logit spread).
-    fn default() -> Self {
-        NllNormalization {
-            low_nats: 3.0,
-            high_nats: 10.0,
-            weight: 4.0,
-        }
-    }
-}
-
-/// Configuration of the complexity score.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct ComplexityConfig {
     /// Logit offset: the score of a prompt with every signal at 0 is `sigmoid(bias)`.
     pub bias: f64,
     /// Logit weight per text signal (the tiny classifier; defaults fitted, see docs/routing.md).
     pub weights: TextWeights,
-    /// The prompt NLL signal.
-    pub nll: NllNormalization,
 }
 
 impl Default for ComplexityConfig {
@@ -217,7 +189,6 @@ impl Default for ComplexityConfig {
         ComplexityConfig {
             bias: DEFAULT_BIAS,
             weights: TextWeights::default(),
-            nll: NllNormalization::default(),
         }
     }
 }
@@ -256,23 +227,6 @@ impl ComplexityConfig {
                 ));
             }
         }
-        let nll = &self.nll;
-        if !nll.weight.is_finite() {
-            return Err(InvalidConfig::new(
-                "complexity.nll.weight",
-                "must be a finite number",
-            ));
-        }
-        if !(nll.low_nats.is_finite() && nll.high_nats.is_finite() && nll.low_nats < nll.high_nats)
-        {
-            return Err(InvalidConfig::new(
-                "complexity.nll",
-                format!(
-                    "low_nats ({}) must be below high_nats ({}), both finite",
-                    nll.low_nats, nll.high_nats
-                ),
-            ));
-        }
         Ok(())
     }
 }
@@ -298,15 +252,11 @@ pub struct ComplexityScore {
     pub components: Vec<Component>,
 }
 
-/// Scores a prompt. `prompt_nll` is the local model's mean token NLL in nats; `None`, NaN or
-/// infinite values count as "not available" and contribute nothing.
-pub fn score(
-    features: &PromptFeatures,
-    prompt_nll: Option<f64>,
-    config: &ComplexityConfig,
-) -> ComplexityScore {
+/// Scores a prompt (the text of the request's last user turn) from its text alone, the same
+/// way for every prompt, so scores rank prompts on one scale.
+pub fn score(features: &PromptFeatures, config: &ComplexityConfig) -> ComplexityScore {
     let signals = TextSignals::from_features(features);
-    let mut components = Vec::with_capacity(TEXT_SIGNAL_COUNT + 1);
+    let mut components = Vec::with_capacity(TEXT_SIGNAL_COUNT);
     let mut logit = config.bias;
     for ((name, value), weight) in TEXT_SIGNAL_NAMES
         .iter()
@@ -321,17 +271,6 @@ pub fn score(
             contribution,
         });
     }
-    let nll_value = prompt_nll.filter(|v| v.is_finite()).map(|nll| {
-        let n = &config.nll;
-        ((nll - n.low_nats) / (n.high_nats - n.low_nats)).clamp(0.0, 1.0)
-    });
-    let nll_contribution = nll_value.map_or(0.0, |v| config.nll.weight * (v - 0.5));
-    logit += nll_contribution;
-    components.push(Component {
-        name: "prompt_nll",
-        value: nll_value,
-        contribution: nll_contribution,
-    });
     ComplexityScore {
         score: sigmoid(logit),
         logit,
@@ -358,7 +297,6 @@ mod tests {
         ComplexityConfig {
             bias: 0.0,
             weights: TextWeights::from_array([weight; TEXT_SIGNAL_COUNT]),
-            nll: NllNormalization::default(),
         }
     }
 
@@ -369,27 +307,11 @@ mod tests {
 
     #[test]
     fn zero_weights_give_one_half_and_name_every_component() {
-        let s = score(&PromptFeatures::extract("hello"), None, &flat_config(0.0));
+        let s = score(&PromptFeatures::extract("hello"), &flat_config(0.0));
         assert_eq!(s.score, 0.5);
-        assert_eq!(s.components.len(), TEXT_SIGNAL_COUNT + 1);
-        assert_eq!(s.components.last().unwrap().name, "prompt_nll");
-        assert_eq!(s.components.last().unwrap().value, None);
-    }
-
-    #[test]
-    fn nll_is_clamped_centred_and_ignored_when_not_finite() {
-        let config = ComplexityConfig {
-            weights: TextWeights::from_array([0.0; TEXT_SIGNAL_COUNT]),
-            ..ComplexityConfig::default()
-        };
-        let f = PromptFeatures::extract("hello");
-        let at = |nll| score(&f, nll, &config).logit;
-        assert_eq!(at(Some(6.5)), config.bias, "the midpoint is neutral");
-        assert_eq!(at(Some(100.0)), at(Some(10.0)));
-        assert_eq!(at(Some(-1.0)), at(Some(3.0)));
-        assert!(at(Some(5.0)) > at(Some(4.0)));
-        assert_eq!(at(Some(f64::NAN)), at(None));
-        assert_eq!(at(Some(f64::INFINITY)), at(None));
+        assert_eq!(s.components.len(), TEXT_SIGNAL_COUNT);
+        let names: Vec<&str> = s.components.iter().map(|c| c.name).collect();
+        assert_eq!(names, TEXT_SIGNAL_NAMES);
     }
 
     #[test]
@@ -397,7 +319,6 @@ mod tests {
         let config = ComplexityConfig::default();
         let s = score(
             &PromptFeatures::extract("Explain why 3 + 4 = 7, step by step."),
-            Some(5.0),
             &config,
         );
         let sum: f64 = s.components.iter().map(|c| c.contribution).sum();
@@ -413,18 +334,18 @@ mod tests {
             c.validate().unwrap_err().field,
             "complexity.weights.numbers"
         );
-        let mut c = ComplexityConfig::default();
-        c.nll.low_nats = 11.0;
-        assert_eq!(c.validate().unwrap_err().field, "complexity.nll");
     }
 
     #[test]
     fn config_rejects_unknown_fields() {
         let err = toml::from_str::<ComplexityConfig>("[weights]\nlenght = 1.0\n").unwrap_err();
         assert!(err.to_string().contains("lenght"), "{err}");
-        let c: ComplexityConfig = toml::from_str("bias = -1.5\n[nll]\nweight = 0.0\n").unwrap();
+        let c: ComplexityConfig = toml::from_str("bias = -1.5\n").unwrap();
         assert_eq!(c.bias, -1.5);
-        assert_eq!(c.nll.low_nats, NllNormalization::default().low_nats);
+        assert_eq!(c.weights, TextWeights::default());
+        // The NLL term is gone from the score; an old config that sets it is told so.
+        let err = toml::from_str::<ComplexityConfig>("[nll]\nweight = 1.0\n").unwrap_err();
+        assert!(err.to_string().contains("nll"), "{err}");
     }
 
     #[test]

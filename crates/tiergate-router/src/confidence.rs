@@ -23,6 +23,10 @@ pub struct ConfidenceConfig {
     pub min_token_top1: f32,
     /// When set, the mean entropy (nats) over the window must not exceed this.
     pub max_mean_entropy: Option<f32>,
+    /// When set, a prompt whose mean token NLL under the local model (nats, from the local
+    /// generation's own prefill) exceeds this is abandoned before its first token: the model
+    /// is too surprised by the question to be trusted with the answer.
+    pub max_prompt_nll: Option<f32>,
 }
 
 impl Default for ConfidenceConfig {
@@ -37,6 +41,7 @@ impl Default for ConfidenceConfig {
             min_mean_top1: 0.9,
             min_token_top1: 0.2,
             max_mean_entropy: None,
+            max_prompt_nll: None,
         }
     }
 }
@@ -55,13 +60,18 @@ impl ConfidenceConfig {
                 ));
             }
         }
-        if let Some(e) = self.max_mean_entropy
-            && !(e.is_finite() && e >= 0.0)
-        {
-            return Err(InvalidConfig::new(
-                "confidence.max_mean_entropy",
-                format!("must be a finite number >= 0, got {e}"),
-            ));
+        for (field, bound) in [
+            ("confidence.max_mean_entropy", self.max_mean_entropy),
+            ("confidence.max_prompt_nll", self.max_prompt_nll),
+        ] {
+            if let Some(e) = bound
+                && !(e.is_finite() && e >= 0.0)
+            {
+                return Err(InvalidConfig::new(
+                    field,
+                    format!("must be a finite number >= 0, got {e}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -81,13 +91,40 @@ pub enum Verdict {
         /// Tokens judged.
         tokens: usize,
     },
-    /// Confidence dropped inside the window: stop and escalate.
+    /// Confidence dropped inside the window (or the prompt surprised the model): stop and
+    /// escalate.
     Abandon {
         /// Mean top-1 probability over the tokens seen up to and including `at_token`.
         mean_top1: f32,
-        /// 0-based index of the token that decided it.
+        /// 0-based index of the token that decided it (0 for the prompt check).
         at_token: usize,
+        cause: AbandonCause,
     },
+}
+
+/// Which check abandoned a local answer. Few values: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbandonCause {
+    /// The prompt's NLL exceeded `max_prompt_nll`.
+    PromptNll,
+    /// One token fell below `min_token_top1`.
+    TokenFloor,
+    /// The mean top-1 over the window missed `min_mean_top1` (or could no longer reach it).
+    MeanTop1,
+    /// The mean entropy over the window exceeded `max_mean_entropy`.
+    Entropy,
+}
+
+impl AbandonCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PromptNll => "prompt_nll",
+            Self::TokenFloor => "token_floor",
+            Self::MeanTop1 => "mean_top1",
+            Self::Entropy => "entropy",
+        }
+    }
 }
 
 impl Verdict {
@@ -137,6 +174,25 @@ impl CommitMonitor {
         self.tokens
     }
 
+    /// Feeds the prompt's mean token NLL (nats) before the first token; `None` or a non-finite
+    /// value (the prompt had a single token) passes. No effect once the verdict is final.
+    pub fn prompt(&mut self, prompt_nll: Option<f64>) -> Verdict {
+        if self.verdict.is_final() {
+            return self.verdict;
+        }
+        if let (Some(max), Some(nll)) = (self.config.max_prompt_nll, prompt_nll)
+            && nll.is_finite()
+            && nll > f64::from(max)
+        {
+            self.verdict = Verdict::Abandon {
+                mean_top1: self.mean_top1(),
+                at_token: 0,
+                cause: AbandonCause::PromptNll,
+            };
+        }
+        self.verdict
+    }
+
     /// Feeds the next generated token: its top-1 probability and the entropy (nats) of its
     /// distribution. A NaN probability counts as 0 (no confidence). After a final verdict
     /// this only returns it again.
@@ -162,12 +218,18 @@ impl CommitMonitor {
         // One token below the floor abandons; so does a mean that can no longer reach the
         // threshold even if every remaining token of the window had probability 1.
         let best_reachable = (self.sum_top1 + (window - self.tokens) as f64) / window as f64;
-        if top1 < self.config.min_token_top1
-            || best_reachable < f64::from(self.config.min_mean_top1)
-        {
+        let cause = if top1 < self.config.min_token_top1 {
+            Some(AbandonCause::TokenFloor)
+        } else if best_reachable < f64::from(self.config.min_mean_top1) {
+            Some(AbandonCause::MeanTop1)
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
             self.verdict = Verdict::Abandon {
                 mean_top1: mean,
                 at_token,
+                cause,
             };
         } else if self.tokens == window {
             self.verdict = self.judge_window(at_token);
@@ -207,10 +269,18 @@ impl CommitMonitor {
             .config
             .max_mean_entropy
             .is_some_and(|max| mean_entropy > f64::from(max));
-        if mean_top1 < self.config.min_mean_top1 || too_uncertain {
+        let cause = if mean_top1 < self.config.min_mean_top1 {
+            Some(AbandonCause::MeanTop1)
+        } else if too_uncertain {
+            Some(AbandonCause::Entropy)
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
             Verdict::Abandon {
                 mean_top1,
                 at_token: last_token,
+                cause,
             }
         } else {
             Verdict::Commit {
@@ -251,6 +321,11 @@ impl<T> CommitGate<T> {
 
     pub fn verdict(&self) -> Verdict {
         self.monitor.verdict()
+    }
+
+    /// Feeds the prompt's NLL before the first token (see [`CommitMonitor::prompt`]).
+    pub fn prompt(&mut self, prompt_nll: Option<f64>) -> Verdict {
+        self.monitor.prompt(prompt_nll)
     }
 
     /// Feeds one generated token with its top-1 probability and entropy.
@@ -299,6 +374,7 @@ mod tests {
             min_mean_top1: 0.6,
             min_token_top1: 0.1,
             max_mean_entropy: None,
+            max_prompt_nll: None,
         }
     }
 
@@ -330,7 +406,8 @@ mod tests {
             m.push(0.5, 0.5),
             Verdict::Abandon {
                 mean_top1: 0.5,
-                at_token: 0
+                at_token: 0,
+                cause: AbandonCause::MeanTop1,
             }
         );
     }
@@ -475,11 +552,72 @@ mod tests {
         let json = serde_json::to_string(&Verdict::Abandon {
             mean_top1: 0.25,
             at_token: 3,
+            cause: AbandonCause::TokenFloor,
         })
         .unwrap();
         assert_eq!(
             json,
-            r#"{"verdict":"abandon","mean_top1":0.25,"at_token":3}"#
+            r#"{"verdict":"abandon","mean_top1":0.25,"at_token":3,"cause":"token_floor"}"#
         );
+    }
+
+    #[test]
+    fn a_surprising_prompt_is_abandoned_before_its_first_token() {
+        let bounded = ConfidenceConfig {
+            max_prompt_nll: Some(4.0),
+            ..config(4)
+        };
+        let mut m = CommitMonitor::new(&bounded);
+        assert!(matches!(
+            m.prompt(Some(4.5)),
+            Verdict::Abandon {
+                at_token: 0,
+                cause: AbandonCause::PromptNll,
+                ..
+            }
+        ));
+        // Final: a confident token afterwards does not revive it.
+        assert!(matches!(m.push(1.0, 0.0), Verdict::Abandon { .. }));
+
+        // At the bound, unknown, or not finite: the tokens decide.
+        for nll in [Some(4.0), None, Some(f64::NAN), Some(f64::INFINITY)] {
+            let mut m = CommitMonitor::new(&bounded);
+            assert_eq!(m.prompt(nll), Verdict::Pending, "{nll:?}");
+        }
+        // Without a bound the prompt never abandons.
+        let mut m = CommitMonitor::new(&config(4));
+        assert_eq!(m.prompt(Some(100.0)), Verdict::Pending);
+    }
+
+    #[test]
+    fn abandon_names_the_check_that_decided_it() {
+        let mut m = CommitMonitor::new(&config(4));
+        assert!(matches!(
+            m.push(0.05, 0.1),
+            Verdict::Abandon {
+                cause: AbandonCause::TokenFloor,
+                ..
+            }
+        ));
+        let mut m = CommitMonitor::new(&config(2));
+        m.push(0.3, 0.1);
+        assert!(matches!(
+            m.push(0.3, 0.1),
+            Verdict::Abandon {
+                cause: AbandonCause::MeanTop1,
+                ..
+            }
+        ));
+        let mut m = CommitMonitor::new(&ConfidenceConfig {
+            max_mean_entropy: Some(0.5),
+            ..config(1)
+        });
+        assert!(matches!(
+            m.push(0.9, 2.0),
+            Verdict::Abandon {
+                cause: AbandonCause::Entropy,
+                ..
+            }
+        ));
     }
 }

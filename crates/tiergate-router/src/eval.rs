@@ -216,19 +216,11 @@ pub fn rows_from_scores(prompts: &[LabelledPrompt], scores: &[f64]) -> Vec<EvalR
         .collect()
 }
 
-/// Scores labelled prompts with the complexity score: `prompt_nll` gives the local model's NLL
-/// of a prompt when one is available (`|_| None` for text signals only).
-pub fn score_labelled(
-    prompts: &[LabelledPrompt],
-    config: &ComplexityConfig,
-    prompt_nll: impl Fn(&str) -> Option<f64>,
-) -> Vec<EvalRow> {
+/// Scores labelled prompts with the complexity score.
+pub fn score_labelled(prompts: &[LabelledPrompt], config: &ComplexityConfig) -> Vec<EvalRow> {
     let scores: Vec<f64> = prompts
         .iter()
-        .map(|p| {
-            let features = PromptFeatures::extract(&p.prompt);
-            complexity::score(&features, prompt_nll(&p.prompt), config).score
-        })
+        .map(|p| complexity::score(&PromptFeatures::extract(&p.prompt), config).score)
         .collect();
     rows_from_scores(prompts, &scores)
 }
@@ -427,19 +419,18 @@ mod tests {
     }
 
     #[test]
-    fn score_labelled_uses_the_nll_it_is_given() {
+    fn score_labelled_ranks_by_the_text_score() {
         let prompts = read_labelled_csv(
-            "prompt,weak_correct,strong_correct,source\nfamiliar,True,True,x\nstrange,False,True,x\n"
+            "prompt,weak_correct,strong_correct,source\nhi,True,True,x\n\"Which of these, \
+             if any, follows? Explain step by step, comparing Smith and Jones in 1987 and 1992 \
+             under the Treaty of Paris.\",False,True,x\n"
                 .as_bytes(),
         )
         .unwrap();
-        let config = ComplexityConfig::default();
-        let rows = score_labelled(&prompts, &config, |p| {
-            Some(if p == "strange" { 8.0 } else { 1.0 })
-        });
+        let rows = score_labelled(&prompts, &ComplexityConfig::default());
         assert!(rows[1].score > rows[0].score);
         assert!(!rows[1].weak_correct && rows[1].strong_correct);
-        // Sending the top half up sends exactly the surprising prompt: all of the gap.
+        // Sending the top half up sends exactly the hard prompt: all of the gap.
         assert!((pgr_at(&rows, 0.5).unwrap() - 1.0).abs() < 1e-12);
     }
 

@@ -141,16 +141,12 @@ pub fn text_signal_row(prompt: &str) -> Vec<f64> {
         .to_vec()
 }
 
-/// A complexity config whose text part is the fitted model (the NLL part keeps `base`'s).
-pub fn config_from_model(
-    model: &LogisticModel,
-    base: &ComplexityConfig,
-) -> Option<ComplexityConfig> {
+/// The complexity config of a fitted model.
+pub fn config_from_model(model: &LogisticModel) -> Option<ComplexityConfig> {
     let weights: [f64; TEXT_SIGNAL_COUNT] = model.weights.clone().try_into().ok()?;
     Some(ComplexityConfig {
         bias: model.bias,
         weights: TextWeights::from_array(weights),
-        nll: base.nll,
     })
 }
 

@@ -20,8 +20,8 @@
 //!     local_tier: Tier::Edge,
 //!     upstreams: vec![UpstreamView { tier: Tier::Regional, available: true }],
 //! };
-//! // The engine's prefill gives the prompt NLL; the client gives constraint and forwarding.
-//! let signals = Signals::from_prompt("turn on the kitchen lights", Some(3.1));
+//! // The request's last user turn is scored; the client gives constraint and forwarding.
+//! let signals = Signals::from_prompt("turn on the kitchen lights");
 //! let decision = decide(&config, &signals, &node, TierConstraint::None, &Forwarding::default());
 //! assert_eq!(decision.plan[0], Step::Local { gated: true });
 //!
@@ -58,10 +58,13 @@ pub mod policy;
 pub mod tier;
 
 pub use complexity::{ComplexityConfig, ComplexityScore, InvalidConfig};
-pub use confidence::{CommitGate, CommitMonitor, ConfidenceConfig, GateAction, Verdict};
+pub use confidence::{
+    AbandonCause, CommitGate, CommitMonitor, ConfidenceConfig, GateAction, Verdict,
+};
 pub use features::PromptFeatures;
 pub use outcome::{Outcome, OutcomeError, StepResult};
 pub use policy::{
-    Decision, Forwarding, NodeView, Reason, RouterConfig, Signals, Step, UpstreamView, decide,
+    ConversationContext, Decision, Forwarding, NodeView, Reason, RouterConfig, Signals, Step,
+    UpstreamView, decide,
 };
 pub use tier::{Tier, TierConstraint};

@@ -40,19 +40,15 @@ pub struct RouterConfig {
 }
 
 impl Default for RouterConfig {
-    /// `local_max_complexity` from `eval::calibrate` on shared/routing-eval with the default
-    /// weights (0.567 sends about half of those prompts up first). `cloud_min_complexity` is
-    /// higher than the text-only calibration (0.633, a fifth of those prompts) because the local
-    /// model's NLL adds up to +2 logits to every prompt it finds surprising: at 0.633 nearly all
-    /// out-of-domain prompts would skip the regional tier. At 0.9 the regional tier stays in the
-    /// path (and decides about the cloud with its own, larger model) for all but the prompts that
-    /// are both complex by their text and surprising (see docs/routing.md).
+    /// Both thresholds from `eval::calibrate` on shared/routing-eval with the default weights:
+    /// 0.567 sends about half of those prompts up first, 0.633 sends a fifth straight to the
+    /// cloud. The score is text-only, so these shares hold for any local model.
     fn default() -> Self {
         RouterConfig {
             complexity: ComplexityConfig::default(),
             confidence: ConfidenceConfig::default(),
             local_max_complexity: 0.567,
-            cloud_min_complexity: 0.9,
+            cloud_min_complexity: 0.633,
             max_hops: 3,
         }
     }
@@ -81,16 +77,32 @@ impl RouterConfig {
 /// What the router knows about the prompt.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Signals {
+    /// Features of the request itself: the conversation's last user turn (or a completion's
+    /// prompt). The complexity score reads only these, so a system prompt or a long history
+    /// does not make "turn on the kitchen lights" complex.
     pub features: PromptFeatures,
-    /// Mean token negative log-likelihood of the prompt under the local model, in nats.
-    pub prompt_nll: Option<f64>,
+    /// The conversation around that turn: reported in explanations, not scored (the routing
+    /// data the weights are fitted on has single-turn prompts only; see docs/routing.md).
+    pub context: ConversationContext,
+}
+
+/// The part of a conversation before (and around) its last user turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConversationContext {
+    /// User and assistant turns before the last user turn.
+    pub earlier_turns: u32,
+    /// Words in those turns.
+    pub earlier_words: u32,
+    /// Words in system messages.
+    pub system_words: u32,
 }
 
 impl Signals {
-    pub fn from_prompt(text: &str, prompt_nll: Option<f64>) -> Signals {
+    /// A single prompt with no conversation around it.
+    pub fn from_prompt(text: &str) -> Signals {
         Signals {
             features: PromptFeatures::extract(text),
-            prompt_nll,
+            context: ConversationContext::default(),
         }
     }
 }
@@ -255,7 +267,7 @@ pub fn decide(
     constraint: TierConstraint,
     forwarding: &Forwarding,
 ) -> Decision {
-    let complexity = complexity::score(&signals.features, signals.prompt_nll, &config.complexity);
+    let complexity = complexity::score(&signals.features, &config.complexity);
     let candidates = classify_upstreams(node, constraint, forwarding);
     let inputs = PlanInputs {
         config,

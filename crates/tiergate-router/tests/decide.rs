@@ -5,8 +5,8 @@
 use tiergate_router::complexity::{ComplexityConfig, TEXT_SIGNAL_COUNT, TextWeights};
 use tiergate_router::policy::SkipCause;
 use tiergate_router::{
-    Forwarding, NodeView, Reason, RouterConfig, Signals, Step, Tier, TierConstraint, UpstreamView,
-    decide,
+    ConversationContext, Forwarding, NodeView, Reason, RouterConfig, Signals, Step, Tier,
+    TierConstraint, UpstreamView, decide,
 };
 
 use Step::{Local, Upstream};
@@ -23,7 +23,6 @@ fn config(complexity: f64) -> RouterConfig {
         complexity: ComplexityConfig {
             bias: logit,
             weights: TextWeights::from_array([0.0; TEXT_SIGNAL_COUNT]),
-            ..ComplexityConfig::default()
         },
         local_max_complexity: 0.5,
         cloud_min_complexity: 0.8,
@@ -262,7 +261,7 @@ fn each_rule_of_decide() {
     for c in cases {
         let decision = decide(
             &config(c.complexity),
-            &Signals::from_prompt("a prompt", None),
+            &Signals::from_prompt("a prompt"),
             &NodeView {
                 local_tier: c.local,
                 upstreams: c.upstreams.clone(),
@@ -293,7 +292,7 @@ fn each_rule_of_decide() {
 fn skipped_upstreams_say_why() {
     let decision = decide(
         &config(MID),
-        &Signals::from_prompt("x", None),
+        &Signals::from_prompt("x"),
         &NodeView {
             local_tier: Regional,
             upstreams: vec![up(Edge, true), up(Cloud, false)],
@@ -313,7 +312,7 @@ fn skipped_upstreams_say_why() {
 
     let decision = decide(
         &config(MID),
-        &Signals::from_prompt("x", None),
+        &Signals::from_prompt("x"),
         &NodeView {
             local_tier: Edge,
             upstreams: both(),
@@ -337,7 +336,7 @@ fn skipped_upstreams_say_why() {
 fn decision_json_carries_signals_thresholds_plan_and_reason() {
     let decision = decide(
         &RouterConfig::default(),
-        &Signals::from_prompt("Explain step by step why 17 * 23 = 391.", Some(4.5)),
+        &Signals::from_prompt("Explain step by step why 17 * 23 = 391."),
         &NodeView {
             local_tier: Edge,
             upstreams: both(),
@@ -351,12 +350,12 @@ fn decision_json_carries_signals_thresholds_plan_and_reason() {
     assert_eq!(json["reason"], decision.reason.as_str());
     assert_eq!(json["tier"], decision.tier.unwrap().as_str());
     assert_eq!(json["degraded"], false);
-    assert_eq!(json["signals"]["prompt_nll"], 4.5);
     assert_eq!(json["signals"]["features"]["numbers"], 3);
+    assert_eq!(json["signals"]["context"]["earlier_turns"], 0);
     assert!(json["complexity"]["score"].as_f64().unwrap() > 0.0);
     assert_eq!(
         json["complexity"]["components"].as_array().unwrap().len(),
-        TEXT_SIGNAL_COUNT + 1
+        TEXT_SIGNAL_COUNT
     );
     assert_eq!(json["thresholds"]["max_hops"], 3);
     assert_eq!(json["thresholds"]["confidence"]["commit_window"], 8);
@@ -400,11 +399,12 @@ fn reason_names_are_snake_case_and_stable() {
 #[test]
 fn router_config_from_toml_rejects_unknown_fields_and_validates() {
     let c: RouterConfig = toml::from_str(
-        "local_max_complexity = 0.4\n[confidence]\ncommit_window = 4\n[complexity.nll]\nweight = 1.0\n",
+        "local_max_complexity = 0.4\n[confidence]\ncommit_window = 4\nmax_prompt_nll = 3.5\n",
     )
     .unwrap();
     assert_eq!(c.local_max_complexity, 0.4);
     assert_eq!(c.confidence.commit_window, 4);
+    assert_eq!(c.confidence.max_prompt_nll, Some(3.5));
     assert_eq!(
         c.cloud_min_complexity,
         RouterConfig::default().cloud_min_complexity
@@ -423,18 +423,18 @@ fn router_config_from_toml_rejects_unknown_fields_and_validates() {
 }
 
 /// The shipped defaults on the kind of prompts the demo sends: a short familiar command stays
-/// local (gated); a long, multi-part prompt goes up first, to the cloud when the local model
-/// also finds it surprising; surprise alone goes to the regional tier.
+/// local (gated); a long, multi-part prompt goes up first; the conversation around the last
+/// user turn (a system prompt, earlier turns) does not change its score.
 #[test]
 fn default_config_routes_demo_like_prompts() {
     let node = NodeView {
         local_tier: Edge,
         upstreams: both(),
     };
-    let route = |prompt: &str, nll: Option<f64>| {
+    let route = |signals: &Signals| {
         decide(
             &RouterConfig::default(),
-            &Signals::from_prompt(prompt, nll),
+            signals,
             &node,
             TierConstraint::None,
             &Forwarding::default(),
@@ -443,21 +443,24 @@ fn default_config_routes_demo_like_prompts() {
     let essay = "Compare the economic policies of the Roosevelt and Reagan administrations and \
                  explain why their approaches to taxation differed. Discuss at least three \
                  consequences of each.";
-    for nll in [None, Some(2.5)] {
-        let d = route("turn on the kitchen lights", nll);
-        assert_eq!(d.plan[0], GATED, "nll {nll:?}: {}", d.complexity.score);
-        assert_eq!(d.reason, Reason::EarlyExit);
-    }
-    // Text alone sends the essay up first; the local model's surprise makes it the cloud.
-    let d = route(essay, None);
+    let lights = Signals::from_prompt("turn on the kitchen lights");
+    let d = route(&lights);
+    assert_eq!(d.plan[0], GATED, "{}", d.complexity.score);
+    assert_eq!(d.reason, Reason::EarlyExit);
+
+    let with_context = Signals {
+        context: ConversationContext {
+            earlier_turns: 4,
+            earlier_words: 300,
+            system_words: 5,
+        },
+        ..lights.clone()
+    };
+    let d2 = route(&with_context);
+    assert_eq!(d2.complexity, d.complexity);
+    assert_eq!(d2.plan, d.plan);
+
+    let d = route(&Signals::from_prompt(essay));
     assert!(matches!(d.plan[0], Upstream(_)), "{}", d.complexity.score);
     assert_eq!(d.reason, Reason::Complexity);
-    let d = route(essay, Some(11.0));
-    assert_eq!(d.plan[0], Upstream(Cloud), "{}", d.complexity.score);
-    assert_eq!(d.reason, Reason::Complexity);
-    // The local model's surprise alone sends a short prompt up, to the regional tier first.
-    assert_eq!(
-        route("turn on the kitchen lights", Some(11.0)).plan[0],
-        Upstream(Regional)
-    );
 }

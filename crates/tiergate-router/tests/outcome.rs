@@ -17,7 +17,7 @@ fn decision(low_complexity: bool, regional_up: bool) -> Decision {
     config.cloud_min_complexity = 0.9;
     decide(
         &config,
-        &Signals::from_prompt("p", None),
+        &Signals::from_prompt("p"),
         &NodeView {
             local_tier: Tier::Edge,
             upstreams: vec![

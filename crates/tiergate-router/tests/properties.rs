@@ -2,9 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use tiergate_router::complexity::{
-    self, ComplexityConfig, NllNormalization, TEXT_SIGNAL_COUNT, TextWeights,
-};
+use tiergate_router::complexity::{self, ComplexityConfig, TEXT_SIGNAL_COUNT, TextWeights};
 use tiergate_router::{
     CommitMonitor, ConfidenceConfig, Forwarding, NodeView, PromptFeatures, RouterConfig, Signals,
     Step, Tier, TierConstraint, UpstreamView, Verdict, decide,
@@ -52,21 +50,13 @@ fn router_config() -> impl Strategy<Value = RouterConfig> {
     })
 }
 
-fn nll() -> impl Strategy<Value = Option<f64>> {
-    prop::option::of(prop_oneof![
-        -10.0f64..20.0,
-        Just(f64::NAN),
-        Just(f64::INFINITY)
-    ])
-}
-
 proptest! {
     #[test]
     fn plans_only_go_up_to_untried_allowed_tiers(
-        config in router_config(), prompt in ".{0,200}", nll in nll(),
+        config in router_config(), prompt in ".{0,200}",
         node in node(), constraint in constraint(), fwd in forwarding(),
     ) {
-        let d = decide(&config, &Signals::from_prompt(&prompt, nll), &node, constraint, &fwd);
+        let d = decide(&config, &Signals::from_prompt(&prompt), &node, constraint, &fwd);
         prop_assert!((0.0..=1.0).contains(&d.complexity.score));
         let mut seen = Vec::new();
         for step in &d.plan {
@@ -96,21 +86,13 @@ proptest! {
 
     #[test]
     fn score_is_in_range_for_any_weights(
-        prompt in ".{0,300}", nll in nll(),
+        prompt in ".{0,300}",
         weights in prop::array::uniform16(-50.0f64..50.0), bias in -50.0f64..50.0,
     ) {
-        let config = ComplexityConfig { bias, weights: TextWeights::from_array(weights), nll: NllNormalization::default() };
-        let s = complexity::score(&PromptFeatures::extract(&prompt), nll, &config);
+        let config = ComplexityConfig { bias, weights: TextWeights::from_array(weights) };
+        let s = complexity::score(&PromptFeatures::extract(&prompt), &config);
         prop_assert!((0.0..=1.0).contains(&s.score));
-        prop_assert_eq!(s.components.len(), TEXT_SIGNAL_COUNT + 1);
-    }
-
-    #[test]
-    fn score_rises_with_nll_when_its_weight_is_positive(prompt in ".{0,100}", a in 0.0f64..10.0, b in 0.0f64..10.0) {
-        let config = ComplexityConfig::default();
-        let f = PromptFeatures::extract(&prompt);
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        prop_assert!(complexity::score(&f, Some(lo), &config).score <= complexity::score(&f, Some(hi), &config).score);
+        prop_assert_eq!(s.components.len(), TEXT_SIGNAL_COUNT);
     }
 
     #[test]
@@ -118,10 +100,10 @@ proptest! {
         // Only the length weight is set: appending words cannot lower the score.
         let mut w = [0.0; TEXT_SIGNAL_COUNT];
         w[0] = 2.0;
-        let config = ComplexityConfig { bias: 0.0, weights: TextWeights::from_array(w), nll: NllNormalization::default() };
+        let config = ComplexityConfig { bias: 0.0, weights: TextWeights::from_array(w) };
         let longer = format!("{prompt}{}", " word".repeat(extra));
-        let s0 = complexity::score(&PromptFeatures::extract(&prompt), None, &config).score;
-        let s1 = complexity::score(&PromptFeatures::extract(&longer), None, &config).score;
+        let s0 = complexity::score(&PromptFeatures::extract(&prompt), &config).score;
+        let s1 = complexity::score(&PromptFeatures::extract(&longer), &config).score;
         prop_assert!(s1 >= s0);
     }
 
@@ -133,7 +115,7 @@ proptest! {
         let at = |bias: f64| {
             let mut c = RouterConfig::default();
             c.complexity.bias = bias;
-            decide(&c, &Signals::from_prompt("", None), &node, TierConstraint::None, &fwd)
+            decide(&c, &Signals::from_prompt(""), &node, TierConstraint::None, &fwd)
         };
         let (a, b) = (at(low), at(low + delta));
         let local_first = |d: &tiergate_router::Decision| d.plan.first() == Some(&Step::Local { gated: true });
@@ -145,7 +127,7 @@ proptest! {
         window in 0usize..12, mean in 0.0f32..=1.0, floor in 0.0f32..=1.0,
         tokens in prop::collection::vec((0.0f32..=1.0, 0.0f32..5.0), 0..20),
     ) {
-        let config = ConfidenceConfig { commit_window: window, min_mean_top1: mean, min_token_top1: floor, max_mean_entropy: None };
+        let config = ConfidenceConfig { commit_window: window, min_mean_top1: mean, min_token_top1: floor, max_mean_entropy: None, max_prompt_nll: None };
         let mut m = CommitMonitor::new(&config);
         let mut final_verdict: Option<Verdict> = None;
         for (i, (p, e)) in tokens.iter().enumerate() {

@@ -27,6 +27,8 @@ pub struct NodeMetrics {
     pub time_to_first_token: HistogramVec,
     /// Local attempts abandoned for low confidence (escalations) and commits.
     pub local_attempts: IntCounterVec,
+    /// Abandoned local attempts, by the check that abandoned them.
+    pub local_abandons: IntCounterVec,
     /// Mean top-1 probability over the commit window of local attempts.
     pub local_confidence: Histogram,
     /// Complexity score of every routed request.
@@ -86,6 +88,13 @@ impl NodeMetrics {
             )),
             &["verdict"],
         )?;
+        let local_abandons = IntCounterVec::new(
+            with_node(Opts::new(
+                "local_abandons_total",
+                "Abandoned local attempts, by cause (prompt_nll, token_floor, mean_top1, entropy).",
+            )),
+            &["cause"],
+        )?;
         let local_confidence = Histogram::with_opts(hist(
             "local_confidence",
             "Mean top-1 probability over the commit window of local attempts.",
@@ -138,6 +147,7 @@ impl NodeMetrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(local_attempts.clone()))?;
+        registry.register(Box::new(local_abandons.clone()))?;
         registry.register(Box::new(local_confidence.clone()))?;
         registry.register(Box::new(complexity.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
@@ -156,6 +166,7 @@ impl NodeMetrics {
             request_duration,
             time_to_first_token,
             local_attempts,
+            local_abandons,
             local_confidence,
             complexity,
             upstream_requests,

@@ -30,7 +30,6 @@ pub fn routing(args: &EvalRoutingArgs) -> anyhow::Result<()> {
             .map(|p| EvalRow {
                 score: complexity::score(
                     &PromptFeatures::extract(&p.prompt),
-                    None,
                     &config.router.complexity,
                 )
                 .score,

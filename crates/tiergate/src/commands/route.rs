@@ -64,7 +64,6 @@ pub fn calibrate(args: &RouteCalibrateArgs) -> anyhow::Result<()> {
         .map(|p| {
             complexity::score(
                 &PromptFeatures::extract(&p.prompt),
-                None,
                 &config.router.complexity,
             )
             .score

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use serde::Serialize;
+use tiergate_router::ConversationContext;
 use tiergate_router::tier::{Tier, TierConstraint};
 
 use super::error::NodeError;
@@ -45,6 +46,30 @@ impl Input {
                 .map_or("", |m| m.content.as_str()),
         }
     }
+
+    /// The conversation around the routing text: turns before the last user turn and the
+    /// system prompt, counted in words (reported in explanations, not scored).
+    pub fn context(&self) -> ConversationContext {
+        let Input::Chat(messages) = self else {
+            return ConversationContext::default();
+        };
+        let words = |m: &Message| saturate(m.content.split_whitespace().count());
+        let last_user = messages.iter().rposition(|m| m.role == Role::User);
+        let mut context = ConversationContext::default();
+        for (i, message) in messages.iter().enumerate() {
+            if message.role == Role::System {
+                context.system_words = context.system_words.saturating_add(words(message));
+            } else if last_user.is_some_and(|last| i < last) {
+                context.earlier_turns = context.earlier_turns.saturating_add(1);
+                context.earlier_words = context.earlier_words.saturating_add(words(message));
+            }
+        }
+        context
+    }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Generation parameters, already validated against the node's limits.

@@ -8,6 +8,9 @@ use super::{FinishReason, NodeError, RoutingInfo, Usage};
 /// What an attempt yields.
 #[derive(Debug, Clone)]
 pub enum AttemptEvent {
+    /// The local model read the prompt: its mean token NLL (nats) from the prefill, when the
+    /// prompt had more than one token. Sent before the first delta.
+    LocalPrefilled { prompt_nll: Option<f64> },
     /// New text, with the token's confidence when the local engine made it.
     Delta {
         text: String,

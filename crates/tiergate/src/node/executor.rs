@@ -119,6 +119,9 @@ impl Walk<'_> {
                 let verdict = match attempt.next().await {
                     Some(Ok(event)) => {
                         let verdict = match &event {
+                            AttemptEvent::LocalPrefilled { prompt_nll } => {
+                                monitor.prompt(*prompt_nll)
+                            }
                             AttemptEvent::Delta {
                                 confidence: Some(c),
                                 ..
@@ -145,10 +148,16 @@ impl Walk<'_> {
                     self.metrics.local_confidence.observe(f64::from(mean_top1));
                     StepResult::LocalCommitted { mean_top1 }
                 }
-                Verdict::Abandon { mean_top1, .. } => {
+                Verdict::Abandon {
+                    mean_top1, cause, ..
+                } => {
                     self.metrics
                         .local_attempts
                         .with_label_values(&["abandon"])
+                        .inc();
+                    self.metrics
+                        .local_abandons
+                        .with_label_values(&[cause.as_str()])
                         .inc();
                     self.metrics.local_confidence.observe(f64::from(mean_top1));
                     let wasted = held
@@ -332,7 +341,7 @@ impl Walk<'_> {
                         return deltas;
                     }
                 }
-                Ok(AttemptEvent::UpstreamRouted(_)) => {}
+                Ok(AttemptEvent::UpstreamRouted(_) | AttemptEvent::LocalPrefilled { .. }) => {}
                 Ok(AttemptEvent::Done(summary)) => {
                     let answer = self.answer(routing, text, summary, first_token);
                     self.record_answer(&answer);

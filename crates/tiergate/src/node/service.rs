@@ -6,7 +6,6 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
-use tiergate_router::complexity;
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::Tier;
 use tiergate_router::{Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide};
@@ -59,25 +58,10 @@ impl Node {
         &self.parts.metrics
     }
 
-    /// The routing decision for a request: features, the local model's surprise, link health.
-    async fn decision(&self, request: &NodeRequest) -> Decision {
-        let text = request.input.routing_text();
-        let features = PromptFeatures::extract(text);
-        // The prompt's NLL costs a prefill of the local model: pay it only when it can change
-        // the plan. A prompt the local model cannot even read (too long) has no NLL signal;
-        // the text features still route it.
-        let prompt_nll = if prompt_nll_can_change_plan(&self.parts.router, &features) {
-            let prompt = engine_prompt(&request.input);
-            match self.parts.engine.score_prompt(&prompt).await {
-                Ok(score) => score.mean_nll,
-                Err(err) => {
-                    tracing::debug!(error = %err, "prompt scoring failed; routing on text features");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+    /// The routing decision for a request: the text of its last user turn, link health. No
+    /// inference: the local model's surprise at the prompt is checked by the gated local step
+    /// from its own prefill.
+    fn decision(&self, request: &NodeRequest) -> Decision {
         let now = Instant::now();
         let mut upstreams = Vec::new();
         if let Some(regional) = &self.parts.regional {
@@ -108,8 +92,8 @@ impl Node {
             tiers_tried: request.forwarding.tiers_tried.clone(),
         };
         let signals = Signals {
-            features,
-            prompt_nll,
+            features: PromptFeatures::extract(request.input.routing_text()),
+            context: request.input.context(),
         };
         let decision = decide(
             &self.parts.router,
@@ -127,7 +111,7 @@ impl Node {
 
     async fn start(self: Arc<Self>, request: NodeRequest, whole_answer: bool) -> AnswerStream {
         let started = Instant::now();
-        let decision = self.decision(&request).await;
+        let decision = self.decision(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = Arc::clone(&self);
         tokio::spawn(async move {
@@ -182,7 +166,7 @@ impl NodeApi for Arc<Node> {
 
     fn explain(&self, request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
         async move {
-            let decision = self.decision(&request).await;
+            let decision = self.decision(&request);
             let tier = match decision.plan.first() {
                 Some(Step::Local { .. }) => self.parts.tier,
                 Some(Step::Upstream(tier)) => *tier,
@@ -310,18 +294,6 @@ impl TierStarter for Node {
     }
 }
 
-/// Whether the prompt NLL, which moves the complexity logit by at most half its weight either
-/// way, can move the score across a threshold the plan depends on.
-fn prompt_nll_can_change_plan(router: &RouterConfig, features: &PromptFeatures) -> bool {
-    let text_only = complexity::score(features, None, &router.complexity);
-    let reach = router.complexity.nll.weight.abs() / 2.0;
-    let lowest = complexity::sigmoid(text_only.logit - reach);
-    let highest = complexity::sigmoid(text_only.logit + reach);
-    [router.local_max_complexity, router.cloud_min_complexity]
-        .iter()
-        .any(|&threshold| lowest < threshold && threshold <= highest)
-}
-
 fn engine_prompt(input: &Input) -> tiergate_engine::Prompt {
     match input {
         Input::Text(text) => tiergate_engine::Prompt::Text(text.clone()),
@@ -387,10 +359,13 @@ fn local_attempt(events: tiergate_engine::GenerationStream, model: String) -> At
         .scan(0_u32, move |prompt_tokens, event| {
             let mapped = match event {
                 Ok(GenerationEvent::Started {
-                    prompt_tokens: n, ..
+                    prompt_tokens: n,
+                    prompt_score,
                 }) => {
                     *prompt_tokens = u32::try_from(n).unwrap_or(u32::MAX);
-                    None
+                    Some(Ok(AttemptEvent::LocalPrefilled {
+                        prompt_nll: prompt_score,
+                    }))
                 }
                 Ok(GenerationEvent::Token(token)) => Some(Ok(AttemptEvent::Delta {
                     text: token.text,
@@ -516,37 +491,4 @@ fn whole_attempt(routing: Option<RoutingInfo>, answer: impl Into<WholeAnswer>) -
         ])
         .map(Ok);
     futures::stream::iter(events).boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-
-    #[test]
-    fn prompt_nll_is_computed_only_where_it_can_change_the_plan() {
-        let features = PromptFeatures::extract("turn on the kitchen lights");
-        let text_only = complexity::score(&features, None, &RouterConfig::default().complexity);
-        // A threshold right at the text-only score: the NLL decides which side it falls on.
-        let mut router = RouterConfig {
-            local_max_complexity: text_only.score,
-            cloud_min_complexity: 1.0,
-            ..RouterConfig::default()
-        };
-        assert!(prompt_nll_can_change_plan(&router, &features));
-
-        // Thresholds out of the NLL's reach: the plan is the same whatever the NLL.
-        router.local_max_complexity = 0.0;
-        router.cloud_min_complexity = 0.0;
-        assert!(!prompt_nll_can_change_plan(&router, &features));
-        router.local_max_complexity = 1.0;
-        router.cloud_min_complexity = 1.0;
-        assert!(!prompt_nll_can_change_plan(&router, &features));
-
-        // Without an NLL weight it never matters.
-        router.local_max_complexity = text_only.score;
-        router.complexity.nll.weight = 0.0;
-        assert!(!prompt_nll_can_change_plan(&router, &features));
-    }
 }
