@@ -199,6 +199,46 @@ def check_cache_and_batch(r: Runner, prompts: list[list[int]], generated: list[i
     return {"kv_cache_vs_full": kv, "left_padded_batch_vs_single_max_abs_diff": max(diffs)}
 
 
+def check_reference(ref: dict, template: str, tok: Tokenizer, runners: dict, eos: int) -> tuple[dict, list[str]]:
+    """Against transformers' float32 run of the same GGUF (models/smollm2/reference.json): chat renders and
+    their ids, greedy generations with the KV cache (tokens; first-step top-20 logits), prompt NLLs."""
+    out, failures = {}, []
+    renders = ref.get("chat_renders", [])
+    bad = []
+    for c in renders:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        text = env.from_string(template).render(messages=c["messages"],
+                                                add_generation_prompt=c["add_generation_prompt"])
+        if text != c["text"] or tok.encode(text, add_special_tokens=False).ids != c["ids"]:
+            bad.append(c["text"])
+    out["chat_renders"] = {"compared": len(renders), "mismatches": bad}
+    if bad:
+        failures.append(f"chat template render / ids differ from transformers on {len(bad)} cases")
+    for v, r in runners.items():
+        cases = []
+        for case in ref.get("greedy", []):
+            ids = case["prompt_ids"]
+            tokens, prefill, _, _ = r.greedy(ids, case["n_tokens"], eos)
+            want = case["tokens"]
+            same = next((i for i, (a, b) in enumerate(zip(tokens, want)) if a != b), min(len(tokens), len(want)))
+            top = np.array([t[1] for t in case["first_step_top"]], np.float32)
+            mine = prefill[-1][[t[0] for t in case["first_step_top"]]]
+            gap = case["step_top2_gap"][same] if same < len(case["step_top2_gap"]) else None
+            cases.append({"prompt": case["messages"][-1]["content"], "tokens": len(want), "identical": tokens == want,
+                          "matching_prefix": same, "reference_top2_gap_at_divergence": gap,
+                          "first_step_top20_max_abs_diff": float(np.abs(mine - top).max())})
+        nll = []
+        for case in ref.get("prompt_nll", {}).get("cases", []):
+            ids = case["prompt_ids"]
+            logits = r.full(ids).astype(np.float64)
+            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+                - logits.max(-1, keepdims=True)
+            mean = float(-np.mean([logp[i - 1, ids[i]] for i in range(1, len(ids))]))
+            nll.append(abs(mean - case["mean_nll"]))
+        out[v] = {"greedy": cases, "prompt_nll_max_abs_diff": max(nll) if nll else None}
+    return out, failures
+
+
 def speed(r: Runner, ids: list[int], n: int) -> float:
     """Decode tokens/s: n greedy steps with the KV cache after the prompt (EOS ignored)."""
     a = np.array([ids])
@@ -279,6 +319,21 @@ def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | N
         log(f"(d) {v}: KV cache vs full recompute over {d['kv_cache_vs_full']['steps']} steps: max abs diff "
             f"{d['kv_cache_vs_full']['max_abs_diff']:.3g}, top-1 agreement {d['kv_cache_vs_full']['top1_agreement']}; "
             f"left-padded batch vs single: max abs diff {d['left_padded_batch_vs_single_max_abs_diff']:.3g}")
+
+    if reference and reference.exists():
+        ref = json.loads(reference.read_text(encoding="utf-8"))
+        report["vs_transformers"], fails = check_reference(ref, model.chat_template, tok, runners, eos)
+        failures += fails
+        vt = report["vs_transformers"]
+        log(f"(e) vs transformers ({reference.name}): chat renders {vt['chat_renders']['compared']} compared, "
+            f"{len(vt['chat_renders']['mismatches'])} differ")
+        for v in runners:
+            for c in vt[v]["greedy"]:
+                log(f"(e) {v} greedy {c['prompt'][:40]!r}: {'identical' if c['identical'] else 'differs'} "
+                    f"({c['matching_prefix']}/{c['tokens']} tokens match; reference top-2 gap there "
+                    f"{c['reference_top2_gap_at_divergence']}), first-step top-20 logits max abs diff "
+                    f"{c['first_step_top20_max_abs_diff']:.3g}")
+            log(f"(e) {v} prompt NLL max abs diff {vt[v]['prompt_nll_max_abs_diff']:.3g}")
 
     report["speed_tokens_per_s"] = {}
     for v, r in runners.items():
