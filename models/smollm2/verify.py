@@ -8,7 +8,9 @@
     variants;
 (c) int4 vs fp32 logits over the prompt positions (max abs diff, top-1 agreement);
 (d) KV-cache decoding vs full recomputation, and a left-padded batch vs single sequences;
-plus the tokenizer (round trips; models/smollm2/reference.json ids when given) and decode speed.
+(e) with models/smollm2/reference.json (transformers, float32, same GGUF): chat renders and ids, greedy
+    generations, first-step top-20 logits, prompt NLLs;
+plus the tokenizer (round trips; the reference's tokenizations) and decode speed.
 Exits non-zero when (a) or the coherence check (the France answer names Paris) fails.
 """
 from __future__ import annotations
