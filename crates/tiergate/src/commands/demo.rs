@@ -10,11 +10,13 @@ use crate::cli::DemoArgs;
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let options = DemoOptions {
         models_dir: args.models.clone(),
+        real_model: args.edge_model.clone(),
+        edge_config: Some(args.edge_config.clone()),
         ort_library: args.ort_library.clone(),
         base_port: if args.exit { 0 } else { args.base_port },
     };
     let nodes = start_demo_nodes(&options).await?;
-    let rows = run_workload(nodes.edge.grpc_addr).await;
+    let rows = run_workload(nodes.edge.grpc_addr, options.workload()).await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(err) => {

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod eval_confidence;
 pub mod generate;
 pub mod route;
 pub mod serve;
@@ -17,6 +18,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Route(RouteCommand::Explain(args)) => route::explain(args).await,
         Command::Route(RouteCommand::Calibrate(args)) => route::calibrate(&args),
         Command::Eval(EvalCommand::Routing(args)) => eval::routing(&args),
+        Command::Eval(EvalCommand::Confidence(args)) => eval_confidence::run(args).await,
         Command::Config(ConfigCommand::Validate(args)) => config::validate(&args),
     }
 }
