@@ -228,9 +228,9 @@ pub fn candidate_gates(window: usize) -> Vec<ConfidenceConfig> {
     let nll_bounds: Vec<Option<f32>> = std::iter::once(None)
         .chain((0..=12).map(|i| Some(2.0 + 0.5 * i as f32)))
         .collect();
-    for mean in (0..=19).map(|i| 0.5 + 0.025 * i as f32) {
+    for &max_prompt_nll in &nll_bounds {
         for floor in (0..=10).map(|i| 0.05 * i as f32) {
-            for &max_prompt_nll in &nll_bounds {
+            for mean in (0..=19).map(|i| 0.5 + 0.025 * i as f32) {
                 gates.push(ConfidenceConfig {
                     commit_window: window,
                     min_mean_top1: mean,
@@ -246,23 +246,33 @@ pub fn candidate_gates(window: usize) -> Vec<ConfidenceConfig> {
 
 /// The gate that keeps the most `attempt` prompts at the edge while its error rate among kept
 /// answers stays at or below `max_error` and it keeps at most `max_must_not` of the
-/// `must_not_attempt` prompts; ties go to the stricter gate (fewer wrong answers).
+/// `must_not_attempt` prompts. Ties go to the gate with fewer wrong answers, then to the
+/// simplest one (the grid lists no NLL bound first and lower floors first), so a check that
+/// changes nothing on the data is not switched on.
 pub fn choose_gate(
     results: &[CalibrationResult],
     window: usize,
     max_error: f64,
     max_must_not: f64,
 ) -> Option<GateOutcome> {
-    candidate_gates(window)
-        .iter()
-        .map(|gate| evaluate_gate(gate, results))
-        .filter(|o| o.error_rate_kept <= max_error && o.must_not_kept_share <= max_must_not)
-        .filter(|o| o.kept_share > 0.0)
-        .max_by(|a, b| {
-            a.kept_share
-                .total_cmp(&b.kept_share)
-                .then(b.wrong_share.total_cmp(&a.wrong_share))
-        })
+    let mut best: Option<GateOutcome> = None;
+    for gate in candidate_gates(window) {
+        let o = evaluate_gate(&gate, results);
+        if o.error_rate_kept > max_error || o.must_not_kept_share > max_must_not {
+            continue;
+        }
+        if o.kept_share <= 0.0 {
+            continue;
+        }
+        let better = best.as_ref().is_none_or(|b| {
+            o.kept_share > b.kept_share
+                || (o.kept_share == b.kept_share && o.wrong_share < b.wrong_share)
+        });
+        if better {
+            best = Some(o);
+        }
+    }
+    best
 }
 
 #[cfg(test)]

@@ -113,6 +113,11 @@ fn node_config(
     config.server.grpc_listen = ([127, 0, 0, 1], port(options.base_port, offset)).into();
     config.server.http_listen = ([127, 0, 0, 1], port(options.base_port, offset + 1)).into();
     config.upstreams = crate::config::UpstreamsSection::default();
+    if options.real_model.is_some() && tier == Tier::Regional {
+        // The demo has one real model: the regional tier runs its fp32 graph and answers what
+        // reaches it (no gate of its own), where a real deployment would run a larger model.
+        config.router.confidence.commit_window = 0;
+    }
     Ok(config)
 }
 

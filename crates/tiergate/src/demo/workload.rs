@@ -74,27 +74,28 @@ pub const TOY_WORKLOAD: &[DemoPrompt] = &[
     },
 ];
 
-/// The real edge model's workload (SmolLM2-135M-Instruct): questions it answers confidently,
-/// ones it is unsure of, ones that go up on their text alone, and privacy-pinned ones.
+/// The real edge model's workload (SmolLM2-135M-Instruct): questions its calibrated gate keeps
+/// (models/smollm2/calibration.jsonl), ones it escalates, ones that go up on their text alone,
+/// and privacy-pinned ones.
 pub const REAL_WORKLOAD: &[DemoPrompt] = &[
     DemoPrompt {
         kind: "easy",
-        prompt: "What is the capital of France?",
+        prompt: "What is the capital of Japan?",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
         kind: "easy",
-        prompt: "Who wrote Romeo and Juliet?",
+        prompt: "What is the chemical symbol for gold?",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
         kind: "easy",
-        prompt: "How many legs does a spider have?",
+        prompt: "What is the opposite of \"big\"?",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
         kind: "easy",
-        prompt: "Which planet is known as the Red Planet?",
+        prompt: "Who was the first person to walk on the Moon?",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
@@ -104,7 +105,7 @@ pub const REAL_WORKLOAD: &[DemoPrompt] = &[
     },
     DemoPrompt {
         kind: "harder",
-        prompt: "What is the capital of Burkina Faso?",
+        prompt: "What is the square root of 169?",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
@@ -119,7 +120,7 @@ pub const REAL_WORKLOAD: &[DemoPrompt] = &[
     },
     DemoPrompt {
         kind: "open-ended",
-        prompt: "Prove that there are infinitely many prime numbers, then explain how the proof generalises.",
+        prompt: "Compare the CAP theorem trade-offs of Cassandra and PostgreSQL, then explain which suits a bank's ledger and why.",
         constraint: pb::TierConstraint::Unspecified,
     },
     DemoPrompt {
