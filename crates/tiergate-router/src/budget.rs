@@ -112,10 +112,7 @@ mod tests {
     fn the_last_step_gets_everything_left() {
         let config = BudgetConfig::default();
         assert_eq!(config.step_budget(&[LOCAL], 0, secs(30.0)), secs(30.0));
-        assert_eq!(
-            config.step_budget(&[CLOUD, LOCAL], 1, secs(3.0)),
-            secs(3.0)
-        );
+        assert_eq!(config.step_budget(&[CLOUD, LOCAL], 1, secs(3.0)), secs(3.0));
     }
 
     #[test]
@@ -141,7 +138,10 @@ mod tests {
         assert_eq!(gated, secs(0.5));
         // A 15 ms client deadline still lets the first step try, briefly.
         let tiny = config.step_budget(&[REGIONAL, CLOUD, LOCAL], 0, Duration::from_millis(15));
-        assert!(tiny > Duration::ZERO && tiny < Duration::from_millis(15), "{tiny:?}");
+        assert!(
+            tiny > Duration::ZERO && tiny < Duration::from_millis(15),
+            "{tiny:?}"
+        );
     }
 
     #[test]

@@ -425,7 +425,11 @@ fn rate_limiting_holds_the_link_off_without_counting_as_a_failure() {
     for _ in 0..5 {
         link.record_rate_limited(None, t0);
     }
-    assert_eq!(link.state(t0), LinkState::Closed, "back-pressure is not failure");
+    assert_eq!(
+        link.state(t0),
+        LinkState::Closed,
+        "back-pressure is not failure"
+    );
     assert_eq!(link.consecutive_failures(), 0);
     assert_eq!(link.snapshot(t0).window_calls, 0);
     // Held off for the default pause, then admitted again.
@@ -485,5 +489,10 @@ fn hold_off_longer_than_its_cap_is_refused_by_validate() {
         max_hold_off: Duration::from_secs(1),
         ..LinkHealthConfig::default()
     };
-    assert!(config.validate().unwrap_err().contains("rate_limit_hold_off"));
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("rate_limit_hold_off")
+    );
 }
