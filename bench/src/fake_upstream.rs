@@ -3,15 +3,24 @@
 //! keep-alive, `POST /v1/chat/completions`, a `chat.completion` JSON with usage, or an SSE
 //! stream of `chat.completion.chunk`s ending in `data: [DONE]`) and spends as little as it can,
 //! so that what the benchmark measures is the gateway, not the upstream.
+//!
+//! Resilience tests drive the same fake into the ways a real provider fails ([`Fault`]): it
+//! stalls before answering, stalls mid-stream, answers an error status at once, answers nothing
+//! with `finish_reason: "length"`, or flaps between failing and answering. [`Faults`] is the
+//! switch, shared with the test; [`serve`] (the benchmark's) never fails.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -48,6 +57,22 @@ const COMPLETION_SSE: &str = concat!(
     "data: [DONE]\n\n",
 );
 
+/// A provider cut short before its first token: 200, no text, `finish_reason: "length"`.
+const EMPTY_LENGTH_JSON: &str = concat!(
+    r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"#,
+    r#""model":"bench-upstream","choices":[{"index":0,"message":{"role":"assistant","#,
+    r#""content":""},"finish_reason":"length"}]}"#
+);
+
+/// The same, streamed: an empty role chunk, the finish reason, `[DONE]`.
+const EMPTY_LENGTH_SSE: &str = concat!(
+    r#"data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+    "\n\n",
+    r#"data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+    "\n\n",
+    "data: [DONE]\n\n",
+);
+
 /// The fields of a chat request the fake looks at; the rest is accepted and ignored.
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
@@ -64,21 +89,142 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
+/// How the fake fails, for resilience tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers at once (the benchmark's behaviour).
+    None,
+    /// Reads the request and never answers (no status line).
+    StallBeforeHeaders,
+    /// Streams the role chunk and one delta, then never sends more. A whole answer stalls
+    /// before its headers.
+    StallMidStream,
+    /// Answers this status at once, in OpenAI's error shape.
+    Status(u16),
+    /// Answers 200 with no text and `finish_reason: "length"` (a provider cut short).
+    EmptyLength,
+    /// Alternates, every `period`, between 503 at once and answering.
+    Flap { period: Duration },
+}
+
+/// The fault switch and the request counter, shared between a test and the fake it serves.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    fault: Arc<Mutex<Fault>>,
+    since: Instant,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fault: Arc::new(Mutex::new(Fault::None)),
+            since: Instant::now(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Faults {
+    /// From now on, requests meet `fault`.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
+    }
+
+    /// Chat requests received so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The fault a request meets now (a flap resolved to its current half).
+    fn current(&self) -> Fault {
+        let fault = *self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        match fault {
+            Fault::Flap { period } => {
+                let half = self.since.elapsed().as_nanos() / period.as_nanos().max(1);
+                if half.is_multiple_of(2) {
+                    Fault::Status(503)
+                } else {
+                    Fault::None
+                }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Serves connections until the task is dropped. Errors of one connection end only it.
 pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    serve_with_faults(listener, Faults::default()).await
+}
+
+/// [`serve`], failing as `faults` says.
+pub async fn serve_with_faults(listener: TcpListener, faults: Faults) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         // Answers are one small write each: do not let Nagle hold them back.
         stream.set_nodelay(true)?;
+        let faults = faults.clone();
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
             // Keep-alive is hyper's default for HTTP/1.1; a closed or broken connection
             // is the client's business, not an error of the fake.
             let _closed = http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(io, service_fn(answer))
+                .serve_connection(
+                    io,
+                    service_fn(move |request| answer_with(request, faults.clone())),
+                )
                 .await;
         });
+    }
+}
+
+type Chunks = futures::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>;
+/// A whole body, or a stream that stalls.
+type Body = Either<Full<Bytes>, StreamBody<Chunks>>;
+
+async fn answer_with(
+    request: Request<Incoming>,
+    faults: Faults,
+) -> Result<Response<Body>, Infallible> {
+    let whole = |response: Response<Full<Bytes>>| Ok(response.map(Either::Left));
+    if request.uri().path() == CHAT_PATH {
+        faults.calls.fetch_add(1, Ordering::Relaxed);
+    }
+    let fault = faults.current();
+    match fault {
+        Fault::None | Fault::Flap { .. } => {}
+        Fault::StallBeforeHeaders => return futures::future::pending().await,
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return whole(error(status, "injected failure"));
+        }
+        Fault::StallMidStream | Fault::EmptyLength => {}
+    }
+    let response = answer(request).await?;
+    let is_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    match (fault, is_stream) {
+        (Fault::StallMidStream, true) => {
+            let start: Vec<Result<Frame<Bytes>, Infallible>> = COMPLETION_SSE
+                .split_inclusive("\n\n")
+                .take(2)
+                .map(|event| Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
+                .collect();
+            let stalled = futures::stream::iter(start).chain(futures::stream::pending());
+            let (parts, _) = response.into_parts();
+            Ok(Response::from_parts(
+                parts,
+                Either::Right(StreamBody::new(stalled.boxed())),
+            ))
+        }
+        (Fault::StallMidStream, false) => futures::future::pending().await,
+        (Fault::EmptyLength, true) => whole(with_type(EMPTY_LENGTH_SSE, "text/event-stream")),
+        (Fault::EmptyLength, false) => whole(with_type(EMPTY_LENGTH_JSON, "application/json")),
+        _ => whole(response),
     }
 }
 

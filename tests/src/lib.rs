@@ -16,6 +16,9 @@ use tiergate_proto::v1::inference_client::InferenceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod faults;
+pub mod scenario;
+
 /// How long a node may take to load its model and bind (generous: CI machines are shared).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -201,10 +204,13 @@ pub enum Gate {
     CloudFirst,
     /// Every local attempt is tried and abandoned on its prompt's NLL, before any token.
     SurprisedByEveryPrompt,
+    /// Every prompt skips the local attempt and goes to the regional tier first.
+    RegionalFirst,
 }
 
 impl Gate {
-    fn router_toml(self) -> &'static str {
+    /// The `[router]` section of this gate.
+    pub fn router_toml(self) -> &'static str {
         match self {
             Gate::Default => "",
             Gate::Commit => {
@@ -218,6 +224,9 @@ impl Gate {
             }
             Gate::SurprisedByEveryPrompt => {
                 "[router]\nlocal_max_complexity = 1.0\n[router.confidence]\nmin_mean_top1 = 0.0\nmin_token_top1 = 0.0\nmax_prompt_nll = 0.0\n"
+            }
+            Gate::RegionalFirst => {
+                "[router]\nlocal_max_complexity = 0.0\ncloud_min_complexity = 1.0\n"
             }
         }
     }
@@ -297,4 +306,27 @@ impl Cluster {
             cloud: Some(cloud),
         })
     }
+}
+
+/// The value of one sample in a Prometheus text exposition: `name` with every label of
+/// `labels` (other labels may be present). `None` when no such sample exists.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            (series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .reduce(|a, b| a + b)
+}
+
+/// The node's `/metrics` text.
+pub async fn metrics_text(node: &NodeProcess) -> anyhow::Result<String> {
+    Ok(get(&format!("{}/metrics", node.http_url())).await?.text())
 }

@@ -4,6 +4,7 @@
 //! - [`features`]: cheap text features of a prompt.
 //! - [`complexity`]: the complexity score in `[0, 1]` from those features and the prompt NLL.
 //! - [`confidence`]: the early-exit check over the local model's first tokens.
+//! - [`budget`]: one deadline budget per request, split across the steps of its plan.
 //! - [`health`]: per-upstream link health (latency EWMA, error rate, circuit breaker).
 //! - [`policy`]: signals + reachable upstreams -> an explained [`Decision`] with a plan.
 //! - [`outcome`]: after the plan ran, which tier answered and why.
@@ -47,6 +48,7 @@
 //! assert_eq!(shown.concat(), "Turning on the lights");
 //! ```
 
+pub mod budget;
 pub mod complexity;
 pub mod confidence;
 pub mod eval;
@@ -57,6 +59,7 @@ pub mod outcome;
 pub mod policy;
 pub mod tier;
 
+pub use budget::BudgetConfig;
 pub use complexity::{ComplexityConfig, ComplexityScore, InvalidConfig};
 pub use confidence::{
     AbandonCause, CommitGate, CommitMonitor, ConfidenceConfig, GateAction, Verdict,

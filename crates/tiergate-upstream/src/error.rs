@@ -50,6 +50,9 @@ pub struct UpstreamError {
     http_status: Option<u16>,
     grpc_code: Option<tonic::Code>,
     retry_after: Option<Duration>,
+    /// A timeout set by the caller (its deadline or commit point), not by the tier's own
+    /// timeouts: it says nothing about the link.
+    caller_timeout: bool,
 }
 
 impl UpstreamError {
@@ -60,11 +63,32 @@ impl UpstreamError {
             http_status: None,
             grpc_code: None,
             retry_after: None,
+            caller_timeout: false,
         }
     }
 
+    /// One of the tier's own timeouts (first token, stall, total) passed.
     pub(crate) fn timeout(what: &str) -> Self {
-        Self::new(ErrorKind::Timeout, format!("deadline passed while {what}"))
+        Self::new(ErrorKind::Timeout, format!("timed out while {what}"))
+    }
+
+    /// The caller's deadline or commit point passed first.
+    pub(crate) fn caller_timeout(what: &str) -> Self {
+        Self {
+            caller_timeout: true,
+            ..Self::new(ErrorKind::Timeout, format!("deadline passed while {what}"))
+        }
+    }
+
+    /// Whether this is a timeout the caller set (its deadline), rather than the tier's own.
+    pub fn is_caller_timeout(&self) -> bool {
+        self.caller_timeout
+    }
+
+    /// The same error, with the timeout said to be the caller's or the tier's own.
+    pub(crate) fn with_caller_timeout(mut self, caller: bool) -> Self {
+        self.caller_timeout = caller;
+        self
     }
 
     /// An HTTP error status with the provider's own message.
@@ -85,6 +109,7 @@ impl UpstreamError {
             http_status: Some(status),
             grpc_code: None,
             retry_after,
+            caller_timeout: false,
         }
     }
 
@@ -113,12 +138,20 @@ impl UpstreamError {
         } else {
             kind
         };
+        // A tiergate peer says how long to back off in `retry-after` (seconds), as on HTTP.
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         Self {
             kind,
             message: format!("gRPC {:?}: {}", code, status.message()),
             http_status: None,
             grpc_code: Some(code),
-            retry_after: None,
+            retry_after,
+            caller_timeout: false,
         }
     }
 
@@ -157,12 +190,6 @@ impl UpstreamError {
             | ErrorKind::Unavailable => true,
             ErrorKind::Rejected | ErrorKind::Protocol | ErrorKind::InvalidRequest => false,
         }
-    }
-
-    /// Whether this failure says the link is unhealthy (feeds the breaker). A rejected request
-    /// says the link works; so does a request we refused to send.
-    pub(crate) fn counts_against_link(&self) -> bool {
-        !matches!(self.kind, ErrorKind::Rejected | ErrorKind::InvalidRequest)
     }
 
     /// A stable label for metrics and logs.
@@ -260,6 +287,7 @@ mod tests {
     #[test]
     fn labels_are_stable() {
         assert_eq!(UpstreamError::timeout("x").as_label(), "timeout");
+        assert_eq!(UpstreamError::caller_timeout("x").as_label(), "timeout");
         assert_eq!(
             UpstreamError::new(ErrorKind::Unavailable, "all open").as_label(),
             "unavailable"

@@ -11,6 +11,7 @@
 //! metric label.
 
 pub mod balance;
+mod call;
 pub mod cloud;
 pub mod error;
 mod health_watch;
@@ -19,6 +20,7 @@ pub mod regional;
 pub mod sse;
 mod tls;
 
+pub use call::CallLimits;
 pub use cloud::{CloudClient, CloudConfig, CloudEvent, CloudStream};
 pub use error::{ErrorKind, SetupError, UpstreamError};
 pub use openai::CloudCompletion;

@@ -101,6 +101,7 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         routed_model: config.node.routed_model.clone(),
         engine,
         router: config.router,
+        budget: config.budget,
         regional,
         cloud,
         limits: config.limits.clone(),

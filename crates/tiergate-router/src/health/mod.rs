@@ -9,6 +9,12 @@
 //! and admits up to `half_open_probes` probe calls. A probe success closes it (with a fresh
 //! window), a probe failure opens it again. Probes that never report back (the caller gave up)
 //! are forgotten after another `open_duration`, so a lost probe cannot wedge the breaker.
+//!
+//! Every call reports exactly one outcome: a success, a failure, back-pressure (HTTP 429 /
+//! RESOURCE_EXHAUSTED: the link works but asks for a pause, so it is held off for the
+//! upstream's `Retry-After` without counting as a failure) or a release (the call says nothing
+//! about the link: the client cancelled, or its deadline was shorter than the link's own
+//! timeouts). A release only gives back a half-open probe slot.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,6 +41,13 @@ pub struct LinkHealthConfig {
     pub open_duration: Duration,
     /// Probe calls admitted at once while half-open (at least 1).
     pub half_open_probes: u32,
+    /// How long a link that answered 429 / RESOURCE_EXHAUSTED without a `Retry-After` is
+    /// left alone. Back-pressure never counts as a failure.
+    #[serde(with = "duration_text")]
+    pub rate_limit_hold_off: Duration,
+    /// The longest `Retry-After` honoured; a longer one is cut to this.
+    #[serde(with = "duration_text")]
+    pub max_hold_off: Duration,
 }
 
 impl Default for LinkHealthConfig {
@@ -47,6 +60,8 @@ impl Default for LinkHealthConfig {
             min_calls: 10,
             open_duration: Duration::from_secs(5),
             half_open_probes: 1,
+            rate_limit_hold_off: Duration::from_secs(1),
+            max_hold_off: Duration::from_secs(30),
         }
     }
 }
@@ -80,6 +95,12 @@ impl LinkHealthConfig {
         }
         if self.open_duration.is_zero() {
             return Err("open_duration must be greater than zero".to_owned());
+        }
+        if self.rate_limit_hold_off > self.max_hold_off {
+            return Err(format!(
+                "rate_limit_hold_off ({:?}) cannot exceed max_hold_off ({:?})",
+                self.rate_limit_hold_off, self.max_hold_off
+            ));
         }
         Ok(())
     }
@@ -121,6 +142,9 @@ pub struct LinkSnapshot {
     pub window_calls: u32,
     pub health_check: HealthCheckStatus,
     pub consecutive_failures: u32,
+    /// Milliseconds left of a back-pressure hold-off (429 / RESOURCE_EXHAUSTED); `None` when
+    /// the link is not held off.
+    pub hold_off_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,6 +171,8 @@ pub struct LinkHealth {
     window_failures: u32,
     consecutive_failures: u32,
     health_check: HealthCheckStatus,
+    /// Back-pressure: no call is admitted before this instant.
+    hold_off_until: Option<Instant>,
 }
 
 impl LinkHealth {
@@ -168,6 +194,7 @@ impl LinkHealth {
             window_failures: 0,
             consecutive_failures: 0,
             health_check: HealthCheckStatus::Unknown,
+            hold_off_until: None,
         }
     }
 
@@ -218,6 +245,27 @@ impl LinkHealth {
         }
     }
 
+    /// The upstream asked us to slow down (HTTP 429, gRPC RESOURCE_EXHAUSTED). The link works:
+    /// nothing counts against it, but no call is admitted until `retry_after` (or
+    /// `rate_limit_hold_off` when the upstream gave none) has passed, capped at `max_hold_off`.
+    pub fn record_rate_limited(&mut self, retry_after: Option<Duration>, now: Instant) {
+        self.advance(now);
+        self.give_back_probe();
+        let pause = retry_after
+            .unwrap_or(self.config.rate_limit_hold_off)
+            .min(self.config.max_hold_off);
+        let until = now + pause;
+        self.hold_off_until = Some(self.hold_off_until.map_or(until, |old| old.max(until)));
+    }
+
+    /// The call's outcome says nothing about the link (the client went away, or its deadline
+    /// was shorter than the link's own timeouts). A half-open probe slot it held is given back
+    /// so that the next call can probe at once.
+    pub fn release(&mut self, now: Instant) {
+        self.advance(now);
+        self.give_back_probe();
+    }
+
     /// The active health check's latest answer.
     pub fn set_health_check(&mut self, serving: bool) {
         self.health_check = if serving {
@@ -240,7 +288,7 @@ impl LinkHealth {
     /// Asks to make one call now. `true` admits it (and, when half-open, takes a probe slot);
     /// the caller must then report it with `record_success` or `record_failure`.
     pub fn try_acquire(&mut self, now: Instant) -> bool {
-        if self.health_check == HealthCheckStatus::NotServing {
+        if self.health_check == HealthCheckStatus::NotServing || self.held_off(now) {
             return false;
         }
         self.advance(now);
@@ -280,7 +328,7 @@ impl LinkHealth {
 
     /// Whether `try_acquire(now)` would admit a call, without taking a probe slot.
     pub fn is_available(&self, now: Instant) -> bool {
-        if self.health_check == HealthCheckStatus::NotServing {
+        if self.health_check == HealthCheckStatus::NotServing || self.held_off(now) {
             return false;
         }
         match self.breaker {
@@ -323,6 +371,22 @@ impl LinkHealth {
             window_calls: u32::try_from(self.window.len()).unwrap_or(u32::MAX),
             health_check: self.health_check,
             consecutive_failures: self.consecutive_failures,
+            hold_off_ms: self
+                .hold_off_until
+                .filter(|&until| now < until)
+                .map(|until| (until - now).as_secs_f64() * 1000.0),
+        }
+    }
+
+    /// Whether a back-pressure hold-off is running at `now`.
+    pub fn held_off(&self, now: Instant) -> bool {
+        self.hold_off_until.is_some_and(|until| now < until)
+    }
+
+    /// Frees the probe slot of a half-open call that reported no verdict.
+    fn give_back_probe(&mut self) {
+        if let Breaker::HalfOpen { admitted, .. } = &mut self.breaker {
+            *admitted = admitted.saturating_sub(1);
         }
     }
 

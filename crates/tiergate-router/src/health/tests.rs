@@ -15,6 +15,7 @@ fn streak_config(failures: u32) -> LinkHealthConfig {
         min_calls: 0,
         open_duration: OPEN,
         half_open_probes: 1,
+        ..LinkHealthConfig::default()
     }
 }
 
@@ -413,4 +414,85 @@ fn durations_parse_units_and_reject_the_rest() {
     for bad in ["", "10", "s", "10 parsecs", "-1s", "1e999s"] {
         assert!(parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn rate_limiting_holds_the_link_off_without_counting_as_a_failure() {
+    let t0 = Instant::now();
+    let mut link = LinkHealth::new(streak_config(2));
+    assert!(link.try_acquire(t0));
+    // Calls already in flight may come back rate-limited too.
+    for _ in 0..5 {
+        link.record_rate_limited(None, t0);
+    }
+    assert_eq!(
+        link.state(t0),
+        LinkState::Closed,
+        "back-pressure is not failure"
+    );
+    assert_eq!(link.consecutive_failures(), 0);
+    assert_eq!(link.snapshot(t0).window_calls, 0);
+    // Held off for the default pause, then admitted again.
+    let pause = LinkHealthConfig::default().rate_limit_hold_off;
+    assert!(!link.is_available(t0));
+    assert!(!link.try_acquire(t0 + pause - ms(1)));
+    assert!(link.snapshot(t0).hold_off_ms.is_some());
+    assert!(link.is_available(t0 + pause));
+    assert!(link.try_acquire(t0 + pause));
+    assert_eq!(link.snapshot(t0 + pause).hold_off_ms, None);
+
+    // The upstream's Retry-After is honoured, up to max_hold_off.
+    link.record_rate_limited(Some(Duration::from_secs(3)), t0);
+    assert!(!link.is_available(t0 + ms(2999)));
+    assert!(link.is_available(t0 + ms(3000)));
+    link.record_rate_limited(Some(Duration::from_secs(3600)), t0);
+    let max = LinkHealthConfig::default().max_hold_off;
+    assert!(!link.is_available(t0 + max - ms(1)));
+    assert!(link.is_available(t0 + max));
+}
+
+#[test]
+fn a_released_probe_frees_its_slot_and_decides_nothing() {
+    let t0 = Instant::now();
+    let mut link = opened_at(t0);
+    let t1 = t0 + OPEN;
+    assert!(link.try_acquire(t1), "the probe");
+    assert!(!link.try_acquire(t1), "one probe at a time");
+    // The client cancelled the probe: nothing learnt, the next call probes at once.
+    link.release(t1);
+    assert_eq!(link.state(t1), LinkState::HalfOpen);
+    assert!(link.try_acquire(t1));
+    link.record_success(ms(10), t1);
+    assert_eq!(link.state(t1), LinkState::Closed);
+    // A release on a closed link changes nothing.
+    link.release(t1);
+    assert_eq!(link.state(t1), LinkState::Closed);
+    assert_eq!(link.snapshot(t1).window_calls, 1);
+}
+
+#[test]
+fn a_rate_limited_probe_gives_its_slot_back_after_the_hold_off() {
+    let t0 = Instant::now();
+    let mut link = opened_at(t0);
+    let t1 = t0 + OPEN;
+    assert!(link.try_acquire(t1));
+    link.record_rate_limited(Some(ms(500)), t1);
+    assert_eq!(link.state(t1), LinkState::HalfOpen);
+    assert!(!link.try_acquire(t1 + ms(499)));
+    assert!(link.try_acquire(t1 + ms(500)));
+}
+
+#[test]
+fn hold_off_longer_than_its_cap_is_refused_by_validate() {
+    let config = LinkHealthConfig {
+        rate_limit_hold_off: Duration::from_secs(10),
+        max_hold_off: Duration::from_secs(1),
+        ..LinkHealthConfig::default()
+    };
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("rate_limit_hold_off")
+    );
 }

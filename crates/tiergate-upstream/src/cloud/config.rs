@@ -29,9 +29,16 @@ pub struct CloudConfig {
     /// Upper bound of one call, streamed answers included.
     #[serde(default = "default_timeout", with = "duration_text")]
     pub timeout: Duration,
-    /// Upper bound of the TCP connect.
+    /// Upper bound of one connect: TCP and TLS.
     #[serde(default = "default_connect_timeout", with = "duration_text")]
     pub connect_timeout: Duration,
+    /// The response headers and the first token of a streamed answer must arrive within this;
+    /// past it the call fails and counts against the link.
+    #[serde(default = "default_first_token_timeout", with = "duration_text")]
+    pub first_token_timeout: Duration,
+    /// Longest silence between two chunks of a streamed answer once it started.
+    #[serde(default = "default_stall_timeout", with = "duration_text")]
+    pub stall_timeout: Duration,
     /// Circuit breaker and latency tracking of the link.
     #[serde(default)]
     pub health: LinkHealthConfig,
@@ -45,7 +52,28 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Hosted models answer their first token in well under a second, reasoning models in
+/// seconds; 15 s is long past either.
+fn default_first_token_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl CloudConfig {
+    /// Checks the timeouts and the link-health tuning; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::call::check_timeouts(&[
+            ("connect_timeout", self.connect_timeout),
+            ("first_token_timeout", self.first_token_timeout),
+            ("stall_timeout", self.stall_timeout),
+            ("timeout", self.timeout),
+        ])?;
+        self.health.validate().map_err(|e| format!("health.{e}"))
+    }
+
     /// A config with every optional field at its default.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
@@ -56,6 +84,8 @@ impl CloudConfig {
             ca_file: None,
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
+            first_token_timeout: default_first_token_timeout(),
+            stall_timeout: default_stall_timeout(),
             health: LinkHealthConfig::default(),
         }
     }

@@ -1,14 +1,16 @@
 //! The cloud tier: any OpenAI-compatible `POST {base_url}/chat/completions` (OpenAI, vLLM,
 //! llama.cpp server, Ollama, another tiergate) over hyper + rustls, whole or streamed as SSE.
 //!
-//! Every call feeds the link's [`LinkHealth`] (passive observation) and is refused at once
-//! while the breaker is open. Calls end at the earlier of the caller's deadline and the
-//! configured timeout, streams included.
+//! Every call feeds the link's [`LinkHealth`] (passive observation) exactly once and is refused
+//! at once while the breaker is open or the provider asked us to back off. Calls end at the
+//! earliest of the caller's limits and the tier's own timeouts (connect, first token, stall,
+//! total), streams included.
 
 mod config;
+mod connect;
 mod stream;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,8 +27,10 @@ use tiergate_router::health::{LinkHealth, LinkSnapshot};
 
 pub use config::CloudConfig;
 use config::{is_loopback, read_api_key};
-use stream::{check_event_stream, read_stream};
+use connect::ConnectTimeout;
+use stream::{StreamCall, check_event_stream, read_stream};
 
+use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError, error_chain};
 use crate::openai::{self, ChatRequest, CloudCompletion};
 
@@ -45,7 +49,7 @@ pub enum CloudEvent {
 /// A streamed cloud answer. Ends after `Done` or after the first error.
 pub type CloudStream = BoxStream<'static, Result<CloudEvent, UpstreamError>>;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// Client of the cloud tier. Cheap to clone; clones share the connection pool and link health.
 #[derive(Clone)]
@@ -60,8 +64,8 @@ struct Inner {
     model: String,
     /// Marked sensitive so that it never shows in debug output.
     authorization: Option<HeaderValue>,
-    timeout: Duration,
-    health: Mutex<LinkHealth>,
+    timeouts: TierTimeouts,
+    link: Arc<Link>,
 }
 
 impl std::fmt::Debug for CloudClient {
@@ -82,9 +86,8 @@ impl CloudClient {
     /// start-up. Does not connect.
     pub fn new(config: &CloudConfig) -> Result<Self, SetupError> {
         config
-            .health
             .validate()
-            .map_err(|e| SetupError::Config(format!("cloud.health: {e}")))?;
+            .map_err(|e| SetupError::Config(format!("cloud.{e}")))?;
         if config.model.trim().is_empty() {
             return Err(SetupError::Config("cloud.model is empty".into()));
         }
@@ -134,19 +137,24 @@ impl CloudClient {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);
+        // The connect timeout covers the TLS handshake too, not only TCP.
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+            .build(ConnectTimeout::new(https, config.connect_timeout));
 
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 url,
-                base_url,
+                base_url: base_url.clone(),
                 model: config.model.clone(),
                 authorization,
-                timeout: config.timeout,
-                health: Mutex::new(LinkHealth::new(config.health.clone())),
+                timeouts: TierTimeouts {
+                    first_token: config.first_token_timeout,
+                    stall: config.stall_timeout,
+                    total: config.timeout,
+                },
+                link: Link::new(base_url, LinkHealth::new(config.health.clone())),
             }),
         })
     }
@@ -170,99 +178,106 @@ impl CloudClient {
         self.inner.with_health(|h| h.snapshot(now))
     }
 
-    /// Asks for the whole answer in one response.
+    /// Asks for the whole answer in one response. It must arrive by the earliest of the
+    /// caller's limits and the configured timeout. An empty answer that did not end with a
+    /// real stop is a failure, never an answer.
     pub async fn generate(
         &self,
         request: &GenerateRequest,
-        deadline: Option<Instant>,
+        limits: impl Into<CallLimits>,
     ) -> Result<CloudCompletion, UpstreamError> {
         let chat = ChatRequest::from_generate(request, &self.inner.model, false)?;
-        let deadline = self.inner.deadline(deadline)?;
-        self.inner.acquire()?;
-        let started = Instant::now();
-        let result = match tokio::time::timeout_at(deadline, self.inner.call_json(&chat)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::timeout("waiting for the cloud answer")),
+        let timers = Timers::start(
+            self.inner.timeouts,
+            limits.into(),
+            "preparing the cloud call",
+        )?;
+        let timer = timers.whole_answer();
+        let mut admission = self.inner.admit()?;
+        let call = self.inner.call_json(&chat);
+        let result = match tokio::time::timeout_at(timer.at.into(), call).await {
+            Ok(result) => result.and_then(whole_answer),
+            Err(_) => Err(timer.error("waiting for the cloud answer")),
         };
-        self.inner
-            .observe(result.as_ref().map(|_| ()), started.elapsed());
+        admission.report(result.as_ref().map(|_| ()), timers.started.elapsed());
         result
     }
 
     /// Asks for a streamed answer (`stream: true`, SSE). Errors before the first byte of the
-    /// stream are returned here; later ones end the stream.
+    /// stream are returned here; later ones end the stream. The response headers and the first
+    /// token must come by the first-token timer, each later chunk within the stall timeout.
     pub async fn generate_stream(
         &self,
         request: &GenerateRequest,
-        deadline: Option<Instant>,
+        limits: impl Into<CallLimits>,
     ) -> Result<CloudStream, UpstreamError> {
         let chat = ChatRequest::from_generate(request, &self.inner.model, true)?;
-        let deadline = self.inner.deadline(deadline)?;
-        self.inner.acquire()?;
-        let started = Instant::now();
-        let opened = match tokio::time::timeout_at(deadline, self.inner.send(&chat, true)).await {
-            Ok(result) => result.and_then(check_event_stream),
-            Err(_) => Err(UpstreamError::timeout(
-                "waiting for the cloud stream to start",
-            )),
-        };
+        let timers = Timers::start(
+            self.inner.timeouts,
+            limits.into(),
+            "preparing the cloud call",
+        )?;
+        let first = timers.first_token();
+        let mut admission = self.inner.admit()?;
+        let opened =
+            match tokio::time::timeout_at(first.at.into(), self.inner.send(&chat, true)).await {
+                Ok(result) => result.and_then(check_event_stream),
+                Err(_) => Err(first.error("waiting for the cloud stream to start")),
+            };
         let response = match opened {
             Ok(response) => response,
             Err(err) => {
-                self.inner.observe(Err(&err), started.elapsed());
+                admission.report(Err(&err), timers.started.elapsed());
                 return Err(err);
             }
         };
-        Ok(Box::pin(read_stream(
-            self.inner.clone(),
-            response.into_body(),
-            deadline,
-            started,
-        )))
+        let call = StreamCall {
+            inner: self.inner.clone(),
+            admission,
+            timers,
+        };
+        Ok(Box::pin(read_stream(call, response.into_body())))
     }
+}
+
+/// A whole answer, unless it is empty without a real stop (a provider cut short).
+fn whole_answer(done: CloudCompletion) -> Result<CloudCompletion, UpstreamError> {
+    if done.text.is_empty() && !is_real_stop(done.finish_reason.as_deref()) {
+        return Err(empty_answer(done.finish_reason.as_deref()));
+    }
+    Ok(done)
+}
+
+/// A provider that gives no finish reason is taken to have stopped (some servers omit it).
+fn is_real_stop(finish_reason: Option<&str>) -> bool {
+    matches!(finish_reason, None | Some("stop" | "eos" | "end_turn"))
+}
+
+fn empty_answer(finish_reason: Option<&str>) -> UpstreamError {
+    UpstreamError::new(
+        ErrorKind::ServerError,
+        format!(
+            "the cloud answered nothing (finish reason `{}`)",
+            finish_reason.unwrap_or("none")
+        ),
+    )
 }
 
 impl Inner {
     fn with_health<T>(&self, f: impl FnOnce(&mut LinkHealth) -> T) -> T {
-        f(&mut self.health.lock().unwrap_or_else(PoisonError::into_inner))
+        self.link.with_health(f)
     }
 
-    /// The earlier of the caller's deadline and the configured timeout; an already passed
-    /// deadline fails without a call.
-    fn deadline(&self, deadline: Option<Instant>) -> Result<tokio::time::Instant, UpstreamError> {
-        let now = Instant::now();
-        let cap = now + self.timeout;
-        let deadline = deadline.map_or(cap, |d| d.min(cap));
-        if deadline <= now {
-            return Err(UpstreamError::timeout("preparing the cloud call"));
-        }
-        Ok(tokio::time::Instant::from_std(deadline))
-    }
-
-    fn acquire(&self) -> Result<(), UpstreamError> {
-        if self.with_health(|h| h.try_acquire(Instant::now())) {
-            Ok(())
-        } else {
-            Err(UpstreamError::new(
+    fn admit(&self) -> Result<Admission, UpstreamError> {
+        self.link.admit(Instant::now()).ok_or_else(|| {
+            UpstreamError::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "cloud link {} is open (circuit breaker or health)",
+                    "cloud link {} is open (circuit breaker, health or back-off)",
                     self.base_url
                 ),
-            ))
-        }
-    }
-
-    /// Feeds one call's outcome to the link health. A rejected request still proves the link.
-    fn observe(&self, outcome: Result<(), &UpstreamError>, latency: Duration) {
-        let now = Instant::now();
-        match outcome {
-            Err(err) if err.counts_against_link() => {
-                tracing::debug!(base_url = %self.base_url, error = %err, "cloud call failed");
-                self.with_health(|h| h.record_failure(now));
-            }
-            _ => self.with_health(|h| h.record_success(latency, now)),
-        }
+            )
+        })
     }
 
     async fn send(

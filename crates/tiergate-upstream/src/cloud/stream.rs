@@ -7,7 +7,8 @@ use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{CloudEvent, Inner};
+use super::{CloudEvent, Inner, empty_answer, is_real_stop};
+use crate::call::{Admission, Timers};
 use crate::error::{ErrorKind, UpstreamError, error_chain};
 use crate::openai::{self, CloudCompletion};
 use crate::sse::SseParser;
@@ -30,13 +31,25 @@ pub(super) fn check_event_stream(
     }
 }
 
-/// Turns the SSE body into deltas and a final `Done`, feeding the link health at the end.
+/// What a stream carries along from its call.
+pub(super) struct StreamCall {
+    pub inner: Arc<Inner>,
+    pub admission: Admission,
+    pub timers: Timers,
+}
+
+/// Turns the SSE body into deltas and a final `Done`. The link hears of the outcome before the
+/// last item is handed over, so a consumer that drops the stream after `Done` cannot leave it
+/// unreported. Before the first token the first-token timer runs, then the stall timer.
 pub(super) fn read_stream(
-    inner: Arc<Inner>,
+    call: StreamCall,
     mut body: Incoming,
-    deadline: tokio::time::Instant,
-    started: Instant,
 ) -> impl futures::Stream<Item = Result<CloudEvent, UpstreamError>> + Send + 'static {
+    let StreamCall {
+        inner,
+        mut admission,
+        timers,
+    } = call;
     async_stream::stream! {
         let mut parser = SseParser::new();
         let mut done = CloudCompletion {
@@ -46,10 +59,21 @@ pub(super) fn read_stream(
             model: inner.model.clone(),
         };
         let mut first_event: Option<Duration> = None;
+        let mut last_token: Option<Instant> = None;
         // Set when the stream must end with an error; `None` after `[DONE]`.
         let failure: Option<UpstreamError> = 'read: loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => break 'read Some(UpstreamError::timeout("streaming the cloud answer")),
+            let timer = match last_token {
+                None => timers.first_token(),
+                Some(last) => timers.next_message(last),
+            };
+            let frame = match tokio::time::timeout_at(timer.at.into(), body.frame()).await {
+                Err(_) => {
+                    break 'read Some(timer.error(if last_token.is_none() {
+                        "waiting for the first cloud token"
+                    } else {
+                        "waiting for the next cloud token (stalled)"
+                    }))
+                }
                 Ok(None) => {
                     // Some servers close without `[DONE]`; accept that only after a finish reason.
                     if done.finish_reason.is_some() && !parser.has_partial_event() {
@@ -87,7 +111,7 @@ pub(super) fn read_stream(
                     Ok(update) => update,
                     Err(e) => break 'read Some(e),
                 };
-                first_event.get_or_insert_with(|| started.elapsed());
+                first_event.get_or_insert_with(|| timers.started.elapsed());
                 if let Some(model) = update.model {
                     done.model = model;
                 }
@@ -98,19 +122,25 @@ pub(super) fn read_stream(
                     done.usage = update.usage;
                 }
                 if let Some(delta) = update.delta {
+                    last_token = Some(Instant::now());
                     done.text.push_str(&delta);
                     yield Ok(CloudEvent::Delta(delta));
                 }
             }
         };
-        let latency = first_event.unwrap_or_else(|| started.elapsed());
+        // An empty answer that did not end with a real stop is a failure, never an answer.
+        let failure = failure.or_else(|| {
+            (done.text.is_empty() && !is_real_stop(done.finish_reason.as_deref()))
+                .then(|| empty_answer(done.finish_reason.as_deref()))
+        });
+        let latency = first_event.unwrap_or_else(|| timers.started.elapsed());
         match failure {
             None => {
-                inner.observe(Ok(()), latency);
+                admission.report(Ok(()), latency);
                 yield Ok(CloudEvent::Done(done));
             }
             Some(err) => {
-                inner.observe(Err(&err), latency);
+                admission.report(Err(&err), timers.started.elapsed());
                 yield Err(err);
             }
         }

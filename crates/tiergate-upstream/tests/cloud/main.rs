@@ -276,14 +276,17 @@ async fn server_errors_open_the_breaker_after_the_threshold_and_probes_close_it(
 }
 
 #[tokio::test]
-async fn rate_limits_are_typed_with_retry_after_and_count_against_the_link() {
+async fn rate_limits_are_typed_with_retry_after_and_hold_the_link_off_without_counting() {
     let pki = TestPki::new();
     let provider = Provider::start(Some(&pki)).await;
     let config = CloudConfig {
         health: LinkHealthConfig {
-            consecutive_failures: 2,
+            consecutive_failures: 1,
             error_rate_threshold: 0.0,
             open_duration: Duration::from_secs(60),
+            // The provider says `Retry-After: 7`; cut to 100 ms so the test can wait it out.
+            rate_limit_hold_off: Duration::from_millis(50),
+            max_hold_off: Duration::from_millis(100),
             ..LinkHealthConfig::default()
         },
         ..provider.https_config(&pki)
@@ -296,16 +299,36 @@ async fn rate_limits_are_typed_with_retry_after_and_count_against_the_link() {
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
     assert!(err.message().contains("Rate limit reached"), "{err}");
     assert!(err.is_retryable());
-    // A 429 on the streaming path is the same error.
+    // Back-pressure, not failure: the breaker (one failure opens it) stays closed, but the
+    // link is left alone for the (capped) Retry-After; calls meanwhile do not reach it.
+    let snapshot = client.snapshot(Instant::now());
+    assert_eq!(snapshot.state, LinkState::Closed);
+    assert_eq!(snapshot.consecutive_failures, 0);
+    assert!(snapshot.hold_off_ms.is_some());
+    assert!(!client.is_available(Instant::now()));
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(provider.calls(), 1);
+
+    // After the hold-off a 429 on the streaming path is the same error.
+    eventually(WAIT, "hold-off over", || {
+        client.is_available(Instant::now())
+    })
+    .await;
     let err = match client.generate_stream(&request("x"), soon()).await {
         Ok(_) => panic!("stream opened on a 429"),
         Err(err) => err,
     };
     assert_eq!(err.kind(), ErrorKind::RateLimited);
-    assert_eq!(client.snapshot(Instant::now()).state, LinkState::Open);
-    let err = client.generate(&request("x"), soon()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert_eq!(provider.calls(), 2);
+    assert_eq!(client.snapshot(Instant::now()).state, LinkState::Closed);
+
+    provider.set_mode(Mode::Normal);
+    eventually(WAIT, "hold-off over", || {
+        client.is_available(Instant::now())
+    })
+    .await;
+    client.generate(&request("back"), soon()).await.unwrap();
 }
 
 #[tokio::test]
@@ -369,10 +392,14 @@ async fn the_configured_timeout_caps_a_call_without_a_deadline() {
 async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     let pki = TestPki::new();
     let provider = Provider::start(Some(&pki)).await;
-    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    let config = CloudConfig {
+        stall_timeout: Duration::from_millis(300),
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
     provider.set_mode(Mode::StallMidStream);
     let start = Instant::now();
-    let deadline = Some(start + Duration::from_millis(1500));
+    let deadline = Some(start + Duration::from_secs(5));
     let mut stream = client
         .generate_stream(&request("hello there"), deadline)
         .await
@@ -389,8 +416,33 @@ async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     assert!(answer_for("hello there").starts_with(&text), "{text}");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(stream.next().await.is_none(), "nothing after the error");
-    assert!(start.elapsed() < WAIT);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the stall timeout, not the deadline, ended it: {:?}",
+        start.elapsed()
+    );
+    // The tier's own stall timeout fired: that counts against the link.
     assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+
+    // The client's own deadline passing mid-stream says nothing about the link.
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    let mut stream = client
+        .generate_stream(
+            &request("hello there"),
+            Some(Instant::now() + Duration::from_millis(400)),
+        )
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = Some(event);
+    }
+    let err = last.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.is_caller_timeout());
+    let snapshot = client.snapshot(Instant::now());
+    assert_eq!(snapshot.consecutive_failures, 0);
+    assert_eq!(snapshot.window_calls, 0);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tiergate_engine::EngineConfig;
-use tiergate_router::RouterConfig;
 use tiergate_router::tier::Tier;
+use tiergate_router::{BudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load};
@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineConfig,
     pub router: RouterConfig,
+    /// How a request's deadline is split across the steps of its routing plan.
+    pub budget: BudgetConfig,
     pub upstreams: UpstreamsSection,
 }
 
@@ -108,22 +110,18 @@ impl Config {
             path: format!("router.{}", err.field),
             message: err.problem,
         })?;
-        let health_configs = [
-            (
-                "upstreams.regional.health",
-                self.upstreams.regional.as_ref().map(|r| &r.health),
-            ),
-            (
-                "upstreams.cloud.health",
-                self.upstreams.cloud.as_ref().map(|c| &c.health),
-            ),
-        ];
-        for (path, health) in health_configs {
-            if let Some(health) = health {
-                health
-                    .validate()
-                    .map_err(|message| invalid(path, &message))?;
-            }
+        self.budget
+            .validate()
+            .map_err(|message| invalid("budget", &message))?;
+        if let Some(regional) = &self.upstreams.regional {
+            regional
+                .validate()
+                .map_err(|message| invalid("upstreams.regional", &message))?;
+        }
+        if let Some(cloud) = &self.upstreams.cloud {
+            cloud
+                .validate()
+                .map_err(|message| invalid("upstreams.cloud", &message))?;
         }
         if self
             .upstreams

@@ -237,6 +237,8 @@ fn models(state: &HttpState) -> Response<HttpBody> {
 }
 
 fn metrics(state: &HttpState) -> Response<HttpBody> {
+    // Link states change with time alone (an open breaker turns half-open): read them now.
+    state.node.refresh_metrics();
     match state.metrics.render() {
         Ok(body) => {
             let mut response = Response::new(full(Bytes::from(body)));
@@ -265,7 +267,13 @@ fn rejected(state: &HttpState, err: &NodeError) -> Response<HttpBody> {
 }
 
 fn node_error(err: &NodeError) -> Response<HttpBody> {
-    json_response(err.http_status(), &wire::error_body(err))
+    let mut response = json_response(err.http_status(), &wire::error_body(err));
+    if let Some(wait) = err.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+    }
+    response
 }
 
 fn routing_headers(headers: &mut HeaderMap, routing: &RoutingInfo) {

@@ -1,5 +1,13 @@
 //! The node's one error type: each error knows its HTTP status, gRPC code and metric label.
 
+use std::time::Duration;
+
+/// How long a client told "overloaded" should wait: the engine's queue drains in about that.
+const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a client told "unavailable" should wait: the default time an open breaker waits
+/// before it probes its upstream again.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Why a request could not be answered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
@@ -49,6 +57,16 @@ impl NodeError {
         }
     }
 
+    /// How long the client should wait before trying again, for errors where waiting helps
+    /// (sent as `Retry-After` on HTTP 429/503 and as `retry-after` gRPC metadata).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            NodeError::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER),
+            NodeError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
     /// A low-cardinality label for metrics and the OpenAI error `type` field.
     pub fn as_label(&self) -> &'static str {
         match self {
@@ -64,6 +82,38 @@ impl NodeError {
 
 impl From<NodeError> for tonic::Status {
     fn from(err: NodeError) -> Self {
-        tonic::Status::new(err.grpc_code(), err.to_string())
+        let mut status = tonic::Status::new(err.grpc_code(), err.to_string());
+        if let Some(wait) = err.retry_after() {
+            let metadata = status.metadata_mut();
+            metadata.insert("retry-after", wait.as_secs().into());
+            // What gRPC clients with a retry policy read (gRFC A6).
+            metadata.insert(
+                "grpc-retry-pushback-ms",
+                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).into(),
+            );
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn overloaded_and_unavailable_say_when_to_come_back() {
+        let status = tonic::Status::from(NodeError::Overloaded("queue full".into()));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+        assert_eq!(
+            status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "1000"
+        );
+        let status = tonic::Status::from(NodeError::Unavailable("offline".into()));
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "5");
+        let status = tonic::Status::from(NodeError::InvalidArgument("bad".into()));
+        assert!(status.metadata().get("retry-after").is_none());
     }
 }

@@ -3,17 +3,23 @@
 //! wins. The router names the outcome (`Decision::outcome`); this file only runs the steps.
 //! It runs as its own task; the client's stream is the receiving end of a channel, so a client
 //! that goes away cancels the walk and the work behind it.
+//!
+//! A step *commits* when its first token is ready (nothing reached the client before that):
+//! until then any failure, a stall included, moves on to the next step. Each step must commit
+//! by its share of the request's deadline (`BudgetConfig`), so a tier that never answers
+//! cannot eat the time of the steps after it. An attempt that ends with no text for any
+//! reason but a real stop is a failure of its step, never an empty answer.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tiergate_router::tier::Tier;
-use tiergate_router::{CommitMonitor, Decision, Step, StepResult, Verdict};
+use tiergate_router::{BudgetConfig, CommitMonitor, Decision, Step, StepResult, Verdict};
 use tokio::sync::mpsc;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary};
-use super::{Answer, NodeError, NodeRequest, RoutingInfo, StreamEvent};
+use super::{Answer, FinishReason, NodeError, NodeRequest, RoutingInfo, StreamEvent};
 use crate::metrics::NodeMetrics;
 
 /// Starts attempts at each tier; implemented by the node over its engine and upstream clients.
@@ -23,12 +29,14 @@ pub trait TierStarter: Send + Sync + 'static {
     -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
     /// Starts a call to an upstream tier; `request.forwarding` is already updated. With
     /// `whole_answer` the client waits for the whole answer, so the upstream is asked for it in
-    /// one response rather than as a stream.
+    /// one response rather than as a stream. The first token (or the whole answer) must come
+    /// by `commit_by`; the upstream client enforces it, so that link health learns of it.
     fn start_upstream(
         &self,
         tier: Tier,
         request: &NodeRequest,
         whole_answer: bool,
+        commit_by: Instant,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
 }
 
@@ -38,12 +46,18 @@ pub struct Walk<'a> {
     pub request: NodeRequest,
     pub decision: &'a Decision,
     pub metrics: &'a NodeMetrics,
+    /// How the request's deadline is split across the plan's steps.
+    pub budget: &'a BudgetConfig,
     pub started: Instant,
     /// The client waits for the whole answer (no stream to feed).
     pub whole_answer: bool,
 }
 
 type Sender = mpsc::Sender<Result<StreamEvent, NodeError>>;
+
+/// How long past a step's commit point the executor waits before giving up on it itself: the
+/// upstream client's own timer fires first, and reports to link health.
+const COMMIT_GRACE: Duration = Duration::from_millis(50);
 
 /// How a step that did not answer ended.
 enum StepEnd {
@@ -59,11 +73,25 @@ impl Walk<'_> {
     pub async fn run(self, tiers: &dyn TierStarter, tx: Sender) {
         let mut results: Vec<StepResult> = Vec::new();
         let mut last_error: Option<(Tier, NodeError)> = None;
-        for &step in &self.decision.plan {
+        for (index, &step) in self.decision.plan.iter().enumerate() {
             let tier = self.decision.step_tier(step);
-            let end = match step {
-                Step::Local { gated } => self.run_local(tiers, gated, &results, &tx).await,
-                Step::Upstream(tier) => self.run_upstream(tiers, tier, &results, &tx).await,
+            let commit_by = self.commit_point(index);
+            let run = async {
+                match step {
+                    Step::Local { gated } => {
+                        self.run_local(tiers, gated, commit_by, &results, &tx).await
+                    }
+                    Step::Upstream(tier) => {
+                        self.run_upstream(tiers, tier, commit_by, &results, &tx)
+                            .await
+                    }
+                }
+            };
+            // A client that goes away cancels the step at once: its work is dropped, and
+            // an upstream call cut that way says nothing about the link.
+            let end = tokio::select! {
+                end = run => end,
+                () = tx.closed() => return,
             };
             match end {
                 StepEnd::Answered => return,
@@ -93,17 +121,31 @@ impl Walk<'_> {
             }
             (None, false) => "no tier could answer".to_owned(),
         };
+        // The client's own deadline ran out: say so, rather than blame the tiers.
+        let err = if Instant::now() >= self.request.deadline {
+            NodeError::DeadlineExceeded(message)
+        } else {
+            NodeError::Unavailable(message)
+        };
         self.metrics
             .requests
-            .with_label_values(&["none", self.decision.reason.as_str(), "unavailable"])
+            .with_label_values(&["none", self.decision.reason.as_str(), err.as_label()])
             .inc();
-        let _ = tx.send(Err(NodeError::Unavailable(message))).await;
+        let _ = tx.send(Err(err)).await;
+    }
+
+    /// By when step `index` must have its first token: its share of the time left.
+    fn commit_point(&self, index: usize) -> Instant {
+        let now = Instant::now();
+        let left = self.request.deadline.saturating_duration_since(now);
+        now + self.budget.step_budget(&self.decision.plan, index, left)
     }
 
     async fn run_local(
         &self,
         tiers: &dyn TierStarter,
         gated: bool,
+        commit_by: Instant,
         before: &[StepResult],
         tx: &Sender,
     ) -> StepEnd {
@@ -115,28 +157,41 @@ impl Walk<'_> {
         let mut held: Vec<AttemptEvent> = Vec::new();
         let result = if gated {
             let mut monitor = CommitMonitor::new(&self.decision.thresholds.confidence);
-            let verdict = loop {
-                let verdict = match attempt.next().await {
-                    Some(Ok(event)) => {
-                        let verdict = match &event {
-                            AttemptEvent::LocalPrefilled { prompt_nll } => {
-                                monitor.prompt(*prompt_nll)
-                            }
-                            AttemptEvent::Delta {
-                                confidence: Some(c),
-                                ..
-                            } => monitor.push(c.top1_prob, c.entropy),
-                            AttemptEvent::Done(_) => monitor.finish(),
-                            _ => Verdict::Pending,
-                        };
-                        held.push(event);
-                        verdict
+            let verdict = tokio::time::timeout_at(commit_by.into(), async {
+                loop {
+                    let verdict = match attempt.next().await {
+                        Some(Ok(event)) => {
+                            let verdict = match &event {
+                                AttemptEvent::LocalPrefilled { prompt_nll } => {
+                                    monitor.prompt(*prompt_nll)
+                                }
+                                AttemptEvent::Delta {
+                                    confidence: Some(c),
+                                    ..
+                                } => monitor.push(c.top1_prob, c.entropy),
+                                AttemptEvent::Done(_) => monitor.finish(),
+                                _ => Verdict::Pending,
+                            };
+                            held.push(event);
+                            verdict
+                        }
+                        Some(Err(err)) => return Err(err),
+                        None => monitor.finish(),
+                    };
+                    if verdict.is_final() {
+                        return Ok(verdict);
                     }
-                    Some(Err(err)) => return failed(err),
-                    None => monitor.finish(),
-                };
-                if verdict.is_final() {
-                    break verdict;
+                }
+            })
+            .await;
+            let verdict = match verdict {
+                Ok(Ok(verdict)) => verdict,
+                Ok(Err(err)) => return failed(err),
+                Err(_) => {
+                    return failed(NodeError::DeadlineExceeded(
+                        "the local attempt did not reach its verdict in its share of the deadline"
+                            .to_owned(),
+                    ));
                 }
             };
             match verdict {
@@ -175,6 +230,10 @@ impl Walk<'_> {
         } else {
             StepResult::LocalAnswered
         };
+        // The last step has no one to fall to: it may take until the request's deadline.
+        if let Err(err) = first_token(&mut attempt, &mut held).await {
+            return failed(err);
+        }
         let Some(routing) = self.routing(before, result, None) else {
             return failed(NodeError::Internal(
                 "the plan and its results disagree".into(),
@@ -192,6 +251,7 @@ impl Walk<'_> {
         &self,
         tiers: &dyn TierStarter,
         tier: Tier,
+        commit_by: Instant,
         before: &[StepResult],
         tx: &Sender,
     ) -> StepEnd {
@@ -206,27 +266,34 @@ impl Walk<'_> {
         };
         let request = self.forwarded_request(before);
         let call_started = Instant::now();
-        let mut attempt = match tiers
-            .start_upstream(tier, &request, self.whole_answer)
-            .await
-        {
-            Ok(attempt) => attempt,
-            Err(err) => return failed(err),
+        // Nothing reaches the client before the first token: a failure or a stall until then
+        // moves on to the next step.
+        let started = async {
+            let mut attempt = tiers
+                .start_upstream(tier, &request, self.whole_answer, commit_by)
+                .await?;
+            let mut held = Vec::new();
+            first_token(&mut attempt, &mut held).await?;
+            Ok::<_, NodeError>((attempt, held))
         };
-        // The first event proves the upstream answers; a failure before it falls through.
-        let first = match attempt.next().await {
-            Some(Ok(event)) => event,
-            Some(Err(err)) => return failed(err),
-            None => return failed(NodeError::Upstream(format!("{tier} sent nothing"))),
-        };
+        let (attempt, held) =
+            match tokio::time::timeout_at((commit_by + COMMIT_GRACE).into(), started).await {
+                Ok(Ok(started)) => started,
+                Ok(Err(err)) => return failed(err),
+                Err(_) => {
+                    return failed(NodeError::DeadlineExceeded(format!(
+                        "{tier} gave no first token in its share of the deadline"
+                    )));
+                }
+            };
         self.metrics
             .upstream_requests
             .with_label_values(&[label, "ok"])
             .inc();
-        let upstream_routing = match &first {
+        let upstream_routing = held.iter().find_map(|event| match event {
             AttemptEvent::UpstreamRouted(routing) => Some(routing.clone()),
             _ => None,
-        };
+        });
         let result = StepResult::UpstreamAnswered {
             degraded: upstream_routing.as_ref().is_some_and(|r| r.degraded),
         };
@@ -234,10 +301,6 @@ impl Walk<'_> {
             return failed(NodeError::Internal(
                 "the plan and its results disagree".into(),
             ));
-        };
-        let held = match first {
-            AttemptEvent::UpstreamRouted(_) => Vec::new(),
-            other => vec![other],
         };
         self.stream_answer(routing, held, attempt, tx).await;
         self.metrics
@@ -326,13 +389,13 @@ impl Walk<'_> {
         }
         let mut text = String::new();
         let mut deltas = 0_u64;
-        let mut first_token: Option<Duration> = None;
+        let mut first_token_at: Option<Duration> = None;
         let mut events = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
         while let Some(event) = events.next().await {
             match event {
                 Ok(AttemptEvent::Delta { text: piece, .. }) => {
                     deltas += 1;
-                    first_token.get_or_insert_with(|| self.started.elapsed());
+                    first_token_at.get_or_insert_with(|| self.started.elapsed());
                     if piece.is_empty() {
                         continue;
                     }
@@ -343,7 +406,7 @@ impl Walk<'_> {
                 }
                 Ok(AttemptEvent::UpstreamRouted(_) | AttemptEvent::LocalPrefilled { .. }) => {}
                 Ok(AttemptEvent::Done(summary)) => {
-                    let answer = self.answer(routing, text, summary, first_token);
+                    let answer = self.answer(routing, text, summary, first_token_at);
                     self.record_answer(&answer);
                     let _ = tx.send(Ok(StreamEvent::Done(answer))).await;
                     return deltas;
@@ -404,5 +467,47 @@ impl Walk<'_> {
             .time_to_first_token
             .with_label_values(&[tier])
             .observe(answer.time_to_first_token.as_secs_f64());
+    }
+}
+
+/// Reads `attempt` until its first token is held (or it ended with a real stop), keeping every
+/// event in `held`. An attempt that ends, fails or closes before that has failed its step:
+/// nothing has reached the client, so the plan can move on.
+async fn first_token(
+    attempt: &mut AttemptStream,
+    held: &mut Vec<AttemptEvent>,
+) -> Result<(), NodeError> {
+    let mut seen = 0;
+    loop {
+        for event in &held[seen..] {
+            match event {
+                AttemptEvent::Delta { text, .. } if !text.is_empty() => return Ok(()),
+                AttemptEvent::Done(summary) => return empty_answer(summary.finish_reason),
+                _ => {}
+            }
+        }
+        seen = held.len();
+        match attempt.next().await {
+            Some(Ok(event)) => held.push(event),
+            Some(Err(err)) => return Err(err),
+            None => {
+                return Err(NodeError::Upstream(
+                    "the attempt ended before its first token".to_owned(),
+                ));
+            }
+        }
+    }
+}
+
+/// An attempt that ended with no text: an answer only when the model really stopped.
+fn empty_answer(finish_reason: FinishReason) -> Result<(), NodeError> {
+    match finish_reason {
+        FinishReason::Stop => Ok(()),
+        FinishReason::Deadline => Err(NodeError::DeadlineExceeded(
+            "the deadline passed before the first token".to_owned(),
+        )),
+        FinishReason::Length => Err(NodeError::Upstream(
+            "the attempt ended with no text (finish reason length)".to_owned(),
+        )),
     }
 }

@@ -47,4 +47,6 @@ pub trait NodeApi: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Ready to serve: the local engine is loaded.
     fn is_ready(&self) -> bool;
+    /// Brings gauges that follow other state (link health) up to date, before a scrape.
+    fn refresh_metrics(&self) {}
 }

@@ -8,8 +8,10 @@ use futures::{FutureExt, StreamExt};
 use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::Tier;
-use tiergate_router::{Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide};
-use tiergate_upstream::{CloudClient, CloudEvent, RegionalClient, UpstreamError};
+use tiergate_router::{
+    BudgetConfig, Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide,
+};
+use tiergate_upstream::{CallLimits, CloudClient, CloudEvent, RegionalClient, UpstreamError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -36,6 +38,8 @@ pub struct NodeParts {
     pub routed_model: String,
     pub engine: Engine,
     pub router: RouterConfig,
+    /// How a request's deadline is split across the steps of its plan.
+    pub budget: BudgetConfig,
     pub regional: Option<RegionalClient>,
     pub cloud: Option<CloudClient>,
     pub limits: Limits,
@@ -62,27 +66,7 @@ impl Node {
     /// inference: the local model's surprise at the prompt is checked by the gated local step
     /// from its own prefill.
     fn decision(&self, request: &NodeRequest) -> Decision {
-        let now = Instant::now();
-        let mut upstreams = Vec::new();
-        if let Some(regional) = &self.parts.regional {
-            upstreams.push(UpstreamView {
-                tier: Tier::Regional,
-                available: regional.is_available(now),
-            });
-        }
-        if let Some(cloud) = &self.parts.cloud {
-            upstreams.push(UpstreamView {
-                tier: Tier::Cloud,
-                available: cloud.is_available(now),
-            });
-        }
-        for upstream in &upstreams {
-            self.parts
-                .metrics
-                .upstream_available
-                .with_label_values(&[upstream.tier.as_str()])
-                .set(if upstream.available { 1.0 } else { 0.0 });
-        }
+        let upstreams = self.upstream_views(Instant::now());
         let view = NodeView {
             local_tier: self.parts.tier,
             upstreams,
@@ -109,6 +93,31 @@ impl Node {
         decision
     }
 
+    /// What link health says of each upstream now; the gauges follow.
+    fn upstream_views(&self, now: Instant) -> Vec<UpstreamView> {
+        let mut upstreams = Vec::new();
+        if let Some(regional) = &self.parts.regional {
+            upstreams.push(UpstreamView {
+                tier: Tier::Regional,
+                available: regional.is_available(now),
+            });
+        }
+        if let Some(cloud) = &self.parts.cloud {
+            upstreams.push(UpstreamView {
+                tier: Tier::Cloud,
+                available: cloud.is_available(now),
+            });
+        }
+        for upstream in &upstreams {
+            self.parts
+                .metrics
+                .upstream_available
+                .with_label_values(&[upstream.tier.as_str()])
+                .set(if upstream.available { 1.0 } else { 0.0 });
+        }
+        upstreams
+    }
+
     async fn start(self: Arc<Self>, request: NodeRequest, whole_answer: bool) -> AnswerStream {
         let started = Instant::now();
         let decision = self.decision(&request);
@@ -121,11 +130,14 @@ impl Node {
                 request,
                 decision: &decision,
                 metrics: &node.parts.metrics,
+                budget: &node.parts.budget,
                 started,
                 whole_answer,
             };
             walk.run(node.as_ref(), tx).await;
             node.parts.metrics.in_flight.dec();
+            // The walk's calls may have moved a breaker: the gauges follow at once.
+            node.upstream_views(Instant::now());
         });
         ReceiverStream::new(rx).boxed()
     }
@@ -218,6 +230,10 @@ impl NodeApi for Arc<Node> {
     fn is_ready(&self) -> bool {
         true
     }
+
+    fn refresh_metrics(&self) {
+        self.upstream_views(Instant::now());
+    }
 }
 
 impl TierStarter for Node {
@@ -245,9 +261,13 @@ impl TierStarter for Node {
         tier: Tier,
         request: &NodeRequest,
         whole_answer: bool,
+        commit_by: Instant,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
         let wire = request_to_pb(request);
-        let deadline = Some(request.deadline);
+        let deadline = CallLimits {
+            deadline: Some(request.deadline),
+            commit_by: Some(commit_by),
+        };
         async move {
             match tier {
                 Tier::Regional => {

@@ -8,96 +8,28 @@
 //! connect is tried on the other endpoints in turn: it never reached a peer, so that is safe.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Serialize;
 use tiergate_proto::v1::generate_stream_response::Event;
 use tiergate_proto::v1::inference_client::InferenceClient;
 use tiergate_proto::v1::{GenerateRequest, GenerateResponse, GenerateStreamResponse};
-use tiergate_router::health::{LinkHealth, LinkHealthConfig, LinkSnapshot, duration_text};
+use tiergate_router::health::{LinkHealth, LinkSnapshot};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 
 use crate::balance;
+use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timer, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError};
 use crate::health_watch;
 
-/// How to reach the regional tier.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionalConfig {
-    /// gRPC endpoints of regional nodes: `http://host:port`, or `https://host:port` with `tls`.
-    pub endpoints: Vec<String>,
-    /// Upper bound of one TCP (and TLS) connect.
-    #[serde(default = "default_connect_timeout", with = "duration_text")]
-    pub connect_timeout: Duration,
-    /// Upper bound of one call when the caller's deadline is later or absent.
-    #[serde(default = "default_request_timeout", with = "duration_text")]
-    pub request_timeout: Duration,
-    /// Wait before re-opening a broken health watch; doubles per failure up to 16 times this.
-    #[serde(default = "default_health_check_interval", with = "duration_text")]
-    pub health_check_interval: Duration,
-    /// Watch grpc.health.v1 on every endpoint. Off: passive observation alone.
-    #[serde(default = "default_true")]
-    pub active_health_check: bool,
-    /// TLS (mutual when a client certificate is given) towards the regional nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<RegionalTlsConfig>,
-    /// Circuit breaker and latency tracking, per endpoint.
-    #[serde(default)]
-    pub health: LinkHealthConfig,
-}
+mod config;
 
-/// TLS towards the regional nodes.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionalTlsConfig {
-    /// PEM bundle of the CA that signed the regional nodes' certificates.
-    pub ca_file: PathBuf,
-    /// This node's client certificate (PEM), for mutual TLS; needs `key_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// The name to verify in the server certificate, when it differs from the endpoint host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_health_check_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl RegionalConfig {
-    /// A config with every optional field at its default.
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Self {
-            endpoints,
-            connect_timeout: default_connect_timeout(),
-            request_timeout: default_request_timeout(),
-            health_check_interval: default_health_check_interval(),
-            active_health_check: true,
-            tls: None,
-            health: LinkHealthConfig::default(),
-        }
-    }
-}
+pub use config::{RegionalConfig, RegionalTlsConfig};
 
 /// One endpoint's health, for metrics and `route explain`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -118,18 +50,17 @@ const INITIAL_LATENCY: Duration = Duration::from_millis(50);
 /// The state of one endpoint, shared with its health-watch task.
 #[derive(Debug)]
 pub(crate) struct EndpointState {
-    uri: String,
-    health: Mutex<LinkHealth>,
+    link: Arc<Link>,
     in_flight: AtomicUsize,
 }
 
 impl EndpointState {
     pub(crate) fn uri(&self) -> &str {
-        &self.uri
+        self.link.name()
     }
 
     fn with_health<T>(&self, f: impl FnOnce(&mut LinkHealth) -> T) -> T {
-        f(&mut self.health.lock().unwrap_or_else(PoisonError::into_inner))
+        self.link.with_health(f)
     }
 
     pub(crate) fn set_health_check(&self, serving: bool) {
@@ -138,18 +69,6 @@ impl EndpointState {
 
     pub(crate) fn clear_health_check(&self) {
         self.with_health(|h| h.clear_health_check());
-    }
-
-    /// Feeds one call's outcome to the link health. A rejected request still proves the link.
-    fn observe(&self, outcome: Result<(), &UpstreamError>, latency: Duration) {
-        let now = Instant::now();
-        match outcome {
-            Err(err) if err.counts_against_link() => {
-                tracing::debug!(endpoint = %self.uri, error = %err, "regional call failed");
-                self.with_health(|h| h.record_failure(now));
-            }
-            _ => self.with_health(|h| h.record_success(latency, now)),
-        }
     }
 }
 
@@ -179,7 +98,7 @@ pub struct RegionalClient {
 #[derive(Debug)]
 struct Inner {
     endpoints: Vec<(Arc<EndpointState>, Channel)>,
-    request_timeout: Duration,
+    timeouts: TierTimeouts,
     watchers: Vec<JoinHandle<()>>,
 }
 
@@ -191,14 +110,21 @@ impl Drop for Inner {
     }
 }
 
+/// An endpoint picked for one call, with the call's duty to report to its link.
+struct Picked {
+    index: usize,
+    endpoint: Arc<EndpointState>,
+    channel: Channel,
+    admission: Admission,
+}
+
 impl RegionalClient {
     /// Builds the channels (lazily connected) and starts the health watches. Must be called
     /// inside a Tokio runtime. Reads the TLS files now, so that a bad config fails at start-up.
     pub fn new(config: &RegionalConfig) -> Result<Self, SetupError> {
         config
-            .health
             .validate()
-            .map_err(|e| SetupError::Config(format!("regional.health: {e}")))?;
+            .map_err(|e| SetupError::Config(format!("regional.{e}")))?;
         if config.endpoints.is_empty() {
             return Err(SetupError::Config("regional.endpoints is empty".into()));
         }
@@ -235,10 +161,15 @@ impl RegionalClient {
                     .tls_config(tls.clone())
                     .map_err(|e| SetupError::Tls(format!("regional endpoint `{uri}`: {e}")))?;
             }
-            let channel = endpoint.connect_lazy();
+            // A connector of our own, because tonic applies `connect_timeout` to the whole of a
+            // custom connector (TCP and TLS) but only to the TCP connect of its built-in one.
+            // The HTTP/2 handshake comes after; the first-token timeout covers it.
+            let mut tcp = HttpConnector::new();
+            tcp.enforce_http(false);
+            tcp.set_nodelay(true);
+            let channel = endpoint.connect_with_connector_lazy(tcp);
             let state = Arc::new(EndpointState {
-                uri: uri.clone(),
-                health: Mutex::new(LinkHealth::new(config.health.clone())),
+                link: Link::new(uri.clone(), LinkHealth::new(config.health.clone())),
                 in_flight: AtomicUsize::new(0),
             });
             if config.active_health_check {
@@ -253,7 +184,11 @@ impl RegionalClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoints,
-                request_timeout: config.request_timeout,
+                timeouts: TierTimeouts {
+                    first_token: config.first_token_timeout,
+                    stall: config.stall_timeout,
+                    total: config.request_timeout,
+                },
                 watchers,
             }),
         })
@@ -273,38 +208,50 @@ impl RegionalClient {
             .endpoints
             .iter()
             .map(|(ep, _)| EndpointSnapshot {
-                endpoint: ep.uri.clone(),
+                endpoint: ep.uri().to_owned(),
                 in_flight: ep.in_flight.load(Ordering::Relaxed),
                 link: ep.with_health(|h| h.snapshot(now)),
             })
             .collect()
     }
 
-    /// Asks a regional node for the whole answer. The gRPC timeout is the time left until the
-    /// earlier of `deadline` and the configured request timeout.
+    /// Asks a regional node for the whole answer. It must arrive by the earliest of the
+    /// caller's limits and the configured request timeout; that is also the gRPC timeout sent.
+    /// An empty answer that did not end with a real stop is a failure, never an answer.
     pub async fn generate(
         &self,
         request: GenerateRequest,
-        deadline: Option<Instant>,
+        limits: impl Into<CallLimits>,
     ) -> Result<GenerateResponse, UpstreamError> {
-        let deadline = self.inner.deadline(deadline)?;
+        let timers = Timers::start(
+            self.inner.timeouts,
+            limits.into(),
+            "preparing the regional call",
+        )?;
+        let timer = timers.whole_answer();
         let mut tried = Vec::new();
         let mut last_error = None;
         loop {
-            let (index, endpoint, channel) = self.inner.pick(&tried, last_error)?;
-            let in_flight = InFlight::new(endpoint.clone());
+            let mut picked = self.inner.pick(&tried, last_error)?;
+            let in_flight = InFlight::new(picked.endpoint.clone());
             let started = Instant::now();
-            let mut client = InferenceClient::new(channel);
-            let call = client.generate(grpc_request(request.clone(), deadline));
-            let result = match tokio::time::timeout_at(deadline.into(), call).await {
-                Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(status_error(&status, deadline)),
-                Err(_) => Err(UpstreamError::timeout("waiting for the regional answer")),
+            let mut client = InferenceClient::new(picked.channel.clone());
+            let call = client.generate(grpc_request(request.clone(), timer.at));
+            let result = match tokio::time::timeout_at(timer.at.into(), call).await {
+                Ok(Ok(response)) => whole_answer(response.into_inner()),
+                Ok(Err(status)) => Err(status_error(&status, timer)),
+                Err(_) => Err(timer.error("waiting for the regional answer")),
             };
-            endpoint.observe(result.as_ref().map(|_| ()), started.elapsed());
+            picked
+                .admission
+                .report(result.as_ref().map(|_| ()), started.elapsed());
             drop(in_flight);
             match result {
-                Err(err) if self.inner.may_retry(&err, &mut tried, index, deadline) => {
+                Err(err)
+                    if self
+                        .inner
+                        .may_retry(&err, &mut tried, picked.index, timer.at) =>
+                {
                     last_error = Some(err);
                 }
                 other => return other,
@@ -314,38 +261,51 @@ impl RegionalClient {
 
     /// Asks a regional node for a streamed answer. Errors before the stream opened are returned
     /// here (after the other endpoints were tried if one could not connect); later ones end the
-    /// stream.
+    /// stream. The first token must come by the first-token timer, each later message within
+    /// the stall timeout of the one before.
     pub async fn generate_stream(
         &self,
         request: GenerateRequest,
-        deadline: Option<Instant>,
+        limits: impl Into<CallLimits>,
     ) -> Result<RegionalStream, UpstreamError> {
-        let deadline = self.inner.deadline(deadline)?;
+        let timers = Timers::start(
+            self.inner.timeouts,
+            limits.into(),
+            "preparing the regional call",
+        )?;
+        let first = timers.first_token();
+        let end = timers.end();
         let mut tried = Vec::new();
         let mut last_error = None;
         loop {
-            let (index, endpoint, channel) = self.inner.pick(&tried, last_error)?;
-            let in_flight = InFlight::new(endpoint.clone());
+            let mut picked = self.inner.pick(&tried, last_error)?;
+            let in_flight = InFlight::new(picked.endpoint.clone());
             let started = Instant::now();
-            let mut client = InferenceClient::new(channel);
-            let call = client.generate_stream(grpc_request(request.clone(), deadline));
-            let opened = match tokio::time::timeout_at(deadline.into(), call).await {
+            let mut client = InferenceClient::new(picked.channel.clone());
+            // The peer may stream until the end of the call; the first token is our business.
+            let call = client.generate_stream(grpc_request(request.clone(), end.at));
+            let opened = match tokio::time::timeout_at(first.at.into(), call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(status_error(&status, deadline)),
-                Err(_) => Err(UpstreamError::timeout(
-                    "waiting for the regional stream to start",
-                )),
+                Ok(Err(status)) => Err(status_error(&status, first)),
+                Err(_) => Err(first.error("waiting for the regional stream to start")),
             };
             match opened {
                 Ok(messages) => {
-                    return Ok(Box::pin(read_stream(
-                        messages, in_flight, deadline, started,
-                    )));
+                    let call = StreamCall {
+                        in_flight,
+                        admission: picked.admission,
+                        timers,
+                        started,
+                    };
+                    return Ok(Box::pin(read_stream(messages, call)));
                 }
                 Err(err) => {
-                    endpoint.observe(Err(&err), started.elapsed());
+                    picked.admission.report(Err(&err), started.elapsed());
                     drop(in_flight);
-                    if !self.inner.may_retry(&err, &mut tried, index, deadline) {
+                    if !self
+                        .inner
+                        .may_retry(&err, &mut tried, picked.index, first.at)
+                    {
                         return Err(err);
                     }
                     last_error = Some(err);
@@ -356,16 +316,6 @@ impl RegionalClient {
 }
 
 impl Inner {
-    fn deadline(&self, deadline: Option<Instant>) -> Result<Instant, UpstreamError> {
-        let now = Instant::now();
-        let cap = now + self.request_timeout;
-        let deadline = deadline.map_or(cap, |d| d.min(cap));
-        if deadline <= now {
-            return Err(UpstreamError::timeout("preparing the regional call"));
-        }
-        Ok(deadline)
-    }
-
     /// Power of two choices among the endpoints that admit a call, skipping `tried`; takes the
     /// chosen endpoint's admission (a probe slot when half-open). When none is left, a retry
     /// reports the error that made it retry.
@@ -373,7 +323,7 @@ impl Inner {
         &self,
         tried: &[usize],
         last_error: Option<UpstreamError>,
-    ) -> Result<(usize, Arc<EndpointState>, Channel), UpstreamError> {
+    ) -> Result<Picked, UpstreamError> {
         let now = Instant::now();
         let fallback = self
             .endpoints
@@ -409,8 +359,13 @@ impl Inner {
                 ));
             };
             let (endpoint, channel) = &self.endpoints[index];
-            if endpoint.with_health(|h| h.try_acquire(now)) {
-                return Ok((index, endpoint.clone(), channel.clone()));
+            if let Some(admission) = endpoint.link.admit(now) {
+                return Ok(Picked {
+                    index,
+                    endpoint: endpoint.clone(),
+                    channel: channel.clone(),
+                    admission,
+                });
             }
             // Another call took the last probe slot in the meantime.
             excluded.push(index);
@@ -439,7 +394,9 @@ impl Inner {
                 let snap = ep.with_health(|h| h.snapshot(now));
                 format!(
                     "{}: {:?}, health check {:?}",
-                    ep.uri, snap.state, snap.health_check
+                    ep.uri(),
+                    snap.state,
+                    snap.health_check
                 )
             })
             .collect::<Vec<_>>()
@@ -448,16 +405,35 @@ impl Inner {
 }
 
 /// The peer's status as an error. The peer enforces our grpc-timeout itself and may answer
-/// CANCELLED when it expires: past the deadline, any failure is a timeout.
-fn status_error(status: &tonic::Status, deadline: Instant) -> UpstreamError {
+/// CANCELLED when it expires: past the timer, any failure is that timer's timeout.
+fn status_error(status: &tonic::Status, timer: Timer) -> UpstreamError {
     let err = UpstreamError::from_grpc_status(status);
-    if Instant::now() >= deadline && err.kind() != ErrorKind::Timeout {
-        return UpstreamError::new(
-            ErrorKind::Timeout,
-            format!("deadline passed ({})", err.message()),
-        );
+    if err.kind() == ErrorKind::Timeout {
+        return err.with_caller_timeout(!timer.counts);
+    }
+    if Instant::now() >= timer.at {
+        return timer.error(&format!("calling the regional node ({})", err.message()));
     }
     err
+}
+
+/// A whole answer, unless it is empty without a real stop (a peer cut short by a deadline).
+fn whole_answer(response: GenerateResponse) -> Result<GenerateResponse, UpstreamError> {
+    if response.text.is_empty() && !is_real_stop(&response.finish_reason) {
+        return Err(empty_answer(&response.finish_reason));
+    }
+    Ok(response)
+}
+
+fn is_real_stop(finish_reason: &str) -> bool {
+    matches!(finish_reason, "stop" | "eos")
+}
+
+fn empty_answer(finish_reason: &str) -> UpstreamError {
+    UpstreamError::new(
+        ErrorKind::ServerError,
+        format!("the regional node answered nothing (finish reason `{finish_reason}`)"),
+    )
 }
 
 fn grpc_request(request: GenerateRequest, deadline: Instant) -> tonic::Request<GenerateRequest> {
@@ -466,36 +442,76 @@ fn grpc_request(request: GenerateRequest, deadline: Instant) -> tonic::Request<G
     request
 }
 
-/// Passes the peer's messages through until `done`, feeding the link health at the end.
+/// What a stream carries along from its call.
+struct StreamCall {
+    in_flight: InFlight,
+    admission: Admission,
+    timers: Timers,
+    started: Instant,
+}
+
+/// Passes the peer's messages through until `done`. The link hears of the outcome before the
+/// last item is handed over: a consumer that drops the stream after `done` must not leave the
+/// success unreported (a half-open breaker would never close on streamed traffic).
 fn read_stream(
     mut messages: tonic::Streaming<GenerateStreamResponse>,
-    in_flight: InFlight,
-    deadline: Instant,
-    started: Instant,
+    call: StreamCall,
 ) -> impl futures::Stream<Item = Result<GenerateStreamResponse, UpstreamError>> + Send + 'static {
+    let StreamCall {
+        in_flight,
+        mut admission,
+        timers,
+        started,
+    } = call;
     async_stream::stream! {
-        let endpoint = in_flight.0.clone();
         let mut first_message: Option<Duration> = None;
+        // Text seen so far; before the first token the first-token timer runs, then the stall one.
+        let mut last_token: Option<Instant> = None;
         loop {
-            let error = match tokio::time::timeout_at(deadline.into(), messages.message()).await {
+            let timer = match last_token {
+                None => timers.first_token(),
+                Some(last) => timers.next_message(last),
+            };
+            let error = match tokio::time::timeout_at(timer.at.into(), messages.message()).await {
                 Ok(Ok(Some(message))) => {
                     first_message.get_or_insert_with(|| started.elapsed());
-                    let done = matches!(message.event, Some(Event::Done(_)));
-                    yield Ok(message);
-                    if done {
-                        endpoint.observe(Ok(()), first_message.unwrap_or_default());
-                        break;
+                    let finish = match &message.event {
+                        Some(Event::Delta(delta)) => {
+                            if !delta.text.is_empty() {
+                                last_token = Some(Instant::now());
+                            }
+                            None
+                        }
+                        Some(Event::Done(done)) => Some(done.finish_reason.clone()),
+                        _ => None,
+                    };
+                    match finish {
+                        None => {
+                            yield Ok(message);
+                            continue;
+                        }
+                        Some(reason) if last_token.is_none() && !is_real_stop(&reason) => {
+                            empty_answer(&reason)
+                        }
+                        Some(_) => {
+                            admission.report(Ok(()), first_message.unwrap_or_default());
+                            yield Ok(message);
+                            break;
+                        }
                     }
-                    continue;
                 }
                 Ok(Ok(None)) => UpstreamError::new(
                     ErrorKind::Protocol,
                     "the regional stream ended without a done message",
                 ),
-                Ok(Err(status)) => status_error(&status, deadline),
-                Err(_) => UpstreamError::timeout("streaming the regional answer"),
+                Ok(Err(status)) => status_error(&status, timer),
+                Err(_) => timer.error(if last_token.is_none() {
+                    "waiting for the first regional token"
+                } else {
+                    "waiting for the next regional token (stalled)"
+                }),
             };
-            endpoint.observe(Err(&error), started.elapsed());
+            admission.report(Err(&error), started.elapsed());
             yield Err(error);
             break;
         }

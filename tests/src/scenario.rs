@@ -1,0 +1,240 @@
+//! Building blocks of the resilience scenarios: an edge node whose upstreams carry short,
+//! test-sized timeouts, a regional node that answers with its own model, a fake cloud that
+//! fails on demand, and readers of what a client gets back.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tiergate_bench::fake_upstream::{self, Faults};
+use tiergate_proto::v1 as pb;
+use tokio::task::JoinHandle;
+
+use crate::{Gate, HttpReply, NodeProcess, node_toml, post_json};
+
+/// The timeouts every scenario gives the edge's upstream links: short, so that a stall costs
+/// the test a fraction of a second, yet far above what a healthy loopback peer needs.
+pub const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A fake OpenAI-compatible cloud on 127.0.0.1, failing as its [`Faults`] say.
+#[derive(Debug)]
+pub struct FakeCloud {
+    pub url: String,
+    pub faults: Faults,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for FakeCloud {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeCloud {
+    pub async fn start() -> anyhow::Result<FakeCloud> {
+        let (listener, addr) =
+            fake_upstream::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let faults = Faults::default();
+        let task = tokio::spawn(fake_upstream::serve_with_faults(listener, faults.clone()));
+        Ok(FakeCloud {
+            url: format!("http://{addr}/v1"),
+            faults,
+            task,
+        })
+    }
+}
+
+/// A regional node whose own model answers every request (no upstream of its own).
+pub async fn regional_node() -> anyhow::Result<NodeProcess> {
+    NodeProcess::start(
+        "regional",
+        &node_toml(
+            "regional-1",
+            "regional",
+            "regional",
+            None,
+            None,
+            Gate::Commit,
+        ),
+    )
+    .await
+}
+
+/// Upstream links of an edge node under test.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeLinks {
+    /// gRPC URL of the regional tier.
+    pub regional: Option<String>,
+    /// Base URL (ending in /v1) of the cloud tier.
+    pub cloud: Option<String>,
+    /// Consecutive failures that open a breaker.
+    pub failures_to_open: u32,
+    /// Extra TOML appended as is (e.g. a `[budget]` or `[limits]` section).
+    pub extra: String,
+}
+
+/// The TOML of an edge node with `links` and `gate`. The regional link gets a first-token
+/// timeout of 2 s, since a real regional node holds its first token back for its own commit
+/// window; a test that stalls the regional tier sets `regional_first_token`.
+pub fn edge_toml(links: &EdgeLinks, gate: Gate, regional_first_token: Duration) -> String {
+    let failures = links.failures_to_open.max(1);
+    let mut toml =
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"models/edge\"\n"
+            .to_owned();
+    if let Some(regional) = &links.regional {
+        toml.push_str(&format!(
+            "[upstreams.regional]\nendpoints = [\"{regional}\"]\nhealth_check_interval = \"100ms\"\n\
+             connect_timeout = \"300ms\"\nfirst_token_timeout = \"{}ms\"\nstall_timeout = \"300ms\"\n\
+             [upstreams.regional.health]\nconsecutive_failures = {failures}\nopen_duration = \"500ms\"\n",
+            regional_first_token.as_millis()
+        ));
+    }
+    if let Some(cloud) = &links.cloud {
+        toml.push_str(&format!(
+            "[upstreams.cloud]\nbase_url = \"{cloud}\"\nmodel = \"tiergate\"\n\
+             connect_timeout = \"300ms\"\nfirst_token_timeout = \"{}ms\"\nstall_timeout = \"300ms\"\n\
+             [upstreams.cloud.health]\nconsecutive_failures = {failures}\nopen_duration = \"500ms\"\n",
+            FIRST_TOKEN_TIMEOUT.as_millis()
+        ));
+    }
+    toml.push_str(gate.router_toml());
+    toml.push_str(&links.extra);
+    toml
+}
+
+/// A generation request for `prompt`.
+pub fn request(prompt: &str) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt: prompt.to_owned(),
+        params: Some(pb::GenerationParams {
+            max_new_tokens: 16,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a streamed gRPC call gave the client.
+#[derive(Debug, Default)]
+pub struct GrpcStreamed {
+    pub routed: Option<pb::RoutingInfo>,
+    pub text: String,
+    pub done: Option<pb::GenerateResponse>,
+    pub status: Option<tonic::Status>,
+    pub elapsed: Duration,
+}
+
+impl GrpcStreamed {
+    /// The tier that answered, from the routing the stream opened with.
+    pub fn tier(&self) -> Option<pb::Tier> {
+        self.routed
+            .as_ref()
+            .and_then(|r| pb::Tier::try_from(r.tier).ok())
+    }
+}
+
+/// Streams `prompt` from `node` over gRPC with `timeout`, reading to the end.
+pub async fn grpc_stream(
+    node: &NodeProcess,
+    prompt: &str,
+    timeout: Duration,
+) -> anyhow::Result<GrpcStreamed> {
+    let started = Instant::now();
+    let mut client = node.grpc_client().await?;
+    let mut req = tonic::Request::new(request(prompt));
+    req.set_timeout(timeout);
+    let mut out = GrpcStreamed::default();
+    let mut stream = match client.generate_stream(req).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            out.status = Some(status);
+            out.elapsed = started.elapsed();
+            return Ok(out);
+        }
+    };
+    use pb::generate_stream_response::Event;
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(message) => match message.event {
+                Some(Event::Routed(routing)) => out.routed = Some(routing),
+                Some(Event::Delta(delta)) => out.text.push_str(&delta.text),
+                Some(Event::Done(done)) => out.done = Some(done),
+                None => {}
+            },
+            Err(status) => {
+                out.status = Some(status);
+                break;
+            }
+        }
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// What an SSE answer gave the client.
+#[derive(Debug)]
+pub struct SseAnswer {
+    pub reply: HttpReply,
+    pub text: String,
+    /// The `finish_reason` of the last content chunk, when one came.
+    pub finish_reason: Option<String>,
+    /// The error event, when one came.
+    pub error: Option<serde_json::Value>,
+    pub elapsed: Duration,
+}
+
+/// Posts a streamed chat completion for `prompt` to `node` and reads the SSE body.
+pub async fn sse_chat(node: &NodeProcess, prompt: &str) -> anyhow::Result<SseAnswer> {
+    let started = Instant::now();
+    let url = format!("{}/v1/chat/completions", node.http_url());
+    let body = serde_json::json!({
+        "model": "tiergate",
+        "max_tokens": 16,
+        "stream": true,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let reply = post_json(&url, &body).await?;
+    let elapsed = started.elapsed();
+    let mut text = String::new();
+    let mut finish_reason = None;
+    let mut error = None;
+    for line in reply
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+    {
+        if line == "[DONE]" {
+            continue;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(line)?;
+        if chunk.get("error").is_some() {
+            error = Some(chunk["error"].clone());
+            continue;
+        }
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+            finish_reason = Some(reason.to_owned());
+        }
+    }
+    Ok(SseAnswer {
+        reply,
+        text,
+        finish_reason,
+        error,
+        elapsed,
+    })
+}
+
+/// Posts a whole (non-streamed) chat completion for `prompt` to `node`.
+pub async fn unary_chat(node: &NodeProcess, prompt: &str) -> anyhow::Result<(HttpReply, Duration)> {
+    let started = Instant::now();
+    let url = format!("{}/v1/chat/completions", node.http_url());
+    let body = serde_json::json!({
+        "model": "tiergate",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let reply = post_json(&url, &body).await?;
+    Ok((reply, started.elapsed()))
+}
