@@ -163,10 +163,13 @@ pub enum Reason {
     LocalFailed,
     /// Nothing above this node is configured: answered locally (the top of the hierarchy).
     NoUpstream,
+    /// Served from the node's response cache (never chosen by the router: the node reports
+    /// it when a stored upstream answer replaced the plan, or its degraded end).
+    CacheHit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::EarlyExit,
         Reason::LowConfidence,
         Reason::Complexity,
@@ -176,6 +179,7 @@ impl Reason {
         Reason::UpstreamFailed,
         Reason::LocalFailed,
         Reason::NoUpstream,
+        Reason::CacheHit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -189,6 +193,7 @@ impl Reason {
             Reason::UpstreamFailed => "upstream_failed",
             Reason::LocalFailed => "local_failed",
             Reason::NoUpstream => "no_upstream",
+            Reason::CacheHit => "cache_hit",
         }
     }
 }

@@ -387,7 +387,8 @@ fn reason_names_are_snake_case_and_stable() {
             "upstream_unavailable",
             "upstream_failed",
             "local_failed",
-            "no_upstream"
+            "no_upstream",
+            "cache_hit"
         ]
     );
     for r in Reason::ALL {
