@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::http::{HttpState, serve_http};
 use crate::metrics::NodeMetrics;
@@ -95,7 +96,9 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         None => None,
     };
     let metrics = NodeMetrics::new(&config.node.name)?;
+    let cache = ResponseCache::open(&config.cache, &metrics);
     let node = Node::new(NodeParts {
+        cache,
         name: config.node.name.clone(),
         tier: config.node.tier,
         routed_model: config.node.routed_model.clone(),

@@ -11,6 +11,7 @@ use tiergate_router::{BudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load};
+use crate::cache::CacheConfig;
 use crate::node::Limits;
 use crate::tls::ServerTls;
 
@@ -26,6 +27,8 @@ pub struct Config {
     /// How a request's deadline is split across the steps of its routing plan.
     pub budget: BudgetConfig,
     pub upstreams: UpstreamsSection,
+    /// The offline response cache.
+    pub cache: CacheConfig,
 }
 
 /// Who this node is.
@@ -113,6 +116,9 @@ impl Config {
         self.budget
             .validate()
             .map_err(|message| invalid("budget", &message))?;
+        self.cache
+            .validate()
+            .map_err(|message| invalid("cache", &message))?;
         if let Some(regional) = &self.upstreams.regional {
             regional
                 .validate()

@@ -217,7 +217,11 @@ pub fn routing_to_pb(routing: &RoutingInfo) -> pb::RoutingInfo {
 }
 
 pub fn routing_from_pb(routing: pb::RoutingInfo) -> Result<RoutingInfo, NodeError> {
+    // The wire has no cache field: an upstream node's hit is known by its reason.
+    let cache = (routing.reason == tiergate_router::Reason::CacheHit.as_str())
+        .then_some(crate::node::CacheStatus::Hit);
     Ok(RoutingInfo {
+        cache,
         tier: tier_from_pb(routing.tier)?,
         reason: routing.reason,
         complexity: routing.complexity,

@@ -9,7 +9,7 @@ use tiergate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
-use crate::node::{NodeApi, NodeError, NodeRequest, StreamEvent};
+use crate::node::{CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent};
 
 /// The gRPC face of a node.
 pub struct InferenceService {
@@ -47,7 +47,9 @@ impl pb::inference_server::Inference for InferenceService {
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let request = self.node_request(request)?;
         let answer = self.node.generate(request).await?;
-        Ok(Response::new(answer_to_pb(&answer)))
+        let mut response = Response::new(answer_to_pb(&answer));
+        cache_metadata(response.metadata_mut(), answer.routing.cache);
+        Ok(response)
     }
 
     type GenerateStreamStream = EventStream;
@@ -57,7 +59,15 @@ impl pb::inference_server::Inference for InferenceService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let request = self.node_request(request)?;
-        let events = self.node.generate_stream(request).await?;
+        let mut events = self.node.generate_stream(request).await?;
+        // The first event is `Routed`, already here: it says whether the answer is a cache hit
+        // before the response metadata goes out.
+        let first = events.next().await;
+        let cache = match &first {
+            Some(Ok(StreamEvent::Routed(routing))) => routing.cache,
+            _ => None,
+        };
+        let events = futures::stream::iter(first).chain(events);
         let stream = events.map(|event| {
             let event = match event.map_err(Status::from)? {
                 StreamEvent::Routed(routing) => {
@@ -75,7 +85,9 @@ impl pb::inference_server::Inference for InferenceService {
             };
             Ok(pb::GenerateStreamResponse { event: Some(event) })
         });
-        Ok(Response::new(Box::pin(stream)))
+        let mut response = Response::new(Box::pin(stream) as EventStream);
+        cache_metadata(response.metadata_mut(), cache);
+        Ok(response)
     }
 
     async fn explain(
@@ -131,5 +143,15 @@ mod tests {
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("123456789m"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}
+
+/// `x-tiergate-cache: hit` on an answer served from a response cache.
+fn cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cache: Option<CacheStatus>) {
+    if let Some(cache) = cache {
+        metadata.insert(
+            "x-tiergate-cache",
+            tonic::metadata::MetadataValue::from_static(cache.as_str()),
+        );
     }
 }

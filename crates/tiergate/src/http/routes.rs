@@ -293,6 +293,9 @@ fn routing_headers(headers: &mut HeaderMap, routing: &RoutingInfo) {
     }
     put("x-tiergate-degraded", routing.degraded.to_string());
     put("x-tiergate-node", routing.node.clone());
+    if let Some(cache) = routing.cache {
+        put("x-tiergate-cache", cache.as_str().to_owned());
+    }
 }
 
 /// A client's `x-request-id` when it is short and plain, else a fresh one.

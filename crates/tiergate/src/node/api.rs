@@ -115,6 +115,25 @@ pub struct RoutingInfo {
     pub degraded: bool,
     pub node: String,
     pub tiers_tried: Vec<Tier>,
+    /// Set when the answer came from a response cache (this node's or an upstream node's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStatus>,
+}
+
+/// How the response cache took part in an answer; reported as `x-tiergate-cache` and as
+/// `"cache"` in the `tiergate` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    Hit,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+        }
+    }
 }
 
 /// Why generation ended.

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary};
 use super::{Answer, FinishReason, NodeError, NodeRequest, RoutingInfo, StreamEvent};
+use crate::cache::RequestCache;
 use crate::metrics::NodeMetrics;
 
 /// Starts attempts at each tier; implemented by the node over its engine and upstream clients.
@@ -51,6 +52,8 @@ pub struct Walk<'a> {
     pub started: Instant,
     /// The client waits for the whole answer (no stream to feed).
     pub whole_answer: bool,
+    /// This request's place in the response cache, if it is cacheable (see `cached.rs`).
+    pub cache: Option<&'a RequestCache>,
 }
 
 type Sender = mpsc::Sender<Result<StreamEvent, NodeError>>;
@@ -75,6 +78,11 @@ impl Walk<'_> {
         let mut last_error: Option<(Tier, NodeError)> = None;
         for (index, &step) in self.decision.plan.iter().enumerate() {
             let tier = self.decision.step_tier(step);
+            // A stored upstream answer beats a degraded local one (and, if so configured,
+            // any walk at all).
+            if self.serve_cached(index, step, &results, &tx).await {
+                return;
+            }
             let commit_by = self.commit_point(index);
             let run = async {
                 match step {
@@ -368,12 +376,13 @@ impl Walk<'_> {
             degraded: outcome.degraded,
             node,
             tiers_tried,
+            cache: upstream.as_ref().and_then(|r| r.cache),
         })
     }
 
     /// Sends `Routed`, the held events, then the rest of the attempt. Returns the number of
     /// deltas passed on.
-    async fn stream_answer(
+    pub(super) async fn stream_answer(
         &self,
         routing: RoutingInfo,
         held: Vec<AttemptEvent>,
@@ -408,6 +417,9 @@ impl Walk<'_> {
                 Ok(AttemptEvent::Done(summary)) => {
                     let answer = self.answer(routing, text, summary, first_token_at);
                     self.record_answer(&answer);
+                    if let Some(cache) = self.cache {
+                        cache.answered(&answer);
+                    }
                     let _ = tx.send(Ok(StreamEvent::Done(answer))).await;
                     return deltas;
                 }

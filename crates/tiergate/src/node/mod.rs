@@ -2,6 +2,7 @@
 
 pub mod api;
 mod attempt;
+mod cached;
 pub mod error;
 mod executor;
 pub mod limits;
@@ -10,8 +11,8 @@ mod service;
 use futures::future::BoxFuture;
 
 pub use api::{
-    Answer, AnswerStream, FinishReason, Forwarding, Input, Message, ModelCard, NodeRequest, Role,
-    RoutingInfo, Sampling, StreamEvent, Usage,
+    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
+    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage,
 };
 pub use error::NodeError;
 pub use limits::Limits;

@@ -21,6 +21,7 @@ use super::{
     Answer, AnswerStream, Explanation, FinishReason, Input, Limits, ModelCard, NodeApi, NodeError,
     NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
 };
+use crate::cache::{RequestCache, ResponseCache};
 use crate::grpc::convert::{
     answer_from_pb, finish_reason_from_str, request_to_pb, routing_from_pb,
 };
@@ -44,6 +45,8 @@ pub struct NodeParts {
     pub cloud: Option<CloudClient>,
     pub limits: Limits,
     pub metrics: NodeMetrics,
+    /// The response cache, when `[cache]` enables it.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// A running node. Cheap to share behind an `Arc`.
@@ -123,9 +126,12 @@ impl Node {
         let decision = self.decision(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = Arc::clone(&self);
+        let cache = (node.parts.cache.as_ref())
+            .and_then(|cache| RequestCache::new(cache, &request, node.parts.tier));
         tokio::spawn(async move {
             node.parts.metrics.in_flight.inc();
             let walk = Walk {
+                cache: cache.as_ref(),
                 node_name: &node.parts.name,
                 request,
                 decision: &decision,
@@ -196,6 +202,7 @@ impl NodeApi for Arc<Node> {
                 degraded: decision.degraded,
                 node: self.parts.name.clone(),
                 tiers_tried: Vec::new(),
+                cache: None,
             };
             let decision = serde_json::to_value(&decision)
                 .map_err(|e| NodeError::Internal(format!("cannot serialize the decision: {e}")))?;
