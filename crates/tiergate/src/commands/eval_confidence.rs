@@ -11,7 +11,7 @@ use serde_json::json;
 use tiergate::calibration::{
     self, CalibrationPrompt, CalibrationResult, GateOutcome, PromptKind, TokenSignal,
 };
-use tiergate_engine::{Engine, EngineConfig, GenerationRequest, Prompt, SamplingParams};
+use tiergate_engine::{GenerationRequest, Prompt, SamplingParams};
 use tiergate_router::ConfidenceConfig;
 
 use crate::cli::EvalConfidenceArgs;
@@ -49,17 +49,13 @@ async fn answer_all(
         .model
         .clone()
         .context("--model is required with --data")?;
-    let config = EngineConfig {
+    let engine = super::generate::load_engine(
         model_dir,
-        variant: args.variant,
-        ort_library: args.ort_library.clone(),
-        workers: 1,
-        intra_op_threads: args.threads,
-        ..EngineConfig::default()
-    };
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&config))
-        .await
-        .context("loading the model")??;
+        args.variant,
+        args.ort_library.clone(),
+        args.threads,
+    )
+    .await?;
     let mut results = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let request = GenerationRequest::new(

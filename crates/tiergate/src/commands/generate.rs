@@ -13,17 +13,13 @@ use tiergate_engine::{
 use crate::cli::GenerateArgs;
 
 pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let config = EngineConfig {
-        model_dir: args.model.clone(),
-        variant: args.variant,
-        ort_library: args.ort_library.clone(),
-        workers: 1,
-        intra_op_threads: args.threads,
-        ..EngineConfig::default()
-    };
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&config))
-        .await
-        .context("loading the model")??;
+    let engine = load_engine(
+        args.model.clone(),
+        args.variant,
+        args.ort_library.clone(),
+        args.threads,
+    )
+    .await?;
     let prompt = if args.raw {
         Prompt::Text(args.prompt.clone())
     } else {
@@ -52,6 +48,27 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         write_human(&mut out, &engine, &generation)?;
     }
     Ok(())
+}
+
+/// One worker on the model, loaded off the async runtime (hashing and session creation block):
+/// how the single-model commands (`generate`, `eval confidence`) run the engine.
+pub(crate) async fn load_engine(
+    model_dir: std::path::PathBuf,
+    variant: tiergate_engine::ModelVariant,
+    ort_library: Option<std::path::PathBuf>,
+    intra_op_threads: usize,
+) -> anyhow::Result<Engine> {
+    let config = EngineConfig {
+        model_dir,
+        variant,
+        ort_library,
+        workers: 1,
+        intra_op_threads,
+        ..EngineConfig::default()
+    };
+    Ok(tokio::task::spawn_blocking(move || Engine::load(&config))
+        .await
+        .context("loading the model")??)
 }
 
 fn millis(duration: Duration) -> f64 {
