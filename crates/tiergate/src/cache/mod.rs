@@ -27,6 +27,9 @@ use crate::node::{Answer, FinishReason, NodeRequest};
 use lru::Lru;
 use store::{DiskStore, StoreError};
 
+/// The values of `tiergate_cache_requests_total`'s `result` label.
+const RESULTS: [&str; 5] = ["hit", "miss", "stored", "expired", "error"];
+
 /// Wall-clock time, injectable so that tests can move past the TTL.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -79,6 +82,10 @@ impl ResponseCache {
             entries: metrics.cache_entries.clone(),
             clock,
         };
+        // Every result exported from the start at 0, so that rates and alerts need no absent().
+        for result in RESULTS {
+            cache.requests.with_label_values(&[result]);
+        }
         if let Some(path) = &config.path {
             cache.disk = cache.open_disk(path);
         }

@@ -1,0 +1,158 @@
+//! The offline response cache, against real `tiergate serve` processes: an edge node restarted
+//! with every upstream down still answers a request it saw before the restart with the stored
+//! upstream answer (labelled as a hit), and anything else with its own degraded answer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tiergate_e2e::faults::{FaultProxy, ProxyMode};
+use tiergate_e2e::scenario::{EdgeLinks, edge_toml, regional_node, request, sse_chat, unary_chat};
+use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
+
+const SEEN: &str = "what is the capital of france";
+const UNSEEN: &str = "name a large river in europe";
+const SEEN_GRPC: &str = "list three primary colours";
+
+fn edge_config(regional: &str, cache: &Path) -> String {
+    let links = EdgeLinks {
+        regional: Some(regional.to_owned()),
+        failures_to_open: 1,
+        extra: format!(
+            "[cache]\nenabled = true\npath = \"{}\"\nttl = \"1h\"\n",
+            cache.display()
+        ),
+        ..EdgeLinks::default()
+    };
+    edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2))
+}
+
+async fn cache_count(edge: &NodeProcess, result: &str) -> f64 {
+    let text = metrics_text(edge).await.unwrap();
+    metric(
+        &text,
+        "tiergate_cache_requests_total",
+        &[("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_edge_restarted_offline_serves_what_it_saw_before_from_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("edge-cache.redb");
+    let regional = regional_node().await.unwrap();
+    let proxy = FaultProxy::start(regional.grpc, ProxyMode::Pass)
+        .await
+        .unwrap();
+
+    // Online: the regional tier answers, and the edge keeps its answers.
+    let edge = NodeProcess::start("edge", &edge_config(&proxy.url(), &cache))
+        .await
+        .unwrap();
+    let (reply, _) = unary_chat(&edge, SEEN).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-tiergate-tier"), Some("regional"));
+    assert_eq!(reply.header("x-tiergate-cache"), None);
+    let online = reply.json().unwrap();
+    let online_text = online["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!online_text.is_empty());
+    let mut grpc = edge.grpc_client().await.unwrap();
+    let online_grpc = grpc.generate(request(SEEN_GRPC)).await.unwrap();
+    assert!(online_grpc.metadata().get("x-tiergate-cache").is_none());
+    let online_grpc_text = online_grpc.into_inner().text;
+    // Stores go to disk off the request path: wait until both are committed.
+    let waited = Instant::now();
+    while cache_count(&edge, "stored").await < 2.0 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    edge.stop().await.unwrap();
+
+    // Every upstream gone; the edge restarts with the same cache file.
+    proxy.set(ProxyMode::Refuse);
+    regional.stop().await.unwrap();
+    let edge = NodeProcess::start("edge", &edge_config(&proxy.url(), &cache))
+        .await
+        .unwrap();
+
+    // The request seen before: the stored regional answer, labelled, whole and streamed.
+    let started = Instant::now();
+    let (reply, elapsed) = unary_chat(&edge, SEEN).await.unwrap();
+    eprintln!("cache hit (unary) after a restart offline: {elapsed:?}");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-tiergate-cache"), Some("hit"));
+    assert_eq!(reply.header("x-tiergate-tier"), Some("regional"));
+    assert_eq!(reply.header("x-tiergate-reason"), Some("cache_hit"));
+    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
+    let body = reply.json().unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        online_text.as_str()
+    );
+    assert_eq!(body["tiergate"]["cache"], "hit");
+    assert_eq!(body["tiergate"]["tier"], "regional");
+    let streamed = sse_chat(&edge, SEEN).await.unwrap();
+    assert_eq!(streamed.reply.header("x-tiergate-cache"), Some("hit"));
+    assert_eq!(streamed.text, online_text);
+    assert_eq!(streamed.finish_reason.as_deref(), Some("stop"));
+    let hit = grpc_hit(&edge).await;
+    assert_eq!(hit, online_grpc_text);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A request never seen: the edge's own answer, degraded, no cache label.
+    let (reply, _) = unary_chat(&edge, UNSEEN).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-tiergate-tier"), Some("edge"));
+    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
+    assert_eq!(reply.header("x-tiergate-cache"), None);
+    assert!(reply.json().unwrap()["tiergate"].get("cache").is_none());
+
+    let text = metrics_text(&edge).await.unwrap();
+    let count = |result| {
+        metric(
+            &text,
+            "tiergate_cache_requests_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(count("hit"), Some(3.0), "{text}");
+    assert_eq!(count("miss"), Some(1.0), "{text}");
+    assert_eq!(count("error"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "tiergate_cache_entries", &[]), Some(2.0));
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_requests_total",
+            &[
+                ("tier", "regional"),
+                ("reason", "cache_hit"),
+                ("outcome", "ok")
+            ]
+        ),
+        Some(3.0)
+    );
+}
+
+/// The gRPC answer for [`SEEN_GRPC`], which must be a labelled cache hit.
+async fn grpc_hit(edge: &NodeProcess) -> String {
+    let mut client = edge.grpc_client().await.unwrap();
+    let mut req = tonic::Request::new(request(SEEN_GRPC));
+    req.set_timeout(Duration::from_secs(5));
+    let response = client.generate(req).await.unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-tiergate-cache")
+            .map(|v| v.to_str().unwrap()),
+        Some("hit")
+    );
+    let answer = response.into_inner();
+    let routing = answer.routing.clone().unwrap();
+    assert_eq!(routing.reason, "cache_hit");
+    assert!(routing.degraded);
+    answer.text
+}
