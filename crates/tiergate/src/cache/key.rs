@@ -136,7 +136,8 @@ mod tests {
     #[test]
     fn any_change_that_can_change_the_answer_changes_the_key() {
         let base = CacheKey::of("", &request());
-        let changes: Vec<Box<dyn Fn(&mut NodeRequest)>> = vec![
+        type Change = Box<dyn Fn(&mut NodeRequest)>;
+        let changes: Vec<Change> = vec![
             Box::new(|r| r.sampling.max_new_tokens = 33),
             Box::new(|r| r.sampling.temperature = Some(0.7)),
             Box::new(|r| r.sampling.top_k = Some(40)),

@@ -14,8 +14,9 @@ use super::key::CacheKey;
 pub enum StoreError {
     #[error("cache database: {0}")]
     Database(#[from] redb::DatabaseError),
+    /// Boxed: redb's transaction error is large, and every result here would carry its size.
     #[error("cache transaction: {0}")]
-    Transaction(#[from] redb::TransactionError),
+    Transaction(Box<redb::TransactionError>),
     #[error("cache table: {0}")]
     Table(#[from] redb::TableError),
     #[error("cache storage: {0}")]
@@ -24,6 +25,12 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
     #[error("cache entry: {0}")]
     Entry(#[from] serde_json::Error),
+}
+
+impl From<redb::TransactionError> for StoreError {
+    fn from(err: redb::TransactionError) -> Self {
+        StoreError::Transaction(Box::new(err))
+    }
 }
 
 impl StoreError {

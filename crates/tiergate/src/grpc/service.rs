@@ -128,6 +128,16 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// `x-tiergate-cache: hit` on an answer served from a response cache.
+fn cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cache: Option<CacheStatus>) {
+    if let Some(cache) = cache {
+        metadata.insert(
+            "x-tiergate-cache",
+            tonic::metadata::MetadataValue::from_static(cache.as_str()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,15 +153,5 @@ mod tests {
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout("123456789m"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
-    }
-}
-
-/// `x-tiergate-cache: hit` on an answer served from a response cache.
-fn cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cache: Option<CacheStatus>) {
-    if let Some(cache) = cache {
-        metadata.insert(
-            "x-tiergate-cache",
-            tonic::metadata::MetadataValue::from_static(cache.as_str()),
-        );
     }
 }
