@@ -15,11 +15,15 @@ const UNSEEN: &str = "name a large river in europe";
 const SEEN_GRPC: &str = "list three primary colours";
 
 fn edge_config(regional: &str, cache: &Path) -> String {
+    edge_config_in_mode(regional, cache, "offline")
+}
+
+fn edge_config_in_mode(regional: &str, cache: &Path, mode: &str) -> String {
     let links = EdgeLinks {
         regional: Some(regional.to_owned()),
         failures_to_open: 1,
         extra: format!(
-            "[cache]\nenabled = true\npath = \"{}\"\nttl = \"1h\"\n",
+            "[cache]\nenabled = true\npath = \"{}\"\nttl = \"1h\"\nmode = \"{mode}\"\n",
             cache.display()
         ),
         ..EdgeLinks::default()
@@ -155,4 +159,67 @@ async fn grpc_hit(edge: &NodeProcess) -> String {
     assert_eq!(routing.reason, "cache_hit");
     assert!(routing.degraded);
     answer.text
+}
+
+/// `mode = "always"`: a request seen before is answered from the cache while the regional tier
+/// is up, without calling it, and the answer is not degraded. Sampled requests are never
+/// stored.
+#[tokio::test]
+async fn in_always_mode_a_hit_saves_the_upstream_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("edge-cache.redb");
+    let regional = regional_node().await.unwrap();
+    let edge = NodeProcess::start(
+        "edge",
+        &edge_config_in_mode(&regional.grpc_url(), &cache, "always"),
+    )
+    .await
+    .unwrap();
+    let (first, _) = unary_chat(&edge, SEEN).await.unwrap();
+    assert_eq!(first.header("x-tiergate-tier"), Some("regional"));
+    let waited = Instant::now();
+    while cache_count(&edge, "stored").await < 1.0 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (second, _) = unary_chat(&edge, SEEN).await.unwrap();
+    assert_eq!(second.header("x-tiergate-cache"), Some("hit"));
+    assert_eq!(second.header("x-tiergate-tier"), Some("regional"));
+    assert_eq!(second.header("x-tiergate-degraded"), Some("false"));
+    assert_eq!(
+        second.json().unwrap()["choices"][0]["message"]["content"],
+        first.json().unwrap()["choices"][0]["message"]["content"]
+    );
+
+    // A sampled request goes upstream every time and is never stored.
+    let url = format!("{}/v1/chat/completions", edge.http_url());
+    let sampled = serde_json::json!({
+        "model": "tiergate",
+        "max_tokens": 16,
+        "temperature": 0.8,
+        "messages": [{"role": "user", "content": SEEN}],
+    });
+    for _ in 0..2 {
+        let reply = tiergate_e2e::post_json(&url, &sampled).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-tiergate-cache"), None);
+    }
+    let text = metrics_text(&edge).await.unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_upstream_requests_total",
+            &[("upstream", "regional"), ("outcome", "ok")]
+        ),
+        Some(3.0),
+        "the hit made no upstream call: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_cache_requests_total",
+            &[("result", "stored")]
+        ),
+        Some(1.0)
+    );
 }
