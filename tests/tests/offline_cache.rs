@@ -223,3 +223,26 @@ async fn in_always_mode_a_hit_saves_the_upstream_call() {
         Some(1.0)
     );
 }
+
+/// A cache file that is not a cache (disk trouble, a wrong path) never stops the node serving:
+/// it starts, counts the error, moves the file aside and stores into a fresh one.
+#[tokio::test]
+async fn an_unreadable_cache_file_does_not_stop_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("edge-cache.redb");
+    std::fs::write(&cache, b"not a redb file, just bytes".repeat(100)).unwrap();
+    let regional = regional_node().await.unwrap();
+    let edge = NodeProcess::start("edge", &edge_config(&regional.grpc_url(), &cache))
+        .await
+        .unwrap();
+    let (reply, _) = unary_chat(&edge, SEEN).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-tiergate-tier"), Some("regional"));
+    let waited = Instant::now();
+    while cache_count(&edge, "stored").await < 1.0 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache_count(&edge, "error").await, 1.0);
+    assert!(dir.path().join("edge-cache.redb.unreadable").exists());
+}

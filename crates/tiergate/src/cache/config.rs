@@ -63,3 +63,26 @@ impl CacheConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_modes_and_rejects_unknown_fields() {
+        let config: CacheConfig =
+            toml::from_str("enabled = true\npath = \"c.redb\"\nttl = \"90s\"\nmode = \"always\"\n")
+                .unwrap();
+        assert!(config.enabled);
+        assert_eq!(config.ttl, Duration::from_secs(90));
+        assert_eq!(config.mode, CacheMode::Always);
+        assert!(config.deterministic_only);
+        assert!(toml::from_str::<CacheConfig>("size = 3\n").is_err());
+        assert!(toml::from_str::<CacheConfig>("mode = \"sometimes\"\n").is_err());
+        let zero: CacheConfig = toml::from_str("ttl = \"0s\"\n").unwrap();
+        assert!(zero.validate().is_err());
+        assert!(CacheConfig::default().validate().is_ok());
+    }
+}
