@@ -41,6 +41,10 @@ pub struct EngineConfig {
     /// Requests that may wait for a worker; one more gets `Overloaded`. 0 accepts a request only
     /// when a worker is idle.
     pub queue_capacity: usize,
+    /// Generations one worker decodes together, one session run per step for all of them
+    /// (continuous batching: a new request joins after its prefill, a finished one leaves at
+    /// once). 1 runs every generation alone, one after the other.
+    pub max_batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             graph_optimization: GraphOptimization::All,
             optimized_model_cache: None,
             queue_capacity: 16,
+            max_batch: 1,
         }
     }
 }
@@ -98,6 +103,11 @@ impl Engine {
     /// Loads the model (verifying every file's hash and the graph's IO) and starts the workers.
     /// Blocking: call it before serving or from `spawn_blocking`.
     pub fn load(config: &EngineConfig) -> Result<Engine, EngineError> {
+        if config.max_batch == 0 {
+            return Err(EngineError::ConfigInvalid(
+                "max_batch must be at least 1".into(),
+            ));
+        }
         if config.workers == 0 {
             return Err(EngineError::ConfigInvalid(
                 "workers must be at least 1".into(),
@@ -162,6 +172,7 @@ impl Engine {
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,
+            max_batch: config.max_batch,
         })?;
         tracing::info!(
             model = %info.name,

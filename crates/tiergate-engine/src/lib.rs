@@ -14,6 +14,8 @@
 //! # let _ = answer; Ok(()) }
 //! ```
 
+mod backend;
+mod batch;
 mod confidence;
 mod engine;
 mod error;
