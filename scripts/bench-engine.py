@@ -215,16 +215,23 @@ def run_llama(args, gguf, threads, prompt_ids, steps):
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_batch=512, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
 
+    vocab = llm.n_vocab()
+
+    def next_token():
+        # Llama.eval keeps no logits unless logits_all (0.3.x samples in C): read the last row.
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(vocab,))))
+
     def generate(ids, n):
         llm.reset()
         started = time.perf_counter()
         llm.eval(ids)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = next_token()
         prefill = time.perf_counter() - started
         started = time.perf_counter()
         for _ in range(n):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = next_token()
         return prefill, time.perf_counter() - started
 
     result = timed_runs(generate, prompt_ids, steps, args.repeat)
@@ -247,6 +254,8 @@ def main():
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--streams", default="1,2,4,8",
                         help="concurrent streams of the batching bench ('' skips it)")
+    parser.add_argument("--batch-threads", type=int, default=1,
+                        help="intra-op threads of the batching bench")
     args = parser.parse_args()
     args.model = args.model.resolve()
     if not (args.model / "manifest.json").is_file():
@@ -293,6 +302,15 @@ def main():
     os.unlink(prompts_file)
     load_after = load_average()
 
+    streams = [int(s) for s in args.streams.split(",") if s]
+    if rows:
+        print_table(args, manifest, rows, load_before, load_after)
+    for variant in variants if streams else []:
+        print()
+        batching(args, variant, streams)
+
+
+def print_table(args, manifest, rows, load_before, load_after):
     first = rows[0][3]
     print(f"model {manifest['name']} {manifest['version']} ({args.model}); {len(PROMPTS)} chat prompts "
           f"of {', '.join(str(len(p)) for p in first['prompt_ids'])} tokens, "
@@ -319,23 +337,18 @@ def main():
     print("ratios: decode tokens/s and prefill speed relative to llama.cpp at the same thread count "
           "(above 1.00x is faster)")
 
-    streams = [int(s) for s in args.streams.split(",") if s]
-    if streams and "int4" in variants:
-        print()
-        batching(args, streams)
 
-
-def batching(args, streams):
+def batching(args, variant, streams):
     """The engine's batching bench: aggregate decode tokens/s at several concurrent streams."""
-    log(f"batching bench, int4, streams {streams}")
+    log(f"batching bench, {variant}, streams {streams}")
     try:
         result = run_cargo_bench("batching", [
-            "--model", str(args.model), "--variant", "int4", "--threads", "2",
+            "--model", str(args.model), "--variant", variant, "--threads", str(args.batch_threads),
             "--streams", ",".join(map(str, streams)), "--max-new-tokens", str(args.max_new_tokens)])
     except subprocess.CalledProcessError as error:
         print(f"batching bench failed: {error}")
         return
-    print(f"batching (int4, one worker, {result['threads']} intra-op threads, up to "
+    print(f"batching ({variant}, one worker, {result['threads']} intra-op threads, up to "
           f"{args.max_new_tokens} greedy tokens per stream, load average {load_average()}):")
     print(f"{'streams':>7}  {'decoding':<14}{'aggregate tok/s':>16}{'per stream tok/s':>18}"
           f"{'vs 1 stream':>13}")

@@ -3,7 +3,7 @@
 //! outside `Session::run`, and the process's resident memory.
 //!
 //! `cargo bench -p tiergate-engine --bench engine -- [--model DIR] [--variant fp32|int8|int4]
-//!  [--threads N] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
+//!  [--threads N] [--spinning 0|1] [--arena 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
 //!
 //! Prompts are user messages rendered with the model's chat template: from `--prompts FILE` (a
 //! JSON array of strings), else the model's `reference.json` cases. With `--json` the output also
@@ -23,6 +23,8 @@ struct Args {
     model: PathBuf,
     variant: ModelVariant,
     threads: usize,
+    spinning: bool,
+    arena: bool,
     prompts: Option<PathBuf>,
     repeat: usize,
     max_new_tokens: usize,
@@ -35,6 +37,8 @@ fn parse_args() -> Args {
         model: root.join("models/edge"),
         variant: ModelVariant::Fp32,
         threads: 1,
+        spinning: true,
+        arena: true,
         prompts: None,
         repeat: 20,
         max_new_tokens: 64,
@@ -58,6 +62,8 @@ fn parse_args() -> Args {
                     .expect("fp32|int8|int4")
             }
             "--threads" => args.threads = number(iter.next(), "--threads"),
+            "--spinning" => args.spinning = number(iter.next(), "--spinning") != 0,
+            "--arena" => args.arena = number(iter.next(), "--arena") != 0,
             "--prompts" => args.prompts = Some(PathBuf::from(iter.next().expect("--prompts FILE"))),
             "--repeat" => args.repeat = number(iter.next(), "--repeat"),
             "--max-new-tokens" => args.max_new_tokens = number(iter.next(), "--max-new-tokens"),
@@ -124,6 +130,8 @@ fn main() {
         variant: args.variant,
         workers: 1,
         intra_op_threads: args.threads,
+        intra_op_spinning: args.spinning,
+        memory_arena: args.arena,
         ..EngineConfig::default()
     };
     let engine = Engine::load(&config).expect("load the model");
@@ -183,6 +191,8 @@ fn main() {
             "model": model.name,
             "variant": model.variant,
             "threads": args.threads,
+            "intra_op_spinning": args.spinning,
+            "memory_arena": args.arena,
             "generations": generations,
             "decode_tokens": decode_tokens,
             "decode_seconds": decode_time.as_secs_f64(),

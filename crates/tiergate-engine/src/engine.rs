@@ -33,6 +33,13 @@ pub struct EngineConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
+    /// Whether idle intra-op threads spin before sleeping. Spinning shaves the wake-up off every
+    /// parallel section on a quiet machine; on a loaded or shared one (an edge box also running
+    /// the gateway) the spinning threads steal the cores the work needs.
+    pub intra_op_spinning: bool,
+    /// ONNX Runtime's CPU memory arena. Off, activations and outputs come from malloc and are
+    /// returned after each run: a smaller resident set for the same speed (docs/benchmarks.md).
+    pub memory_arena: bool,
     pub graph_optimization: GraphOptimization,
     /// Directory for optimised graphs, keyed by the graph's sha256 and the level: written on
     /// first load, loaded (skipping optimisation) after. With level `all` the file suits only
@@ -55,6 +62,8 @@ impl Default for EngineConfig {
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
+            intra_op_spinning: true,
+            memory_arena: false,
             graph_optimization: GraphOptimization::All,
             optimized_model_cache: None,
             queue_capacity: 16,
@@ -169,6 +178,8 @@ impl Engine {
                 intra_op_threads: config.intra_op_threads,
                 graph_optimization: config.graph_optimization,
                 optimized_model,
+                intra_op_spinning: config.intra_op_spinning,
+                memory_arena: config.memory_arena,
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,

@@ -287,6 +287,8 @@ mod tests {
             intra_op_threads: 1,
             graph_optimization: GraphOptimization::All,
             optimized_model: None,
+            intra_op_spinning: true,
+            memory_arena: true,
         };
         let session =
             ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();

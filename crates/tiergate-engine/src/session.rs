@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
+use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
@@ -55,6 +56,10 @@ pub(crate) struct SessionOptions {
     pub graph_optimization: GraphOptimization,
     /// Write the optimised graph here (first worker only) / load it from here when present.
     pub optimized_model: Option<PathBuf>,
+    /// Let idle intra-op threads spin before sleeping (ONNX Runtime's default).
+    pub intra_op_spinning: bool,
+    /// ONNX Runtime's CPU arena for activations and outputs (its default) or plain malloc.
+    pub memory_arena: bool,
 }
 
 /// Graph IO names resolved per layer.
@@ -154,6 +159,14 @@ impl ModelSession {
         let mut builder = Session::builder(environment)
             .map_err(EngineError::runtime)?
             .with_intra_threads(options.intra_op_threads)
+            .map_err(EngineError::runtime)?
+            .with_inter_threads(1)
+            .map_err(EngineError::runtime)?
+            .with_intra_op_spinning(options.intra_op_spinning)
+            .map_err(EngineError::runtime)?
+            .with_execution_providers([ep::CPU::default()
+                .with_arena_allocator(options.memory_arena)
+                .build()])
             .map_err(EngineError::runtime)?
             .with_optimization_level(options.graph_optimization.level())
             .map_err(EngineError::runtime)?;
