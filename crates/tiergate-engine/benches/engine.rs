@@ -37,7 +37,7 @@ fn parse_args() -> Args {
         model: root.join("models/edge"),
         variant: ModelVariant::Fp32,
         threads: 1,
-        spinning: true,
+        spinning: false,
         arena: true,
         prompts: None,
         repeat: 20,

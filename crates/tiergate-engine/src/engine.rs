@@ -33,9 +33,11 @@ pub struct EngineConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
-    /// Whether idle intra-op threads spin before sleeping. Spinning shaves the wake-up off every
-    /// parallel section on a quiet machine; on a loaded or shared one (an edge box also running
-    /// the gateway) the spinning threads steal the cores the work needs.
+    /// Whether idle intra-op threads spin before sleeping (ONNX Runtime's own default is on).
+    /// Spinning shaves the wake-up off every parallel section on an otherwise idle machine; on a
+    /// shared one (an edge box also running the gateway, or other jobs) the spinning threads
+    /// steal the cores the work needs (int4, 2 threads, loaded 2-core machine: 22-38 tok/s off,
+    /// 15-18 on; docs/benchmarks.md).
     pub intra_op_spinning: bool,
     /// ONNX Runtime's CPU memory arena. Off, activations and outputs come from malloc and are
     /// returned after each run: a smaller resident set for the same speed (docs/benchmarks.md).
@@ -62,7 +64,7 @@ impl Default for EngineConfig {
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
-            intra_op_spinning: true,
+            intra_op_spinning: false,
             memory_arena: false,
             graph_optimization: GraphOptimization::All,
             optimized_model_cache: None,
