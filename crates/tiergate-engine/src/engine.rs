@@ -186,6 +186,7 @@ impl Engine {
             workers: config.workers,
             queue_capacity: config.queue_capacity,
             max_batch: config.max_batch,
+            shared_batch_from: shared_batch_from(config.variant),
         })?;
         tracing::info!(
             model = %info.name,
@@ -325,6 +326,17 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         self.inner.pool.submit(Job::Logits { prompt_ids, reply })?;
         answer.await.map_err(|_| unfinished())?
+    }
+}
+
+/// The smallest batch whose shared decode step beats one-row steps, per graph variant
+/// (`scripts/bench-batch-step.py` on SmolLM2-135M, 1 thread): fp32 one row 55-71 ms, two rows
+/// 60-64 ms; int4 one row 31-45 ms, but 104-123 ms for 2 to 8 rows (`MatMulNBits` with fp32
+/// activations dequantizes the weights for a multi-row product), so int4 shares from 4 rows.
+fn shared_batch_from(variant: ModelVariant) -> usize {
+    match variant {
+        ModelVariant::Int4 => 4,
+        ModelVariant::Fp32 | ModelVariant::Int8 => 2,
     }
 }
 

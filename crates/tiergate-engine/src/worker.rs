@@ -91,6 +91,8 @@ pub(crate) struct PoolSpec {
     pub queue_capacity: usize,
     /// Generations one worker decodes together (one session run per step); 1 runs each alone.
     pub max_batch: usize,
+    /// Fewer active generations than this step one by one (see `Batch`).
+    pub shared_batch_from: usize,
 }
 
 #[derive(Debug)]
@@ -178,7 +180,8 @@ fn spawn_worker(
             };
             drop(ready_tx);
             if spec.max_batch > 1 {
-                batching_loop(&mut session, &spec.codec, &receiver, &stats, spec.max_batch);
+                let sizes = (spec.max_batch, spec.shared_batch_from);
+                batching_loop(&mut session, &spec.codec, &receiver, &stats, sizes);
             } else {
                 worker_loop(&mut session, &spec.codec, &receiver, &stats);
             }
@@ -297,9 +300,9 @@ fn batching_loop(
     codec: &TextCodec,
     receiver: &Mutex<Receiver<Envelope>>,
     stats: &StatsCell,
-    max_batch: usize,
+    (max_batch, shared_from): (usize, usize),
 ) {
-    let mut batch: Batch<ModelSession, ChannelSink> = Batch::new();
+    let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(shared_from);
     let mut open = true;
     while open || !batch.is_empty() {
         while open && batch.len() < max_batch {
@@ -355,7 +358,7 @@ fn batching_loop(
                 // The members' channels close with the batch: their callers see an error.
                 let lost = batch.len() as u64;
                 stats.failed.fetch_add(lost, Ordering::Relaxed);
-                batch = Batch::new();
+                batch = Batch::new(shared_from);
                 tracing::error!(lost, "batched decode step panicked; the worker continues");
             }
         }

@@ -170,6 +170,14 @@ fn job(seed: u32, max_new_tokens: usize) -> GenerationJob {
 
 #[test]
 fn batched_tokens_equal_unbatched_tokens_while_members_join_and_leave() {
+    // 1: every step shared; 3: members step alone while fewer than 3, so the batch moves
+    // between solo and shared caches both ways.
+    for shared_from in [1, 3] {
+        joins_and_leaves(shared_from);
+    }
+}
+
+fn joins_and_leaves(shared_from: usize) {
     let (mut backend, codec) = setup();
     let jobs: Vec<GenerationJob> = (0..9)
         .map(|seed| job(seed, 6 + seed as usize * 3))
@@ -185,7 +193,7 @@ fn batched_tokens_equal_unbatched_tokens_while_members_join_and_leave() {
         .collect();
     assert!(alone.iter().any(|t| t.len() > 8), "some answers run long");
 
-    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new();
+    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(shared_from);
     let mut finished: Vec<Option<Vec<u32>>> = vec![None; jobs.len()];
     let mut pending = jobs.iter().enumerate();
     let mut record = |done: Vec<Completion<(usize, VecSink)>>| {
@@ -215,7 +223,11 @@ fn batched_tokens_equal_unbatched_tokens_while_members_join_and_leave() {
         step += 1;
     }
     for (index, tokens) in alone.iter().enumerate() {
-        assert_eq!(finished[index].as_ref(), Some(tokens), "sequence {index}");
+        assert_eq!(
+            finished[index].as_ref(),
+            Some(tokens),
+            "sequence {index}, shared from {shared_from}"
+        );
     }
     assert!(backend.largest_batch >= 3, "steps were shared");
 }
@@ -227,7 +239,7 @@ fn a_closed_stream_leaves_the_batch_and_the_others_go_on() {
     let mut alone = VecSink::default();
     run_generation(&mut backend, &codec, &long, &mut alone).unwrap();
 
-    let mut batch: Batch<FakeBackend, VecSink> = Batch::new();
+    let mut batch: Batch<FakeBackend, VecSink> = Batch::new(1);
     let closing = VecSink {
         close_after: Some(2),
         ..VecSink::default()
@@ -256,7 +268,7 @@ fn a_passed_deadline_never_joins() {
     let (mut backend, codec) = setup();
     let mut late = job(1, 10);
     late.deadline = Some(Instant::now());
-    let mut batch: Batch<FakeBackend, VecSink> = Batch::new();
+    let mut batch: Batch<FakeBackend, VecSink> = Batch::new(1);
     let (_, outcome) = batch
         .admit(&mut backend, &codec, &late, VecSink::default())
         .unwrap();
