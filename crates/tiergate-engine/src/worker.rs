@@ -306,14 +306,23 @@ fn batching_loop(
     let mut open = true;
     while open || !batch.is_empty() {
         while open && batch.len() < max_batch {
-            let next = match receiver.lock() {
-                Ok(guard) if batch.is_empty() => guard.recv().ok(),
-                Ok(guard) => match guard.try_recv() {
-                    Ok(envelope) => Some(envelope),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => None,
-                },
-                Err(_) => None,
+            let next = if batch.is_empty() {
+                match receiver.lock() {
+                    Ok(guard) => guard.recv().ok(),
+                    Err(_) => None,
+                }
+            } else {
+                // Never wait for the lock with members running: another worker holding it is
+                // idle, waiting for a job, so there is nothing queued to take anyway.
+                match receiver.try_lock() {
+                    Ok(guard) => match guard.try_recv() {
+                        Ok(envelope) => Some(envelope),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => None,
+                    },
+                    Err(std::sync::TryLockError::WouldBlock) => break,
+                    Err(std::sync::TryLockError::Poisoned(_)) => None,
+                }
             };
             let Some(Envelope {
                 job,

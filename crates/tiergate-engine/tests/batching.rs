@@ -97,3 +97,26 @@ async fn max_batch_zero_is_refused() {
     };
     assert!(Engine::load(&config).is_err());
 }
+
+/// Two batching workers share one queue: a worker with members running never waits on the
+/// queue lock that an idle worker holds, and every answer still equals its unbatched one.
+#[tokio::test]
+async fn two_batching_workers_finish_every_stream_with_the_same_tokens() {
+    let dir = common::model_dir("edge");
+    let alone = alone_tokens(&load(dir.clone(), ModelVariant::Fp32, 1), 24).await;
+    let engine = Engine::load(&EngineConfig {
+        model_dir: dir,
+        workers: 2,
+        max_batch: 3,
+        queue_capacity: 16,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let batched = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        concurrent_tokens(&engine, 24),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alone, batched);
+}
