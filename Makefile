@@ -51,10 +51,14 @@ unit:
 bench: setup
 	$(CARGO) bench --workspace --locked
 
-## Engine decode speed: the Rust engine and a plain Python onnxruntime loop, same run, with the ratio
-## (Python needs onnxruntime, numpy, tokenizers: models/requirements.txt, e.g. the .venv/models venv).
+## Engine speed on the real model (SmolLM2-135M-Instruct, imported by scripts/import-real-model.sh): the Rust engine,
+## a bare Python onnxruntime loop and llama.cpp on the same GGUF, fp32 + int4, 1 + 2 threads, prefill and
+## decode, with ratios to llama.cpp; then the batching bench (1, 2, 4, 8 streams). The script makes its own
+## venv (.venv/bench) and builds llama-cpp-python once (8-12 min; skipped with a message if that fails).
+## BENCH_ENGINE_ARGS passes options, e.g. --no-llama or --model DIR; see docs/benchmarks.md.
+.PHONY: bench-engine
 bench-engine: setup
-	$(if $(wildcard .venv/models/bin/python),.venv/models/bin/python,python3) scripts/bench-engine.py
+	python3 scripts/bench-engine.py $(BENCH_ENGINE_ARGS)
 
 ## Gateway overhead: oha against a fake upstream directly and through a tiergate node, one table
 ## (installs oha into .tools/cargo-bin on first use; see docs/benchmarks.md).

@@ -1,15 +1,18 @@
-//! Greedy decode speed of the engine on a bundled model, through the public API (queue, worker
-//! thread, KV cache, confidence, detokenization): decode tokens/s, prefill latency, and the
-//! share of time spent outside `Session::run`.
+//! Greedy decode speed of the engine through the public API (queue, worker thread, KV cache,
+//! confidence, detokenization): decode tokens/s, prefill latency, the share of time spent
+//! outside `Session::run`, and the process's resident memory.
 //!
-//! `cargo bench -p tiergate-engine --bench engine -- [--model DIR] [--variant fp32|int8]
-//!  [--repeat N] [--max-new-tokens N] [--json]`
-//! Prompts are the model's `reference.json` cases, so `scripts/bench-engine.py` decodes exactly
-//! the same tokens with a plain Python onnxruntime loop.
+//! `cargo bench -p tiergate-engine --bench engine -- [--model DIR] [--variant fp32|int8|int4]
+//!  [--threads N] [--spinning 0|1] [--arena 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
+//!
+//! Prompts are user messages rendered with the model's chat template: from `--prompts FILE` (a
+//! JSON array of strings), else the model's `reference.json` cases. With `--json` the output also
+//! carries every prompt's token ids and every generation's tokens, so `scripts/bench-engine.py`
+//! runs Python onnxruntime and llama.cpp on exactly the same ids for the same number of steps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tiergate_engine::{
@@ -19,6 +22,10 @@ use tiergate_engine::{
 struct Args {
     model: PathBuf,
     variant: ModelVariant,
+    threads: usize,
+    spinning: bool,
+    arena: bool,
+    prompts: Option<PathBuf>,
     repeat: usize,
     max_new_tokens: usize,
     json: bool,
@@ -29,25 +36,37 @@ fn parse_args() -> Args {
     let mut args = Args {
         model: root.join("models/edge"),
         variant: ModelVariant::Fp32,
+        threads: 1,
+        spinning: false,
+        arena: true,
+        prompts: None,
         repeat: 20,
         max_new_tokens: 64,
         json: false,
     };
     let mut iter = std::env::args().skip(1);
+    let number = |value: Option<String>, flag: &str| -> usize {
+        value
+            .unwrap_or_else(|| panic!("{flag} N"))
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag} takes a number"))
+    };
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--model" => args.model = PathBuf::from(iter.next().expect("--model DIR")),
             "--variant" => {
-                args.variant = iter.next().expect("--variant").parse().expect("fp32|int8")
-            }
-            "--repeat" => args.repeat = iter.next().expect("--repeat N").parse().expect("a number"),
-            "--max-new-tokens" => {
-                args.max_new_tokens = iter
+                args.variant = iter
                     .next()
-                    .expect("--max-new-tokens N")
+                    .expect("--variant")
                     .parse()
-                    .expect("a number")
+                    .expect("fp32|int8|int4")
             }
+            "--threads" => args.threads = number(iter.next(), "--threads"),
+            "--spinning" => args.spinning = number(iter.next(), "--spinning") != 0,
+            "--arena" => args.arena = number(iter.next(), "--arena") != 0,
+            "--prompts" => args.prompts = Some(PathBuf::from(iter.next().expect("--prompts FILE"))),
+            "--repeat" => args.repeat = number(iter.next(), "--repeat"),
+            "--max-new-tokens" => args.max_new_tokens = number(iter.next(), "--max-new-tokens"),
             "--json" => args.json = true,
             // `cargo bench` passes `--bench`; other harness flags do not apply.
             _ => {}
@@ -56,8 +75,12 @@ fn parse_args() -> Args {
     args
 }
 
-fn reference_prompts(model: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read_to_string(model.join("reference.json")).expect("reference.json");
+fn load_prompts(args: &Args) -> Vec<String> {
+    if let Some(file) = &args.prompts {
+        let text = std::fs::read_to_string(file).expect("the prompts file");
+        return serde_json::from_str(&text).expect("a JSON array of strings");
+    }
+    let text = std::fs::read_to_string(args.model.join("reference.json")).expect("reference.json");
     let reference: serde_json::Value = serde_json::from_str(&text).expect("reference JSON");
     reference["cases"]
         .as_array()
@@ -72,17 +95,55 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// `VmRSS` and `VmHWM` (peak) of this process in bytes, from /proc (0 elsewhere).
+fn resident_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn model_file_bytes(model: &Path, variant: ModelVariant) -> u64 {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["kind"] == "model" && f["variant"] == variant.as_str())
+        .and_then(|f| f["bytes"].as_u64())
+        .unwrap_or(0)
+}
+
 fn main() {
     let args = parse_args();
     let config = EngineConfig {
         model_dir: args.model.clone(),
         variant: args.variant,
         workers: 1,
-        intra_op_threads: 1,
+        intra_op_threads: args.threads,
+        intra_op_spinning: args.spinning,
+        memory_arena: args.arena,
         ..EngineConfig::default()
     };
     let engine = Engine::load(&config).expect("load the model");
-    let prompts = reference_prompts(&args.model);
+    let prompts = load_prompts(&args);
+    let prompt_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .tokenize(&Prompt::user(p.as_str()))
+                .expect("tokenize")
+        })
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,6 +155,7 @@ fn main() {
     let mut busy_time = Duration::ZERO;
     let mut session_run = Duration::ZERO;
     let mut generations = 0usize;
+    let mut outputs: Vec<Vec<u32>> = Vec::new();
     // The first pass warms up (allocations, caches) and is not counted.
     for pass in 0..=args.repeat {
         for prompt in &prompts {
@@ -105,6 +167,7 @@ fn main() {
                 .block_on(engine.generate(request))
                 .expect("generate");
             if pass == 0 {
+                outputs.push(generation.token_ids());
                 continue;
             }
             let t = generation.timings;
@@ -116,6 +179,7 @@ fn main() {
             generations += 1;
         }
     }
+    let (rss, rss_peak) = resident_memory();
     let tokens_per_second = decode_tokens as f64 / decode_time.as_secs_f64();
     let outside_share = 1.0 - session_run.as_secs_f64() / busy_time.as_secs_f64();
     let prefill = median(&mut prefill_ms);
@@ -126,23 +190,34 @@ fn main() {
             "implementation": "tiergate-engine",
             "model": model.name,
             "variant": model.variant,
+            "threads": args.threads,
+            "intra_op_spinning": args.spinning,
+            "memory_arena": args.arena,
             "generations": generations,
             "decode_tokens": decode_tokens,
             "decode_seconds": decode_time.as_secs_f64(),
             "decode_tokens_per_second": tokens_per_second,
             "prefill_ms_median": prefill,
             "outside_session_run_share": outside_share,
+            "rss_bytes": rss,
+            "rss_peak_bytes": rss_peak,
+            "model_file_bytes": model_file_bytes(&args.model, args.variant),
+            "prompt_ids": prompt_ids,
+            "outputs": outputs,
         });
         writeln!(out, "{value}").expect("stdout");
     } else {
         writeln!(
             out,
-            "{} ({}): {generations} generations, {decode_tokens} decode tokens\n\
-             decode {tokens_per_second:.0} tokens/s, prefill median {prefill:.3} ms, \
-             outside session.run {:.1}%",
+            "{} ({}, {} threads): {generations} generations, {decode_tokens} decode tokens\n\
+             decode {tokens_per_second:.1} tokens/s, prefill median {prefill:.1} ms, \
+             outside session.run {:.2}%, RSS {:.0} MB (peak {:.0} MB)",
             model.name,
             model.variant,
-            outside_share * 100.0
+            args.threads,
+            outside_share * 100.0,
+            rss as f64 / 1e6,
+            rss_peak as f64 / 1e6,
         )
         .expect("stdout");
     }

@@ -33,6 +33,15 @@ pub struct EngineConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
+    /// Whether idle intra-op threads spin before sleeping (ONNX Runtime's own default is on).
+    /// Spinning shaves the wake-up off every parallel section on an otherwise idle machine; on a
+    /// shared one (an edge box also running the gateway, or other jobs) the spinning threads
+    /// steal the cores the work needs (int4, 2 threads, loaded 2-core machine: 22-38 tok/s off,
+    /// 15-18 on; docs/benchmarks.md).
+    pub intra_op_spinning: bool,
+    /// ONNX Runtime's CPU memory arena. Off, activations and outputs come from malloc and are
+    /// returned after each run: a smaller resident set for the same speed (docs/benchmarks.md).
+    pub memory_arena: bool,
     pub graph_optimization: GraphOptimization,
     /// Directory for optimised graphs, keyed by the graph's sha256 and the level: written on
     /// first load, loaded (skipping optimisation) after. With level `all` the file suits only
@@ -41,6 +50,10 @@ pub struct EngineConfig {
     /// Requests that may wait for a worker; one more gets `Overloaded`. 0 accepts a request only
     /// when a worker is idle.
     pub queue_capacity: usize,
+    /// Generations one worker decodes together, one session run per step for all of them
+    /// (continuous batching: a new request joins after its prefill, a finished one leaves at
+    /// once). 1 runs every generation alone, one after the other.
+    pub max_batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,9 +64,12 @@ impl Default for EngineConfig {
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
+            intra_op_spinning: false,
+            memory_arena: false,
             graph_optimization: GraphOptimization::All,
             optimized_model_cache: None,
             queue_capacity: 16,
+            max_batch: 1,
         }
     }
 }
@@ -98,6 +114,11 @@ impl Engine {
     /// Loads the model (verifying every file's hash and the graph's IO) and starts the workers.
     /// Blocking: call it before serving or from `spawn_blocking`.
     pub fn load(config: &EngineConfig) -> Result<Engine, EngineError> {
+        if config.max_batch == 0 {
+            return Err(EngineError::ConfigInvalid(
+                "max_batch must be at least 1".into(),
+            ));
+        }
         if config.workers == 0 {
             return Err(EngineError::ConfigInvalid(
                 "workers must be at least 1".into(),
@@ -159,9 +180,13 @@ impl Engine {
                 intra_op_threads: config.intra_op_threads,
                 graph_optimization: config.graph_optimization,
                 optimized_model,
+                intra_op_spinning: config.intra_op_spinning,
+                memory_arena: config.memory_arena,
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,
+            max_batch: config.max_batch,
+            shared_batch_from: shared_batch_from(config.variant),
         })?;
         tracing::info!(
             model = %info.name,
@@ -301,6 +326,17 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         self.inner.pool.submit(Job::Logits { prompt_ids, reply })?;
         answer.await.map_err(|_| unfinished())?
+    }
+}
+
+/// The smallest batch whose shared decode step beats one-row steps, per graph variant
+/// (`scripts/bench-batch-step.py` on SmolLM2-135M, 1 thread): fp32 one row 55-71 ms, two rows
+/// 60-64 ms; int4 one row 31-45 ms, but 104-123 ms for 2 to 8 rows (`MatMulNBits` with fp32
+/// activations dequantizes the weights for a multi-row product), so int4 shares from 4 rows.
+fn shared_batch_from(variant: ModelVariant) -> usize {
+    match variant {
+        ModelVariant::Int4 => 4,
+        ModelVariant::Fp32 | ModelVariant::Int8 => 2,
     }
 }
 

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backend::Backend;
 use crate::confidence::{prompt_nll, token_confidence};
 use crate::error::EngineError;
 use crate::events::{
     FinishReason, GenerationEvent, GenerationSummary, PromptScore, Timings, TokenEvent,
 };
 use crate::sampling::{Sampler, SamplingParams};
-use crate::session::ModelSession;
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, TextCodec};
 
@@ -41,19 +41,53 @@ fn deadline_passed(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-pub(crate) fn run_generation(
-    session: &mut ModelSession,
-    codec: &TextCodec,
+/// What a sequence does after taking one row of logits.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// Feed this token to the model next.
+    Next(u32),
+    Done(Outcome),
+}
+
+/// One generation between decode steps: sampling, stop sequences, detokenization, limits and
+/// timings. The same state runs alone (`run_generation`) or as a row of a batch (`batch`).
+#[derive(Debug)]
+pub(crate) struct SequenceState {
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    deadline: Option<Instant>,
+    context: usize,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+    generated: usize,
+    pub(crate) timings: Timings,
+    decode_started: Instant,
+}
+
+/// After the prefill: the sequence and the logits of its first answer token, or its end.
+pub(crate) enum Started<C> {
+    Running {
+        state: Box<SequenceState>,
+        logits: Vec<f32>,
+        cache: C,
+    },
+    Done(Outcome),
+}
+
+/// Prefills `job`'s prompt (one row), emits `Started` with the prompt's NLL.
+pub(crate) fn start_generation<B: Backend>(
+    backend: &mut B,
     job: &GenerationJob,
     sink: &mut dyn EventSink,
-) -> Result<Outcome, EngineError> {
+) -> Result<Started<B::Cache>, EngineError> {
     let prompt_tokens = job.prompt_ids.len();
     let mut timings = Timings {
         queue: job.queue_time,
         ..Timings::default()
     };
     if sink.is_closed() {
-        return Ok(Outcome::Cancelled);
+        return Ok(Started::Done(Outcome::Cancelled));
     }
     if deadline_passed(job.deadline) {
         let started = GenerationEvent::Started {
@@ -61,70 +95,102 @@ pub(crate) fn run_generation(
             prompt_score: None,
         };
         if !sink.emit(started) {
-            return Ok(Outcome::Cancelled);
+            return Ok(Started::Done(Outcome::Cancelled));
         }
-        return Ok(Outcome::Finished(GenerationSummary {
+        return Ok(Started::Done(Outcome::Finished(GenerationSummary {
             finish_reason: FinishReason::Deadline,
             completion_tokens: 0,
             timings,
-        }));
+        })));
     }
 
     let prefill_started = Instant::now();
-    let mut cache = session.empty_cache()?;
-    let (prefill_logits, run_time) = session.forward(&job.prompt_ids, &mut cache, true)?;
+    let mut cache = backend.empty_cache()?;
+    let (prefill_logits, run_time) = backend.forward(&job.prompt_ids, &mut cache, true)?;
     timings.session_run += run_time;
     let prompt_score = prompt_nll(&prefill_logits.data, prefill_logits.vocab, &job.prompt_ids);
-    let mut logits = prefill_logits.last().to_vec();
+    let logits = prefill_logits.last().to_vec();
     drop(prefill_logits);
     timings.prefill = prefill_started.elapsed();
     if !sink.emit(GenerationEvent::Started {
         prompt_tokens,
         prompt_score,
     }) {
-        return Ok(Outcome::Cancelled);
+        return Ok(Started::Done(Outcome::Cancelled));
+    }
+    let state = SequenceState {
+        prompt_tokens,
+        max_new_tokens: job.sampling.max_new_tokens,
+        deadline: job.deadline,
+        context: backend.context_length(),
+        sampler: Sampler::new(&job.sampling),
+        decoder: IncrementalDecoder::default(),
+        stops: StopMatcher::new(&job.sampling.stop),
+        generated: 0,
+        timings,
+        decode_started: Instant::now(),
+    };
+    Ok(Started::Running {
+        state: Box::new(state),
+        logits,
+        cache,
+    })
+}
+
+impl SequenceState {
+    fn at_limit(&self) -> bool {
+        self.generated >= self.max_new_tokens || self.prompt_tokens + self.generated >= self.context
     }
 
-    let decode_started = Instant::now();
-    let context = session.context_length();
-    let mut sampler = Sampler::new(&job.sampling);
-    let mut decoder = IncrementalDecoder::default();
-    let mut stops = StopMatcher::new(&job.sampling.stop);
-    let mut generated = 0usize;
-    let finish_reason = loop {
-        if generated >= job.sampling.max_new_tokens || prompt_tokens + generated >= context {
-            break FinishReason::Length;
+    fn finish(&mut self, finish_reason: FinishReason) -> Outcome {
+        self.timings.decode = self.decode_started.elapsed();
+        Outcome::Finished(GenerationSummary {
+            finish_reason,
+            completion_tokens: self.generated,
+            timings: self.timings,
+        })
+    }
+
+    /// Picks the next token from `logits`, emits it (with any text released), and says whether
+    /// to feed it to the model or stop.
+    pub(crate) fn accept(
+        &mut self,
+        codec: &TextCodec,
+        logits: &[f32],
+        sink: &mut dyn EventSink,
+    ) -> Result<Step, EngineError> {
+        if self.at_limit() {
+            return Ok(Step::Done(self.finish(FinishReason::Length)));
         }
-        let (top1_prob, entropy) = token_confidence(&logits);
-        let id = sampler.next_token(&logits);
-        generated += 1;
+        let (top1_prob, entropy) = token_confidence(logits);
+        let id = self.sampler.next_token(logits);
+        self.generated += 1;
 
         let (mut text, reason) = if id == codec.eos_id() {
             (String::new(), Some(FinishReason::Eos))
         } else {
-            let delta = decoder.push(codec, id)?;
-            let released = stops.push(&delta);
+            let delta = self.decoder.push(codec, id)?;
+            let released = self.stops.push(&delta);
             let reason = released.stopped.then_some(FinishReason::Stop);
             (released.text, reason)
         };
         // Decide now whether this is the last token, so held-back text travels with it.
-        let reason = reason.or_else(|| {
-            if generated >= job.sampling.max_new_tokens || prompt_tokens + generated >= context {
+        let mut reason = reason.or_else(|| {
+            if self.at_limit() {
                 Some(FinishReason::Length)
-            } else if deadline_passed(job.deadline) {
+            } else if deadline_passed(self.deadline) {
                 Some(FinishReason::Deadline)
             } else {
                 None
             }
         });
-        let mut reason = reason;
         if reason.is_some_and(|r| r != FinishReason::Stop) {
-            let released = stops.push(&decoder.flush(codec)?);
+            let released = self.stops.push(&self.decoder.flush(codec)?);
             text.push_str(&released.text);
             if released.stopped {
                 reason = Some(FinishReason::Stop);
             } else {
-                text.push_str(&stops.flush());
+                text.push_str(&self.stops.flush());
             }
         }
         let event = TokenEvent {
@@ -134,34 +200,53 @@ pub(crate) fn run_generation(
             entropy,
         };
         if !sink.emit(GenerationEvent::Token(event)) {
-            return Ok(Outcome::Cancelled);
+            return Ok(Step::Done(Outcome::Cancelled));
         }
         if let Some(reason) = reason {
-            break reason;
+            return Ok(Step::Done(self.finish(reason)));
         }
         if sink.is_closed() {
-            return Ok(Outcome::Cancelled);
+            return Ok(Step::Done(Outcome::Cancelled));
         }
-        let (step_logits, run_time) = session.forward(&[id], &mut cache, false)?;
-        timings.session_run += run_time;
-        logits = step_logits.data;
+        Ok(Step::Next(id))
+    }
+}
+
+/// One generation alone: prefill, then one decode step per token on a one-row cache.
+pub(crate) fn run_generation<B: Backend>(
+    backend: &mut B,
+    codec: &TextCodec,
+    job: &GenerationJob,
+    sink: &mut dyn EventSink,
+) -> Result<Outcome, EngineError> {
+    let (mut state, mut logits, mut cache) = match start_generation(backend, job, sink)? {
+        Started::Running {
+            state,
+            logits,
+            cache,
+        } => (state, logits, cache),
+        Started::Done(outcome) => return Ok(outcome),
     };
-    timings.decode = decode_started.elapsed();
-    Ok(Outcome::Finished(GenerationSummary {
-        finish_reason,
-        completion_tokens: generated,
-        timings,
-    }))
+    loop {
+        match state.accept(codec, &logits, sink)? {
+            Step::Done(outcome) => return Ok(outcome),
+            Step::Next(id) => {
+                let (step_logits, run_time) = backend.forward(&[id], &mut cache, false)?;
+                state.timings.session_run += run_time;
+                logits = step_logits.data;
+            }
+        }
+    }
 }
 
 /// Prefill only: the prompt's mean NLL and the confidence of the first answer token.
-pub(crate) fn score_prompt(
-    session: &mut ModelSession,
+pub(crate) fn score_prompt<B: Backend>(
+    backend: &mut B,
     prompt_ids: &[u32],
 ) -> Result<PromptScore, EngineError> {
     let started = Instant::now();
-    let mut cache = session.empty_cache()?;
-    let (logits, _) = session.forward(prompt_ids, &mut cache, true)?;
+    let mut cache = backend.empty_cache()?;
+    let (logits, _) = backend.forward(prompt_ids, &mut cache, true)?;
     let mean_nll = prompt_nll(&logits.data, logits.vocab, prompt_ids);
     let (next_top1_prob, next_entropy) = token_confidence(logits.last());
     Ok(PromptScore {
@@ -174,12 +259,12 @@ pub(crate) fn score_prompt(
 }
 
 /// Raw logits after the prompt (the distribution of the first answer token).
-pub(crate) fn next_token_logits(
-    session: &mut ModelSession,
+pub(crate) fn next_token_logits<B: Backend>(
+    backend: &mut B,
     prompt_ids: &[u32],
 ) -> Result<Vec<f32>, EngineError> {
-    let mut cache = session.empty_cache()?;
-    let (logits, _) = session.forward(prompt_ids, &mut cache, false)?;
+    let mut cache = backend.empty_cache()?;
+    let (logits, _) = backend.forward(prompt_ids, &mut cache, false)?;
     Ok(logits.data)
 }
 
@@ -190,7 +275,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::{Manifest, ModelVariant};
-    use crate::session::{GraphOptimization, SessionOptions};
+    use crate::session::{GraphOptimization, ModelSession, SessionOptions};
 
     fn edge() -> (ModelSession, TextCodec, Vec<u32>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/edge");
@@ -202,6 +287,8 @@ mod tests {
             intra_op_threads: 1,
             graph_optimization: GraphOptimization::All,
             optimized_model: None,
+            intra_op_spinning: true,
+            memory_arena: true,
         };
         let session =
             ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();

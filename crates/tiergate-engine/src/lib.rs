@@ -5,6 +5,13 @@
 //! session each), and reports the signals the router needs: per-token confidence (top-1
 //! probability, entropy) and the prompt's mean negative log-likelihood.
 //!
+//! Inside, three parts, each testable alone: `backend` (the `Backend` trait: prefill, one decode
+//! step over a batch of sequences, cache rows gathered into a new batch; `session::ModelSession`
+//! implements it on ONNX Runtime with a left-padded KV cache), `generate` (one sequence's decode
+//! loop: sampling, stops, limits, confidence) and `batch` (continuous batching: with
+//! `EngineConfig::max_batch` > 1 a worker decodes its active generations in one session run per
+//! step, a new one joining after its own prefill).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), tiergate_engine::EngineError> {
 //! use tiergate_engine::{Engine, EngineConfig, GenerationRequest, Prompt, SamplingParams};
@@ -14,6 +21,8 @@
 //! # let _ = answer; Ok(()) }
 //! ```
 
+mod backend;
+mod batch;
 mod confidence;
 mod engine;
 mod error;

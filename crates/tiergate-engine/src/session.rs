@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
+use ort::ep;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, Logits};
 use crate::error::EngineError;
 use crate::manifest::Manifest;
 
@@ -54,6 +56,10 @@ pub(crate) struct SessionOptions {
     pub graph_optimization: GraphOptimization,
     /// Write the optimised graph here (first worker only) / load it from here when present.
     pub optimized_model: Option<PathBuf>,
+    /// Let idle intra-op threads spin before sleeping (ONNX Runtime's default).
+    pub intra_op_spinning: bool,
+    /// ONNX Runtime's CPU arena for activations and outputs (its default) or plain malloc.
+    pub memory_arena: bool,
 }
 
 /// Graph IO names resolved per layer.
@@ -110,25 +116,21 @@ impl ResolvedIo {
     }
 }
 
-/// Past keys and values per layer, `[1, kv_heads, len, head_dim]` each.
+/// Past keys and values per layer, `[batch, kv_heads, len, head_dim]` each.
+///
+/// Rows are left-padded to a common `len`: row `i` holds `lengths[i]` real positions in its
+/// last slots; the padding before them is zeros, masked out (`attention_mask` 0).
 #[derive(Debug)]
 pub(crate) struct KvCache {
     keys: Vec<DynValue>,
     values: Vec<DynValue>,
     len: usize,
+    lengths: Vec<usize>,
 }
 
-/// Logits of a forward pass: `rows` positions, `vocab` wide.
-#[derive(Debug)]
-pub(crate) struct Logits {
-    pub data: Vec<f32>,
-    pub vocab: usize,
-}
-
-impl Logits {
-    pub(crate) fn last(&self) -> &[f32] {
-        let start = self.data.len().saturating_sub(self.vocab);
-        &self.data[start..]
+impl KvCache {
+    pub(crate) fn batch_size(&self) -> usize {
+        self.lengths.len()
     }
 }
 
@@ -157,6 +159,14 @@ impl ModelSession {
         let mut builder = Session::builder(environment)
             .map_err(EngineError::runtime)?
             .with_intra_threads(options.intra_op_threads)
+            .map_err(EngineError::runtime)?
+            .with_inter_threads(1)
+            .map_err(EngineError::runtime)?
+            .with_intra_op_spinning(options.intra_op_spinning)
+            .map_err(EngineError::runtime)?
+            .with_execution_providers([ep::CPU::default()
+                .with_arena_allocator(options.memory_arena)
+                .build()])
             .map_err(EngineError::runtime)?
             .with_optimization_level(options.graph_optimization.level())
             .map_err(EngineError::runtime)?;
@@ -238,60 +248,59 @@ impl ModelSession {
         })
     }
 
-    pub(crate) fn context_length(&self) -> usize {
-        self.context_length
+    fn tensor(&self, batch: usize, len: usize, data: Vec<f32>) -> Result<DynValue, EngineError> {
+        let shape = [batch, self.num_kv_heads, len, self.head_dim];
+        Ok(Tensor::<f32>::from_array((shape, data))
+            .map_err(EngineError::runtime)?
+            .into_dyn())
     }
 
-    /// A cache holding nothing: zero-length past tensors, as the graph expects for prefill.
-    pub(crate) fn empty_cache(&self) -> Result<KvCache, EngineError> {
-        let layers = self.io.past_keys.len();
-        let empty = || -> Result<DynValue, EngineError> {
-            let shape = [1usize, self.num_kv_heads, 0, self.head_dim];
-            Ok(Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                .map_err(EngineError::runtime)?
-                .into_dyn())
-        };
-        Ok(KvCache {
-            keys: (0..layers).map(|_| empty()).collect::<Result<_, _>>()?,
-            values: (0..layers).map(|_| empty()).collect::<Result<_, _>>()?,
-            len: 0,
-        })
-    }
-
-    /// Runs `ids` after the cached positions. With `all_rows` the logits of every position are
-    /// returned (prefill scoring), otherwise only the last row. Returns the time spent inside
-    /// `Session::run` too.
-    pub(crate) fn forward(
+    /// Runs the graph: `ids` is `[batch, seq]` row-major; the cache's past goes in and the
+    /// presents come back into it. Returns the raw outputs' logits (all rows when `all_rows`,
+    /// else the last position of every batch row) and the time inside `Session::run`.
+    fn run(
         &mut self,
         ids: &[u32],
+        seq: usize,
         cache: &mut KvCache,
         all_rows: bool,
     ) -> Result<(Logits, Duration), EngineError> {
-        let past = cache.len;
-        let seq = ids.len();
-        if seq == 0 {
-            return Err(EngineError::Runtime(
-                "a forward pass needs at least one token".into(),
-            ));
+        let batch = cache.batch_size();
+        if seq == 0 || ids.len() != batch * seq {
+            return Err(EngineError::Runtime(format!(
+                "a forward pass needs {batch} x {seq} > 0 tokens, got {}",
+                ids.len()
+            )));
         }
+        let past = cache.len;
+        let total = past + seq;
         let input_ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+        let mut mask = Vec::with_capacity(batch * total);
+        let mut positions = Vec::with_capacity(batch * seq);
+        for &length in &cache.lengths {
+            let padding = past - length.min(past);
+            mask.extend(std::iter::repeat_n(0i64, padding));
+            mask.extend(std::iter::repeat_n(1i64, total - padding));
+            positions.extend((length..length + seq).map(|p| p as i64));
+        }
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(3 + 2 * self.io.past_keys.len());
         inputs.push((
             Cow::Borrowed(self.io.input_ids.as_str()),
-            tensor_i64([1, seq], input_ids)?,
+            tensor_i64([batch, seq], input_ids)?,
         ));
         inputs.push((
             Cow::Borrowed(self.io.attention_mask.as_str()),
-            tensor_i64([1, past + seq], vec![1; past + seq])?,
+            tensor_i64([batch, total], mask)?,
         ));
         if let Some(position_ids) = &self.io.position_ids {
-            let positions = (past..past + seq).map(|p| p as i64).collect();
             inputs.push((
                 Cow::Borrowed(position_ids.as_str()),
-                tensor_i64([1, seq], positions)?,
+                tensor_i64([batch, seq], positions)?,
             ));
         }
+        // The cache's tensors move into the run and the presents move back: no copies here
+        // (the graph itself concatenates past and new positions).
         let keys = std::mem::take(&mut cache.keys);
         let values = std::mem::take(&mut cache.values);
         for (name, value) in self.io.past_keys.iter().zip(keys) {
@@ -311,22 +320,24 @@ impl ModelSession {
         let (shape, data) = logits_value
             .try_extract_tensor::<f32>()
             .map_err(EngineError::runtime)?;
+        let vocab = self.vocab_size;
         let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims != [1, seq as i64, self.vocab_size as i64] {
+        if dims != [batch as i64, seq as i64, vocab as i64] {
             return Err(EngineError::Runtime(format!(
-                "logits have shape {dims:?}, expected [1, {seq}, {}]",
-                self.vocab_size
+                "logits have shape {dims:?}, expected [{batch}, {seq}, {vocab}]"
             )));
         }
-        let data = if all_rows {
+        let data = if all_rows || seq == 1 {
             data.to_vec()
         } else {
-            data[(seq - 1) * self.vocab_size..].to_vec()
+            let mut last = Vec::with_capacity(batch * vocab);
+            for row in 0..batch {
+                let start = (row * seq + seq - 1) * vocab;
+                last.extend_from_slice(&data[start..start + vocab]);
+            }
+            last
         };
-        let logits = Logits {
-            data,
-            vocab: self.vocab_size,
-        };
+        let logits = Logits { data, vocab };
 
         let mut take = |name: &str| {
             outputs
@@ -345,8 +356,123 @@ impl ModelSession {
             .iter()
             .map(|name| take(name))
             .collect::<Result<_, _>>()?;
-        cache.len = past + seq;
+        cache.len = total;
+        for length in &mut cache.lengths {
+            *length += seq;
+        }
         Ok((logits, run_time))
+    }
+
+    /// Copies rows of several caches into a new one, each row right-aligned (left-padded with
+    /// zeros) to the longest picked row; padding no picked row needs is dropped.
+    fn gather_rows(
+        &self,
+        caches: &[&KvCache],
+        rows: &[(usize, usize)],
+    ) -> Result<KvCache, EngineError> {
+        let mut lengths = Vec::with_capacity(rows.len());
+        for &(cache, row) in rows {
+            let length = caches
+                .get(cache)
+                .and_then(|c| c.lengths.get(row))
+                .ok_or_else(|| EngineError::Runtime(format!("no cache row {cache}.{row}")))?;
+            lengths.push(*length);
+        }
+        let len = lengths.iter().copied().max().unwrap_or(0);
+        let heads = self.num_kv_heads;
+        let dim = self.head_dim;
+        let layers = self.io.past_keys.len();
+        let pick = |layer: usize, keys: bool| -> Result<DynValue, EngineError> {
+            let mut data = vec![0.0f32; rows.len() * heads * len * dim];
+            for (out_row, &(cache, row)) in rows.iter().enumerate() {
+                let source = caches[cache];
+                let value = if keys {
+                    &source.keys[layer]
+                } else {
+                    &source.values[layer]
+                };
+                let (_, src) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(EngineError::runtime)?;
+                let length = source.lengths[row];
+                for head in 0..heads {
+                    // The real positions are the last `length` slots of the source row.
+                    let src_start = ((row * heads + head) * source.len + source.len - length) * dim;
+                    let dst_start = ((out_row * heads + head) * len + len - length) * dim;
+                    data[dst_start..dst_start + length * dim]
+                        .copy_from_slice(&src[src_start..src_start + length * dim]);
+                }
+            }
+            self.tensor(rows.len(), len, data)
+        };
+        Ok(KvCache {
+            keys: (0..layers)
+                .map(|layer| pick(layer, true))
+                .collect::<Result<_, _>>()?,
+            values: (0..layers)
+                .map(|layer| pick(layer, false))
+                .collect::<Result<_, _>>()?,
+            len,
+            lengths,
+        })
+    }
+}
+
+impl Backend for ModelSession {
+    type Cache = KvCache;
+
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// A cache holding nothing: zero-length past tensors, as the graph expects for prefill.
+    fn empty_cache(&self) -> Result<KvCache, EngineError> {
+        let layers = self.io.past_keys.len();
+        Ok(KvCache {
+            keys: (0..layers)
+                .map(|_| self.tensor(1, 0, Vec::new()))
+                .collect::<Result<_, _>>()?,
+            values: (0..layers)
+                .map(|_| self.tensor(1, 0, Vec::new()))
+                .collect::<Result<_, _>>()?,
+            len: 0,
+            lengths: vec![0],
+        })
+    }
+
+    fn forward(
+        &mut self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        all_rows: bool,
+    ) -> Result<(Logits, Duration), EngineError> {
+        if cache.batch_size() != 1 {
+            return Err(EngineError::Runtime(format!(
+                "forward takes a one-row cache, this one has {} rows",
+                cache.batch_size()
+            )));
+        }
+        self.run(ids, ids.len(), cache, all_rows)
+    }
+
+    fn decode_batch(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<(Logits, Duration), EngineError> {
+        self.run(tokens, 1, cache, false)
+    }
+
+    fn batch_size(cache: &KvCache) -> usize {
+        cache.batch_size()
+    }
+
+    fn gather(
+        &mut self,
+        caches: &[&KvCache],
+        rows: &[(usize, usize)],
+    ) -> Result<KvCache, EngineError> {
+        self.gather_rows(caches, rows)
     }
 }
 

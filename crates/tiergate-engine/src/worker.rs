@@ -15,6 +15,7 @@ use ort::environment::Environment;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 use tracing::Span;
 
+use crate::batch::{Batch, Completion};
 use crate::error::EngineError;
 use crate::events::{GenerationEvent, PromptScore};
 use crate::generate::{
@@ -88,6 +89,10 @@ pub(crate) struct PoolSpec {
     pub options: SessionOptions,
     pub workers: usize,
     pub queue_capacity: usize,
+    /// Generations one worker decodes together (one session run per step); 1 runs each alone.
+    pub max_batch: usize,
+    /// Fewer active generations than this step one by one (see `Batch`).
+    pub shared_batch_from: usize,
 }
 
 #[derive(Debug)]
@@ -174,7 +179,12 @@ fn spawn_worker(
                 }
             };
             drop(ready_tx);
-            worker_loop(&mut session, &spec.codec, &receiver, &stats);
+            if spec.max_batch > 1 {
+                let sizes = (spec.max_batch, spec.shared_batch_from);
+                batching_loop(&mut session, &spec.codec, &receiver, &stats, sizes);
+            } else {
+                worker_loop(&mut session, &spec.codec, &receiver, &stats);
+            }
         })
         .map_err(|e| EngineError::Runtime(format!("cannot start a worker thread: {e}")))?;
     Ok(ready_rx)
@@ -209,23 +219,7 @@ fn worker_loop(
                 job.queue_time = queue_time;
                 run_generate(session, codec, &job, events, stats);
             }
-            Job::Score { prompt_ids, reply } => {
-                if reply.is_closed() {
-                    return;
-                }
-                let _span = tracing::debug_span!("engine.score_prompt", tokens = prompt_ids.len())
-                    .entered();
-                let result = score_prompt(session, &prompt_ids);
-                if result.is_ok() {
-                    stats.scored.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = reply.send(result);
-            }
-            Job::Logits { prompt_ids, reply } => {
-                if !reply.is_closed() {
-                    let _ = reply.send(next_token_logits(session, &prompt_ids));
-                }
-            }
+            other => run_prefill_job(session, other, stats),
         }));
         if run.is_err() {
             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +242,13 @@ fn run_generate(
     )
     .entered();
     let mut sink = ChannelSink(events);
-    match run_generation(session, codec, job, &mut sink) {
+    let result = run_generation(session, codec, job, &mut sink);
+    complete((sink, result), stats);
+}
+
+/// Sends a generation's end to its caller and counts it.
+fn complete((sink, result): Completion<ChannelSink>, stats: &StatsCell) {
+    match result {
         Ok(Outcome::Finished(summary)) => {
             // Counted before the caller can see the end, so stats never lag the stream.
             stats.finished.fetch_add(1, Ordering::Relaxed);
@@ -262,6 +262,114 @@ fn run_generate(
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "generation failed");
             let _ = sink.0.send(Err(error));
+        }
+    }
+}
+
+/// Prompt scoring and raw logits: a prefill, no decoding.
+fn run_prefill_job(session: &mut ModelSession, job: Job, stats: &StatsCell) {
+    match job {
+        Job::Score { prompt_ids, reply } => {
+            if reply.is_closed() {
+                return;
+            }
+            let _span =
+                tracing::debug_span!("engine.score_prompt", tokens = prompt_ids.len()).entered();
+            let result = score_prompt(session, &prompt_ids);
+            if result.is_ok() {
+                stats.scored.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = reply.send(result);
+        }
+        Job::Logits { prompt_ids, reply } => {
+            if !reply.is_closed() {
+                let _ = reply.send(next_token_logits(session, &prompt_ids));
+            }
+        }
+        Job::Generate { events, .. } => {
+            let error = EngineError::Runtime("a generation reached the prefill path".into());
+            let _ = events.send(Err(error));
+        }
+    }
+}
+
+/// A worker that decodes its active generations together: it takes queued jobs while it has
+/// room (waiting only when idle), prefills each new one, then runs one batched decode step.
+fn batching_loop(
+    session: &mut ModelSession,
+    codec: &TextCodec,
+    receiver: &Mutex<Receiver<Envelope>>,
+    stats: &StatsCell,
+    (max_batch, shared_from): (usize, usize),
+) {
+    let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(shared_from);
+    let mut open = true;
+    while open || !batch.is_empty() {
+        while open && batch.len() < max_batch {
+            let next = if batch.is_empty() {
+                match receiver.lock() {
+                    Ok(guard) => guard.recv().ok(),
+                    Err(_) => None,
+                }
+            } else {
+                // Never wait for the lock with members running: another worker holding it is
+                // idle, waiting for a job, so there is nothing queued to take anyway.
+                match receiver.try_lock() {
+                    Ok(guard) => match guard.try_recv() {
+                        Ok(envelope) => Some(envelope),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => None,
+                    },
+                    Err(std::sync::TryLockError::WouldBlock) => break,
+                    Err(std::sync::TryLockError::Poisoned(_)) => None,
+                }
+            };
+            let Some(Envelope {
+                job,
+                span,
+                enqueued,
+            }) = next
+            else {
+                // Every `Engine` handle is gone: finish what is running, then end.
+                open = false;
+                break;
+            };
+            let _entered = span.enter();
+            let queue_time = enqueued.elapsed();
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
+                Job::Generate { mut job, events } => {
+                    job.queue_time = queue_time;
+                    let _span = tracing::debug_span!(
+                        "engine.generate",
+                        prompt_tokens = job.prompt_ids.len(),
+                        max_new_tokens = job.sampling.max_new_tokens,
+                        batch = batch.len() + 1
+                    )
+                    .entered();
+                    if let Some(done) = batch.admit(session, codec, &job, ChannelSink(events)) {
+                        complete(done, stats);
+                    }
+                }
+                other => run_prefill_job(session, other, stats),
+            }));
+            if run.is_err() {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("engine job panicked; the worker continues");
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| batch.step(session, codec)));
+        match step {
+            Ok(done) => done.into_iter().for_each(|done| complete(done, stats)),
+            Err(_) => {
+                // The members' channels close with the batch: their callers see an error.
+                let lost = batch.len() as u64;
+                stats.failed.fetch_add(lost, Ordering::Relaxed);
+                batch = Batch::new(shared_from);
+                tracing::error!(lost, "batched decode step panicked; the worker continues");
+            }
         }
     }
 }
