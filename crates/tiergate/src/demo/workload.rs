@@ -10,6 +10,24 @@ pub struct DemoPrompt {
     pub constraint: pb::TierConstraint,
 }
 
+/// Prompts whose route does not depend on the model: one complex by its text alone, and two
+/// pinned to the edge by the client.
+const ESSAY: DemoPrompt = DemoPrompt {
+    kind: "open-ended",
+    prompt: "Write a detailed essay comparing the economic policies of the Roman Republic and the early Roman Empire, step by step, with examples.",
+    constraint: pb::TierConstraint::Unspecified,
+};
+const UNLOCK: DemoPrompt = DemoPrompt {
+    kind: "privacy",
+    prompt: "unlock the front door",
+    constraint: pb::TierConstraint::EdgeOnly,
+};
+const MEDICAL: DemoPrompt = DemoPrompt {
+    kind: "privacy",
+    prompt: "summarise my medical history for the doctor",
+    constraint: pb::TierConstraint::EdgeOnly,
+};
+
 /// The toy models' workload: in-domain, harder, open-ended and privacy-pinned prompts.
 pub const TOY_WORKLOAD: &[DemoPrompt] = &[
     DemoPrompt {
@@ -52,26 +70,14 @@ pub const TOY_WORKLOAD: &[DemoPrompt] = &[
         prompt: "tell me what a volcano is",
         constraint: pb::TierConstraint::Unspecified,
     },
-    DemoPrompt {
-        kind: "open-ended",
-        prompt: "Write a detailed essay comparing the economic policies of the Roman Republic and the early Roman Empire, step by step, with examples.",
-        constraint: pb::TierConstraint::Unspecified,
-    },
+    ESSAY,
     DemoPrompt {
         kind: "open-ended",
         prompt: "Prove that there are infinitely many prime numbers, then explain how the proof generalises.",
         constraint: pb::TierConstraint::Unspecified,
     },
-    DemoPrompt {
-        kind: "privacy",
-        prompt: "unlock the front door",
-        constraint: pb::TierConstraint::EdgeOnly,
-    },
-    DemoPrompt {
-        kind: "privacy",
-        prompt: "summarise my medical history for the doctor",
-        constraint: pb::TierConstraint::EdgeOnly,
-    },
+    UNLOCK,
+    MEDICAL,
 ];
 
 /// The real edge model's workload (SmolLM2-135M-Instruct): questions its calibrated gate keeps
@@ -113,24 +119,12 @@ pub const REAL_WORKLOAD: &[DemoPrompt] = &[
         prompt: "In what year did the Battle of Hastings take place?",
         constraint: pb::TierConstraint::Unspecified,
     },
-    DemoPrompt {
-        kind: "open-ended",
-        prompt: "Write a detailed essay comparing the economic policies of the Roman Republic and the early Roman Empire, step by step, with examples.",
-        constraint: pb::TierConstraint::Unspecified,
-    },
+    ESSAY,
     DemoPrompt {
         kind: "open-ended",
         prompt: "Compare the CAP theorem trade-offs of Cassandra and PostgreSQL, then explain which suits a bank's ledger and why.",
         constraint: pb::TierConstraint::Unspecified,
     },
-    DemoPrompt {
-        kind: "privacy",
-        prompt: "unlock the front door",
-        constraint: pb::TierConstraint::EdgeOnly,
-    },
-    DemoPrompt {
-        kind: "privacy",
-        prompt: "summarise my medical history for the doctor",
-        constraint: pb::TierConstraint::EdgeOnly,
-    },
+    UNLOCK,
+    MEDICAL,
 ];

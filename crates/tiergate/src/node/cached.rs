@@ -6,7 +6,7 @@ use futures::StreamExt;
 use tiergate_router::{Reason, Step, StepResult};
 
 use super::attempt::{AttemptEvent, AttemptSummary};
-use super::executor::Walk;
+use super::executor::{Walk, add_tiers};
 use super::{CacheStatus, RoutingInfo, StreamEvent};
 use crate::node::NodeError;
 
@@ -37,12 +37,7 @@ impl Walk<'_> {
             return false;
         };
         let mut tiers_tried = Vec::new();
-        for step in &self.decision.plan[..index] {
-            let tier = self.decision.step_tier(*step);
-            if !tiers_tried.contains(&tier) {
-                tiers_tried.push(tier);
-            }
-        }
+        add_tiers(&mut tiers_tried, self.tiers_of_steps(index));
         let routing = RoutingInfo {
             tier: hit.tier,
             reason: Reason::CacheHit.as_str().to_owned(),

@@ -318,21 +318,23 @@ impl Walk<'_> {
         StepEnd::Answered
     }
 
+    /// The tiers of the plan's first `steps` steps, in plan order.
+    pub(super) fn tiers_of_steps(&self, steps: usize) -> impl Iterator<Item = Tier> + '_ {
+        self.decision.plan[..steps]
+            .iter()
+            .map(|step| self.decision.step_tier(*step))
+    }
+
     /// The request as it goes up: one more hop, this node's tiers marked as tried.
     fn forwarded_request(&self, before: &[StepResult]) -> NodeRequest {
         let mut request = self.request.clone();
         let forwarding = &mut request.forwarding;
         forwarding.hop_count += 1;
-        let local = self.decision.local_tier;
-        let tried_here = self.decision.plan[..before.len()]
-            .iter()
-            .map(|step| self.decision.step_tier(*step))
-            .chain([local]);
-        for tier in tried_here {
-            if !forwarding.tiers_tried.contains(&tier) {
-                forwarding.tiers_tried.push(tier);
-            }
-        }
+        let tried_here = self.tiers_of_steps(before.len());
+        add_tiers(
+            &mut forwarding.tiers_tried,
+            tried_here.chain([self.decision.local_tier]),
+        );
         forwarding.via.push(self.node_name.to_owned());
         request
     }
@@ -351,11 +353,7 @@ impl Walk<'_> {
         let mut tiers_tried = outcome.tiers_tried;
         let (tier, node) = match &upstream {
             Some(r) => {
-                for tier in &r.tiers_tried {
-                    if !tiers_tried.contains(tier) {
-                        tiers_tried.push(*tier);
-                    }
-                }
+                add_tiers(&mut tiers_tried, r.tiers_tried.iter().copied());
                 (r.tier, r.node.clone())
             }
             None if matches!(answered, StepResult::UpstreamAnswered { .. }) => {
@@ -521,5 +519,14 @@ fn empty_answer(finish_reason: FinishReason) -> Result<(), NodeError> {
         FinishReason::Length => Err(NodeError::Upstream(
             "the attempt ended with no text (finish reason length)".to_owned(),
         )),
+    }
+}
+
+/// Appends each tier not already in `tiers`, keeping the order they were tried in.
+pub(super) fn add_tiers(tiers: &mut Vec<Tier>, more: impl IntoIterator<Item = Tier>) {
+    for tier in more {
+        if !tiers.contains(&tier) {
+            tiers.push(tier);
+        }
     }
 }
