@@ -131,8 +131,11 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
         }
     }
     eprintln!("{failed} of 20 calls with a 15 ms deadline ran out of time");
+    // The toy regional model answers some calls inside 15 ms on an idle machine (12 of 20 ran
+    // out in one such run, 20 of 20 under load): enough of them must have hit their deadline for
+    // the check below to mean something, without making the test depend on the machine's load.
     assert!(
-        failed >= 15,
+        failed >= 5,
         "the deadlines were too short to matter: {failed}"
     );
 
