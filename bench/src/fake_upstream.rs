@@ -107,12 +107,16 @@ pub enum Fault {
     Flap { period: Duration },
 }
 
-/// The fault switch and the request counter, shared between a test and the fake it serves.
+/// The fault switch and the request and connection counters, shared between a test and the
+/// fake it serves.
 #[derive(Debug, Clone)]
 pub struct Faults {
     fault: Arc<Mutex<Fault>>,
     since: Instant,
     calls: Arc<AtomicUsize>,
+    /// Connections accepted and not yet closed: how a test sees, from the provider's side, that
+    /// a caller hung up.
+    open: Arc<AtomicUsize>,
 }
 
 impl Default for Faults {
@@ -121,6 +125,7 @@ impl Default for Faults {
             fault: Arc::new(Mutex::new(Fault::None)),
             since: Instant::now(),
             calls: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -134,6 +139,11 @@ impl Faults {
     /// Chat requests received so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// The fault a request meets now (a flap resolved to its current half).
@@ -165,8 +175,10 @@ pub async fn serve_with_faults(listener: TcpListener, faults: Faults) -> std::io
         // Answers are one small write each: do not let Nagle hold them back.
         stream.set_nodelay(true)?;
         let faults = faults.clone();
+        faults.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let io = TokioIo::new(stream);
+            let open = Arc::clone(&faults.open);
             // Keep-alive is hyper's default for HTTP/1.1; a closed or broken connection
             // is the client's business, not an error of the fake.
             let _closed = http1::Builder::new()
@@ -176,6 +188,7 @@ pub async fn serve_with_faults(listener: TcpListener, faults: Faults) -> std::io
                     service_fn(move |request| answer_with(request, faults.clone())),
                 )
                 .await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
