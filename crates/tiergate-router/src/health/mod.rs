@@ -344,6 +344,30 @@ impl LinkHealth {
         }
     }
 
+    /// How long until `try_acquire` may admit a call again: zero when it would now, `None` when
+    /// only the health check can tell (the peer said NOT_SERVING). The wait a client is told
+    /// (`Retry-After`) when no link can take its request.
+    pub fn available_in(&self, now: Instant) -> Option<Duration> {
+        if self.health_check == HealthCheckStatus::NotServing {
+            return None;
+        }
+        let hold_off = self
+            .hold_off_until
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let breaker = match self.breaker {
+            Breaker::Closed => Duration::ZERO,
+            Breaker::Open { until } => until.saturating_duration_since(now),
+            Breaker::HalfOpen {
+                round_started,
+                admitted,
+            } if admitted >= self.config.half_open_probes => {
+                (round_started + self.config.open_duration).saturating_duration_since(now)
+            }
+            Breaker::HalfOpen { .. } => Duration::ZERO,
+        };
+        Some(hold_off.max(breaker))
+    }
+
     /// Latency EWMA of successful calls; `None` before the first one.
     pub fn latency_ewma(&self) -> Option<Duration> {
         self.ewma.and_then(|s| Duration::try_from_secs_f64(s).ok())

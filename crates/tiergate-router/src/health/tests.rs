@@ -496,3 +496,31 @@ fn hold_off_longer_than_its_cap_is_refused_by_validate() {
             .contains("rate_limit_hold_off")
     );
 }
+
+#[test]
+fn available_in_tells_how_long_until_a_call_is_admitted_again() {
+    let t0 = Instant::now();
+    let mut link = opened_at(t0);
+    assert_eq!(link.available_in(t0), Some(OPEN));
+    assert_eq!(link.available_in(t0 + ms(4000)), Some(ms(6000)));
+    // Half-open with its one probe out: the next round starts a full period after this one.
+    assert!(link.try_acquire(t0 + OPEN));
+    assert_eq!(
+        link.available_in(t0 + OPEN + ms(1000)),
+        Some(OPEN - ms(1000))
+    );
+    link.record_success(ms(5), t0 + OPEN + ms(1000));
+    assert_eq!(
+        link.available_in(t0 + OPEN + ms(1000)),
+        Some(Duration::ZERO)
+    );
+    // Back-pressure holds it off too; the longer of the two waits counts.
+    link.record_rate_limited(Some(Duration::from_secs(3)), t0 + OPEN + ms(1000));
+    assert_eq!(
+        link.available_in(t0 + OPEN + ms(2000)),
+        Some(Duration::from_secs(2))
+    );
+    // A peer that says NOT_SERVING: only its health check can tell.
+    link.set_health_check(false);
+    assert_eq!(link.available_in(t0 + OPEN + ms(2000)), None);
+}

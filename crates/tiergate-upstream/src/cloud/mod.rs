@@ -173,6 +173,11 @@ impl CloudClient {
         self.inner.with_health(|h| h.is_available(now))
     }
 
+    /// How long until the link may admit a call (zero: now).
+    pub fn available_in(&self, now: Instant) -> Option<Duration> {
+        self.inner.with_health(|h| h.available_in(now))
+    }
+
     /// The link's health, for metrics and `route explain`.
     pub fn snapshot(&self, now: Instant) -> LinkSnapshot {
         self.inner.with_health(|h| h.snapshot(now))

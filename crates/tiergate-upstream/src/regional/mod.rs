@@ -202,6 +202,14 @@ impl RegionalClient {
             .any(|(ep, _)| ep.with_health(|h| h.is_available(now)))
     }
 
+    /// How long until some endpoint may admit a call (zero: now); `None` when every endpoint
+    /// waits on its health check.
+    pub fn available_in(&self, now: Instant) -> Option<Duration> {
+        (self.inner.endpoints.iter())
+            .filter_map(|(ep, _)| ep.with_health(|h| h.available_in(now)))
+            .min()
+    }
+
     /// Every endpoint's health, in config order.
     pub fn snapshots(&self, now: Instant) -> Vec<EndpointSnapshot> {
         self.inner

@@ -20,6 +20,13 @@ pub enum NodeError {
     /// No tier allowed for this request can answer now.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// No tier allowed for this request can answer, and link health knows when an upstream
+    /// may take calls again (an open breaker's probe time, a back-pressure hold-off).
+    #[error("unavailable: {message}")]
+    LinksDown {
+        message: String,
+        retry_after: Duration,
+    },
     /// The request's deadline passed before an answer could start.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -38,7 +45,9 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             NodeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Unavailable(_) | NodeError::LinksDown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             NodeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             NodeError::Upstream(_) => StatusCode::BAD_GATEWAY,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,20 +60,26 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) => Code::InvalidArgument,
             NodeError::Overloaded(_) => Code::ResourceExhausted,
-            NodeError::Unavailable(_) | NodeError::Upstream(_) => Code::Unavailable,
+            NodeError::Unavailable(_) | NodeError::LinksDown { .. } | NodeError::Upstream(_) => {
+                Code::Unavailable
+            }
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             NodeError::Internal(_) => Code::Internal,
         }
     }
 
     /// How long the client should wait before trying again, for errors where waiting helps
-    /// (sent as `Retry-After` on HTTP 429/503 and as `retry-after` gRPC metadata).
+    /// (sent as `Retry-After` on HTTP 429/503 and as `retry-after` gRPC metadata). Whole
+    /// seconds, at least one: `Retry-After` has no finer unit, and 0 would invite a tight loop.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            NodeError::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER),
-            NodeError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
-            _ => None,
-        }
+        let wait = match self {
+            NodeError::Overloaded(_) => OVERLOADED_RETRY_AFTER,
+            NodeError::Unavailable(_) => UNAVAILABLE_RETRY_AFTER,
+            NodeError::LinksDown { retry_after, .. } => *retry_after,
+            _ => return None,
+        };
+        let whole_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Some(Duration::from_secs(whole_seconds.max(1)))
     }
 
     /// A low-cardinality label for metrics and the OpenAI error `type` field.
@@ -72,7 +87,7 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) => "invalid_request",
             NodeError::Overloaded(_) => "overloaded",
-            NodeError::Unavailable(_) => "unavailable",
+            NodeError::Unavailable(_) | NodeError::LinksDown { .. } => "unavailable",
             NodeError::DeadlineExceeded(_) => "deadline_exceeded",
             NodeError::Upstream(_) => "upstream_error",
             NodeError::Internal(_) => "internal",
@@ -113,6 +128,19 @@ mod tests {
         );
         let status = tonic::Status::from(NodeError::Unavailable("offline".into()));
         assert_eq!(status.metadata().get("retry-after").unwrap(), "5");
+        // A wait that link health knows is rounded up to whole seconds, never to zero.
+        let links_down = |millis| NodeError::LinksDown {
+            message: "every upstream is down".into(),
+            retry_after: Duration::from_millis(millis),
+        };
+        assert_eq!(
+            links_down(12_300).retry_after(),
+            Some(Duration::from_secs(13))
+        );
+        assert_eq!(links_down(0).retry_after(), Some(Duration::from_secs(1)));
+        let status = tonic::Status::from(links_down(7_000));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "7");
         let status = tonic::Status::from(NodeError::InvalidArgument("bad".into()));
         assert!(status.metadata().get("retry-after").is_none());
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tiergate_router::tier::Tier;
+use tiergate_router::tier::{Tier, TierConstraint};
 use tiergate_router::{BudgetConfig, CommitMonitor, Decision, Step, StepResult, Verdict};
 use tokio::sync::mpsc;
 
@@ -39,6 +39,9 @@ pub trait TierStarter: Send + Sync + 'static {
         whole_answer: bool,
         commit_by: Instant,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
+    /// How long until some upstream that `constraint` allows may take calls again (zero: now);
+    /// `None` when no link can tell. What a client that could not be answered is told to wait.
+    fn upstreams_available_in(&self, constraint: TierConstraint) -> Option<Duration>;
 }
 
 /// Everything one walk needs.
@@ -132,6 +135,11 @@ impl Walk<'_> {
         // The client's own deadline ran out: say so, rather than blame the tiers.
         let err = if Instant::now() >= self.request.deadline {
             NodeError::DeadlineExceeded(message)
+        } else if let Some(retry_after) = tiers.upstreams_available_in(self.request.constraint) {
+            NodeError::LinksDown {
+                message,
+                retry_after,
+            }
         } else {
             NodeError::Unavailable(message)
         };

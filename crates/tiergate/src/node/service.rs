@@ -1,13 +1,13 @@
 //! The node: its local engine, its upstream clients and its router, behind [`NodeApi`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
 use tiergate_router::features::PromptFeatures;
-use tiergate_router::tier::Tier;
+use tiergate_router::tier::{Tier, TierConstraint};
 use tiergate_router::{
     BudgetConfig, Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide,
 };
@@ -318,6 +318,17 @@ impl TierStarter for Node {
             }
         }
         .boxed()
+    }
+
+    fn upstreams_available_in(&self, constraint: TierConstraint) -> Option<Duration> {
+        let now = Instant::now();
+        let regional = (self.parts.regional.as_ref())
+            .filter(|_| constraint.allows_upstream(Tier::Regional))
+            .and_then(|client| client.available_in(now));
+        let cloud = (self.parts.cloud.as_ref())
+            .filter(|_| constraint.allows_upstream(Tier::Cloud))
+            .and_then(|client| client.available_in(now));
+        regional.into_iter().chain(cloud).min()
     }
 }
 
