@@ -59,6 +59,10 @@ pub async fn regional_node() -> anyhow::Result<NodeProcess> {
     .await
 }
 
+/// `EdgeLinks::failures_to_open` for links whose breaker never opens (streak and error-rate
+/// triggers off), for tests that count what every call does.
+pub const NEVER_OPEN: u32 = u32::MAX;
+
 /// Upstream links of an edge node under test.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeLinks {
@@ -76,7 +80,11 @@ pub struct EdgeLinks {
 /// timeout of 2 s, since a real regional node holds its first token back for its own commit
 /// window; a test that stalls the regional tier sets `regional_first_token`.
 pub fn edge_toml(links: &EdgeLinks, gate: Gate, regional_first_token: Duration) -> String {
-    let failures = links.failures_to_open.max(1);
+    let failures = if links.failures_to_open == NEVER_OPEN {
+        "0\nerror_rate_threshold = 0.0".to_owned()
+    } else {
+        links.failures_to_open.max(1).to_string()
+    };
     let mut toml =
         "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"models/edge\"\n"
             .to_owned();

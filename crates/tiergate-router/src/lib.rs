@@ -6,6 +6,7 @@
 //! - [`confidence`]: the early-exit check over the local model's first tokens.
 //! - [`budget`]: one deadline budget per request, split across the steps of its plan.
 //! - [`health`]: per-upstream link health (latency EWMA, error rate, circuit breaker).
+//! - [`retry`]: the retry budget that bounds the extra upstream load of failovers.
 //! - [`policy`]: signals + reachable upstreams -> an explained [`Decision`] with a plan.
 //! - [`outcome`]: after the plan ran, which tier answered and why.
 //! - [`eval`]: routing evaluation (PGR, APGR, CPT as defined for RouteLLM) and calibration.
@@ -57,6 +58,7 @@ pub mod fit;
 pub mod health;
 pub mod outcome;
 pub mod policy;
+pub mod retry;
 pub mod tier;
 
 pub use budget::BudgetConfig;
@@ -70,4 +72,5 @@ pub use policy::{
     ConversationContext, Decision, Forwarding, NodeView, Reason, RouterConfig, Signals, Step,
     UpstreamView, decide,
 };
+pub use retry::{RetryBudget, RetryBudgetConfig};
 pub use tier::{Tier, TierConstraint};

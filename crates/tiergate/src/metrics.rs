@@ -35,6 +35,9 @@ pub struct NodeMetrics {
     pub complexity: Histogram,
     /// Calls to upstream tiers, by upstream and outcome.
     pub upstream_requests: IntCounterVec,
+    /// Failovers to another upstream after one failed, by upstream and whether the retry
+    /// budget let them go (`sent`) or not (`budget_exhausted`).
+    pub upstream_retries: IntCounterVec,
     /// Upstream call latency, by upstream.
     pub upstream_duration: HistogramVec,
     /// 1 when the upstream tier is available (some endpoint's breaker admits), else 0.
@@ -98,6 +101,13 @@ impl NodeMetrics {
                 "Abandoned local attempts, by cause (prompt_nll, token_floor, mean_top1, entropy).",
             )),
             &["cause"],
+        )?;
+        let upstream_retries = IntCounterVec::new(
+            with_node(Opts::new(
+                "upstream_retries_total",
+                "Upstream attempts after an upstream failure of the same request, by upstream and outcome (sent, budget_exhausted).",
+            )),
+            &["upstream", "outcome"],
         )?;
         let local_confidence = Histogram::with_opts(hist(
             "local_confidence",
@@ -163,6 +173,7 @@ impl NodeMetrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(local_attempts.clone()))?;
         registry.register(Box::new(local_abandons.clone()))?;
+        registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(local_confidence.clone()))?;
         registry.register(Box::new(complexity.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
@@ -184,6 +195,7 @@ impl NodeMetrics {
             time_to_first_token,
             local_attempts,
             local_abandons,
+            upstream_retries,
             local_confidence,
             complexity,
             upstream_requests,

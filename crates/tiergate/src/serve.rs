@@ -105,6 +105,7 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         engine,
         router: config.router,
         budget: config.budget,
+        retry: config.retry,
         regional,
         cloud,
         limits: config.limits.clone(),

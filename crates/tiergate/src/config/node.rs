@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tiergate_engine::EngineConfig;
 use tiergate_router::tier::Tier;
-use tiergate_router::{BudgetConfig, RouterConfig};
+use tiergate_router::{BudgetConfig, RetryBudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load};
@@ -26,6 +26,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// How a request's deadline is split across the steps of its routing plan.
     pub budget: BudgetConfig,
+    /// How much extra upstream load failovers may add.
+    pub retry: RetryBudgetConfig,
     pub upstreams: UpstreamsSection,
     /// The offline response cache.
     pub cache: CacheConfig,
@@ -116,6 +118,9 @@ impl Config {
         self.budget
             .validate()
             .map_err(|message| invalid("budget", &message))?;
+        self.retry
+            .validate()
+            .map_err(|message| invalid("retry", &message))?;
         self.cache
             .validate()
             .map_err(|message| invalid("cache", &message))?;

@@ -10,12 +10,15 @@
 //! cannot eat the time of the steps after it. An attempt that ends with no text for any
 //! reason but a real stop is a failure of its step, never an empty answer.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tiergate_router::tier::{Tier, TierConstraint};
-use tiergate_router::{BudgetConfig, CommitMonitor, Decision, Step, StepResult, Verdict};
+use tiergate_router::{
+    BudgetConfig, CommitMonitor, Decision, RetryBudget, Step, StepResult, Verdict,
+};
 use tokio::sync::mpsc;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary};
@@ -52,6 +55,8 @@ pub struct Walk<'a> {
     pub metrics: &'a NodeMetrics,
     /// How the request's deadline is split across the plan's steps.
     pub budget: &'a BudgetConfig,
+    /// The node's retry budget: a request deposits, each failover to another upstream withdraws.
+    pub retry_budget: &'a Mutex<RetryBudget>,
     pub started: Instant,
     /// The client waits for the whole answer (no stream to feed).
     pub whole_answer: bool,
@@ -79,6 +84,9 @@ impl Walk<'_> {
     pub async fn run(self, tiers: &dyn TierStarter, tx: Sender) {
         let mut results: Vec<StepResult> = Vec::new();
         let mut last_error: Option<(Tier, NodeError)> = None;
+        if (self.decision.plan.iter()).any(|step| matches!(step, Step::Upstream(_))) {
+            self.with_retry_budget(|budget| budget.deposit(Instant::now()));
+        }
         for (index, &step) in self.decision.plan.iter().enumerate() {
             let tier = self.decision.step_tier(step);
             // A stored upstream answer beats a degraded local one (and, if so configured,
@@ -148,6 +156,13 @@ impl Walk<'_> {
             .with_label_values(&["none", self.decision.reason.as_str(), err.as_label()])
             .inc();
         let _ = tx.send(Err(err)).await;
+    }
+
+    fn with_retry_budget<T>(&self, f: impl FnOnce(&mut RetryBudget) -> T) -> T {
+        f(&mut self
+            .retry_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     /// By when step `index` must have its first token: its share of the time left.
@@ -272,6 +287,23 @@ impl Walk<'_> {
         tx: &Sender,
     ) -> StepEnd {
         let label = tier.as_str();
+        if before.contains(&StepResult::UpstreamFailed) {
+            let sent = self.with_retry_budget(|budget| budget.try_withdraw(Instant::now()));
+            let outcome = if sent { "sent" } else { "budget_exhausted" };
+            self.metrics
+                .upstream_retries
+                .with_label_values(&[label, outcome])
+                .inc();
+            if !sent {
+                // Not a failure of this link: it was never called.
+                return StepEnd::FellThrough(
+                    StepResult::UpstreamFailed,
+                    Some(NodeError::Unavailable(format!(
+                        "{tier} was not tried: the retry budget is spent (upstreams are failing)"
+                    ))),
+                );
+            }
+        }
         let failed = |err: NodeError| {
             tracing::warn!(upstream = %tier, error = %err, "upstream attempt failed; trying the next step");
             self.metrics

@@ -1,6 +1,6 @@
 //! The node: its local engine, its upstream clients and its router, behind [`NodeApi`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -9,7 +9,8 @@ use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, Generati
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::{Tier, TierConstraint};
 use tiergate_router::{
-    BudgetConfig, Decision, NodeView, RouterConfig, Signals, Step, UpstreamView, decide,
+    BudgetConfig, Decision, NodeView, RetryBudget, RetryBudgetConfig, RouterConfig, Signals, Step,
+    UpstreamView, decide,
 };
 use tiergate_upstream::{CallLimits, CloudClient, CloudEvent, RegionalClient, UpstreamError};
 use tokio::sync::mpsc;
@@ -41,6 +42,8 @@ pub struct NodeParts {
     pub router: RouterConfig,
     /// How a request's deadline is split across the steps of its plan.
     pub budget: BudgetConfig,
+    /// The retry budget's settings (`[retry]`).
+    pub retry: RetryBudgetConfig,
     pub regional: Option<RegionalClient>,
     pub cloud: Option<CloudClient>,
     pub limits: Limits,
@@ -53,12 +56,18 @@ pub struct NodeParts {
 #[derive(Debug)]
 pub struct Node {
     parts: NodeParts,
+    /// Shared by every request's walk: failovers draw on it.
+    retry_budget: Mutex<RetryBudget>,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Arc<Node> {
         parts.metrics.ready.set(1.0);
-        Arc::new(Node { parts })
+        let retry_budget = Mutex::new(RetryBudget::new(parts.retry, Instant::now()));
+        Arc::new(Node {
+            parts,
+            retry_budget,
+        })
     }
 
     pub fn metrics(&self) -> &NodeMetrics {
@@ -137,6 +146,7 @@ impl Node {
                 decision: &decision,
                 metrics: &node.parts.metrics,
                 budget: &node.parts.budget,
+                retry_budget: &node.retry_budget,
                 started,
                 whole_answer,
             };
