@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod faults;
+pub mod netns;
 pub mod scenario;
 
 /// How long a node may take to load its model and bind (generous: CI machines are shared).
@@ -49,10 +50,36 @@ pub struct NodeProcess {
     _dir: tempfile::TempDir,
 }
 
+/// How a test starts a node process: on 127.0.0.1 by default; `wrapper` runs it through
+/// another command (e.g. `ip netns exec NS`), listening on `listen_ip`.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub wrapper: Vec<String>,
+    pub listen_ip: std::net::IpAddr,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            wrapper: Vec::new(),
+            listen_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+}
+
 impl NodeProcess {
     /// Starts a node from a TOML config (paths in it are relative to the repo root). The
     /// listen addresses are forced to 127.0.0.1:0 and read back from the node's ready line.
     pub async fn start(name: &str, config_toml: &str) -> anyhow::Result<NodeProcess> {
+        Self::launch(name, config_toml, &Launch::default()).await
+    }
+
+    /// [`NodeProcess::start`], launched as `launch` says.
+    pub async fn launch(
+        name: &str,
+        config_toml: &str,
+        launch: &Launch,
+    ) -> anyhow::Result<NodeProcess> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, config_toml)?;
@@ -60,13 +87,22 @@ impl NodeProcess {
         if !bin.exists() {
             bail!("{} is missing: run `cargo build` first", bin.display());
         }
-        let mut child = Command::new(&bin)
+        let listen = format!("\"{}\"", SocketAddr::new(launch.listen_ip, 0));
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&bin);
+                command
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
             .current_dir(repo_root())
-            .env("TIERGATE__SERVER__GRPC_LISTEN", "\"127.0.0.1:0\"")
-            .env("TIERGATE__SERVER__HTTP_LISTEN", "\"127.0.0.1:0\"")
+            .env("TIERGATE__SERVER__GRPC_LISTEN", &listen)
+            .env("TIERGATE__SERVER__HTTP_LISTEN", &listen)
             .env("TIERGATE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

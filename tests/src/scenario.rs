@@ -9,7 +9,7 @@ use tiergate_bench::fake_upstream::{self, Faults};
 use tiergate_proto::v1 as pb;
 use tokio::task::JoinHandle;
 
-use crate::{Gate, HttpReply, NodeProcess, node_toml, post_json};
+use crate::{Gate, HttpReply, Launch, NodeProcess, node_toml, post_json};
 
 /// The timeouts every scenario gives the edge's upstream links: short, so that a stall costs
 /// the test a fraction of a second, yet far above what a healthy loopback peer needs.
@@ -45,7 +45,12 @@ impl FakeCloud {
 
 /// A regional node whose own model answers every request (no upstream of its own).
 pub async fn regional_node() -> anyhow::Result<NodeProcess> {
-    NodeProcess::start(
+    regional_node_launched(&Launch::default()).await
+}
+
+/// [`regional_node`], launched as `launch` says (e.g. in a network namespace).
+pub async fn regional_node_launched(launch: &Launch) -> anyhow::Result<NodeProcess> {
+    NodeProcess::launch(
         "regional",
         &node_toml(
             "regional-1",
@@ -55,6 +60,7 @@ pub async fn regional_node() -> anyhow::Result<NodeProcess> {
             None,
             Gate::Commit,
         ),
+        launch,
     )
     .await
 }
