@@ -105,6 +105,8 @@ pub enum Fault {
     EmptyLength,
     /// Alternates, every `period`, between 503 at once and answering.
     Flap { period: Duration },
+    /// Answers, but only after this long (a provider slow to its first byte).
+    Slow(Duration),
 }
 
 /// The fault switch and the request and connection counters, shared between a test and the
@@ -208,6 +210,7 @@ async fn answer_with(
     let fault = faults.current();
     match fault {
         Fault::None | Fault::Flap { .. } => {}
+        Fault::Slow(delay) => tokio::time::sleep(delay).await,
         Fault::StallBeforeHeaders => return futures::future::pending().await,
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);

@@ -80,6 +80,8 @@ pub struct EdgeLinks {
     pub failures_to_open: u32,
     /// Extra TOML appended as is (e.g. a `[budget]` or `[limits]` section).
     pub extra: String,
+    /// The cloud link's first-token timeout; [`FIRST_TOKEN_TIMEOUT`] when unset.
+    pub cloud_first_token: Option<Duration>,
 }
 
 /// The TOML of an edge node with `links` and `gate`. The regional link gets a first-token
@@ -107,7 +109,10 @@ pub fn edge_toml(links: &EdgeLinks, gate: Gate, regional_first_token: Duration) 
             "[upstreams.cloud]\nbase_url = \"{cloud}\"\nmodel = \"tiergate\"\n\
              connect_timeout = \"300ms\"\nfirst_token_timeout = \"{}ms\"\nstall_timeout = \"300ms\"\n\
              [upstreams.cloud.health]\nconsecutive_failures = {failures}\nopen_duration = \"500ms\"\n",
-            FIRST_TOKEN_TIMEOUT.as_millis()
+            links
+                .cloud_first_token
+                .unwrap_or(FIRST_TOKEN_TIMEOUT)
+                .as_millis()
         ));
     }
     toml.push_str(gate.router_toml());

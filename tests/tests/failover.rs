@@ -32,6 +32,7 @@ async fn a_cloud_that_never_answers_costs_its_first_token_timeout_then_regional_
         failures_to_open: 5,
         // Whole answers have no first token: the plan's share of the deadline bounds them.
         extra: "[limits]\ndefault_timeout = \"4s\"\n[budget]\nupstream_share = 0.25\n".into(),
+        ..EdgeLinks::default()
     };
     let edge = NodeProcess::start(
         "edge",

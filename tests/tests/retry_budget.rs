@@ -25,6 +25,7 @@ async fn failovers_stay_within_the_retry_budget_and_the_rest_are_answered_locall
         failures_to_open: NEVER_OPEN,
         // One failover per two requests, no reserve; a minute-long window holds the test.
         extra: "[retry]\nratio = 0.5\nmin_per_second = 0.0\nwindow = \"60s\"\n".into(),
+        ..EdgeLinks::default()
     };
     let edge = NodeProcess::start(
         "edge",

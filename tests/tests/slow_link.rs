@@ -76,7 +76,7 @@ async fn a_slow_lossy_regional_link_moves_traffic_to_the_cloud_and_back_when_it_
         regional: Some(regional.grpc_url()),
         cloud: Some(cloud.url.clone()),
         failures_to_open: 2,
-        extra: String::new(),
+        ..EdgeLinks::default()
     };
     let edge = NodeProcess::start(
         "edge",

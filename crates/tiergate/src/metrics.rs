@@ -38,6 +38,9 @@ pub struct NodeMetrics {
     /// Failovers to another upstream after one failed, by upstream and whether the retry
     /// budget let them go (`sent`) or not (`budget_exhausted`).
     pub upstream_retries: IntCounterVec,
+    /// Hedges, by the hedge's upstream and outcome: `sent` / `budget_exhausted` when the delay
+    /// passed, then `won` (answered first), `lost` (the first choice did) or `failed` (both).
+    pub upstream_hedges: IntCounterVec,
     /// Upstream call latency, by upstream.
     pub upstream_duration: HistogramVec,
     /// 1 when the upstream tier is available (some endpoint's breaker admits), else 0.
@@ -109,6 +112,13 @@ impl NodeMetrics {
             )),
             &["upstream", "outcome"],
         )?;
+        let upstream_hedges = IntCounterVec::new(
+            with_node(Opts::new(
+                "upstream_hedges_total",
+                "Hedged upstream calls, by the hedge's upstream and outcome (sent, budget_exhausted, won, lost, failed).",
+            )),
+            &["upstream", "outcome"],
+        )?;
         let local_confidence = Histogram::with_opts(hist(
             "local_confidence",
             "Mean top-1 probability over the commit window of local attempts.",
@@ -174,6 +184,7 @@ impl NodeMetrics {
         registry.register(Box::new(local_attempts.clone()))?;
         registry.register(Box::new(local_abandons.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
+        registry.register(Box::new(upstream_hedges.clone()))?;
         registry.register(Box::new(local_confidence.clone()))?;
         registry.register(Box::new(complexity.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
@@ -196,6 +207,7 @@ impl NodeMetrics {
             local_attempts,
             local_abandons,
             upstream_retries,
+            upstream_hedges,
             local_confidence,
             complexity,
             upstream_requests,

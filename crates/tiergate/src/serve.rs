@@ -106,6 +106,7 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         router: config.router,
         budget: config.budget,
         retry: config.retry,
+        hedge: config.hedge,
         regional,
         cloud,
         limits: config.limits.clone(),

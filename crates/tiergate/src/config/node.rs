@@ -12,7 +12,7 @@ use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load};
 use crate::cache::CacheConfig;
-use crate::node::Limits;
+use crate::node::{HedgeConfig, Limits};
 use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
@@ -28,6 +28,8 @@ pub struct Config {
     pub budget: BudgetConfig,
     /// How much extra upstream load failovers may add.
     pub retry: RetryBudgetConfig,
+    /// When an upstream step slow to its first token is hedged by the next one.
+    pub hedge: HedgeConfig,
     pub upstreams: UpstreamsSection,
     /// The offline response cache.
     pub cache: CacheConfig,
@@ -118,6 +120,9 @@ impl Config {
         self.budget
             .validate()
             .map_err(|message| invalid("budget", &message))?;
+        self.hedge
+            .validate()
+            .map_err(|message| invalid("hedge", &message))?;
         self.retry
             .validate()
             .map_err(|message| invalid("retry", &message))?;

@@ -22,6 +22,8 @@ use tiergate_router::{
 use tokio::sync::mpsc;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary};
+use super::hedge::Hedging;
+use super::hedged::Raced;
 use super::{Answer, FinishReason, NodeError, NodeRequest, RoutingInfo, StreamEvent};
 use crate::cache::RequestCache;
 use crate::metrics::NodeMetrics;
@@ -57,6 +59,8 @@ pub struct Walk<'a> {
     pub budget: &'a BudgetConfig,
     /// The node's retry budget: a request deposits, each failover to another upstream withdraws.
     pub retry_budget: &'a Mutex<RetryBudget>,
+    /// When upstream steps are hedged, and the tiers' recent times to first token.
+    pub hedging: &'a Hedging,
     pub started: Instant,
     /// The client waits for the whole answer (no stream to feed).
     pub whole_answer: bool,
@@ -76,7 +80,12 @@ enum StepEnd {
     Answered,
     /// Fell through to the next step, with what happened.
     FellThrough(StepResult, Option<NodeError>),
+    /// A hedged step and its hedge, the next step (of this tier), both failed.
+    BothFellThrough(Tier, NodeError),
 }
+
+/// An upstream call that gave its first token: the rest of it, and what came so far.
+pub(super) type Opened = (AttemptStream, Vec<AttemptEvent>);
 
 impl Walk<'_> {
     /// Runs the plan, sending events to `tx`. Returns when the answer is complete, every step
@@ -87,7 +96,12 @@ impl Walk<'_> {
         if (self.decision.plan.iter()).any(|step| matches!(step, Step::Upstream(_))) {
             self.with_retry_budget(|budget| budget.deposit(Instant::now()));
         }
+        // Set when a hedged step's hedge (the next step) already ran.
+        let mut skip_next = false;
         for (index, &step) in self.decision.plan.iter().enumerate() {
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
             let tier = self.decision.step_tier(step);
             // A stored upstream answer beats a degraded local one (and, if so configured,
             // any walk at all).
@@ -101,7 +115,7 @@ impl Walk<'_> {
                         self.run_local(tiers, gated, commit_by, &results, &tx).await
                     }
                     Step::Upstream(tier) => {
-                        self.run_upstream(tiers, tier, commit_by, &results, &tx)
+                        self.run_upstream(tiers, index, tier, commit_by, &results, &tx)
                             .await
                     }
                 }
@@ -119,6 +133,11 @@ impl Walk<'_> {
                     if let Some(error) = error {
                         last_error = Some((tier, error));
                     }
+                }
+                StepEnd::BothFellThrough(hedge_tier, error) => {
+                    results.extend([StepResult::UpstreamFailed; 2]);
+                    last_error = Some((hedge_tier, error));
+                    skip_next = true;
                 }
             }
         }
@@ -166,7 +185,7 @@ impl Walk<'_> {
     }
 
     /// By when step `index` must have its first token: its share of the time left.
-    fn commit_point(&self, index: usize) -> Instant {
+    pub(super) fn commit_point(&self, index: usize) -> Instant {
         let now = Instant::now();
         let left = self.request.deadline.saturating_duration_since(now);
         now + self.budget.step_budget(&self.decision.plan, index, left)
@@ -281,63 +300,40 @@ impl Walk<'_> {
     async fn run_upstream(
         &self,
         tiers: &dyn TierStarter,
+        index: usize,
         tier: Tier,
         commit_by: Instant,
         before: &[StepResult],
         tx: &Sender,
     ) -> StepEnd {
-        let label = tier.as_str();
-        if before.contains(&StepResult::UpstreamFailed) {
-            let sent = self.with_retry_budget(|budget| budget.try_withdraw(Instant::now()));
-            let outcome = if sent { "sent" } else { "budget_exhausted" };
-            self.metrics
-                .upstream_retries
-                .with_label_values(&[label, outcome])
-                .inc();
-            if !sent {
-                // Not a failure of this link: it was never called.
-                return StepEnd::FellThrough(
-                    StepResult::UpstreamFailed,
-                    Some(NodeError::Unavailable(format!(
-                        "{tier} was not tried: the retry budget is spent (upstreams are failing)"
-                    ))),
-                );
-            }
+        if before.contains(&StepResult::UpstreamFailed) && !self.retry_allowed(tier, "retries") {
+            // Not a failure of this link: it was never called.
+            return StepEnd::FellThrough(
+                StepResult::UpstreamFailed,
+                Some(NodeError::Unavailable(format!(
+                    "{tier} was not tried: the retry budget is spent (upstreams are failing)"
+                ))),
+            );
         }
-        let failed = |err: NodeError| {
-            tracing::warn!(upstream = %tier, error = %err, "upstream attempt failed; trying the next step");
-            self.metrics
-                .upstream_requests
-                .with_label_values(&[label, err.as_label()])
-                .inc();
-            StepEnd::FellThrough(StepResult::UpstreamFailed, Some(err))
-        };
-        let request = self.forwarded_request(before);
         let call_started = Instant::now();
-        // Nothing reaches the client before the first token: a failure or a stall until then
-        // moves on to the next step.
-        let started = async {
-            let mut attempt = tiers
-                .start_upstream(tier, &request, self.whole_answer, commit_by)
-                .await?;
-            let mut held = Vec::new();
-            first_token(&mut attempt, &mut held).await?;
-            Ok::<_, NodeError>((attempt, held))
+        let primary = self.open_upstream(tiers, tier, self.forwarded_request(before), commit_by);
+        let raced = match self.hedge_of(index, tier) {
+            Some(hedge) => self.race_with_hedge(tiers, primary, hedge, before).await,
+            None => Raced::Primary(primary.await),
         };
-        let (attempt, held) =
-            match tokio::time::timeout_at((commit_by + COMMIT_GRACE).into(), started).await {
-                Ok(Ok(started)) => started,
-                Ok(Err(err)) => return failed(err),
-                Err(_) => {
-                    return failed(NodeError::DeadlineExceeded(format!(
-                        "{tier} gave no first token in its share of the deadline"
-                    )));
-                }
-            };
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[label, "ok"])
-            .inc();
+        let (tier, before, (attempt, held)) = match raced {
+            Raced::Primary(Ok(opened)) => (tier, before.to_vec(), opened),
+            Raced::Primary(Err(err)) => {
+                return StepEnd::FellThrough(StepResult::UpstreamFailed, Some(err));
+            }
+            Raced::Hedge(hedge_tier, opened) => {
+                // The slow first choice counts as failed: the plan moved past it.
+                let mut before = before.to_vec();
+                before.push(StepResult::UpstreamFailed);
+                (hedge_tier, before, opened)
+            }
+            Raced::BothFailed(hedge_tier, err) => return StepEnd::BothFellThrough(hedge_tier, err),
+        };
         let upstream_routing = held.iter().find_map(|event| match event {
             AttemptEvent::UpstreamRouted(routing) => Some(routing.clone()),
             _ => None,
@@ -345,17 +341,77 @@ impl Walk<'_> {
         let result = StepResult::UpstreamAnswered {
             degraded: upstream_routing.as_ref().is_some_and(|r| r.degraded),
         };
-        let Some(routing) = self.routing(before, result, upstream_routing) else {
-            return failed(NodeError::Internal(
-                "the plan and its results disagree".into(),
-            ));
+        let Some(routing) = self.routing(&before, result, upstream_routing) else {
+            return StepEnd::FellThrough(
+                StepResult::UpstreamFailed,
+                Some(NodeError::Internal(
+                    "the plan and its results disagree".into(),
+                )),
+            );
         };
         self.stream_answer(routing, held, attempt, tx).await;
         self.metrics
             .upstream_duration
-            .with_label_values(&[label])
+            .with_label_values(&[tier.as_str()])
             .observe(call_started.elapsed().as_secs_f64());
         StepEnd::Answered
+    }
+
+    /// Starts a call to `tier` and waits for its first token, which must come by `commit_by`
+    /// (nothing reaches the client before it, so any failure until then can move on). Counts
+    /// the call; a call dropped unfinished (client gone, hedge lost) is not counted.
+    pub(super) async fn open_upstream(
+        &self,
+        tiers: &dyn TierStarter,
+        tier: Tier,
+        request: NodeRequest,
+        commit_by: Instant,
+    ) -> Result<Opened, NodeError> {
+        let started = Instant::now();
+        let opening = async {
+            let mut attempt = tiers
+                .start_upstream(tier, &request, self.whole_answer, commit_by)
+                .await?;
+            let mut held = Vec::new();
+            first_token(&mut attempt, &mut held).await?;
+            Ok::<_, NodeError>((attempt, held))
+        };
+        let result = tokio::time::timeout_at((commit_by + COMMIT_GRACE).into(), opening)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NodeError::DeadlineExceeded(format!(
+                    "{tier} gave no first token in its share of the deadline"
+                )))
+            });
+        let outcome = match &result {
+            Ok(_) => {
+                self.hedging.record(tier, started.elapsed());
+                "ok"
+            }
+            Err(err) => {
+                tracing::warn!(upstream = %tier, error = %err, "upstream attempt failed; trying the next step");
+                err.as_label()
+            }
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[tier.as_str(), outcome])
+            .inc();
+        result
+    }
+
+    /// Takes one retry from the node's budget for a call to `tier`; counts the outcome under
+    /// `kind` ("retries" or "hedges").
+    pub(super) fn retry_allowed(&self, tier: Tier, kind: &str) -> bool {
+        let sent = self.with_retry_budget(|budget| budget.try_withdraw(Instant::now()));
+        let counter = if kind == "hedges" {
+            &self.metrics.upstream_hedges
+        } else {
+            &self.metrics.upstream_retries
+        };
+        let outcome = if sent { "sent" } else { "budget_exhausted" };
+        counter.with_label_values(&[tier.as_str(), outcome]).inc();
+        sent
     }
 
     /// The tiers of the plan's first `steps` steps, in plan order.
@@ -366,7 +422,7 @@ impl Walk<'_> {
     }
 
     /// The request as it goes up: one more hop, this node's tiers marked as tried.
-    fn forwarded_request(&self, before: &[StepResult]) -> NodeRequest {
+    pub(super) fn forwarded_request(&self, before: &[StepResult]) -> NodeRequest {
         let mut request = self.request.clone();
         let forwarding = &mut request.forwarding;
         forwarding.hop_count += 1;

@@ -5,6 +5,8 @@ mod attempt;
 mod cached;
 pub mod error;
 mod executor;
+mod hedge;
+mod hedged;
 pub mod limits;
 mod service;
 
@@ -15,6 +17,7 @@ pub use api::{
     NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage,
 };
 pub use error::NodeError;
+pub use hedge::{HedgeConfig, HedgeDelay};
 pub use limits::Limits;
 pub use service::{Node, NodeParts};
 

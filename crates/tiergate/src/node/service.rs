@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary, TokenConfidence};
 use super::executor::{TierStarter, Walk};
+use super::hedge::{HedgeConfig, Hedging};
 use super::{
     Answer, AnswerStream, Explanation, FinishReason, Input, Limits, ModelCard, NodeApi, NodeError,
     NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
@@ -44,6 +45,8 @@ pub struct NodeParts {
     pub budget: BudgetConfig,
     /// The retry budget's settings (`[retry]`).
     pub retry: RetryBudgetConfig,
+    /// When upstream steps are hedged (`[hedge]`).
+    pub hedge: HedgeConfig,
     pub regional: Option<RegionalClient>,
     pub cloud: Option<CloudClient>,
     pub limits: Limits,
@@ -58,15 +61,18 @@ pub struct Node {
     parts: NodeParts,
     /// Shared by every request's walk: failovers draw on it.
     retry_budget: Mutex<RetryBudget>,
+    hedging: Hedging,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Arc<Node> {
         parts.metrics.ready.set(1.0);
         let retry_budget = Mutex::new(RetryBudget::new(parts.retry, Instant::now()));
+        let hedging = Hedging::new(parts.hedge);
         Arc::new(Node {
             parts,
             retry_budget,
+            hedging,
         })
     }
 
@@ -147,6 +153,7 @@ impl Node {
                 metrics: &node.parts.metrics,
                 budget: &node.parts.budget,
                 retry_budget: &node.retry_budget,
+                hedging: &node.hedging,
                 started,
                 whole_answer,
             };
