@@ -3,6 +3,7 @@
 pub mod api;
 mod attempt;
 mod cached;
+mod deliver;
 pub mod error;
 mod executor;
 mod hedge;
