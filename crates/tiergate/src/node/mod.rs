@@ -6,6 +6,8 @@ mod cached;
 mod deliver;
 pub mod error;
 mod executor;
+#[cfg(test)]
+mod executor_tests;
 mod hedge;
 mod hedged;
 pub mod limits;
