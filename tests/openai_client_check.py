@@ -7,6 +7,7 @@ Prints one JSON object with what it saw; exits non-zero on the first failed expe
 import json
 import sys
 
+import openai
 from openai import OpenAI
 
 
@@ -18,6 +19,16 @@ def main() -> int:
     models = [m.id for m in client.models.list()]
     assert "tiergate" in models, models
     seen["models"] = models
+    assert client.models.retrieve("tiergate").id == "tiergate"
+    try:
+        client.chat.completions.create(
+            model="tiergate",
+            messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_object"},
+        )
+        raise AssertionError("a JSON mode tiergate cannot enforce was accepted")
+    except openai.BadRequestError as err:
+        assert "response_format" in str(err), err
 
     messages = [{"role": "user", "content": "turn on the kitchen lights"}]
     raw = client.chat.completions.with_raw_response.create(

@@ -118,6 +118,48 @@ async fn http_rejects_bad_requests_with_the_right_status_and_a_message() {
         ),
         ("tools", "chat", chat(json!({"tools": []})), 400, "tools"),
         (
+            "a JSON mode it would not enforce",
+            "chat",
+            chat(json!({"response_format": {"type": "json_object"}})),
+            400,
+            "`response_format`",
+        ),
+        (
+            "log probabilities",
+            "chat",
+            chat(json!({"logprobs": true, "top_logprobs": 2})),
+            400,
+            "`logprobs`",
+        ),
+        (
+            "penalties",
+            "chat",
+            chat(json!({"presence_penalty": 0.5})),
+            400,
+            "`presence_penalty`",
+        ),
+        (
+            "an echoed prompt",
+            "completions",
+            json!({"model": "tiergate", "prompt": "hi", "echo": true}),
+            400,
+            "`echo`",
+        ),
+        (
+            "several candidates",
+            "completions",
+            json!({"model": "tiergate", "prompt": "hi", "best_of": 3}),
+            400,
+            "`best_of`",
+        ),
+        (
+            "an insertion suffix",
+            "completions",
+            json!({"model": "tiergate", "prompt": "hi", "suffix": "end"}),
+            400,
+            "`suffix`",
+        ),
+        (
             "two prompts",
             "completions",
             json!({"model": "tiergate", "prompt": ["a", "b"]}),
@@ -348,6 +390,32 @@ async fn probes_models_and_metrics_speak_their_formats() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert!(ids.contains(&"tiergate"), "{ids:?}");
+    // One model by id, as the OpenAI SDKs' models.retrieve() asks for it.
+    let one = get(&format!("{}/v1/models/tiergate", node.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(one.status, 200);
+    let one = one.json().unwrap();
+    assert_eq!(
+        (one["id"].as_str(), one["object"].as_str()),
+        (Some("tiergate"), Some("model"))
+    );
+    let missing = get(&format!("{}/v1/models/gpt-nope", node.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.text().contains("tiergate"),
+        "names the models there are"
+    );
+
+    // Neutral values of unsupported fields, as SDKs send them by default, are accepted.
+    let url = format!("{}/v1/chat/completions", node.http_url());
+    let neutral = chat(json!({
+        "response_format": {"type": "text"}, "logprobs": false, "presence_penalty": 0,
+        "frequency_penalty": 0, "user": "alice", "metadata": {"k": "v"},
+    }));
+    assert_eq!(post_json(&url, &neutral).await.unwrap().status, 200);
 
     let url = format!("{}/v1/chat/completions", node.http_url());
     assert_eq!(post_json(&url, &chat(json!({}))).await.unwrap().status, 200);

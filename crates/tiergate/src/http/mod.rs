@@ -2,6 +2,7 @@
 
 mod openai_request;
 mod openai_response;
+mod openai_unsupported;
 mod routes;
 mod server;
 

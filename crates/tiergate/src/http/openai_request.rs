@@ -1,12 +1,14 @@
 //! OpenAI wire format, requests: `POST /v1/chat/completions` and `POST /v1/completions`,
-//! parsed and validated into a [`NodeRequest`]. Fields OpenAI clients send that tiergate does
-//! not use are ignored; fields it cannot honour (n > 1, tools) are rejected, never dropped.
+//! parsed and validated into a [`NodeRequest`]. Fields it cannot honour (n > 1, tools, and
+//! those in `openai_unsupported.rs`) are rejected, never dropped; fields that do not change the
+//! answer (`user`, `metadata`) are ignored.
 
 use std::time::Instant;
 
 use serde::Deserialize;
 use tiergate_router::tier::TierConstraint;
 
+use super::openai_unsupported::refuse_unsupported;
 use crate::node::{Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role, Sampling};
 
 /// The tiergate extension object a client may add to a request body.
@@ -156,6 +158,7 @@ fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Resu
 /// Parses a chat completions body.
 pub fn parse_chat(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, NodeError> {
     let value = parse_body(body)?;
+    refuse_unsupported(&value)?;
     let chat: ChatCompletionBody = from_value(&value)?;
     let common: CommonFields = from_value(&value)?;
     chat_request(chat, common, ctx)
@@ -164,6 +167,7 @@ pub fn parse_chat(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, 
 /// Parses a (text) completions body.
 pub fn parse_completion(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, NodeError> {
     let value = parse_body(body)?;
+    refuse_unsupported(&value)?;
     let completion: CompletionBody = from_value(&value)?;
     let common: CommonFields = from_value(&value)?;
     completion_request(completion, common, ctx)

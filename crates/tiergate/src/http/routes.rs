@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::openai_request::{ParseContext, ParsedRequest, parse_chat, parse_completion};
 use super::openai_response::{self as wire, Endpoint, ResponseMeta};
 use crate::metrics::NodeMetrics;
-use crate::node::{NodeApi, NodeError, RoutingInfo, StreamEvent};
+use crate::node::{ModelCard, NodeApi, NodeError, RoutingInfo, StreamEvent};
 
 /// The response body type of every route: a whole buffer or an SSE stream.
 pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -47,6 +47,9 @@ pub async fn handle(
             completions(&state, request, Endpoint::Completions).await
         }
         (&Method::GET, "/v1/models") => models(&state),
+        (&Method::GET, _) if path.starts_with("/v1/models/") => {
+            model(&state, &path["/v1/models/".len()..])
+        }
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -227,13 +230,34 @@ async fn read_body(
 }
 
 fn models(state: &HttpState) -> Response<HttpBody> {
-    let data: Vec<Value> = state
-        .node
-        .models()
-        .into_iter()
-        .map(|m| json!({"id": m.id, "object": "model", "created": 0, "owned_by": "tiergate", "tiergate": {"tier": m.tier}}))
-        .collect();
+    let data: Vec<Value> = state.node.models().iter().map(model_json).collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one model as OpenAI describes it, or 404 naming the ones there are.
+fn model(state: &HttpState, id: &str) -> Response<HttpBody> {
+    let models = state.node.models();
+    match models.iter().find(|m| m.id == id) {
+        Some(found) => json_response(StatusCode::OK, &model_json(found)),
+        None => {
+            let known: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+            error_response(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                &format!("no model `{id}`; this node serves: {}", known.join(", ")),
+            )
+        }
+    }
+}
+
+fn model_json(card: &ModelCard) -> Value {
+    json!({
+        "id": card.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tiergate",
+        "tiergate": {"tier": card.tier, "local": card.local},
+    })
 }
 
 fn metrics(state: &HttpState) -> Response<HttpBody> {
