@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{Value, json};
-use tiergate_e2e::{Gate, NodeProcess, get, http_send, node_toml, post_json};
+use tiergate_e2e::{Gate, NodeProcess, get, http_send, metric, metrics_text, node_toml, post_json};
 use tiergate_proto::v1 as pb;
 
 const LIMITS: &str = "[limits]\nmax_body_bytes = 4096\nmax_new_tokens = 64\n";
@@ -316,6 +316,23 @@ async fn grpc_rejects_bad_requests_with_invalid_argument() {
             "tier constraint",
         ),
         (
+            "an unknown model",
+            pb::GenerateRequest {
+                model: "gpt-nope".into(),
+                ..base()
+            },
+            "unknown model `gpt-nope`; this node serves: tiergate",
+        ),
+        (
+            "the local model, but the cloud asked for",
+            pb::GenerateRequest {
+                model: "tiergate-edge".into(),
+                tier_constraint: pb::TierConstraint::AtLeastCloud as i32,
+                ..base()
+            },
+            "local model",
+        ),
+        (
             "prompt longer than the local context, pinned to the edge",
             pb::GenerateRequest {
                 prompt: long_prompt,
@@ -325,6 +342,9 @@ async fn grpc_rejects_bad_requests_with_invalid_argument() {
             "context",
         ),
     ];
+    let rejected_before = rejections(&node).await;
+    let refused = cases.len();
+    let mut refused_explains = 0;
     for (name, request, needle) in cases {
         let status = client.generate(request.clone()).await.unwrap_err();
         assert_eq!(
@@ -340,8 +360,25 @@ async fn grpc_rejects_bad_requests_with_invalid_argument() {
         let status = client.explain(request).await;
         if let Err(status) = status {
             assert_ne!(status.code(), tonic::Code::Internal, "{name}: {status:?}");
+            refused_explains += 1;
         }
     }
+
+    // Each refused call is counted, as HTTP counts its own.
+    assert_eq!(
+        rejections(&node).await - rejected_before,
+        (refused + refused_explains) as f64
+    );
+    // Naming the local model pins the request to this node, as on HTTP.
+    let pinned = client
+        .generate(pb::GenerateRequest {
+            model: "tiergate-edge".into(),
+            ..base()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pinned.routing.unwrap().tier, pb::Tier::Edge as i32);
 
     // A message over the size limit is refused by the transport, not half-read.
     let huge = pb::GenerateRequest {
@@ -456,4 +493,15 @@ async fn probes_models_and_metrics_speak_their_formats() {
     {
         assert!(line.starts_with("tiergate_"), "unprefixed metric: {line}");
     }
+}
+
+/// Requests the node refused as invalid, from its /metrics.
+async fn rejections(node: &NodeProcess) -> f64 {
+    let text = metrics_text(node).await.unwrap();
+    metric(
+        &text,
+        "tiergate_requests_total",
+        &[("tier", "none"), ("outcome", "invalid_request")],
+    )
+    .unwrap_or(0.0)
 }

@@ -9,7 +9,9 @@ use tiergate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
-use crate::node::{CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent};
+use crate::node::{
+    CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent, constraint_for_model,
+};
 
 /// The gRPC face of a node.
 pub struct InferenceService {
@@ -29,11 +31,25 @@ impl InferenceService {
         InferenceService { node }
     }
 
+    /// The node's request, or the rejection (counted in metrics as HTTP counts its own).
     fn node_request(&self, request: Request<pb::GenerateRequest>) -> Result<NodeRequest, Status> {
         let now = Instant::now();
         let timeout = grpc_timeout(request.metadata());
-        request_from_pb(request.into_inner(), self.node.limits(), timeout, now)
-            .map_err(Status::from)
+        let request = request.into_inner();
+        // An empty model is the routed default; otherwise the same rule as HTTP's `model`.
+        let model = (!request.model.is_empty()).then(|| request.model.clone());
+        let checked =
+            request_from_pb(request, self.node.limits(), timeout, now).and_then(|mut request| {
+                if let Some(model) = model {
+                    request.constraint =
+                        constraint_for_model(&self.node.models(), &model, request.constraint)?;
+                }
+                Ok(request)
+            });
+        checked.map_err(|err| {
+            self.node.count_rejection(&err);
+            Status::from(err)
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use tiergate_router::tier::TierConstraint;
 
 use super::openai_unsupported::refuse_unsupported;
 use crate::node::{Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role, Sampling};
+use crate::node::{ModelCard, constraint_for_model};
 
 /// The tiergate extension object a client may add to a request body.
 #[derive(Debug, Default, Deserialize)]
@@ -119,10 +120,8 @@ pub struct ParsedRequest {
 #[derive(Debug)]
 pub struct ParseContext<'a> {
     pub limits: &'a Limits,
-    /// Model ids this node accepts.
-    pub models: &'a [String],
-    /// The node's own model id: asking for it pins the request to this node (edge only).
-    pub local_model: &'a str,
+    /// The models this node serves (asking for its local one pins the request to it).
+    pub models: &'a [ModelCard],
     /// From the `x-tiergate-tier-constraint` header, if sent.
     pub header_constraint: Option<&'a str>,
     pub request_id: String,
@@ -266,12 +265,6 @@ fn finish(
     let model = common
         .model
         .ok_or_else(|| invalid("`model` is required (see GET /v1/models)"))?;
-    if !ctx.models.contains(&model) {
-        return Err(invalid(format!(
-            "unknown model `{model}`; this node serves: {}",
-            ctx.models.join(", ")
-        )));
-    }
     if let Some(n) = common.n
         && n != 1
     {
@@ -304,7 +297,7 @@ fn finish(
     })?;
 
     let body_constraint = common.tiergate.and_then(|t| t.tier_constraint);
-    let mut constraint = match (body_constraint.as_deref(), ctx.header_constraint) {
+    let constraint = match (body_constraint.as_deref(), ctx.header_constraint) {
         (Some(body), Some(header)) if body != header => {
             return Err(invalid(
                 "tier constraint in the body and in x-tiergate-tier-constraint disagree",
@@ -313,18 +306,7 @@ fn finish(
         (Some(value), _) | (None, Some(value)) => parse_constraint(value)?,
         (None, None) => TierConstraint::None,
     };
-    // Naming the node's own model pins the request to this node.
-    if model == ctx.local_model {
-        constraint = match constraint {
-            TierConstraint::None | TierConstraint::EdgeOnly => TierConstraint::EdgeOnly,
-            other => {
-                return Err(invalid(format!(
-                    "model `{model}` is this node's local model and cannot be combined with tier constraint `{}`",
-                    constraint_name(other)
-                )));
-            }
-        };
-    }
+    let constraint = constraint_for_model(ctx.models, &model, constraint)?;
 
     let stream = common.stream.unwrap_or(false);
     let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
@@ -353,15 +335,6 @@ pub fn parse_constraint(value: &str) -> Result<TierConstraint, NodeError> {
         other => Err(invalid(format!(
             "unknown tier constraint `{other}` (none, edge_only, at_most_regional, at_least_cloud)"
         ))),
-    }
-}
-
-fn constraint_name(constraint: TierConstraint) -> &'static str {
-    match constraint {
-        TierConstraint::None => "none",
-        TierConstraint::EdgeOnly => "edge_only",
-        TierConstraint::AtMostRegional => "at_most_regional",
-        TierConstraint::AtLeastCloud => "at_least_cloud",
     }
 }
 

@@ -93,13 +93,7 @@ async fn completions(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let cards = state.node.models();
-    let models: Vec<String> = cards.iter().map(|m| m.id.clone()).collect();
-    let local_model = cards
-        .iter()
-        .find(|m| m.local)
-        .map(|m| m.id.clone())
-        .unwrap_or_default();
+    let models = state.node.models();
     let header_constraint = parts
         .headers
         .get("x-tiergate-tier-constraint")
@@ -107,7 +101,6 @@ async fn completions(
     let ctx = ParseContext {
         limits: state.node.limits(),
         models: &models,
-        local_model: &local_model,
         header_constraint,
         request_id: request_id(&parts.headers),
         now,
@@ -282,11 +275,7 @@ fn metrics(state: &HttpState) -> Response<HttpBody> {
 
 /// A request refused before it reached the node (the node counts its own failures).
 fn rejected(state: &HttpState, err: &NodeError) -> Response<HttpBody> {
-    state
-        .metrics
-        .requests
-        .with_label_values(&["none", "none", err.as_label()])
-        .inc();
+    state.node.count_rejection(err);
     node_error(err)
 }
 

@@ -199,6 +199,34 @@ pub struct ModelCard {
     pub local: bool,
 }
 
+/// What asking for `model` means, for either API: the routed model lets the router choose (the
+/// client's `constraint` stands); the node's own local model pins the request to this node
+/// (edge only), which no other constraint may contradict; anything else is refused, naming the
+/// models there are. One rule for both front ends.
+pub fn constraint_for_model(
+    models: &[ModelCard],
+    model: &str,
+    constraint: TierConstraint,
+) -> Result<TierConstraint, NodeError> {
+    let Some(card) = models.iter().find(|card| card.id == model) else {
+        let known: Vec<&str> = models.iter().map(|card| card.id.as_str()).collect();
+        return Err(NodeError::InvalidArgument(format!(
+            "unknown model `{model}`; this node serves: {}",
+            known.join(", ")
+        )));
+    };
+    if !card.local {
+        return Ok(constraint);
+    }
+    match constraint {
+        TierConstraint::None | TierConstraint::EdgeOnly => Ok(TierConstraint::EdgeOnly),
+        other => Err(NodeError::InvalidArgument(format!(
+            "model `{model}` is this node's local model and cannot be combined with tier constraint `{}`",
+            other.as_str()
+        ))),
+    }
+}
+
 mod seconds {
     use std::time::Duration;
 

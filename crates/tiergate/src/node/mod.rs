@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 
 pub use api::{
     Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
-    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage,
+    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage, constraint_for_model,
 };
 pub use error::NodeError;
 pub use hedge::{HedgeConfig, HedgeDelay};
@@ -56,4 +56,6 @@ pub trait NodeApi: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
     /// Brings gauges that follow other state (link health) up to date, before a scrape.
     fn refresh_metrics(&self) {}
+    /// Counts a request a front end refused before it reached the node (bad input).
+    fn count_rejection(&self, _err: &NodeError) {}
 }

@@ -258,6 +258,14 @@ impl NodeApi for Arc<Node> {
     fn refresh_metrics(&self) {
         self.upstream_views(Instant::now());
     }
+
+    fn count_rejection(&self, err: &NodeError) {
+        self.parts
+            .metrics
+            .requests
+            .with_label_values(&["none", "none", err.as_label()])
+            .inc();
+    }
 }
 
 impl TierStarter for Node {
