@@ -40,6 +40,14 @@ $(ORT_LIB):
 build:
 	$(CARGO) build --workspace --locked
 
+## Install the binary and the ONNX Runtime library it loads under PREFIX: PREFIX/bin/tiergate and
+## PREFIX/lib/tiergate/ (where the binary looks first). A release build, separate from the tests'.
+PREFIX ?= $(HOME)/.local
+.PHONY: install
+install: setup
+	$(CARGO) install --locked --path crates/tiergate --root $(PREFIX)
+	install -D -m 0644 $(ORT_LIB) $(PREFIX)/lib/tiergate/$(notdir $(ORT_LIB))
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -2,6 +2,7 @@
 //!
 //! ort's lazy `ort::init()` path panics when the library is missing, so the library is always
 //! loaded here, explicitly, from the first of: the configured path, `ORT_DYLIB_PATH`, or
+//! `PREFIX/lib/tiergate/` beside an installed `PREFIX/bin/tiergate` (`make install`), or
 //! `.tools/onnxruntime/libonnxruntime.so.<version>` (what `make setup` fetches) in the current
 //! directory, the executable's directory, or any of their ancestors.
 
@@ -31,28 +32,36 @@ pub fn resolve_library(explicit: Option<&Path>) -> Result<PathBuf, EngineError> 
     if let Some(value) = std::env::var_os(ORT_DYLIB_ENV).filter(|v| !v.is_empty()) {
         return existing(Path::new(&value), ORT_DYLIB_ENV);
     }
-    let mut tried = Vec::new();
-    let mut bases: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        bases.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Some(exe_dir) = std::env::current_exe()
+    let cwd = std::env::current_dir().ok();
+    let exe_dir = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        bases.extend(exe_dir.ancestors().map(Path::to_path_buf));
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let candidates = bundled_candidates(cwd.as_deref(), exe_dir.as_deref());
+    if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
+        return Ok(found.clone());
     }
-    for base in bases {
-        let candidate = base.join(BUNDLED_LIBRARY);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        tried.push(candidate.display().to_string());
-    }
-    tried.dedup();
+    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
     Err(EngineError::OrtLibraryNotFound {
         tried: format!("{ORT_DYLIB_ENV} unset; {}", tried.join(", ")),
     })
+}
+
+/// Where the library may lie, in order: beside an installed binary (`PREFIX/lib/tiergate/`,
+/// what `make install` lays out), then `.tools/onnxruntime/` in the current directory, the
+/// executable's directory, or any of their ancestors (a checkout after `make setup`).
+fn bundled_candidates(cwd: Option<&Path>, exe_dir: Option<&Path>) -> Vec<PathBuf> {
+    let file_name = Path::new(BUNDLED_LIBRARY).file_name().unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(prefix) = exe_dir.and_then(Path::parent) {
+        candidates.push(prefix.join("lib").join("tiergate").join(file_name));
+    }
+    for base in cwd.into_iter().chain(exe_dir).flat_map(Path::ancestors) {
+        let candidate = base.join(BUNDLED_LIBRARY);
+        if !candidates.contains(&candidate) {
+            candidates.push(candidate);
+        }
+    }
+    candidates
 }
 
 fn existing(path: &Path, source: &str) -> Result<PathBuf, EngineError> {
@@ -98,4 +107,31 @@ pub(crate) fn environment(explicit: Option<&Path>) -> Result<Environment, Engine
     tracing::info!(library = %path.display(), "loaded ONNX Runtime");
     *slot = Some((path, environment.clone()));
     Ok(environment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_binary_finds_the_library_under_its_prefix_first() {
+        let found = bundled_candidates(
+            Some(Path::new("/home/me/work")),
+            Some(Path::new("/opt/tiergate/bin")),
+        );
+        assert_eq!(
+            found[0],
+            Path::new("/opt/tiergate/lib/tiergate/libonnxruntime.so.1.31.1")
+        );
+        assert!(found.contains(&PathBuf::from(
+            "/home/me/work/.tools/onnxruntime/libonnxruntime.so.1.31.1"
+        )));
+        assert!(found.contains(&PathBuf::from(
+            "/opt/tiergate/.tools/onnxruntime/libonnxruntime.so.1.31.1"
+        )));
+        // Each place once, however the two ancestries overlap.
+        let mut unique = found.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), found.len());
+    }
 }

@@ -4,7 +4,7 @@
 mod cli;
 mod commands;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them: not in journald, files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -66,6 +66,8 @@ fn mistakes_are_named_by_their_path() {
         ),
         ("[upstreams.cloud]\nbase_url = \"http://x\"\n", "model"),
         ("[engine]\nworkerz = 2\n", "workerz"),
+        ("[retry]\nratio = -1.0\n", "retry"),
+        ("[hedge]\ncloud = \"p99\"\n", "hedge.cloud"),
         ("not toml at all [", "not valid TOML"),
     ];
     for (index, (text, needle)) in cases.iter().enumerate() {
@@ -81,4 +83,48 @@ fn mistakes_are_named_by_their_path() {
     let (ok, output) = validate(&dir.path().join("missing.toml"));
     assert!(!ok);
     assert!(output.contains("cannot read config file"), "{output}");
+}
+
+#[test]
+fn a_setting_that_is_not_utf8_is_named_and_other_such_variables_are_ignored() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let run = |var: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tiergate"))
+            .args(["config", "validate", "deploy/edge.toml"])
+            .env(var, OsString::from_vec(vec![b'a', 0xff, 0xfe]))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .output()
+            .unwrap()
+    };
+    let ours = run("TIERGATE__NODE__NAME");
+    let stderr = String::from_utf8_lossy(&ours.stderr);
+    assert!(!ours.status.success());
+    assert!(
+        stderr.contains("TIERGATE__NODE__NAME") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
+    let theirs = run("SOME_OTHER_PROGRAMS_SETTING");
+    assert!(
+        theirs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    // Loading the local model logs at info level; stderr is a pipe here, as under journald.
+    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["--log", "info", "generate", "hello"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in piped logs: {stderr:?}"
+    );
 }

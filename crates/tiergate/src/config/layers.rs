@@ -40,6 +40,29 @@ where
     from_table(table)
 }
 
+/// The process environment as `load` reads it. `std::env::vars` would panic on a variable
+/// that is not UTF-8: those are skipped, unless they are ours (`TIERGATE__…`), which is an
+/// error rather than a silently dropped setting.
+pub fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Ok(key) = key.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => vars.push((key, value)),
+            Err(_) if key.starts_with(ENV_PREFIX) => {
+                return Err(ConfigError::Env {
+                    var: key,
+                    message: "the value is not valid UTF-8".to_owned(),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(vars)
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

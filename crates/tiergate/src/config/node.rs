@@ -10,7 +10,7 @@ use tiergate_router::tier::Tier;
 use tiergate_router::{BudgetConfig, RetryBudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
-use super::{ConfigError, load};
+use super::{ConfigError, load, process_env};
 use crate::cache::CacheConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::tls::ServerTls;
@@ -90,7 +90,7 @@ pub struct UpstreamsSection {
 impl Config {
     /// Defaults, then `file`, then `TIERGATE__…` variables from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = load(file, std::env::vars())?;
+        let config: Config = load(file, process_env()?)?;
         config.validate()?;
         Ok(config)
     }
