@@ -30,6 +30,24 @@ pub fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// The imported real edge model (`TIERGATE_REAL_MODEL`, set by `make test`), or `None` with a
+/// note when it is absent; with `TIERGATE_REQUIRE_REAL_MODEL=1` (also `make test`) absence fails.
+pub fn real_model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from);
+    let required = std::env::var("TIERGATE_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1");
+    match dir {
+        Some(dir) if dir.join("manifest.json").is_file() => Some(dir),
+        other => {
+            assert!(
+                !required,
+                "TIERGATE_REQUIRE_REAL_MODEL=1 but no model at {other:?}: run scripts/import-real-model.sh"
+            );
+            eprintln!("skipped: TIERGATE_REAL_MODEL is not a model folder ({other:?})");
+            None
+        }
+    }
+}
+
 /// The `tiergate` binary of this build: beside the test binary's `deps/` folder.
 pub fn tiergate_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
