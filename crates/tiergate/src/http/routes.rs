@@ -88,8 +88,8 @@ async fn completions(
 ) -> Response<HttpBody> {
     let now = Instant::now();
     let (parts, body) = request.into_parts();
-    if let Err(response) = require_json(state, &parts.headers) {
-        return response;
+    if let Some(refusal) = refuse_non_json(state, &parts.headers) {
+        return refusal;
     }
     let limit = state.node.limits().max_body_bytes;
     let body = match read_body(&parts.headers, body, limit).await {
@@ -279,20 +279,20 @@ fn metrics(state: &HttpState) -> Response<HttpBody> {
 /// Refuses a body that does not say it is JSON (415), before reading it. A web page can post
 /// `text/plain` or a form to a loopback node without a CORS preflight; only `application/json`
 /// (with parameters such as `charset=utf-8`) needs one, so only it is accepted.
-fn require_json(state: &HttpState, headers: &HeaderMap) -> Result<(), Response<HttpBody>> {
+fn refuse_non_json(state: &HttpState, headers: &HeaderMap) -> Option<Response<HttpBody>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if media_type.eq_ignore_ascii_case("application/json") {
-        return Ok(());
+        return None;
     }
     let err = NodeError::InvalidArgument(format!(
         "Content-Type must be application/json, got `{content_type}`"
     ));
     state.node.count_rejection(&err);
-    Err(error_response(
+    Some(error_response(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "invalid_request_error",
         &err.to_string(),
