@@ -45,6 +45,10 @@ pub struct NodeSection {
     pub tier: Tier,
     /// The model id clients ask for to let the router choose the tier.
     pub routed_model: String,
+    /// A file holding the deployment's peer key: a forwarded gRPC request's forwarding
+    /// information (hop count, tiers tried) is trusted only when it carries this key or comes
+    /// over mTLS with a verified client certificate; otherwise it is ignored.
+    pub peer_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -53,6 +57,7 @@ impl Default for NodeSection {
             name: "edge-1".to_owned(),
             tier: Tier::Edge,
             routed_model: "tiergate".to_owned(),
+            peer_key_file: None,
         }
     }
 }

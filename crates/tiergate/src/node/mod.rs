@@ -58,4 +58,9 @@ pub trait NodeApi: Send + Sync + 'static {
     fn refresh_metrics(&self) {}
     /// Counts a request a front end refused before it reached the node (bad input).
     fn count_rejection(&self, _err: &NodeError) {}
+    /// Whether `presented` is the deployment's peer key (`[node] peer_key_file`); never without
+    /// one configured.
+    fn trusts_peer_key(&self, _presented: Option<&str>) -> bool {
+        false
+    }
 }

@@ -12,7 +12,9 @@ use tiergate_router::{
     BudgetConfig, Decision, NodeView, RetryBudget, RetryBudgetConfig, RouterConfig, Signals, Step,
     UpstreamView, decide,
 };
-use tiergate_upstream::{CallLimits, CloudClient, CloudEvent, RegionalClient, UpstreamError};
+use tiergate_upstream::{
+    CallLimits, CloudClient, CloudEvent, PeerKey, RegionalClient, UpstreamError,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -53,6 +55,8 @@ pub struct NodeParts {
     pub metrics: NodeMetrics,
     /// The response cache, when `[cache]` enables it.
     pub cache: Option<Arc<ResponseCache>>,
+    /// The deployment's peer key (`[node] peer_key_file`): who may send forwarding information.
+    pub peer_key: Option<PeerKey>,
 }
 
 /// A running node. Cheap to share behind an `Arc`.
@@ -257,6 +261,13 @@ impl NodeApi for Arc<Node> {
 
     fn refresh_metrics(&self) {
         self.upstream_views(Instant::now());
+    }
+
+    fn trusts_peer_key(&self, presented: Option<&str>) -> bool {
+        match (&self.parts.peer_key, presented) {
+            (Some(key), Some(presented)) => key.matches(presented),
+            _ => false,
+        }
     }
 
     fn count_rejection(&self, err: &NodeError) {
