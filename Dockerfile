@@ -35,7 +35,8 @@ RUN TIERGATE_MODEL_CACHE=/models ./scripts/import-real-model.sh \
     && rm -rf /src/.venv /root/.cache/pip
 
 FROM ${RUNTIME_IMAGE} AS model
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/tiergate --shell /usr/sbin/nologin tiergate \
+RUN groupadd --system --gid 10001 tiergate \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tiergate --shell /usr/sbin/nologin tiergate \
     && mkdir -p /var/lib/tiergate/models \
     && chown -R 10001:10001 /var/lib/tiergate
 COPY --from=model-import /models /opt/tiergate/model-seed
@@ -51,7 +52,8 @@ FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/tiergate --shell /usr/sbin/nologin tiergate \
+    && groupadd --system --gid 10001 tiergate \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tiergate --shell /usr/sbin/nologin tiergate \
     && mkdir -p /var/lib/tiergate/models /etc/tiergate \
     && chown -R 10001:10001 /var/lib/tiergate
 COPY --from=ort /src/.tools/onnxruntime/libonnxruntime.so.1.31.1 /opt/tiergate/lib/libonnxruntime.so.1.31.1
