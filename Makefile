@@ -38,7 +38,7 @@ $(TEST_VENV)/.installed: tests/requirements.txt
 ## Prometheus configs and alert rules (with their unit tests), the dashboard's and the rules' metric
 ## names against a real /metrics scrape, a real Prometheus scraping real nodes, the Kubernetes
 ## manifests against the bundled schemas, the compose file against the compose spec, the Dockerfile
-## (hadolint). Offline once installed; about 15 s.
+## (hadolint). Offline once installed; about 17 s (first run: + ~2 min of installs).
 OPS_VENV := .venv/ops
 ops-check: ops-deps build
 	PYTHONDONTWRITEBYTECODE=1 $(OPS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/ops
