@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -70,3 +71,14 @@ def test_dashboard_layout_is_sound():
             refs = [t["refId"] for t in panel["targets"]]
             assert len(refs) == len(set(refs)), panel["title"]
     assert dash["uid"] == "tiergate-overview"
+
+
+def test_operations_doc_lists_every_exported_family(scraped_names):
+    """docs/operations.md's metrics table names every family a node exported in the scrape."""
+    doc = (promql.ROOT / "docs" / "operations.md").read_text()
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in scraped_names if n.startswith("tiergate_")}
+    missing = sorted(
+        f for f in families
+        if f"`{f}`" not in doc and not (f.startswith("tiergate_process_") and "`tiergate_process_*`" in doc)
+    )
+    assert not missing, f"exported but not in docs/operations.md: {missing}"
