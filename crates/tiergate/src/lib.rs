@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod privacy;
 pub mod serve;
 pub mod tls;

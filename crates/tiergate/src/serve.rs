@@ -123,6 +123,7 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         limits: config.limits.clone(),
         metrics: metrics.clone(),
         peer_key,
+        privacy: config.privacy.clone(),
     });
     Ok((node, metrics))
 }

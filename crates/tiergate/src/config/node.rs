@@ -13,6 +13,7 @@ use tiergate_upstream::{CloudConfig, RegionalConfig};
 use super::{ConfigError, load, process_env};
 use crate::cache::CacheConfig;
 use crate::node::{HedgeConfig, Limits};
+use crate::privacy::PrivacyConfig;
 use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
@@ -33,6 +34,8 @@ pub struct Config {
     pub upstreams: UpstreamsSection,
     /// The offline response cache.
     pub cache: CacheConfig,
+    /// The privacy guard: personal data keeps a request on the node, or is redacted upstream.
+    pub privacy: PrivacyConfig,
 }
 
 /// Who this node is.

@@ -11,6 +11,7 @@ mod executor_tests;
 mod hedge;
 mod hedged;
 pub mod limits;
+mod privacy_guard;
 mod service;
 
 use futures::future::BoxFuture;
