@@ -222,15 +222,9 @@ class Weights:
         planes = Q8Planes(t)
         nb = planes.nb
         hi_blob, lo_blob = g.weight("embed_tokens.q8_high", planes.hi_blob), g.weight("embed_tokens.q8_low", planes.lo_blob)
-        # The lookup reads its own copy of the planes: ONNX Runtime frees an initializer once every kernel using
-        # it has prepacked it, which GatherBlockQuantized does not, so a shared copy would stay resident beside
-        # the lm_head's packed one (28 MB); a separate copy is read a few rows per token (measured: -28 MB RSS,
-        # +28 MB of file).
-        lookup_hi = g.weight("embed_tokens.lookup_high", planes.hi_blob)
-        lookup_lo = g.weight("embed_tokens.lookup_low", planes.lo_blob)
         lookup = []
-        for blob, scales, zp, part in ((lookup_hi, planes.hi_scales, None, "high"),
-                                       (lookup_lo, planes.d, planes.lo_zero_points_3d, "low")):
+        for blob, scales, zp, part in ((hi_blob, planes.hi_scales, None, "high"),
+                                       (lo_blob, planes.d, planes.lo_zero_points_3d, "low")):
             inputs = [blob, input_ids, g.weight(f"embed_tokens.{part}.scales_3d", scales[..., None])]
             if zp is not None:
                 inputs.append(g.weight(f"embed_tokens.{part}.zero_points_3d", zp))
