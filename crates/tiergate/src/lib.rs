@@ -10,4 +10,5 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod serve;
+pub mod shell;
 pub mod tls;
