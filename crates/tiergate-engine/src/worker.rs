@@ -192,17 +192,19 @@ fn spawn_worker(
                 &spec.manifest,
                 &spec.options,
             );
-            let mut session = match session {
+            let (mut session, _alive) = match session {
                 Ok(session) => {
+                    // Counted before the pool hears of it: once `Engine::load` returns, every
+                    // worker is counted (a node that read 0 here reported NOT_SERVING).
+                    let alive = AliveGuard::enter(&stats);
                     let _ = ready_tx.send(Ok(()));
-                    session
+                    (session, alive)
                 }
                 Err(error) => {
                     let _ = ready_tx.send(Err(error));
                     return;
                 }
             };
-            let _alive = AliveGuard::enter(&stats);
             drop(ready_tx);
             if spec.max_batch > 1 {
                 let sizes = (spec.max_batch, spec.shared_batch_from);
