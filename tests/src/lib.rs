@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -46,6 +47,8 @@ pub struct NodeProcess {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     child: Child,
+    /// What the node wrote to stderr, when started with [`NodeProcess::start_logged`].
+    logs: Option<Arc<Mutex<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,6 +56,26 @@ impl NodeProcess {
     /// Starts a node from a TOML config (paths in it are relative to the repo root). The
     /// listen addresses are forced to 127.0.0.1:0 and read back from the node's ready line.
     pub async fn start(name: &str, config_toml: &str) -> anyhow::Result<NodeProcess> {
+        Self::launch(name, config_toml, None).await
+    }
+
+    /// Like [`NodeProcess::start`], with logs at `filter` kept for [`NodeProcess::logs`] (and
+    /// still echoed to the test's stderr).
+    pub async fn start_logged(
+        name: &str,
+        config_toml: &str,
+        filter: &str,
+    ) -> anyhow::Result<NodeProcess> {
+        Self::launch(name, config_toml, Some(filter)).await
+    }
+
+    // The captured logs are echoed to the test's stderr, as an uncaptured node's would be.
+    #[allow(clippy::print_stderr)]
+    async fn launch(
+        name: &str,
+        config_toml: &str,
+        log_filter: Option<&str>,
+    ) -> anyhow::Result<NodeProcess> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, config_toml)?;
@@ -67,13 +90,37 @@ impl NodeProcess {
             .current_dir(repo_root())
             .env("TIERGATE__SERVER__GRPC_LISTEN", "\"127.0.0.1:0\"")
             .env("TIERGATE__SERVER__HTTP_LISTEN", "\"127.0.0.1:0\"")
-            .env("TIERGATE_LOG", "warn")
+            .env("TIERGATE_LOG", log_filter.unwrap_or("warn"))
+            // No colour codes in captured logs.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if log_filter.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        let logs = match child.stderr.take() {
+            Some(stderr) => {
+                let logs = Arc::new(Mutex::new(String::new()));
+                let sink = Arc::clone(&logs);
+                let tag = name.to_owned();
+                let mut lines = BufReader::new(stderr).lines();
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("[{tag}] {line}");
+                        let mut all = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                });
+                Some(logs)
+            }
+            None => None,
+        };
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(START_TIMEOUT, async {
@@ -102,8 +149,41 @@ impl NodeProcess {
             grpc: addr("grpc")?,
             http: addr("http")?,
             child,
+            logs,
             _dir: dir,
         })
+    }
+
+    /// What the node logged so far (empty unless started with [`NodeProcess::start_logged`]).
+    pub fn logs(&self) -> String {
+        self.logs.as_ref().map_or_else(String::new, |logs| {
+            logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        })
+    }
+
+    /// Sends SIGTERM, as systemd and Kubernetes do (through `kill`, no libc in the tests).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the node already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Stops the process (SIGKILL) and waits for it.
