@@ -194,10 +194,17 @@ where
         } = &self.layer;
         let api = *api;
         let inference = api.is_inference(request.uri().path());
+        if api == Api::Grpc && !inference {
+            // The gRPC front end records the id of inference calls; these have no other.
+            record_header_id(&request);
+        }
         let permit = if inference {
             match gate.admit(api) {
                 Ok(permit) => Some(permit),
                 Err(refusal) => {
+                    if api == Api::Grpc {
+                        record_header_id(&request);
+                    }
                     let response = refusal_response(api, refusal, gate.retry_after_secs);
                     return Box::pin(std::future::ready(Ok(response)));
                 }
@@ -218,6 +225,17 @@ where
                 Err(_) => Ok(timeout_response(api, limit)),
             }
         })
+    }
+}
+
+/// Puts the request's `x-request-id` into the request's span (the trace layer's, current here).
+fn record_header_id<B>(request: &Request<B>) {
+    if let Some(id) = request
+        .headers()
+        .get(super::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        tracing::Span::current().record("request_id", id);
     }
 }
 

@@ -143,12 +143,16 @@ struct RequestSpan {
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
-        let id = request
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        // `request_id` may be re-recorded by the gRPC front end: the proto's own field wins.
+        // On gRPC the id is recorded later, once: by the front end, which prefers the proto's
+        // `request_id` (what an edge node forwards), or by admission for other routes and
+        // refusals. Recording it here too would print two ids on every line.
+        let id = match self.api {
+            Api::Http => request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+            Api::Grpc => None,
+        };
         tracing::info_span!(
             "request",
             request_id = id,
