@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod node;
 pub mod privacy;
 pub mod serve;
+pub mod shell;
 pub mod tls;
