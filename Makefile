@@ -17,7 +17,7 @@ demo: setup real-model build
 	./target/debug/tiergate demo --edge-model $(TIERGATE_REAL_MODEL)
 
 ## Everything the tests need, then the tests (CI runs this). The real-model tests must find it.
-test: setup test-deps real-model lint build unit ops-check
+test: setup test-deps real-model lint deny build unit ops-check
 
 setup: $(ORT_LIB)
 
@@ -73,6 +73,18 @@ PREFIX ?= $(HOME)/.local
 install: setup
 	$(CARGO) install --locked --path crates/tiergate --root $(PREFIX)
 	install -D -m 0644 $(ORT_LIB) $(PREFIX)/lib/tiergate/$(notdir $(ORT_LIB))
+
+## The dependency graph's licenses, bans (one TLS stack) and sources, as deny.toml says. The
+## advisories check needs the RustSec database from GitHub, unreachable here: run
+## `cargo deny check advisories` where there is network. cargo-deny is built once into .tools.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(CURDIR)/.tools/cargo-bin/bin/cargo-deny
+.PHONY: deny
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) --locked check licenses bans sources
+
+$(CARGO_DENY):
+	$(CARGO) install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(CURDIR)/.tools/cargo-bin
 
 lint:
 	$(CARGO) fmt --all -- --check
