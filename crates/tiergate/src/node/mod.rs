@@ -53,8 +53,6 @@ pub trait NodeApi: Send + Sync + 'static {
     fn limits(&self) -> &Limits;
     /// The node's name, as it appears in `RoutingInfo::node`.
     fn name(&self) -> &str;
-    /// Ready to serve: the local engine is loaded.
-    fn is_ready(&self) -> bool;
     /// Brings gauges that follow other state (link health) up to date, before a scrape.
     fn refresh_metrics(&self) {}
     /// Counts a request a front end refused before it reached the node (bad input).

@@ -75,7 +75,6 @@ pub struct Node {
 
 impl Node {
     pub fn new(parts: NodeParts) -> Arc<Node> {
-        parts.metrics.ready.set(1.0);
         let retry_budget = Mutex::new(RetryBudget::new(parts.retry, Instant::now()));
         let hedging = Hedging::new(parts.hedge);
         Arc::new(Node {
@@ -280,10 +279,6 @@ impl NodeApi for Arc<Node> {
 
     fn name(&self) -> &str {
         &self.parts.name
-    }
-
-    fn is_ready(&self) -> bool {
-        true
     }
 
     fn refresh_metrics(&self) {
