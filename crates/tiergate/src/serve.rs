@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tiergate_engine::Engine;
 use tiergate_upstream::{CloudClient, RegionalClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +35,8 @@ pub enum StartError {
     Join(#[from] tokio::task::JoinError),
     #[error("invalid configuration")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Model(#[from] crate::model_trust::LoadError),
 }
 
 /// A node that serves until [`RunningNode::shutdown`].
@@ -74,9 +75,9 @@ impl RunningNode {
 /// Loads the engine and builds the upstream clients: a node ready to answer, not yet listening
 /// (`route explain` uses it as is).
 pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), StartError> {
-    let engine_config = config.engine.clone();
-    // Loading verifies hashes and builds ort sessions: blocking work, off the runtime.
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&engine_config)).await??;
+    // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
+    let (engine, loaded) =
+        crate::model_trust::load_engine(&config.engine, &config.model_trust).await?;
     let regional = match &config.upstreams.regional {
         Some(regional) => {
             Some(
@@ -112,6 +113,13 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     });
+    crate::model_trust::watch(
+        &config.node.name,
+        &config.model_trust,
+        loaded,
+        &node,
+        &metrics,
+    )?;
     Ok((node, metrics))
 }
 

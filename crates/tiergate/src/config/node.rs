@@ -12,6 +12,7 @@ use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load, process_env};
 use crate::cache::CacheConfig;
+use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::tls::ServerTls;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub upstreams: UpstreamsSection,
     /// The offline response cache.
     pub cache: CacheConfig,
+    /// Model signatures and the periodic integrity check.
+    pub model_trust: ModelTrustConfig,
 }
 
 /// Who this node is.
@@ -129,6 +132,9 @@ impl Config {
         self.cache
             .validate()
             .map_err(|message| invalid("cache", &message))?;
+        self.model_trust
+            .validate()
+            .map_err(|message| invalid("model_trust", &message))?;
         if let Some(regional) = &self.upstreams.regional {
             regional
                 .validate()
