@@ -404,3 +404,44 @@ proptest! {
         check_config(load_config(&text, Vec::new()))?;
     }
 }
+
+/// Durations as an operator might type them, typos and absurd sizes included.
+fn duration_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(DURATIONS).prop_map(str::to_owned),
+        (
+            "[0-9]{1,21}(\\.[0-9]{0,3})?",
+            prop::sample::select(&["ms", "s", "m", "h", ""][..])
+        )
+            .prop_map(|(n, unit)| format!("{n}{unit}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(384)))]
+
+    /// `[limits]` alone, where the request deadline comes from: the generic property above
+    /// rarely sets both timeouts at once.
+    #[test]
+    fn limits_timeouts_never_panic(default in duration_text(), max in duration_text()) {
+        let text = format!("[limits]\ndefault_timeout = \"{default}\"\nmax_timeout = \"{max}\"\n");
+        check_config(load_config(&text, Vec::new()))?;
+    }
+}
+
+// --- regressions: inputs that once failed, kept as plain tests ---
+
+/// Both timeouts beyond what an `Instant` can hold: the config loaded and every HTTP request
+/// then panicked computing its deadline (`now + timeout`). Durations are now bounded where
+/// they are parsed.
+#[test]
+fn regression_absurd_timeouts_are_refused_not_a_panic() {
+    let text = "[limits]\ndefault_timeout = \"10000000000000000000s\"\nmax_timeout = \"10000000000000000000s\"\n";
+    let result = load_config(text, Vec::new());
+    let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        message.contains("limits.default_timeout") && message.contains("longer than 10 years"),
+        "{message}"
+    );
+    check_config(result).unwrap();
+}
