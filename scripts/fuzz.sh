@@ -38,7 +38,7 @@ for target in "${TARGETS[@]}"; do
     args+=("$kind" "$name")
   fi
   [[ "$filter" == "-" ]] && filter=""
-  echo "== $package $kind ${name} ${filter}: $CASES cases, at most ${BUDGET}s"
+  echo "== $target: $CASES cases, at most ${BUDGET}s"
   start=$(date +%s)
   if PROPTEST_CASES="$CASES" timeout "$BUDGET" "$CARGO" test --locked "${args[@]}" -- $filter --test-threads=1; then
     echo "   passed in $(( $(date +%s) - start ))s"

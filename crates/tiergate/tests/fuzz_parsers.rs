@@ -423,7 +423,7 @@ proptest! {
     /// `[limits]` alone, where the request deadline comes from: the generic property above
     /// rarely sets both timeouts at once.
     #[test]
-    fn limits_timeouts_never_panic(default in duration_text(), max in duration_text()) {
+    fn config_limits_timeouts_never_panic(default in duration_text(), max in duration_text()) {
         let text = format!("[limits]\ndefault_timeout = \"{default}\"\nmax_timeout = \"{max}\"\n");
         check_config(load_config(&text, Vec::new()))?;
     }
