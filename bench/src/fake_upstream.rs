@@ -119,6 +119,8 @@ pub struct Faults {
     /// Connections accepted and not yet closed: how a test sees, from the provider's side, that
     /// a caller hung up.
     open: Arc<AtomicUsize>,
+    /// The body of the last chat request: what a test asserts the provider was (not) told.
+    last_body: Arc<Mutex<Option<String>>>,
 }
 
 impl Default for Faults {
@@ -128,6 +130,7 @@ impl Default for Faults {
             since: Instant::now(),
             calls: Arc::new(AtomicUsize::new(0)),
             open: Arc::new(AtomicUsize::new(0)),
+            last_body: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -141,6 +144,14 @@ impl Faults {
     /// Chat requests received so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// The body of the last chat request received, if any.
+    pub fn last_body(&self) -> Option<String> {
+        self.last_body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Connections open now.
@@ -218,7 +229,7 @@ async fn answer_with(
         }
         Fault::StallMidStream | Fault::EmptyLength => {}
     }
-    let response = answer(request).await?;
+    let response = answer(request, &faults).await?;
     let is_stream = response
         .headers()
         .get(CONTENT_TYPE)
@@ -244,7 +255,10 @@ async fn answer_with(
     }
 }
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    faults: &Faults,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() != CHAT_PATH {
         return Ok(error(StatusCode::NOT_FOUND, "no such path"));
     }
@@ -258,6 +272,11 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         Ok(body) => body.to_bytes(),
         Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large")),
     };
+    *faults
+        .last_body
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) =
+        Some(String::from_utf8_lossy(&body).into_owned());
     let chat: ChatRequest = match serde_json::from_slice(&body) {
         Ok(chat) => chat,
         Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "body is not a chat request")),

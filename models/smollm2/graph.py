@@ -11,11 +11,16 @@ embedding. The mask is causal over absolute positions (past + s) and drops every
 attention_mask is 0, so left-padded batches decode like single sequences.
 
 Per layer: SkipSimplifiedLayerNormalization (residual add + RMSNorm in one kernel), fused q/k/v projection,
-RotaryEmbedding (com.microsoft, rotate_half layout, cos/sin tables computed like transformers' float32 ones,
-positions < context_length), attention in plain ops (MatMul, Where on the boolean mask, Softmax), fused
-gate/up projection, SiLU (ORT fuses x * sigmoid(x)), down projection. `build(fused=False)` gives the same
-model in plain ONNX ops only (its RMSNorm in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into
-SimplifiedLayerNormalization); both agree with transformers to ~3e-5 in the logits.
+attention, fused gate/up projection, SiLU (ORT fuses x * sigmoid(x)), down projection. Attention (default
+"gqa"): one com.microsoft.GroupQueryAttention on the packed q/k/v (rotary inside from position_ids and cos/sin
+tables computed like transformers' float32 ones, positions < context_length; causal over absolute positions;
+padding keys masked through attention_bias; present = past + new written by the op): 837 nodes instead of
+1316 (int4). Its one limit: a multi-row prompt (batch > 1 and sequence > 1) must not be left-padded (the op
+takes a prompt's rotary positions from its first position_id); the engine prefills one row at a time.
+"plain": RotaryEmbedding + attention in ONNX ops (MatMul, Where on the boolean mask, Softmax, Concat for
+present). `build(fused=False)` gives the plain model in standard ONNX ops only (its RMSNorm in the
+Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization); all agree with
+transformers to ~3e-5 in the logits.
 
 Two weight back-ends share one graph body:
 - fp32: every weight dequantized from the GGUF (gguf's reference dequantizer); plain MatMul, and the tied
@@ -29,7 +34,8 @@ Two weight back-ends share one graph body:
   The Q8_0 tied embedding stays 8 bits per weight, as two 4-bit planes (see Q8Planes) shared by
   GatherBlockQuantized (lookup) and MatMulNBits (lm_head).
   accuracy_level 0 keeps activations in fp32, so the int4 graph computes what the fp32 graph computes
-  (same weights) up to float summation order.
+  (same weights) up to float summation order; `accuracy` may set level 4 (int8 activations) per projection
+  kind (PROJECTIONS), which the opt-in int4-fast graph does.
 """
 from __future__ import annotations
 
@@ -164,11 +170,26 @@ def int4_linear(g: GraphBuilder, x: str, lin: Int4Linear, label: str, accuracy_l
     return g.op("Add", [main, offset], label + "_q4_1")
 
 
+PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
+
+
+def accuracy_levels(spec: int | dict[str, int]) -> dict[str, int]:
+    """MatMulNBits accuracy_level per projection kind (PROJECTIONS): one int for all, or a partial dict
+    (missing kinds get 0, fp32 activations)."""
+    if isinstance(spec, int):
+        return {kind: spec for kind in PROJECTIONS}
+    unknown = set(spec) - set(PROJECTIONS)
+    if unknown:
+        raise ValueError(f"unknown projection kinds {sorted(unknown)}")
+    return {kind: spec.get(kind, 0) for kind in PROJECTIONS}
+
+
 class Weights:
     """Maps GGUF tensors to graph initializers and emits the linear layers of one back-end."""
 
-    def __init__(self, g: GraphBuilder, model: GGUFModel, variant: str, accuracy_level: int):
-        self.g, self.model, self.variant, self.accuracy_level = g, model, variant, accuracy_level
+    def __init__(self, g: GraphBuilder, model: GGUFModel, variant: str, accuracy: int | dict[str, int]):
+        self.g, self.model, self.variant = g, model, variant
+        self.levels = accuracy_levels(accuracy)
 
     def norm(self, name: str) -> str:
         return self.g.weight(name, self.model.dequantized(name).astype(np.float32))
@@ -179,7 +200,8 @@ class Weights:
         if self.variant == "fp32":
             w = np.concatenate([self.model.dequantized(n) for n in names])
             return g.op("MatMul", [x, g.weight(label + ".weight_t", w.T)], label)
-        return int4_linear(g, x, Int4Linear([self.model.tensors[n] for n in names]), label, self.accuracy_level)
+        level = self.levels[label.rsplit(".", 1)[-1]]
+        return int4_linear(g, x, Int4Linear([self.model.tensors[n] for n in names]), label, level)
 
     def embedding_and_lm_head(self, input_ids: str):
         """Returns (embeddings [b, s, d], function(x [b, s, d]) -> logits [b, s, vocab])."""
@@ -212,10 +234,10 @@ class Weights:
 
         def lm_head(x):
             hi = g.op("MatMulNBits", [x, hi_blob, g.weight("lm_head.high.scales", planes.hi_scales)], "lm_head_high",
-                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
+                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.levels["lm_head"])
             lo = g.op("MatMulNBits", [x, lo_blob, g.weight("lm_head.low.scales", planes.d),
                                       g.weight("lm_head.low.zero_points", planes.lo_zero_points)], "lm_head_low",
-                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
+                      domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.levels["lm_head"])
             return g.op_to("Add", [hi, lo], "logits")
         return emb, lm_head
 
@@ -257,15 +279,40 @@ def rope_tables(cfg, positions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(freqs.astype(np.float64)).astype(np.float32), np.sin(freqs.astype(np.float64)).astype(np.float32)
 
 
-def build(model: GGUFModel, variant: str, accuracy_level: int = 0, fused: bool = True) -> onnx.ModelProto:
+def gqa_inputs(g: GraphBuilder) -> tuple[str, str, str]:
+    """The per-graph inputs of GroupQueryAttention derived from the engine's IO: seqlens_k [b] int32 (every row
+    holds total - 1 cached + new keys, left padding included), total_sequence_length (int32 scalar) and an
+    additive attention_bias [b, 1, s, total] that is 0 on real keys and float32 lowest on padding (the op
+    applies the causal part itself, over absolute positions)."""
+    ids_shape = g.op("Shape", ["input_ids"])
+    total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)  # scalar
+    total_i32 = g.op("Cast", [total], "total_i32", to=TensorProto.INT32)
+    batch = g.op("Slice", [ids_shape, g.i64([0]), g.i64([1])], "batch")
+    seqlens_k = g.op("Expand", [g.op("Sub", [total_i32, g.const(1, np.int32)]), batch], "seqlens_k")
+    not_pad = g.op("Greater", ["attention_mask", g.i64(0)], "not_pad")  # [b, total]
+    bias = g.op("Where", [not_pad, g.f32(0.0), g.f32(MASK_VALUE)], "pad_bias")
+    bias = g.op("Unsqueeze", [bias, g.i64([1, 2])])  # [b, 1, 1, total]
+    shape = g.op("Concat", [batch, g.i64([1]), g.op("Slice", [ids_shape, g.i64([1]), g.i64([2])]),
+                            g.op("Unsqueeze", [total, g.i64([0])])], axis=0)
+    return seqlens_k, total_i32, g.op("Expand", [bias, shape], "attention_bias")
+
+
+def build(model: GGUFModel, variant: str, accuracy: int | dict[str, int] = 0, fused: bool = True,
+          attention: str = "gqa") -> onnx.ModelProto:
     """fused: rotary as com.microsoft.RotaryEmbedding and residual + RMSNorm as
     com.microsoft.SkipSimplifiedLayerNormalization (fewer nodes per layer); otherwise plain ONNX ops only
-    (RMSNorm still fused by ORT into SimplifiedLayerNormalization)."""
+    (RMSNorm still fused by ORT into SimplifiedLayerNormalization).
+    attention "gqa" (needs fused): one com.microsoft.GroupQueryAttention per layer on the packed q/k/v,
+    rotary inside the op, present = past + new written by the op; "plain": the attention in ONNX ops."""
     cfg = model.config
     d, hd, h, kvh = cfg.d_model, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    gqa = fused and attention == "gqa"
     g = GraphBuilder()
-    w = Weights(g, model, variant, accuracy_level)
-    allowed = attention_mask_graph(g)
+    w = Weights(g, model, variant, accuracy)
+    if gqa:
+        seqlens_k, total_i32, attention_bias = gqa_inputs(g)
+    else:
+        allowed = attention_mask_graph(g)
 
     x, lm_head = w.embedding_and_lm_head("input_ids")
     if fused:
@@ -285,7 +332,6 @@ def build(model: GGUFModel, variant: str, accuracy_level: int = 0, fused: bool =
         cos_q = g.op("Unsqueeze", [cos, g.i64([1])])  # [b, 1, 1, s, hd] for the grouped query layout
         sin_q = g.op("Unsqueeze", [sin, g.i64([1])])
     rep = h // kvh
-    splits_qkv = g.i64([h * hd, kvh * hd, kvh * hd])
     splits_ffn = g.i64([cfg.ffn, cfg.ffn])
 
     def residual_norm(x: str, delta: str | None, norm: str) -> tuple[str, str]:
@@ -300,14 +346,9 @@ def build(model: GGUFModel, variant: str, accuracy_level: int = 0, fused: bool =
             x = g.op("Add", [x, delta], "residual")
         return x, rms_norm(g, x, w.norm(norm), cfg.norm_eps)
 
-    delta = None
-    for i in range(cfg.num_layers):
-        p = f"blk.{i}."
-        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
-        x, y = residual_norm(x, delta, p + "attn_norm.weight")
-        qkv = w.linear(y, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], f"layers.{i}.qkv_proj")
-        q, k, v = g.ops_n("Split", [qkv, splits_qkv], 3, axis=-1)
+    def plain_attention(qkv: str, i: int) -> str:
+        """Attention in ONNX ops: present = Concat(past, new), scores masked by `allowed`."""
+        q, k, v = g.ops_n("Split", [qkv, g.i64([h * hd, kvh * hd, kvh * hd])], 3, axis=-1)
         if fused:
             q, k = rope(q, h), rope(k, kvh)
         q = g.op("Transpose", [g.op("Reshape", [q, g.i64([0, 0, kvh, rep, hd])])], perm=[0, 2, 3, 1, 4])
@@ -316,15 +357,32 @@ def build(model: GGUFModel, variant: str, accuracy_level: int = 0, fused: bool =
             q = rotate(g, q, cos_q, sin_q)  # [b, kvh, rep, s, hd]
             k = rotate(g, k, cos, sin)  # [b, kvh, s, hd]
         v = g.op("Transpose", [g.op("Reshape", [v, g.i64([0, 0, kvh, hd])])], perm=[0, 2, 1, 3])
-        g.op_to("Concat", [past_k, k], pres_k, axis=2)
-        g.op_to("Concat", [past_v, v], pres_v, axis=2)
+        pres_k = g.op_to("Concat", [f"past_key_values.{i}.key", k], f"present.{i}.key", axis=2)
+        pres_v = g.op_to("Concat", [f"past_key_values.{i}.value", v], f"present.{i}.value", axis=2)
         k_t = g.op("Unsqueeze", [g.op("Transpose", [pres_k], "k_t", perm=[0, 1, 3, 2]), g.i64([2])])
         scores = g.op("Mul", [g.op("MatMul", [q, k_t]), g.f32(1.0 / np.sqrt(hd))], "scores")
         scores = g.op("Where", [allowed, scores, g.f32(MASK_VALUE)], "masked_scores")
         probs = g.op("Softmax", [scores], "probs", axis=-1)
         ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [pres_v, g.i64([2])])], "context")  # [b, kvh, rep, s, hd]
-        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.i64([0, 0, h * hd])])
-        x, y = residual_norm(x, w.linear(ctx, [p + "attn_output.weight"], f"layers.{i}.o_proj"),
+        return g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.i64([0, 0, h * hd])])
+
+    def gqa_attention(qkv: str, i: int) -> str:
+        """One GroupQueryAttention on the packed q/k/v: rotary inside, present = past + new written by the op."""
+        ctx = f"/attention_{i}"
+        g.nodes.append(helper.make_node(
+            "GroupQueryAttention", [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k,
+                                    total_i32, cos_cache, sin_cache, "position_ids", attention_bias],
+            [ctx, f"present.{i}.key", f"present.{i}.value"], name=f"attention_{i}_node", domain=MS_DOMAIN,
+            num_heads=h, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0))
+        return ctx
+
+    attend = gqa_attention if gqa else plain_attention
+    delta = None
+    for i in range(cfg.num_layers):
+        p = f"blk.{i}."
+        x, y = residual_norm(x, delta, p + "attn_norm.weight")
+        qkv = w.linear(y, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], f"layers.{i}.qkv_proj")
+        x, y = residual_norm(x, w.linear(attend(qkv, i), [p + "attn_output.weight"], f"layers.{i}.o_proj"),
                              p + "ffn_norm.weight")
         gate, up = g.ops_n("Split", [w.linear(y, [p + "ffn_gate.weight", p + "ffn_up.weight"],
                                               f"layers.{i}.gate_up_proj"), splits_ffn], 2, axis=-1)

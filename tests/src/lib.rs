@@ -42,7 +42,11 @@ pub fn real_model_dir() -> Option<PathBuf> {
                 !required,
                 "TIERGATE_REQUIRE_REAL_MODEL=1 but no model at {other:?}: run scripts/import-real-model.sh"
             );
-            eprintln!("skipped: TIERGATE_REAL_MODEL is not a model folder ({other:?})");
+            // A skipped test must say so where the test log shows it.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipped: TIERGATE_REAL_MODEL is not a model folder ({other:?})");
+            }
             None
         }
     }
@@ -286,6 +290,17 @@ impl Gate {
     }
 }
 
+/// The peer key the test clusters share (a test fixture, relative to the repo root).
+pub const PEER_KEY_FILE: &str = "tests/fixtures/peer.key";
+
+/// The peer key itself, for a test that plays a peer node.
+pub fn peer_key() -> String {
+    std::fs::read_to_string(repo_root().join(PEER_KEY_FILE))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// The TOML of a node of `tier` running `model`, with upstreams and a router gate.
 pub fn node_toml(
     name: &str,
@@ -296,11 +311,13 @@ pub fn node_toml(
     gate: Gate,
 ) -> String {
     let mut toml = format!(
-        "[node]\nname = \"{name}\"\ntier = \"{tier}\"\n[engine]\nmodel_dir = \"models/{model}\"\n"
+        "[node]\nname = \"{name}\"\ntier = \"{tier}\"\npeer_key_file = \"{PEER_KEY_FILE}\"\n\
+         [engine]\nmodel_dir = \"models/{model}\"\n"
     );
     if let Some(regional) = regional {
         toml.push_str(&format!(
-            "[upstreams.regional]\nendpoints = [\"{}\"]\nhealth_check_interval = \"100ms\"\n",
+            "[upstreams.regional]\nendpoints = [\"{}\"]\nhealth_check_interval = \"100ms\"\n\
+             peer_key_file = \"{PEER_KEY_FILE}\"\n",
             regional.grpc_url()
         ));
     }

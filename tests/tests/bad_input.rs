@@ -236,6 +236,44 @@ async fn http_rejects_bad_requests_with_the_right_status_and_a_message() {
     .unwrap();
     assert_eq!(header_case.status, 400);
 
+    // Only JSON bodies: a web page can post text/plain or a form to a loopback node without
+    // a CORS preflight, never application/json.
+    let valid_chat = serde_json::to_vec(&chat(json!({}))).unwrap();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        let reply = http_send(
+            http::Method::POST,
+            &completions_url,
+            &headers,
+            valid_chat.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 415, "{content_type:?}: {}", reply.text());
+        assert!(
+            reply.text().contains("application/json"),
+            "{}",
+            reply.text()
+        );
+    }
+    let charset = http_send(
+        http::Method::POST,
+        &chat_url,
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        valid_chat,
+    )
+    .await
+    .unwrap();
+    assert_eq!(charset.status, 200, "{}", charset.text());
+
     assert_eq!(get(&chat_url).await.unwrap().status, 405);
     assert_eq!(
         get(&format!("{}/v2/nothing", node.http_url()))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use tiergate_e2e::{Cluster, Gate, post_json};
+use tiergate_e2e::{Cluster, Gate, metric, metrics_text, peer_key, post_json};
 use tiergate_proto::v1 as pb;
 
 fn request(prompt: &str) -> pb::GenerateRequest {
@@ -272,13 +272,16 @@ async fn forwarded_requests_never_go_back_down_or_around_a_loop() {
 
     // At the hop limit the edge answers itself instead of forwarding again.
     let mut edge = cluster.edge.grpc_client().await.unwrap();
-    let mut req = request("Prove that there are infinitely many primes, step by step.");
-    req.forwarding = Some(pb::ForwardingInfo {
-        hop_count: 3,
-        ..Default::default()
-    });
+    let at_hop_limit = || {
+        let mut req = request("Prove that there are infinitely many primes, step by step.");
+        req.forwarding = Some(pb::ForwardingInfo {
+            hop_count: 3,
+            ..Default::default()
+        });
+        req
+    };
     let routing = edge
-        .generate(req)
+        .generate(from_peer(at_hop_limit()))
         .await
         .unwrap()
         .into_inner()
@@ -286,6 +289,35 @@ async fn forwarded_requests_never_go_back_down_or_around_a_loop() {
         .unwrap();
     assert_eq!(tier(&routing), pb::Tier::Edge, "{routing:?}");
     assert_eq!(routing.reason, "hop_limit");
+
+    // The same forwarding information from a client that is not a peer is ignored: it cannot
+    // keep its request at the edge (or away from a tier) by forging it.
+    let routing = edge
+        .generate(at_hop_limit())
+        .await
+        .unwrap()
+        .into_inner()
+        .routing
+        .unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Cloud, "{routing:?}");
+    assert_ne!(routing.reason, "hop_limit");
+    let mut forged_key = tonic::Request::new(at_hop_limit());
+    forged_key.metadata_mut().insert(
+        "x-tiergate-peer-key",
+        "not-the-key-0123456789".parse().unwrap(),
+    );
+    let routing = edge
+        .generate(forged_key)
+        .await
+        .unwrap()
+        .into_inner()
+        .routing
+        .unwrap();
+    assert_eq!(
+        tier(&routing),
+        pb::Tier::Cloud,
+        "a wrong key is no key: {routing:?}"
+    );
 
     // A request that already went to the cloud is not sent there again by the regional node.
     let mut regional = cluster
@@ -302,7 +334,7 @@ async fn forwarded_requests_never_go_back_down_or_around_a_loop() {
         via: vec!["edge-1".into()],
     });
     let routing = regional
-        .generate(req)
+        .generate(from_peer(req))
         .await
         .unwrap()
         .into_inner()
@@ -312,5 +344,40 @@ async fn forwarded_requests_never_go_back_down_or_around_a_loop() {
     assert!(
         routing.degraded,
         "the cloud was wanted but already tried: {routing:?}"
+    );
+}
+
+/// `request` as a peer node sends it: with the deployment's peer key.
+fn from_peer(request: pb::GenerateRequest) -> tonic::Request<pb::GenerateRequest> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("x-tiergate-peer-key", peer_key().parse().unwrap());
+    request
+}
+
+/// The edge presents the peer key when it forwards, so the regional node trusts what it says
+/// was tried: with the cloud gone, the edge's failed cloud call is not repeated by the regional
+/// node, which answers itself (degraded) without calling the cloud.
+#[tokio::test]
+async fn the_regional_node_trusts_what_the_edge_says_it_tried() {
+    let mut cluster = Cluster::start(Gate::CloudFirst, Gate::CloudFirst)
+        .await
+        .unwrap();
+    cluster.cloud.take().unwrap().stop().await.unwrap();
+    let answer = generate(&cluster, "Prove that there are infinitely many primes.").await;
+    let routing = answer.routing.unwrap();
+    assert_eq!(tier(&routing), pb::Tier::Regional, "{routing:?}");
+    assert!(routing.degraded, "{routing:?}");
+    let regional = cluster.regional.as_ref().unwrap();
+    let text = metrics_text(regional).await.unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_upstream_requests_total",
+            &[("upstream", "cloud")]
+        ),
+        None,
+        "the regional node called the cloud the edge had tried: {text}"
     );
 }

@@ -333,9 +333,11 @@ impl Engine {
 /// (`scripts/bench-batch-step.py` on SmolLM2-135M, 1 thread): fp32 one row 55-71 ms, two rows
 /// 60-64 ms; int4 one row 31-45 ms, but 104-123 ms for 2 to 8 rows (`MatMulNBits` with fp32
 /// activations dequantizes the weights for a multi-row product), so int4 shares from 4 rows.
+/// int4-fast: its int8-activation products batch well, the fp32-activation ones do not (see
+/// docs/benchmarks.md); it shares from the same size as int4.
 fn shared_batch_from(variant: ModelVariant) -> usize {
     match variant {
-        ModelVariant::Int4 => 4,
+        ModelVariant::Int4 | ModelVariant::Int4Fast => 4,
         ModelVariant::Fp32 | ModelVariant::Int8 => 2,
     }
 }

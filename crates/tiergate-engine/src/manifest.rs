@@ -41,6 +41,10 @@ pub enum ModelVariant {
     Int8,
     /// 4-bit block-quantized weights (ONNX Runtime `MatMulNBits`), e.g. a GGUF's own Q4 blocks.
     Int4,
+    /// The int4 weights with int8 activations in some products (`MatMulNBits` accuracy level
+    /// 4): faster, not bit-close to fp32; opt-in, the importer checks it against a parity budget.
+    #[serde(rename = "int4-fast")]
+    Int4Fast,
 }
 
 impl ModelVariant {
@@ -49,6 +53,7 @@ impl ModelVariant {
             Self::Fp32 => "fp32",
             Self::Int8 => "int8",
             Self::Int4 => "int4",
+            Self::Int4Fast => "int4-fast",
         }
     }
 }
@@ -66,8 +71,9 @@ impl std::str::FromStr for ModelVariant {
             "fp32" => Ok(Self::Fp32),
             "int8" => Ok(Self::Int8),
             "int4" => Ok(Self::Int4),
+            "int4-fast" => Ok(Self::Int4Fast),
             other => Err(format!(
-                "unknown model variant `{other}` (expected fp32, int8 or int4)"
+                "unknown model variant `{other}` (expected fp32, int8, int4 or int4-fast)"
             )),
         }
     }
@@ -109,6 +115,8 @@ pub struct ChatTemplate {
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     Model,
+    /// A graph's external weights (ONNX external data), loaded by ONNX Runtime beside the graph.
+    Weights,
     Tokenizer,
     #[serde(other)]
     Other,
@@ -263,13 +271,13 @@ impl Manifest {
         self.verify(dir, self.files.iter())
     }
 
-    /// Checks the files one variant loads: its graph and the tokenizer (not the other variants'
-    /// graphs, which can be hundreds of MB each).
+    /// Checks the files one variant loads: its graph, its weights and the tokenizer (not the
+    /// other variants' files, which can be hundreds of MB each).
     pub fn verify_variant(&self, dir: &Path, variant: ModelVariant) -> Result<(), EngineError> {
         let used = self
             .files
             .iter()
-            .filter(|f| f.kind != FileKind::Model || f.variant == Some(variant));
+            .filter(|f| f.variant.is_none() || f.variant == Some(variant));
         self.verify(dir, used)
     }
 

@@ -318,3 +318,34 @@ async fn bad_requests_are_invalid_requests() {
     assert!(matches!(error, EngineError::InvalidSampling(_)), "{error}");
     assert_eq!(error.class(), ErrorClass::InvalidRequest);
 }
+
+/// A graph's external weights (`kind: weights`) are checked when their variant loads, and only then.
+#[test]
+fn weights_file_is_checked_for_its_variant_only() {
+    let dir = common::copy_model("edge");
+    let weights = dir.path().join("model.int8.onnx.data");
+    std::fs::write(&weights, b"not the listed bytes").unwrap();
+    edit_manifest(dir.path(), |m| {
+        let entry = serde_json::json!({
+            "path": "model.int8.onnx.data",
+            "kind": "weights",
+            "variant": "int8",
+            "sha256": "0".repeat(64),
+            "bytes": 20,
+        });
+        m["files"].as_array_mut().unwrap().push(entry);
+    });
+    assert!(
+        load(dir.path()).is_ok(),
+        "fp32 must not read int8's weights"
+    );
+    let error = Engine::load(&EngineConfig {
+        variant: ModelVariant::Int8,
+        ..EngineConfig::for_model(dir.path())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(error, EngineError::HashMismatch { ref path, .. } if path.ends_with("model.int8.onnx.data")),
+        "{error}"
+    );
+}

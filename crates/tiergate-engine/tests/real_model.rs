@@ -29,6 +29,8 @@ const NLL_TOLERANCE: f64 = 1e-3;
 const INT4_VS_FP32_LOGIT_TOLERANCE: f32 = 2e-3;
 /// Two top logits closer than this are a tie that another kernel may break the other way.
 const TIE_GAP: f32 = 1e-3;
+/// A reference top-2 gap the int4-fast graph must not flip (verify.py's FAST_BUDGET clear_gap).
+const INT4_FAST_CLEAR_GAP: f32 = 0.5;
 
 fn real_model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from);
@@ -51,9 +53,11 @@ fn real_model_dir() -> Option<PathBuf> {
 fn engine(variant: ModelVariant) -> Option<&'static Engine> {
     static FP32: OnceLock<Engine> = OnceLock::new();
     static INT4: OnceLock<Engine> = OnceLock::new();
+    static INT4_FAST: OnceLock<Engine> = OnceLock::new();
     let dir = real_model_dir()?;
     let cell = match variant {
         ModelVariant::Int4 => &INT4,
+        ModelVariant::Int4Fast => &INT4_FAST,
         _ => &FP32,
     };
     Some(cell.get_or_init(|| {
@@ -295,6 +299,39 @@ async fn int4_answers_a_simple_question_right() {
     let Some(engine) = engine(ModelVariant::Int4) else {
         return;
     };
+    let request = GenerationRequest::new(
+        Prompt::user("What is the capital of France?"),
+        SamplingParams::greedy(24),
+    );
+    let generation = engine.generate(request).await.unwrap();
+    assert!(generation.text.contains("Paris"), "{}", generation.text);
+}
+
+/// The opt-in int4-fast graph (int8 activations in some products) is not bit-close to fp32; the
+/// importer checks its parity budget over whole generations. Here, through the engine: the first
+/// token of every reference prompt whose reference top-2 gap is clear, and a right answer.
+#[tokio::test]
+async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
+    let Some(engine) = engine(ModelVariant::Int4Fast) else {
+        return;
+    };
+    let mut clear = 0;
+    for case in &reference().greedy {
+        let logits = engine
+            .next_token_logits(&prompt(&case.messages))
+            .await
+            .unwrap();
+        let top = logits
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, _)| i as u32);
+        if case.step_top2_gap[0] >= INT4_FAST_CLEAR_GAP {
+            assert_eq!(top, Some(case.tokens[0]), "{:?}", case.messages);
+            clear += 1;
+        }
+    }
+    assert!(clear >= 3, "only {clear} clear first steps compared");
     let request = GenerationRequest::new(
         Prompt::user("What is the capital of France?"),
         SamplingParams::greedy(24),

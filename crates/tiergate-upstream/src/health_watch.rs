@@ -51,9 +51,16 @@ pub(crate) async fn watch(endpoint: Arc<EndpointState>, channel: Channel, base_d
             }
             Err(status) => watch_failed(&endpoint, &status),
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(jittered(delay)).await;
         delay = (delay * 2).min(base_delay * MAX_BACKOFF_FACTOR);
     }
+}
+
+/// Half the delay plus a random share of the other half ("equal jitter"): the edges that lost
+/// the same regional node do not all come back to it at the same instant.
+fn jittered(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + half.mul_f64(rand::random::<f64>())
 }
 
 fn watch_failed(endpoint: &EndpointState, status: &tonic::Status) {
@@ -64,5 +71,19 @@ fn watch_failed(endpoint: &EndpointState, status: &tonic::Status) {
         // Unreachable, or the peer does not serve tiergate.v1.Inference (NOT_FOUND).
         tracing::debug!(endpoint = endpoint.uri(), code = ?status.code(), message = status.message(), "health watch failed");
         endpoint.set_health_check(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_are_spread_over_the_upper_half() {
+        let delay = Duration::from_millis(800);
+        let samples: Vec<Duration> = (0..200).map(|_| jittered(delay)).collect();
+        assert!(samples.iter().all(|d| *d >= delay / 2 && *d <= delay));
+        let distinct: std::collections::HashSet<Duration> = samples.iter().copied().collect();
+        assert!(distinct.len() > 100, "not spread: {} distinct", distinct.len());
     }
 }

@@ -16,6 +16,7 @@ pub mod cloud;
 pub mod error;
 mod health_watch;
 mod openai;
+pub mod peer_key;
 pub mod regional;
 pub mod sse;
 mod tls;
@@ -24,6 +25,7 @@ pub use call::CallLimits;
 pub use cloud::{CloudClient, CloudConfig, CloudEvent, CloudStream};
 pub use error::{ErrorKind, SetupError, UpstreamError};
 pub use openai::CloudCompletion;
+pub use peer_key::{PEER_KEY_METADATA, PeerKey, read_peer_key};
 pub use regional::{
     EndpointSnapshot, RegionalClient, RegionalConfig, RegionalStream, RegionalTlsConfig,
 };

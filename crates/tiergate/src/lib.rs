@@ -10,5 +10,6 @@ pub mod http;
 pub mod metrics;
 pub mod model_trust;
 pub mod node;
+pub mod privacy;
 pub mod serve;
 pub mod tls;

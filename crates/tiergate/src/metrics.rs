@@ -41,6 +41,8 @@ pub struct NodeMetrics {
     /// Hedges, by the hedge's upstream and outcome: `sent` / `budget_exhausted` when the delay
     /// passed, then `won` (answered first), `lost` (the first choice did) or `failed` (both).
     pub upstream_hedges: IntCounterVec,
+    /// Requests in which the privacy guard found personal data, by detector and action.
+    pub privacy_detections: IntCounterVec,
     /// Upstream call latency, by upstream.
     pub upstream_duration: HistogramVec,
     /// 1 when the upstream tier is available (some endpoint's breaker admits), else 0.
@@ -119,6 +121,13 @@ impl NodeMetrics {
             )),
             &["upstream", "outcome"],
         )?;
+        let privacy_detections = IntCounterVec::new(
+            with_node(Opts::new(
+                "privacy_detections_total",
+                "Requests in which the privacy guard found personal data, by detector (email, phone, card, iban) and action (pin, redact).",
+            )),
+            &["detector", "action"],
+        )?;
         let local_confidence = Histogram::with_opts(hist(
             "local_confidence",
             "Mean top-1 probability over the commit window of local attempts.",
@@ -185,6 +194,7 @@ impl NodeMetrics {
         registry.register(Box::new(local_abandons.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(upstream_hedges.clone()))?;
+        registry.register(Box::new(privacy_detections.clone()))?;
         registry.register(Box::new(local_confidence.clone()))?;
         registry.register(Box::new(complexity.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
@@ -208,6 +218,7 @@ impl NodeMetrics {
             local_abandons,
             upstream_retries,
             upstream_hedges,
+            privacy_detections,
             local_confidence,
             complexity,
             upstream_requests,

@@ -96,6 +96,17 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         })?),
         None => None,
     };
+    let peer_key = match &config.node.peer_key_file {
+        Some(path) => Some(tiergate_upstream::PeerKey::new(
+            &tiergate_upstream::read_peer_key(path).map_err(|e| {
+                crate::config::ConfigError::Invalid {
+                    path: "node.peer_key_file".to_owned(),
+                    message: e.to_string(),
+                }
+            })?,
+        )),
+        None => None,
+    };
     let metrics = NodeMetrics::new(&config.node.name)?;
     let cache = ResponseCache::open(&config.cache, &metrics);
     let node = Node::new(NodeParts {
@@ -112,6 +123,8 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         cloud,
         limits: config.limits.clone(),
         metrics: metrics.clone(),
+        peer_key,
+        privacy: config.privacy.clone(),
     });
     crate::model_trust::watch(
         &config.node.name,

@@ -38,6 +38,10 @@ pub struct RegionalConfig {
     /// Circuit breaker and latency tracking, per endpoint.
     #[serde(default)]
     pub health: LinkHealthConfig,
+    /// The deployment's peer key (a file holding it), presented with every forwarded request
+    /// so that the regional node trusts its forwarding information (`peer_key.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_key_file: Option<PathBuf>,
 }
 
 /// TLS towards the regional nodes.
@@ -107,6 +111,7 @@ impl RegionalConfig {
             active_health_check: true,
             tls: None,
             health: LinkHealthConfig::default(),
+            peer_key_file: None,
         }
     }
 }

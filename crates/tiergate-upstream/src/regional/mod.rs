@@ -26,6 +26,7 @@ use crate::balance;
 use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timer, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError};
 use crate::health_watch;
+use crate::peer_key::read_peer_key;
 
 mod config;
 
@@ -98,6 +99,8 @@ pub struct RegionalClient {
 #[derive(Debug)]
 struct Inner {
     endpoints: Vec<(Arc<EndpointState>, Channel)>,
+    /// Sent as `x-tiergate-peer-key` with every call, when configured.
+    peer_key: Option<tonic::metadata::AsciiMetadataValue>,
     timeouts: TierTimeouts,
     watchers: Vec<JoinHandle<()>>,
 }
@@ -133,6 +136,15 @@ impl RegionalClient {
             SetupError::Config("the regional client must be built inside a Tokio runtime".into())
         })?;
         let tls = config.tls.as_ref().map(tonic_tls).transpose()?;
+        let peer_key = match &config.peer_key_file {
+            Some(path) => Some(read_peer_key(path)?.parse().map_err(|_| {
+                SetupError::Config(format!(
+                    "peer key file {}: not valid metadata",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
         let wanted_scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         let mut watchers = Vec::new();
@@ -184,6 +196,7 @@ impl RegionalClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoints,
+                peer_key,
                 timeouts: TierTimeouts {
                     first_token: config.first_token_timeout,
                     stall: config.stall_timeout,
@@ -244,7 +257,7 @@ impl RegionalClient {
             let in_flight = InFlight::new(picked.endpoint.clone());
             let started = Instant::now();
             let mut client = InferenceClient::new(picked.channel.clone());
-            let call = client.generate(grpc_request(request.clone(), timer.at));
+            let call = client.generate(self.inner.grpc_request(request.clone(), timer.at));
             let result = match tokio::time::timeout_at(timer.at.into(), call).await {
                 Ok(Ok(response)) => whole_answer(response.into_inner()),
                 Ok(Err(status)) => Err(status_error(&status, timer)),
@@ -291,7 +304,7 @@ impl RegionalClient {
             let started = Instant::now();
             let mut client = InferenceClient::new(picked.channel.clone());
             // The peer may stream until the end of the call; the first token is our business.
-            let call = client.generate_stream(grpc_request(request.clone(), end.at));
+            let call = client.generate_stream(self.inner.grpc_request(request.clone(), end.at));
             let opened = match tokio::time::timeout_at(first.at.into(), call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
                 Ok(Err(status)) => Err(status_error(&status, first)),
@@ -444,10 +457,22 @@ fn empty_answer(finish_reason: &str) -> UpstreamError {
     )
 }
 
-fn grpc_request(request: GenerateRequest, deadline: Instant) -> tonic::Request<GenerateRequest> {
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    request
+impl Inner {
+    /// The call as sent: our deadline as its `grpc-timeout`, and the peer key when configured.
+    fn grpc_request(
+        &self,
+        request: GenerateRequest,
+        deadline: Instant,
+    ) -> tonic::Request<GenerateRequest> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        if let Some(key) = &self.peer_key {
+            request
+                .metadata_mut()
+                .insert(crate::PEER_KEY_METADATA, key.clone());
+        }
+        request
+    }
 }
 
 /// What a stream carries along from its call.

@@ -14,6 +14,7 @@ use super::{ConfigError, load, process_env};
 use crate::cache::CacheConfig;
 use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
+use crate::privacy::PrivacyConfig;
 use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
@@ -34,6 +35,8 @@ pub struct Config {
     pub upstreams: UpstreamsSection,
     /// The offline response cache.
     pub cache: CacheConfig,
+    /// The privacy guard: personal data keeps a request on the node, or is redacted upstream.
+    pub privacy: PrivacyConfig,
     /// Model signatures and the periodic integrity check.
     pub model_trust: ModelTrustConfig,
 }
@@ -48,6 +51,10 @@ pub struct NodeSection {
     pub tier: Tier,
     /// The model id clients ask for to let the router choose the tier.
     pub routed_model: String,
+    /// A file holding the deployment's peer key: a forwarded gRPC request's forwarding
+    /// information (hop count, tiers tried) is trusted only when it carries this key or comes
+    /// over mTLS with a verified client certificate; otherwise it is ignored.
+    pub peer_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -56,6 +63,7 @@ impl Default for NodeSection {
             name: "edge-1".to_owned(),
             tier: Tier::Edge,
             routed_model: "tiergate".to_owned(),
+            peer_key_file: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tiergate_proto::v1 as pb;
+use tiergate_upstream::PEER_KEY_METADATA;
 use tonic::{Request, Response, Status};
 
 use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
@@ -35,7 +36,17 @@ impl InferenceService {
     fn node_request(&self, request: Request<pb::GenerateRequest>) -> Result<NodeRequest, Status> {
         let now = Instant::now();
         let timeout = grpc_timeout(request.metadata());
-        let request = request.into_inner();
+        // Forwarding information (hop count, tiers tried) steers routing: only a peer node may
+        // send it, one with a verified client certificate (mTLS) or the deployment's peer key.
+        // From anyone else it is ignored, not refused: the request is still answered.
+        let from_peer = request.peer_certs().is_some_and(|certs| !certs.is_empty())
+            || self.node.trusts_peer_key(
+                (request.metadata().get(PEER_KEY_METADATA)).and_then(|v| v.to_str().ok()),
+            );
+        let mut request = request.into_inner();
+        if !from_peer && request.forwarding.take().is_some() {
+            tracing::debug!("forwarding information from a client that is not a peer ignored");
+        }
         // An empty model is the routed default; otherwise the same rule as HTTP's `model`.
         let model = (!request.model.is_empty()).then(|| request.model.clone());
         let checked =

@@ -88,6 +88,9 @@ async fn completions(
 ) -> Response<HttpBody> {
     let now = Instant::now();
     let (parts, body) = request.into_parts();
+    if let Some(refusal) = refuse_non_json(state, &parts.headers) {
+        return refusal;
+    }
     let limit = state.node.limits().max_body_bytes;
     let body = match read_body(&parts.headers, body, limit).await {
         Ok(body) => body,
@@ -271,6 +274,29 @@ fn metrics(state: &HttpState) -> Response<HttpBody> {
             &format!("cannot render metrics: {err}"),
         ),
     }
+}
+
+/// Refuses a body that does not say it is JSON (415), before reading it. A web page can post
+/// `text/plain` or a form to a loopback node without a CORS preflight; only `application/json`
+/// (with parameters such as `charset=utf-8`) needs one, so only it is accepted.
+fn refuse_non_json(state: &HttpState, headers: &HeaderMap) -> Option<Response<HttpBody>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        return None;
+    }
+    let err = NodeError::InvalidArgument(format!(
+        "Content-Type must be application/json, got `{content_type}`"
+    ));
+    state.node.count_rejection(&err);
+    Some(error_response(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        &err.to_string(),
+    ))
 }
 
 /// A request refused before it reached the node (the node counts its own failures).

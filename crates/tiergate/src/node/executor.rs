@@ -61,6 +61,8 @@ pub struct Walk<'a> {
     pub retry_budget: &'a Mutex<RetryBudget>,
     /// When upstream steps are hedged, and the tiers' recent times to first token.
     pub hedging: &'a Hedging,
+    /// What goes upstream in place of the request's input: the privacy guard's redacted copy.
+    pub forwarded_input: Option<super::Input>,
     pub started: Instant,
     /// The client waits for the whole answer (no stream to feed).
     pub whole_answer: bool,
@@ -424,6 +426,9 @@ impl Walk<'_> {
     /// The request as it goes up: one more hop, this node's tiers marked as tried.
     pub(super) fn forwarded_request(&self, before: &[StepResult]) -> NodeRequest {
         let mut request = self.request.clone();
+        if let Some(input) = &self.forwarded_input {
+            request.input = input.clone();
+        }
         let forwarding = &mut request.forwarding;
         forwarding.hop_count += 1;
         let tried_here = self.tiers_of_steps(before.len());

@@ -11,6 +11,7 @@ mod executor_tests;
 mod hedge;
 mod hedged;
 pub mod limits;
+mod privacy_guard;
 mod service;
 
 use futures::future::BoxFuture;
@@ -58,4 +59,9 @@ pub trait NodeApi: Send + Sync + 'static {
     fn refresh_metrics(&self) {}
     /// Counts a request a front end refused before it reached the node (bad input).
     fn count_rejection(&self, _err: &NodeError) {}
+    /// Whether `presented` is the deployment's peer key (`[node] peer_key_file`); never without
+    /// one configured.
+    fn trusts_peer_key(&self, _presented: Option<&str>) -> bool {
+        false
+    }
 }

@@ -12,13 +12,16 @@ use tiergate_router::{
     BudgetConfig, Decision, NodeView, RetryBudget, RetryBudgetConfig, RouterConfig, Signals, Step,
     UpstreamView, decide,
 };
-use tiergate_upstream::{CallLimits, CloudClient, CloudEvent, RegionalClient, UpstreamError};
+use tiergate_upstream::{
+    CallLimits, CloudClient, CloudEvent, PeerKey, RegionalClient, UpstreamError,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary, TokenConfidence};
 use super::executor::{TierStarter, Walk};
 use super::hedge::{HedgeConfig, Hedging};
+use super::privacy_guard;
 use super::{
     Answer, AnswerStream, Explanation, FinishReason, Input, Limits, ModelCard, NodeApi, NodeError,
     NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
@@ -28,6 +31,7 @@ use crate::grpc::convert::{
     answer_from_pb, finish_reason_from_str, request_to_pb, routing_from_pb,
 };
 use crate::metrics::NodeMetrics;
+use crate::privacy::PrivacyConfig;
 
 /// Events buffered between the walk and the client; small, since a slow client should slow
 /// generation rather than grow memory.
@@ -53,6 +57,10 @@ pub struct NodeParts {
     pub metrics: NodeMetrics,
     /// The response cache, when `[cache]` enables it.
     pub cache: Option<Arc<ResponseCache>>,
+    /// The deployment's peer key (`[node] peer_key_file`): who may send forwarding information.
+    pub peer_key: Option<PeerKey>,
+    /// Personal-data detectors and what a finding does (`[privacy]`).
+    pub privacy: PrivacyConfig,
 }
 
 /// A running node. Cheap to share behind an `Arc`.
@@ -136,8 +144,22 @@ impl Node {
         upstreams
     }
 
-    async fn start(self: Arc<Self>, request: NodeRequest, whole_answer: bool) -> AnswerStream {
+    /// Applies the privacy guard (pinning the request, or redacting what goes upstream), then
+    /// walks the plan in a task of its own; the stream is the walk's events.
+    async fn start(
+        self: Arc<Self>,
+        mut request: NodeRequest,
+        whole_answer: bool,
+    ) -> Result<AnswerStream, NodeError> {
         let started = Instant::now();
+        let forwarded_input =
+            match privacy_guard::guard(&self.parts.privacy, &mut request, &self.parts.metrics) {
+                Ok(input) => input,
+                Err(err) => {
+                    self.count_rejection(&err);
+                    return Err(err);
+                }
+            };
         let decision = self.decision(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = Arc::clone(&self);
@@ -154,6 +176,7 @@ impl Node {
                 budget: &node.parts.budget,
                 retry_budget: &node.retry_budget,
                 hedging: &node.hedging,
+                forwarded_input,
                 started,
                 whole_answer,
             };
@@ -162,14 +185,14 @@ impl Node {
             // The walk's calls may have moved a breaker: the gauges follow at once.
             node.upstream_views(Instant::now());
         });
-        ReceiverStream::new(rx).boxed()
+        Ok(ReceiverStream::new(rx).boxed())
     }
 }
 
 impl NodeApi for Arc<Node> {
     fn generate(&self, request: NodeRequest) -> BoxFuture<'_, Result<Answer, NodeError>> {
         async move {
-            let mut events = Arc::clone(self).start(request, true).await;
+            let mut events = Arc::clone(self).start(request, true).await?;
             while let Some(event) = events.next().await {
                 // The walk puts the whole text in `Done`; deltas only matter to streams.
                 if let StreamEvent::Done(answer) = event? {
@@ -188,7 +211,7 @@ impl NodeApi for Arc<Node> {
         request: NodeRequest,
     ) -> BoxFuture<'_, Result<AnswerStream, NodeError>> {
         async move {
-            let mut events = Arc::clone(self).start(request, false).await;
+            let mut events = Arc::clone(self).start(request, false).await?;
             // An error before anything was answered is the call's error, not the stream's.
             match events.next().await {
                 Some(Err(err)) => Err(err),
@@ -199,8 +222,10 @@ impl NodeApi for Arc<Node> {
         .boxed()
     }
 
-    fn explain(&self, request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
+    fn explain(&self, mut request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
         async move {
+            // The guard may pin the request: the explanation must say where it really goes.
+            privacy_guard::guard(&self.parts.privacy, &mut request, &self.parts.metrics)?;
             let decision = self.decision(&request);
             let tier = match decision.plan.first() {
                 Some(Step::Local { .. }) => self.parts.tier,
@@ -257,6 +282,13 @@ impl NodeApi for Arc<Node> {
 
     fn refresh_metrics(&self) {
         self.upstream_views(Instant::now());
+    }
+
+    fn trusts_peer_key(&self, presented: Option<&str>) -> bool {
+        match (&self.parts.peer_key, presented) {
+            (Some(key), Some(presented)) => key.matches(presented),
+            _ => false,
+        }
     }
 
     fn count_rejection(&self, err: &NodeError) {

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""CPU time of one decode step of ONNX graphs alone (no engine), interleaved so that every graph sees the
+same moment of a shared machine: 1 row, `--past` cached positions, median of 4 rounds of 10 steps.
+CPU time (not wall time) because the 2-core machine is shared; with 1 intra-op thread it is the step's work.
+
+    .venv/bench/bin/python scripts/bench-graph-step.py [--threads 1] [--past 60] GRAPH.onnx [GRAPH.onnx ...]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # SmolLM2-135M
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("graphs", nargs="+")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--past", type=int, default=60)
+    args = parser.parse_args()
+    sessions = {}
+    for path in args.graphs:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[path] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, args.past + 1), np.int64),
+             "position_ids": np.full((1, 1), args.past, np.int64)}
+    for layer in range(LAYERS):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
+                (1, KV_HEADS, args.past, HEAD_DIM), dtype=np.float32)
+    rounds = {path: [] for path in sessions}
+    for _ in range(4):
+        for path, session in sessions.items():
+            session.run(["logits"], feeds)
+            started = time.process_time()
+            for _ in range(10):
+                session.run(["logits"], feeds)
+            rounds[path].append((time.process_time() - started) / 10 * 1e3)
+    for path, times in rounds.items():
+        print(f"{path}: {statistics.median(times):.1f} ms CPU per step (rounds {[round(t, 1) for t in times]})")
+
+
+if __name__ == "__main__":
+    main()

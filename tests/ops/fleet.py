@@ -1,0 +1,301 @@
+"""Real `tiergate serve` processes and a real Prometheus on 127.0.0.1 for the ops tests.
+
+Two nodes, both on the bundled toy models (they load in about a second):
+- `regional-1` (tier regional, models/regional): its early-exit gate always commits;
+- `edge-1` (tier edge, models/edge): its gate always abandons, so every local attempt escalates
+  to regional-1 over gRPC; regional-1's HTTP API also stands in for the cloud tier; the response
+  cache is on (mode `always`), so a repeated request is a hit.
+A few requests then make every metric family the dashboard and the alert rules use appear in a
+scrape (a labelled family with no series yet is not exported at all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+
+
+def tiergate_bin() -> Path:
+    """The binary `make build` made (TIERGATE_BIN overrides; CARGO_TARGET_DIR is honoured)."""
+    if os.environ.get("TIERGATE_BIN"):
+        return Path(os.environ["TIERGATE_BIN"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "debug" / "tiergate"
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    grpc: str
+    http: str
+    workdir: tempfile.TemporaryDirectory = field(repr=False)
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.http}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.workdir.cleanup()
+
+
+def start_node(name: str, config_toml: str) -> Node:
+    """Starts `tiergate serve` on 127.0.0.1:0 (both listeners) and waits for its listening line."""
+    binary = tiergate_bin()
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is missing: run `make build` first")
+    workdir = tempfile.TemporaryDirectory(prefix=f"tiergate-ops-{name}-")
+    config = Path(workdir.name) / f"{name}.toml"
+    config.write_text(config_toml)
+    env = dict(os.environ)
+    env.update(
+        TIERGATE__SERVER__GRPC_LISTEN='"127.0.0.1:0"',
+        TIERGATE__SERVER__HTTP_LISTEN='"127.0.0.1:0"',
+        TIERGATE_LOG="warn",
+    )
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "listening":
+            proc.stdout.close()
+            return Node(name, proc, event["grpc"], event["http"], workdir)
+    proc.kill()
+    proc.wait()
+    workdir.cleanup()
+    raise RuntimeError(f"node {name} did not print its listening line (exit code {proc.poll()})")
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def chat(node: Node, prompt: str, *, stream: bool = False, max_tokens: int = 8) -> int:
+    body = json.dumps(
+        {
+            "model": "tiergate",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": stream,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"{node.base}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+REGIONAL_TOML = """
+[node]
+name = "regional-1"
+tier = "regional"
+[engine]
+model_dir = "models/regional"
+[router]
+local_max_complexity = 1.0
+[router.confidence]
+min_mean_top1 = 0.0
+min_token_top1 = 0.0
+"""
+
+EDGE_TOML = """
+[node]
+name = "edge-1"
+tier = "edge"
+[engine]
+model_dir = "models/edge"
+[router]
+local_max_complexity = 1.0
+[router.confidence]
+min_mean_top1 = 1.0
+[upstreams.regional]
+endpoints = ["http://{regional_grpc}"]
+health_check_interval = "100ms"
+[upstreams.cloud]
+base_url = "http://{regional_http}/v1"
+model = "tiergate"
+[cache]
+enabled = true
+mode = "always"
+"""
+
+
+@dataclass
+class Fleet:
+    regional: Node
+    edge: Node
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.edge, self.regional]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_fleet() -> Fleet:
+    regional = start_node("regional-1", REGIONAL_TOML)
+    try:
+        edge = start_node(
+            "edge-1",
+            EDGE_TOML.format(regional_grpc=regional.grpc, regional_http=regional.http),
+        )
+    except Exception:
+        regional.stop()
+        raise
+    return Fleet(regional, edge)
+
+
+def drive_traffic(fleet: Fleet) -> None:
+    """Requests that make every metric family appear: an escalated answer (abandon at the edge,
+    regional answers), the same again (a cache hit), a streamed one, a committed local answer at
+    the regional node, and a refused one (an error outcome)."""
+    assert chat(fleet.edge, "What is the capital of France?") == 200
+    assert chat(fleet.edge, "What is the capital of France?") == 200
+    assert chat(fleet.edge, "Name a colour.", stream=True) == 200
+    assert chat(fleet.regional, "Name a fruit.") == 200
+    assert chat(fleet.edge, "too many tokens", max_tokens=10**6) == 400
+
+
+def metric_names(exposition: str) -> set[str]:
+    """Series names of a Prometheus text exposition (histograms give _bucket, _sum, _count)."""
+    names = set()
+    for line in exposition.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        names.add(line.split("{", 1)[0].split(" ", 1)[0])
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Prometheus:
+    proc: subprocess.Popen
+    base: str
+    workdir: tempfile.TemporaryDirectory = field(repr=False)
+    log: Path = field(repr=False)
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"{self.base}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        status, body = http_get(url)
+        data = json.loads(body)
+        if status != 200 or data.get("status") != "success":
+            raise AssertionError(f"{url}: {status} {body}")
+        return data["data"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.workdir.cleanup()
+
+
+def start_prometheus(targets: list[str], rule_files: list[Path]) -> Prometheus:
+    """A real Prometheus on 127.0.0.1 (temporary storage) scraping `targets` every second and
+    evaluating `rule_files`."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus is not installed: `make ops-deps` installs it")
+    workdir = tempfile.TemporaryDirectory(prefix="tiergate-ops-prometheus-")
+    wd = Path(workdir.name)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": "tiergate",
+                "static_configs": [{"targets": targets, "labels": {"node_tier": "test"}}],
+            }
+        ],
+    }
+    # JSON is YAML: no YAML writer needed.
+    (wd / "prometheus.yml").write_text(json.dumps(config))
+    log = wd / "prometheus.log"
+    last_error: Exception | None = None
+    for _ in range(3):  # a port picked free can be taken before Prometheus binds it
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={wd / 'prometheus.yml'}",
+                f"--storage.tsdb.path={wd / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        prom = Prometheus(proc, f"http://127.0.0.1:{port}", workdir, log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if http_get(f"{prom.base}/-/ready", timeout=2)[0] == 200:
+                    return prom
+            except (urllib.error.URLError, ConnectionError, OSError) as err:
+                last_error = err
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    workdir.cleanup()
+    raise RuntimeError(f"prometheus did not become ready: {last_error}")
