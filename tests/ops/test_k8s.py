@@ -22,10 +22,11 @@ K8S = ROOT / "deploy" / "k8s"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 KUBE_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are checked against, besides the newest
 
-# The node's shutdown after SIGTERM: NOT_SERVING, one health interval, drain up to
-# [server] drain_timeout. ASSUMED: the health interval is at most 5 s; drain_timeout defaults to 10 s.
-HEALTH_INTERVAL_S = 5
-DEFAULT_DRAIN_TIMEOUT_S = 10
+# The node's shutdown after SIGTERM: NOT_SERVING, serving on for [server] drain_delay (so
+# watchers move away), then in-flight requests get up to [server] drain_timeout. The node's
+# defaults (crates/tiergate/src/config/node.rs) apply where a ConfigMap does not set them.
+DEFAULT_DRAIN_DELAY_S = 5
+DEFAULT_DRAIN_TIMEOUT_S = 30
 MARGIN_S = 10
 
 
@@ -175,9 +176,10 @@ def test_grace_period_covers_prestop_health_interval_and_drain(name):
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
-    drain = config_drain = node_config(workload).get("server", {}).get("drain_timeout")
-    drain = seconds(config_drain) if config_drain else DEFAULT_DRAIN_TIMEOUT_S
-    needed = pre_stop + HEALTH_INTERVAL_S + drain + MARGIN_S
+    server = node_config(workload).get("server", {})
+    delay = seconds(server["drain_delay"]) if "drain_delay" in server else DEFAULT_DRAIN_DELAY_S
+    drain = seconds(server["drain_timeout"]) if "drain_timeout" in server else DEFAULT_DRAIN_TIMEOUT_S
+    needed = pre_stop + delay + drain + MARGIN_S
     assert pod["terminationGracePeriodSeconds"] >= needed, (pod["terminationGracePeriodSeconds"], needed)
 
 

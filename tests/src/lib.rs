@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -69,15 +70,19 @@ pub struct NodeProcess {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     child: Child,
+    /// What the node wrote to stderr, when started with [`NodeProcess::start_logged`].
+    logs: Option<Arc<Mutex<String>>>,
     _dir: tempfile::TempDir,
 }
 
 /// How a test starts a node process: on 127.0.0.1 by default; `wrapper` runs it through
-/// another command (e.g. `ip netns exec NS`), listening on `listen_ip`.
+/// another command (e.g. `ip netns exec NS`), listening on `listen_ip`; with `log_filter` its
+/// logs are kept for [`NodeProcess::logs`].
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub wrapper: Vec<String>,
     pub listen_ip: std::net::IpAddr,
+    pub log_filter: Option<String>,
 }
 
 impl Default for Launch {
@@ -85,6 +90,7 @@ impl Default for Launch {
         Launch {
             wrapper: Vec::new(),
             listen_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            log_filter: None,
         }
     }
 }
@@ -96,7 +102,23 @@ impl NodeProcess {
         Self::launch(name, config_toml, &Launch::default()).await
     }
 
+    /// Like [`NodeProcess::start`], with logs at `filter` kept for [`NodeProcess::logs`] (and
+    /// still echoed to the test's stderr).
+    pub async fn start_logged(
+        name: &str,
+        config_toml: &str,
+        filter: &str,
+    ) -> anyhow::Result<NodeProcess> {
+        let launch = Launch {
+            log_filter: Some(filter.to_owned()),
+            ..Launch::default()
+        };
+        Self::launch(name, config_toml, &launch).await
+    }
+
     /// [`NodeProcess::start`], launched as `launch` says.
+    // The captured logs are echoed to the test's stderr, as an uncaptured node's would be.
+    #[allow(clippy::print_stderr)]
     pub async fn launch(
         name: &str,
         config_toml: &str,
@@ -110,6 +132,7 @@ impl NodeProcess {
             bail!("{} is missing: run `cargo build` first", bin.display());
         }
         let listen = format!("\"{}\"", SocketAddr::new(launch.listen_ip, 0));
+        let log_filter = launch.log_filter.as_deref();
         let mut command = match launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -125,13 +148,37 @@ impl NodeProcess {
             .current_dir(repo_root())
             .env("TIERGATE__SERVER__GRPC_LISTEN", &listen)
             .env("TIERGATE__SERVER__HTTP_LISTEN", &listen)
-            .env("TIERGATE_LOG", "warn")
+            .env("TIERGATE_LOG", log_filter.unwrap_or("warn"))
+            // No colour codes in captured logs.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if log_filter.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        let logs = match child.stderr.take() {
+            Some(stderr) => {
+                let logs = Arc::new(Mutex::new(String::new()));
+                let sink = Arc::clone(&logs);
+                let tag = name.to_owned();
+                let mut lines = BufReader::new(stderr).lines();
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("[{tag}] {line}");
+                        let mut all = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                });
+                Some(logs)
+            }
+            None => None,
+        };
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(START_TIMEOUT, async {
@@ -160,8 +207,41 @@ impl NodeProcess {
             grpc: addr("grpc")?,
             http: addr("http")?,
             child,
+            logs,
             _dir: dir,
         })
+    }
+
+    /// What the node logged so far (empty unless started with [`NodeProcess::start_logged`]).
+    pub fn logs(&self) -> String {
+        self.logs.as_ref().map_or_else(String::new, |logs| {
+            logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        })
+    }
+
+    /// Sends SIGTERM, as systemd and Kubernetes do (through `kill`, no libc in the tests).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the node already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Stops the process (SIGKILL) and waits for it.

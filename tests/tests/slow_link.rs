@@ -69,6 +69,7 @@ async fn a_slow_lossy_regional_link_moves_traffic_to_the_cloud_and_back_when_it_
     let launch = Launch {
         wrapper: netns.wrapper(),
         listen_ip: netns.ns_ip.into(),
+        ..Launch::default()
     };
     let regional = regional_node_launched(&launch).await.unwrap();
     let cloud = FakeCloud::start().await.unwrap();

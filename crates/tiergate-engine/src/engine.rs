@@ -213,6 +213,12 @@ impl Engine {
         self.inner.pool.stats()
     }
 
+    /// Worker threads alive now (each with its session). Zero means nothing can generate: a
+    /// node reports itself not ready.
+    pub fn workers_alive(&self) -> usize {
+        self.inner.pool.workers_alive()
+    }
+
     /// The text the model sees for `prompt` (chat template applied to conversations).
     pub fn render(&self, prompt: &Prompt) -> Result<String, EngineError> {
         self.inner.template.render(prompt)

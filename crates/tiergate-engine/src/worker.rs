@@ -6,7 +6,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,6 +67,26 @@ pub(crate) struct StatsCell {
     failed: AtomicU64,
     scored: AtomicU64,
     overloaded: AtomicU64,
+    /// Worker threads that hold a session and run their loop; a panicked or ended worker
+    /// leaves (readiness reads it).
+    alive: AtomicUsize,
+}
+
+/// Counts a worker as alive while it lives; dropping it (the loop ended, or unwinding from a
+/// panic) counts it out.
+struct AliveGuard(Arc<StatsCell>);
+
+impl AliveGuard {
+    fn enter(stats: &Arc<StatsCell>) -> AliveGuard {
+        stats.alive.fetch_add(1, Ordering::SeqCst);
+        AliveGuard(Arc::clone(stats))
+    }
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl StatsCell {
@@ -147,6 +167,10 @@ impl WorkerPool {
     pub(crate) fn stats(&self) -> EngineStats {
         self.stats.snapshot()
     }
+
+    pub(crate) fn workers_alive(&self) -> usize {
+        self.stats.alive.load(Ordering::SeqCst)
+    }
 }
 
 fn spawn_worker(
@@ -168,10 +192,13 @@ fn spawn_worker(
                 &spec.manifest,
                 &spec.options,
             );
-            let mut session = match session {
+            let (mut session, _alive) = match session {
                 Ok(session) => {
+                    // Counted before the pool hears of it: once `Engine::load` returns, every
+                    // worker is counted (a node that read 0 here reported NOT_SERVING).
+                    let alive = AliveGuard::enter(&stats);
                     let _ = ready_tx.send(Ok(()));
-                    session
+                    (session, alive)
                 }
                 Err(error) => {
                     let _ = ready_tx.send(Err(error));

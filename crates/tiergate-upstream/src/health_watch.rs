@@ -84,6 +84,10 @@ mod tests {
         let samples: Vec<Duration> = (0..200).map(|_| jittered(delay)).collect();
         assert!(samples.iter().all(|d| *d >= delay / 2 && *d <= delay));
         let distinct: std::collections::HashSet<Duration> = samples.iter().copied().collect();
-        assert!(distinct.len() > 100, "not spread: {} distinct", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "not spread: {} distinct",
+            distinct.len()
+        );
     }
 }

@@ -12,4 +12,5 @@ pub mod model_trust;
 pub mod node;
 pub mod privacy;
 pub mod serve;
+pub mod shell;
 pub mod tls;

@@ -55,8 +55,10 @@ pub struct NodeMetrics {
     pub cache_entries: IntGauge,
     /// Requests being served now.
     pub in_flight: IntGauge,
-    /// 1 once the local engine is loaded.
+    /// 1 while the node is ready: serving (not starting or draining) with live engine workers.
     pub ready: Gauge,
+    /// Requests refused before the node saw them, by API and reason (overloaded, draining).
+    pub requests_shed: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -184,8 +186,16 @@ impl NodeMetrics {
         )))?;
         let ready = Gauge::with_opts(with_node(Opts::new(
             "ready",
-            "1 once the node's local engine is loaded and it serves.",
+            "1 while the node is ready: serving, not draining, engine workers alive.",
         )))?;
+        let requests_shed = IntCounterVec::new(
+            with_node(Opts::new(
+                "requests_shed_total",
+                "Requests refused with a retryable status before reaching the node, by API \
+                 (http, grpc) and reason (overloaded, draining).",
+            )),
+            &["api", "reason"],
+        )?;
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -205,6 +215,7 @@ impl NodeMetrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(requests_shed.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -229,6 +240,7 @@ impl NodeMetrics {
             cache_entries,
             in_flight,
             ready,
+            requests_shed,
         })
     }
 

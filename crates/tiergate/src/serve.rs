@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tiergate_engine::Engine;
 use tiergate_upstream::{CloudClient, RegionalClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -11,9 +13,19 @@ use tokio::task::JoinHandle;
 
 use crate::cache::ResponseCache;
 use crate::config::Config;
-use crate::http::{HttpState, serve_http};
+use crate::grpc::GrpcListenerSettings;
+use crate::http::{HttpListenerSettings, HttpState, handle, serve_http};
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeApi, NodeParts};
+use crate::shell::{
+    Api, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts, StackSettings, serving_stack,
+};
+
+/// Above `limits.max_timeout`: how long an inference route may take to start its response
+/// before the stack answers for it.
+const INFERENCE_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+/// How long a probe, a scrape or the model list may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +58,73 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub node: Arc<Node>,
+    /// The one state health, `/readyz` and `tiergate_ready` read.
+    pub lifecycle: Lifecycle,
+    gate: Arc<Gate>,
+    drain: DrainSettings,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How a node drains (`[server] drain_delay`, `drain_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSettings {
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+/// What a drain did, for the log line and for tests.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainReport {
+    /// Admitted requests still in flight when the drain timeout ran out (0: a clean drain).
+    pub abandoned: usize,
+    pub elapsed: Duration,
+}
+
+/// How long the listeners may take to close once nothing admitted is in flight.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl RunningNode {
-    /// Stops accepting, drains open connections and waits for both servers to end.
-    pub async fn shutdown(self) {
+    /// The graceful shutdown, in order:
+    /// 1. draining: gRPC health and `/readyz` turn NOT_SERVING at once (`tiergate_ready` 0),
+    ///    while requests are still served for `drain_delay`, so that watchers move traffic first;
+    /// 2. closing: new inference requests get 503 / UNAVAILABLE with `Retry-After`; in-flight
+    ///    ones have up to `drain_timeout` to finish;
+    /// 3. stopped: the listeners close (health watches end), open connections are closed.
+    pub async fn shutdown(self) -> DrainReport {
+        let started = Instant::now();
+        self.lifecycle.set(Phase::Draining);
+        tracing::info!(delay = ?self.drain.delay, "draining: reported NOT_SERVING");
+        tokio::time::sleep(self.drain.delay).await;
+        self.lifecycle.set(Phase::Closing);
+        let in_flight = self.gate.in_flight();
+        tracing::info!(in_flight, timeout = ?self.drain.timeout, "closing: waiting for in-flight requests");
+        let abandoned = match tokio::time::timeout(self.drain.timeout, self.gate.idle()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let left = self.gate.in_flight();
+                tracing::warn!(
+                    in_flight = left,
+                    "drain timeout: in-flight requests abandoned"
+                );
+                left
+            }
+        };
+        self.lifecycle.set(Phase::Stopped);
         let _ = self.stop.send(true);
         for task in self.tasks {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout(CLOSE_TIMEOUT, task).await.is_err() {
+                tracing::warn!("a listener did not close in time");
+                abort.abort();
+            }
         }
+        let report = DrainReport {
+            abandoned,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(abandoned, elapsed = ?report.elapsed, "stopped");
+        report
     }
 
     /// Waits until both servers end (after a shutdown signal from elsewhere).
@@ -66,7 +134,7 @@ impl RunningNode {
         }
     }
 
-    /// A handle that makes the node stop when `true` is sent.
+    /// A handle that makes the listeners stop at once (no drain) when `true` is sent.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
@@ -75,6 +143,12 @@ impl RunningNode {
 /// Loads the engine and builds the upstream clients: a node ready to answer, not yet listening
 /// (`route explain` uses it as is).
 pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), StartError> {
+    let (node, metrics, _engine) = build_parts(config).await?;
+    Ok((node, metrics))
+}
+
+/// The node, its metrics, and a handle on its engine (readiness watches the workers).
+async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine), StartError> {
     // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
     let (engine, loaded) =
         crate::model_trust::load_engine(&config.engine, &config.model_trust).await?;
@@ -114,7 +188,7 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         name: config.node.name.clone(),
         tier: config.node.tier,
         routed_model: config.node.routed_model.clone(),
-        engine,
+        engine: engine.clone(),
         router: config.router,
         budget: config.budget,
         retry: config.retry,
@@ -133,12 +207,13 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
         &node,
         &metrics,
     )?;
-    Ok((node, metrics))
+    Ok((node, metrics, engine))
 }
 
-/// Loads everything and starts serving; returns once both listeners are bound.
+/// Loads everything and starts serving; returns once both listeners are bound and the node
+/// reports itself ready.
 pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
-    let (node, metrics) = build_node(&config).await?;
+    let (node, metrics, engine) = build_parts(&config).await?;
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -154,28 +229,65 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         Some(tls) => (Some(tls.grpc_config()?), Some(tls.http_acceptor()?)),
         None => (None, None),
     };
+    // Ready means: serving, and the engine still has live workers to generate with.
+    let probe: ReadinessProbe = Arc::new(move || engine.workers_alive() > 0);
+    let lifecycle = Lifecycle::new(probe, metrics.ready.clone());
+    let server = &config.server;
+    let gate = Gate::new(
+        server.max_concurrent_requests,
+        lifecycle.clone(),
+        server.retry_after,
+        metrics.requests_shed.clone(),
+    );
+    let stack = StackSettings {
+        gate: Arc::clone(&gate),
+        timeouts: RouteTimeouts {
+            // The node ends generation at the request's deadline itself; this only catches
+            // a response that never starts.
+            inference: config.limits.max_timeout + INFERENCE_TIMEOUT_MARGIN,
+            control: CONTROL_TIMEOUT,
+        },
+    };
     let (stop, stopped) = watch::channel(false);
     let api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
     let grpc_task = {
         let api = Arc::clone(&api);
+        let settings = GrpcListenerSettings {
+            tls: grpc_tls,
+            stack: stack.clone(),
+            lifecycle: lifecycle.clone(),
+            max_concurrent_streams: server.max_concurrent_streams,
+        };
         let stopped = stopped.clone();
         tokio::spawn(async move {
             if let Err(err) =
-                crate::grpc::serve_grpc(grpc_listener, api, grpc_tls, wait_for_stop(stopped)).await
+                crate::grpc::serve_grpc(grpc_listener, api, settings, wait_for_stop(stopped)).await
             {
                 tracing::error!(error = %err, "gRPC server failed");
             }
         })
     };
     let http_task = {
-        let state = Arc::new(HttpState { node: api, metrics });
+        let state = Arc::new(HttpState {
+            node: api,
+            metrics,
+            lifecycle: lifecycle.clone(),
+        });
+        let routes = tower::service_fn(move |request| handle(Arc::clone(&state), request));
+        let service = serving_stack(Api::Http, &stack, routes);
+        let settings = HttpListenerSettings {
+            header_read_timeout: server.header_read_timeout,
+            max_concurrent_streams: server.max_concurrent_streams,
+        };
         tokio::spawn(serve_http(
             http_listener,
-            state,
+            service,
             http_tls,
+            settings,
             wait_for_stop(stopped),
         ))
     };
+    lifecycle.set(Phase::Serving);
     tracing::info!(
         node = %config.node.name,
         tier = %config.node.tier,
@@ -188,6 +300,12 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         grpc_addr,
         http_addr,
         node,
+        lifecycle,
+        gate,
+        drain: DrainSettings {
+            delay: config.server.drain_delay,
+            timeout: config.server.drain_timeout,
+        },
         stop,
         tasks: vec![grpc_task, http_task],
     })

@@ -26,8 +26,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     shutdown_signal().await;
-    tracing::info!("shutting down: draining connections");
-    node.shutdown().await;
+    tracing::info!("shutdown signal: draining");
+    // A second signal during the drain means "now": the process exits without waiting.
+    tokio::select! {
+        report = node.shutdown() => {
+            if report.abandoned > 0 {
+                tracing::warn!(abandoned = report.abandoned, "exited with requests in flight");
+            }
+        }
+        () = shutdown_signal() => tracing::warn!("second signal: exiting without draining"),
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tiergate_engine::EngineConfig;
@@ -78,6 +79,27 @@ pub struct ServerSection {
     pub http_listen: SocketAddr,
     /// TLS on both listeners; absent: plaintext (loopback and trusted networks only).
     pub tls: Option<ServerTls>,
+    /// On SIGTERM/SIGINT the node reports NOT_SERVING (gRPC health, `/readyz`) and keeps
+    /// serving this long, so that watchers (edge nodes, load balancers, Kubernetes) move their
+    /// traffic before it refuses any. At least one health-check interval of its watchers.
+    #[serde(with = "crate::config::duration")]
+    pub drain_delay: Duration,
+    /// Then new requests get a retryable 503 / UNAVAILABLE and in-flight ones have this long
+    /// to finish before the node exits anyway.
+    #[serde(with = "crate::config::duration")]
+    pub drain_timeout: Duration,
+    /// Inference requests in flight at once, HTTP and gRPC together (streams count until their
+    /// last chunk). One more is refused at once with 503 / UNAVAILABLE and `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// The `Retry-After` a refused request is given (whole seconds, at least 1).
+    #[serde(with = "crate::config::duration")]
+    pub retry_after: Duration,
+    /// An HTTP/1 client must send a request's whole header within this time, or the connection
+    /// is closed (slow-header clients hold no connection for long).
+    #[serde(with = "crate::config::duration")]
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection (gRPC and HTTP/2 clients).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSection {
@@ -86,6 +108,12 @@ impl Default for ServerSection {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            drain_delay: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 256,
+            retry_after: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -117,6 +145,21 @@ impl Config {
         }
         if self.node.routed_model.trim().is_empty() {
             return Err(invalid("node.routed_model", "must not be empty"));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.server.header_read_timeout.is_zero() {
+            return Err(invalid("server.header_read_timeout", "must be above 0"));
         }
         if self.limits.default_max_new_tokens > self.limits.max_new_tokens {
             return Err(invalid(

@@ -112,6 +112,8 @@ fn node_config(
     config.engine.ort_library.clone_from(&options.ort_library);
     config.server.grpc_listen = ([127, 0, 0, 1], port(options.base_port, offset)).into();
     config.server.http_listen = ([127, 0, 0, 1], port(options.base_port, offset + 1)).into();
+    // Nobody watches the demo's nodes from outside: no need to wait before closing.
+    config.server.drain_delay = std::time::Duration::ZERO;
     config.upstreams = crate::config::UpstreamsSection::default();
     if options.real_model.is_some() && tier == Tier::Regional {
         // The demo has one real model: the regional tier runs its fp32 graph and answers what

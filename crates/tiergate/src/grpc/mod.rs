@@ -5,5 +5,5 @@ pub mod convert;
 mod server;
 mod service;
 
-pub use server::serve_grpc;
+pub use server::{GrpcListenerSettings, serve_grpc};
 pub use service::{InferenceService, grpc_timeout};

@@ -1,56 +1,128 @@
-//! The gRPC listener: Inference, Health and reflection on one port, TCP_NODELAY on each
-//! accepted connection, TLS (mutual when configured) in front when configured.
+//! The gRPC listener: Inference, Health and reflection (v1 and v1alpha) on one port, inside the
+//! serving stack; TCP_NODELAY on each accepted connection, TLS (mutual when configured) in front
+//! when configured. Health follows the node's lifecycle.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tiergate_proto::v1::inference_server::InferenceServer;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use super::InferenceService;
 use crate::node::NodeApi;
+use crate::shell::{Api, Lifecycle, Phase, StackSettings, serving_stack};
+
+/// How often readiness is re-read between lifecycle changes (engine workers may die at any
+/// time, and nothing announces it).
+const READINESS_POLL: Duration = Duration::from_secs(1);
+
+/// What the gRPC listener needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct GrpcListenerSettings {
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub stack: StackSettings,
+    pub lifecycle: Lifecycle,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
 
 /// Serves gRPC on `listener` until `shutdown` completes.
 pub async fn serve_grpc(
     listener: TcpListener,
     node: Arc<dyn NodeApi>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    settings: GrpcListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max_message = node.limits().max_body_bytes;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    if node.is_ready() {
-        health_reporter
-            .set_serving::<InferenceServer<InferenceService>>()
-            .await;
-    } else {
-        health_reporter
-            .set_not_serving::<InferenceServer<InferenceService>>()
-            .await;
-    }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tiergate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|err| {
-            tracing::error!(error = %err, "reflection descriptors are invalid");
-            err
-        });
+    // Registered before the first watch can arrive (an unknown service is NOT_FOUND).
+    health_reporter
+        .set_service_status(inference_name(), ServingStatus::NotServing)
+        .await;
+    let follower = tokio::spawn(follow_readiness(
+        health_reporter.clone(),
+        settings.lifecycle.clone(),
+    ));
     let inference =
         InferenceServer::new(InferenceService::new(node)).max_decoding_message_size(max_message);
+    let mut routes = Routes::new(health_service).add_service(inference);
+    // Reflection is a convenience for grpcurl and friends; a node serves without it. Both
+    // versions: grpcurl before 1.9 and Python's grpcio-reflection speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tiergate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    match reflection().build_v1() {
+        Ok(v1) => routes = routes.add_service(v1),
+        Err(err) => tracing::error!(error = %err, "reflection descriptors are invalid"),
+    }
+    match reflection().build_v1alpha() {
+        Ok(v1alpha) => routes = routes.add_service(v1alpha),
+        Err(err) => tracing::error!(error = %err, "reflection descriptors are invalid"),
+    }
+    let service = serving_stack(Api::Grpc, &settings.stack, routes.prepare());
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = match tls {
+    let server = match settings.tls {
         Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
         None => tonic::transport::Server::builder(),
     };
-    let router = server.add_service(health_service).add_service(inference);
-    // Reflection is a convenience for grpcurl and friends; a node serves without it.
-    let router = match reflection {
-        Ok(reflection) => router.add_service(reflection),
-        Err(_) => router,
+    // Health watches are streams that never end by themselves: tonic's graceful shutdown would
+    // wait for them for ever (a stopped regional node stayed alive, SERVING, for minutes while
+    // its edge watched it). Clearing the statuses ends every watch when the listener stops.
+    let stop = async move {
+        shutdown.await;
+        follower.abort();
+        let mut reporter = health_reporter;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        reporter.clear_service_status(inference_name()).await;
+        reporter.clear_service_status("").await;
     };
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    server
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .serve_with_incoming_shutdown(service, incoming, stop)
         .await
+}
+
+fn inference_name() -> &'static str {
+    <InferenceServer<InferenceService> as NamedService>::NAME
+}
+
+/// Keeps `grpc.health.v1` in step with the lifecycle: NOT_SERVING the moment a drain starts
+/// (watchers are told at once), and whenever the engine workers are gone.
+async fn follow_readiness(reporter: HealthReporter, lifecycle: Lifecycle) {
+    let mut phases = lifecycle.subscribe();
+    let mut last = None;
+    loop {
+        let ready = lifecycle.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(inference_name(), status).await;
+            reporter.set_service_status("", status).await;
+            last = Some(ready);
+        }
+        if lifecycle.phase() == Phase::Stopped {
+            return;
+        }
+        tokio::select! {
+            changed = phases.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(READINESS_POLL) => {}
+        }
+    }
 }

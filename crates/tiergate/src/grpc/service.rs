@@ -13,6 +13,7 @@ use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
 use crate::node::{
     CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent, constraint_for_model,
 };
+use crate::shell::{REQUEST_ID, fresh_request_id, is_fit_request_id};
 
 /// The gRPC face of a node.
 pub struct InferenceService {
@@ -36,6 +37,12 @@ impl InferenceService {
     fn node_request(&self, request: Request<pb::GenerateRequest>) -> Result<NodeRequest, Status> {
         let now = Instant::now();
         let timeout = grpc_timeout(request.metadata());
+        let header_id = request
+            .metadata()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| is_fit_request_id(v))
+            .map(str::to_owned);
         // Forwarding information (hop count, tiers tried) steers routing: only a peer node may
         // send it, one with a verified client certificate (mTLS) or the deployment's peer key.
         // From anyone else it is ignored, not refused: the request is still answered.
@@ -43,14 +50,18 @@ impl InferenceService {
             || self.node.trusts_peer_key(
                 (request.metadata().get(PEER_KEY_METADATA)).and_then(|v| v.to_str().ok()),
             );
-        let mut request = request.into_inner();
-        if !from_peer && request.forwarding.take().is_some() {
+        let mut message = request.into_inner();
+        if !from_peer && message.forwarding.take().is_some() {
             tracing::debug!("forwarding information from a client that is not a peer ignored");
         }
+        message.request_id = chosen_request_id(&message.request_id, header_id);
+        // The request's span carries the id its client (or the node below) chose, so that the
+        // same id shows in every node's logs along the request's path.
+        tracing::Span::current().record("request_id", message.request_id.as_str());
         // An empty model is the routed default; otherwise the same rule as HTTP's `model`.
-        let model = (!request.model.is_empty()).then(|| request.model.clone());
+        let model = (!message.model.is_empty()).then(|| message.model.clone());
         let checked =
-            request_from_pb(request, self.node.limits(), timeout, now).and_then(|mut request| {
+            request_from_pb(message, self.node.limits(), timeout, now).and_then(|mut request| {
                 if let Some(model) = model {
                     request.constraint =
                         constraint_for_model(&self.node.models(), &model, request.constraint)?;
@@ -73,9 +84,11 @@ impl pb::inference_server::Inference for InferenceService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let request = self.node_request(request)?;
+        let id = request.request_id.clone();
         let answer = self.node.generate(request).await?;
         let mut response = Response::new(answer_to_pb(&answer));
         cache_metadata(response.metadata_mut(), answer.routing.cache);
+        request_id_metadata(response.metadata_mut(), &id);
         Ok(response)
     }
 
@@ -86,6 +99,7 @@ impl pb::inference_server::Inference for InferenceService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let request = self.node_request(request)?;
+        let id = request.request_id.clone();
         let mut events = self.node.generate_stream(request).await?;
         // The first event is `Routed`, already here: it says whether the answer is a cache hit
         // before the response metadata goes out.
@@ -114,6 +128,7 @@ impl pb::inference_server::Inference for InferenceService {
         });
         let mut response = Response::new(Box::pin(stream) as EventStream);
         cache_metadata(response.metadata_mut(), cache);
+        request_id_metadata(response.metadata_mut(), &id);
         Ok(response)
     }
 
@@ -122,13 +137,16 @@ impl pb::inference_server::Inference for InferenceService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let request = self.node_request(request)?;
+        let id = request.request_id.clone();
         let explanation = self.node.explain(request).await?;
         let decision_json = serde_json::to_string(&explanation.decision)
             .map_err(|e| Status::from(NodeError::Internal(e.to_string())))?;
-        Ok(Response::new(pb::ExplainResponse {
+        let mut response = Response::new(pb::ExplainResponse {
             routing: Some(routing_to_pb(&explanation.routing)),
             decision_json,
-        }))
+        });
+        request_id_metadata(response.metadata_mut(), &id);
+        Ok(response)
     }
 }
 
@@ -155,6 +173,23 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// The proto's `request_id` when the client set a fit one, else the `x-request-id` metadata
+/// (the serving stack made one when the client gave none), else a fresh one.
+fn chosen_request_id(proto: &str, header: Option<String>) -> String {
+    if is_fit_request_id(proto) {
+        proto.to_owned()
+    } else {
+        header.unwrap_or_else(fresh_request_id)
+    }
+}
+
+/// The answer's `x-request-id`: the id the request was served under.
+fn request_id_metadata(metadata: &mut tonic::metadata::MetadataMap, id: &str) {
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(id) {
+        metadata.insert(REQUEST_ID, value);
+    }
+}
+
 /// `x-tiergate-cache: hit` on an answer served from a response cache.
 fn cache_metadata(metadata: &mut tonic::metadata::MetadataMap, cache: Option<CacheStatus>) {
     if let Some(cache) = cache {
@@ -170,6 +205,18 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn the_proto_request_id_wins_when_fit() {
+        let header = Some("from-header".to_owned());
+        assert_eq!(
+            chosen_request_id("from-proto", header.clone()),
+            "from-proto"
+        );
+        assert_eq!(chosen_request_id("", header.clone()), "from-header");
+        assert_eq!(chosen_request_id("has space", header), "from-header");
+        assert_eq!(chosen_request_id("", None).len(), 16);
+    }
 
     #[test]
     fn grpc_timeout_units() {

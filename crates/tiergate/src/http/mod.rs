@@ -10,4 +10,4 @@ mod server;
 
 pub use openai_request::parse_constraint;
 pub use routes::{HttpBody, HttpState, handle};
-pub use server::serve_http;
+pub use server::{HttpListenerSettings, serve_http};

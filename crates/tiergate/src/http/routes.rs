@@ -15,6 +15,7 @@ use super::openai_request::{ParseContext, ParsedRequest, parse_chat, parse_compl
 use super::openai_response::{self as wire, Endpoint, ResponseMeta};
 use crate::metrics::NodeMetrics;
 use crate::node::{ModelCard, NodeApi, NodeError, RoutingInfo, StreamEvent};
+use crate::shell::{Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id};
 
 /// The response body type of every route: a whole buffer or an SSE stream.
 pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -23,6 +24,8 @@ pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
 pub struct HttpState {
     pub node: Arc<dyn NodeApi>,
     pub metrics: NodeMetrics,
+    /// `/readyz` and `tiergate_ready` read it.
+    pub lifecycle: Lifecycle,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -53,7 +56,7 @@ pub async fn handle(
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if state.node.is_ready() {
+            if state.lifecycle.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -257,8 +260,10 @@ fn model_json(card: &ModelCard) -> Value {
 }
 
 fn metrics(state: &HttpState) -> Response<HttpBody> {
-    // Link states change with time alone (an open breaker turns half-open): read them now.
+    // Link states change with time alone (an open breaker turns half-open), and readiness
+    // with the engine workers: read them now.
     state.node.refresh_metrics();
+    state.lifecycle.is_ready();
     match state.metrics.render() {
         Ok(body) => {
             let mut response = Response::new(full(Bytes::from(body)));
@@ -337,18 +342,13 @@ fn routing_headers(headers: &mut HeaderMap, routing: &RoutingInfo) {
     }
 }
 
-/// A client's `x-request-id` when it is short and plain, else a fresh one.
+/// The request's `x-request-id` (the serving stack set a fit one), else a fresh one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+        .filter(|v| is_fit_request_id(v))
+        .map_or_else(fresh_request_id, str::to_owned)
 }
 
 fn sse_data(value: &Value) -> Bytes {

@@ -1,32 +1,64 @@
 //! The HTTP listener: accepts connections (TCP_NODELAY on each), optionally TLS, serves HTTP/1.1
-//! and HTTP/2 with hyper, and drains connections on shutdown.
+//! and HTTP/2 with hyper through the serving stack, and drains connections on shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::Service;
 
-use super::routes::{HttpState, handle};
-
-/// How long open connections may take to finish after shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections may take to close once the listener stops. The node drained its
+/// admitted requests before this point; what is left is idle keep-alive and probe traffic.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves HTTP on `listener` until `shutdown` completes, then drains open connections.
-pub async fn serve_http(
+/// Transport settings of the HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpListenerSettings {
+    /// An HTTP/1 request head must arrive whole within this time, or the connection closes.
+    pub header_read_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// Serves HTTP on `listener` with `service` (the routes inside the serving stack) until
+/// `shutdown` completes, then closes open connections gracefully.
+pub async fn serve_http<S, E>(
     listener: TcpListener,
-    state: Arc<HttpState>,
+    service: S,
     tls: Option<TlsAcceptor>,
+    settings: HttpListenerSettings,
     shutdown: impl Future<Output = ()>,
-) {
-    let builder = Builder::new(TokioExecutor::new());
+) where
+    S: Service<Request<Incoming>, Response = Response<UnsyncBoxBody<Bytes, E>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    // hyper enforces the header-read timeout only with a timer; without one a client that
+    // sends half its headers holds the connection (and its task) for ever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -44,8 +76,7 @@ pub async fn serve_http(
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, %peer, "set_nodelay failed");
                 }
-                let state = Arc::clone(&state);
-                let service = service_fn(move |request| handle(Arc::clone(&state), request));
+                let service = TowerToHyperService::new(service.clone());
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 let tls = tls.clone();
@@ -86,10 +117,10 @@ pub async fn serve_http(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(CLOSE_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("http connections did not drain in time");
+        tracing::warn!("http connections did not close in time");
     }
 }

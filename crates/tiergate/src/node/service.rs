@@ -17,6 +17,7 @@ use tiergate_upstream::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary, TokenConfidence};
 use super::executor::{TierStarter, Walk};
@@ -165,26 +166,31 @@ impl Node {
         let node = Arc::clone(&self);
         let cache = (node.parts.cache.as_ref())
             .and_then(|cache| RequestCache::new(cache, &request, node.parts.tier));
-        tokio::spawn(async move {
-            node.parts.metrics.in_flight.inc();
-            let walk = Walk {
-                cache: cache.as_ref(),
-                node_name: &node.parts.name,
-                request,
-                decision: &decision,
-                metrics: &node.parts.metrics,
-                budget: &node.parts.budget,
-                retry_budget: &node.retry_budget,
-                hedging: &node.hedging,
-                forwarded_input,
-                started,
-                whole_answer,
-            };
-            walk.run(node.as_ref(), tx).await;
-            node.parts.metrics.in_flight.dec();
-            // The walk's calls may have moved a breaker: the gauges follow at once.
-            node.upstream_views(Instant::now());
-        });
+        // The walk runs in the request's span, so its log lines carry the request id.
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                node.parts.metrics.in_flight.inc();
+                let walk = Walk {
+                    cache: cache.as_ref(),
+                    node_name: &node.parts.name,
+                    request,
+                    decision: &decision,
+                    metrics: &node.parts.metrics,
+                    budget: &node.parts.budget,
+                    retry_budget: &node.retry_budget,
+                    hedging: &node.hedging,
+                    forwarded_input,
+                    started,
+                    whole_answer,
+                };
+                walk.run(node.as_ref(), tx).await;
+                node.parts.metrics.in_flight.dec();
+                // The walk's calls may have moved a breaker: the gauges follow at once.
+                node.upstream_views(Instant::now());
+            }
+            .instrument(span),
+        );
         Ok(ReceiverStream::new(rx).boxed())
     }
 }

@@ -1,0 +1,15 @@
+//! The serving shell around a node: its lifecycle (readiness, drain), the tower stack both
+//! listeners share (request id, trace span, admission, timeouts), and graceful shutdown.
+
+mod admission;
+mod lifecycle;
+mod stack;
+
+pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
+pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
+pub use stack::{
+    REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,
+};
+
+#[cfg(test)]
+mod tests;

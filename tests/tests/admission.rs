@@ -1,0 +1,163 @@
+//! The transport and admission limits of a real node: over `max_concurrent_requests` the excess
+//! is refused at once with a retryable status and `Retry-After` while the admitted requests are
+//! served and probes still answer; a client that sends half its headers is cut at the header
+//! timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use tiergate_bench::fake_upstream::Fault;
+use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml, request, unary_chat};
+use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PROMPT: &str = "what is the capital of france";
+
+#[tokio::test]
+async fn over_the_concurrency_limit_the_excess_is_shed_at_once_and_the_rest_served() {
+    // A cloud that never answers holds the admitted requests until their budget for it ends;
+    // then the edge answers them with its own model.
+    let cloud = FakeCloud::start().await.unwrap();
+    cloud.faults.set(Fault::StallBeforeHeaders);
+    let links = EdgeLinks {
+        cloud: Some(cloud.url.clone()),
+        failures_to_open: 100,
+        extra: "[server]\nmax_concurrent_requests = 2\nretry_after = \"3s\"\n\
+                [limits]\ndefault_timeout = \"4s\"\n"
+            .into(),
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start(
+        "edge",
+        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let edge_url = edge.http_url();
+        holders.push(tokio::spawn(async move {
+            let body = serde_json::json!({
+                "model": "tiergate",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": PROMPT}],
+            });
+            tiergate_e2e::post_json(&format!("{edge_url}/v1/chat/completions"), &body).await
+        }));
+    }
+    // Both are admitted once both reached the stalled cloud.
+    let until = Instant::now() + Duration::from_secs(10);
+    while cloud.faults.calls() < 2 {
+        assert!(
+            Instant::now() < until,
+            "the holders never reached the cloud"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The excess: four HTTP requests, a gRPC call and a gRPC stream, all at once.
+    let http_excess = futures::future::join_all((0..4).map(|_| unary_chat(&edge, PROMPT))).await;
+    let mut client = edge.grpc_client().await.unwrap();
+    let unary = client.generate(request(PROMPT)).await;
+    let stream = client.generate_stream(request(PROMPT)).await;
+    // Probes and scrapes are never shed.
+    let readyz = get(&format!("{}/readyz", edge.http_url())).await.unwrap();
+    let text = metrics_text(&edge).await.unwrap();
+    let holders_pending = holders.iter().filter(|h| !h.is_finished()).count();
+
+    for excess in &http_excess {
+        let (reply, elapsed) = excess.as_ref().unwrap();
+        eprintln!("shed HTTP request answered in {elapsed:?}");
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert_eq!(reply.header("retry-after"), Some("3"));
+        assert_eq!(reply.json().unwrap()["error"]["type"], "overloaded");
+    }
+    for status in [unary.err(), stream.err()] {
+        let status = status.expect("a gRPC call over the limit was served");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+    }
+    assert_eq!(readyz.status, 200);
+    assert_eq!(
+        holders_pending, 2,
+        "the shed requests were not answered before the admitted ones"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_requests_shed_total",
+            &[("api", "http"), ("reason", "overloaded")]
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_requests_shed_total",
+            &[("api", "grpc"), ("reason", "overloaded")]
+        ),
+        Some(2.0)
+    );
+
+    // The admitted ones are served, and their slots free again.
+    for holder in holders {
+        let reply = holder.await.unwrap().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    cloud.faults.set(Fault::None);
+    let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_client_that_sends_half_its_headers_is_cut_at_the_header_timeout() {
+    let header_timeout = Duration::from_secs(1);
+    let links = EdgeLinks {
+        extra: format!(
+            "[server]\nheader_read_timeout = \"{}ms\"\n",
+            header_timeout.as_millis()
+        ),
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start(
+        "edge",
+        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+
+    let mut slow = TcpStream::connect(edge.http).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tiergate\r\nx-half: ")
+        .await
+        .unwrap();
+    // The node closes the connection (possibly after a 408); reading reaches its end.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut received)).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "slow-header client cut after {elapsed:?}, received {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(read.is_ok(), "the connection was still open after 20 s");
+    assert!(
+        received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    // A timer cannot fire early: this was the header timeout, not something else.
+    assert!(elapsed >= header_timeout, "{elapsed:?}");
+
+    // Whole requests are unaffected.
+    let reply = get(&format!("{}/healthz", edge.http_url())).await.unwrap();
+    assert_eq!(reply.status, 200);
+}
