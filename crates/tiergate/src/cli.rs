@@ -38,6 +38,9 @@ pub enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Model signing keys, signatures and verification.
+    #[command(subcommand)]
+    Model(ModelCommand),
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +265,52 @@ pub enum ConfigCommand {
 #[derive(Debug, Args)]
 pub struct ConfigValidateArgs {
     pub file: PathBuf,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Make a signing key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    Keygen(ModelKeygenArgs),
+    /// Sign a model folder: writes manifest.json.sig (the files must match the manifest).
+    Sign(ModelSignArgs),
+    /// Check a model folder's signature against trusted keys and every file's sha256.
+    Verify(ModelVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelKeygenArgs {
+    /// Where to write the pair: PREFIX.key and PREFIX.pub (never over existing files).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelSignArgs {
+    /// The private key file from `tiergate model keygen`.
+    #[arg(long)]
+    pub key: PathBuf,
+
+    /// The model folder (manifest.json and the files it lists).
+    pub dir: PathBuf,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelVerifyArgs {
+    /// Public key files to trust (repeat the flag, or separate with commas).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub trusted_keys: Vec<PathBuf>,
+
+    /// The model folder.
+    pub dir: PathBuf,
 
     #[arg(long)]
     pub json: bool,

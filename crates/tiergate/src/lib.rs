@@ -8,6 +8,7 @@ pub mod demo;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod model_trust;
 pub mod node;
 pub mod privacy;
 pub mod serve;

@@ -251,6 +251,11 @@ impl NodeMetrics {
         Ok(out)
     }
 
+    /// The node's registry, for modules that register their own metrics (model trust).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The content type of [`NodeMetrics::render`]'s output.
     pub fn content_type() -> &'static str {
         prometheus::TEXT_FORMAT

@@ -47,6 +47,8 @@ pub enum StartError {
     Join(#[from] tokio::task::JoinError),
     #[error("invalid configuration")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Model(#[from] crate::model_trust::LoadError),
 }
 
 /// A node that serves until [`RunningNode::shutdown`].
@@ -147,9 +149,9 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
 
 /// The node, its metrics, and a handle on its engine (readiness watches the workers).
 async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine), StartError> {
-    let engine_config = config.engine.clone();
-    // Loading verifies hashes and builds ort sessions: blocking work, off the runtime.
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&engine_config)).await??;
+    // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
+    let (engine, loaded) =
+        crate::model_trust::load_engine(&config.engine, &config.model_trust).await?;
     let regional = match &config.upstreams.regional {
         Some(regional) => {
             Some(
@@ -198,6 +200,13 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         peer_key,
         privacy: config.privacy.clone(),
     });
+    crate::model_trust::watch(
+        &config.node.name,
+        &config.model_trust,
+        loaded,
+        &node,
+        &metrics,
+    )?;
     Ok((node, metrics, engine))
 }
 

@@ -483,8 +483,16 @@ pub mod duration_text {
                 ));
             }
         };
+        // Far above any sensible setting, far below where `Instant + duration` overflows: such a
+        // typo (found by fuzzing the config loader) used to load and then panic on every request
+        // as its deadline was computed. Checked here, so every config duration is bounded.
+        if seconds > MAX_SECONDS {
+            return Err(format!("duration `{text}` is longer than 10 years"));
+        }
         Duration::try_from_secs_f64(seconds).map_err(|e| format!("duration `{text}`: {e}"))
     }
+
+    const MAX_SECONDS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;

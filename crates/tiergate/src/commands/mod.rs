@@ -5,10 +5,11 @@ pub mod demo;
 pub mod eval;
 pub mod eval_confidence;
 pub mod generate;
+pub mod model;
 pub mod route;
 pub mod serve;
 
-use crate::cli::{Command, ConfigCommand, EvalCommand, RouteCommand};
+use crate::cli::{Command, ConfigCommand, EvalCommand, ModelCommand, RouteCommand};
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
@@ -20,5 +21,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(EvalCommand::Routing(args)) => eval::routing(&args),
         Command::Eval(EvalCommand::Confidence(args)) => eval_confidence::run(args).await,
         Command::Config(ConfigCommand::Validate(args)) => config::validate(&args),
+        Command::Model(ModelCommand::Keygen(args)) => model::keygen(&args),
+        Command::Model(ModelCommand::Sign(args)) => model::sign(&args),
+        Command::Model(ModelCommand::Verify(args)) => model::verify(&args),
     }
 }

@@ -13,6 +13,7 @@ use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load, process_env};
 use crate::cache::CacheConfig;
+use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::privacy::PrivacyConfig;
 use crate::tls::ServerTls;
@@ -37,6 +38,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The privacy guard: personal data keeps a request on the node, or is redacted upstream.
     pub privacy: PrivacyConfig,
+    /// Model signatures and the periodic integrity check.
+    pub model_trust: ModelTrustConfig,
 }
 
 /// Who this node is.
@@ -180,6 +183,9 @@ impl Config {
         self.cache
             .validate()
             .map_err(|message| invalid("cache", &message))?;
+        self.model_trust
+            .validate()
+            .map_err(|message| invalid("model_trust", &message))?;
         if let Some(regional) = &self.upstreams.regional {
             regional
                 .validate()

@@ -1,5 +1,7 @@
 //! The OpenAI-compatible HTTP front end, plus `/metrics`, `/healthz` and `/readyz`.
 
+#[cfg(test)]
+mod fuzz_openai;
 mod openai_request;
 mod openai_response;
 mod openai_unsupported;
