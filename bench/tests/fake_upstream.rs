@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use raw_http::read_response;
+use tiergate_api::{Input, NodeRequest, Sampling};
 use tiergate_bench::fake_upstream::{self, ANSWER_TEXT};
-use tiergate_proto::v1::GenerateRequest;
 use tiergate_upstream::{CloudClient, CloudConfig, CloudEvent};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -24,11 +24,12 @@ fn client(addr: SocketAddr) -> CloudClient {
     CloudClient::new(&CloudConfig::new(format!("http://{addr}/v1"), "bench")).unwrap()
 }
 
-fn request() -> GenerateRequest {
-    GenerateRequest {
-        prompt: "hello".to_owned(),
-        ..Default::default()
-    }
+fn request() -> NodeRequest {
+    NodeRequest::new(
+        Input::Text("hello".to_owned()),
+        Sampling::default(),
+        Instant::now() + Duration::from_secs(10),
+    )
 }
 
 fn soon() -> Option<Instant> {

@@ -9,8 +9,8 @@
 //! - [`retry`]: the retry budget that bounds the extra upstream load of failovers.
 //! - [`policy`]: signals + reachable upstreams -> an explained [`Decision`] with a plan.
 //! - [`outcome`]: after the plan ran, which tier answered and why.
-//! - [`eval`]: routing evaluation (PGR, APGR, CPT as defined for RouteLLM) and calibration.
-//! - [`fit`]: the tiny logistic regression that learns the complexity weights.
+//!
+//! Offline tooling (routing evaluation, fitting the complexity weights) lives in `tiergate-eval`.
 //!
 //! How a node uses it (the executor does the I/O between the calls):
 //!
@@ -52,9 +52,7 @@
 pub mod budget;
 pub mod complexity;
 pub mod confidence;
-pub mod eval;
 pub mod features;
-pub mod fit;
 pub mod health;
 pub mod outcome;
 pub mod policy;

@@ -40,7 +40,7 @@ pub struct RouterConfig {
 }
 
 impl Default for RouterConfig {
-    /// Both thresholds from `eval::calibrate` on shared/routing-eval with the default weights:
+    /// Both thresholds from `tiergate_eval::routing::calibrate` on shared/routing-eval with the default weights:
     /// 0.567 sends about half of those prompts up first, 0.633 sends a fifth straight to the
     /// cloud. The score is text-only, so these shares hold for any local model.
     fn default() -> Self {

@@ -1,9 +1,9 @@
 //! The OpenAI chat-completions wire format, as far as the cloud client speaks it:
-//! the request built from a `tiergate.v1.GenerateRequest`, the JSON answer, the streamed
+//! the request built from the node's [`NodeRequest`], the JSON answer, the streamed
 //! chunks and the error body.
 
 use serde::{Deserialize, Serialize};
-use tiergate_proto::v1::{GenerateRequest, Usage};
+use tiergate_api::{Input, NodeRequest, Role, Usage};
 
 use crate::error::{ErrorKind, UpstreamError};
 
@@ -28,7 +28,7 @@ pub(crate) struct ChatRequest<'a> {
 
 #[derive(Debug, Serialize)]
 struct WireMessage<'a> {
-    role: &'a str,
+    role: Role,
     content: &'a str,
 }
 
@@ -38,57 +38,37 @@ struct StreamOptions {
 }
 
 impl<'a> ChatRequest<'a> {
-    /// The provider request for `request`, answered by `model`. A single prompt becomes one user
-    /// message. `top_k` is not part of the OpenAI API (OpenAI rejects unknown fields), so it is
-    /// not sent.
-    pub(crate) fn from_generate(
-        request: &'a GenerateRequest,
-        model: &'a str,
-        stream: bool,
-    ) -> Result<Self, UpstreamError> {
-        let invalid = |msg: String| UpstreamError::new(ErrorKind::InvalidRequest, msg);
-        let messages = match (request.prompt.is_empty(), request.messages.is_empty()) {
-            (false, true) => vec![WireMessage {
-                role: "user",
-                content: &request.prompt,
+    /// The provider request for `request`, answered by `model`. Raw text (the completions API)
+    /// becomes one user message: chat-completions has no raw mode. `top_k` is not part of the
+    /// OpenAI API (OpenAI rejects unknown fields), so it is not sent.
+    pub(crate) fn from_node(request: &'a NodeRequest, model: &'a str, stream: bool) -> Self {
+        let messages = match &request.input {
+            Input::Text(text) => vec![WireMessage {
+                role: Role::User,
+                content: text,
             }],
-            (true, false) => request
-                .messages
+            Input::Chat(messages) => messages
                 .iter()
-                .map(|m| match m.role.as_str() {
-                    "system" | "user" | "assistant" => Ok(WireMessage {
-                        role: &m.role,
-                        content: &m.content,
-                    }),
-                    other => Err(invalid(format!(
-                        "message role `{other}` is not system, user or assistant"
-                    ))),
+                .map(|m| WireMessage {
+                    role: m.role,
+                    content: &m.content,
                 })
-                .collect::<Result<_, _>>()?,
-            (true, true) => {
-                return Err(invalid(
-                    "the request has neither prompt nor messages".into(),
-                ));
-            }
-            (false, false) => {
-                return Err(invalid("the request has both prompt and messages".into()));
-            }
+                .collect(),
         };
-        let params = request.params.as_ref();
-        let stop: &'a [String] = params.map_or(&[], |p| p.stop.as_slice());
-        Ok(Self {
+        let sampling = &request.sampling;
+        Self {
             model,
             messages,
-            max_tokens: params.map(|p| p.max_new_tokens).filter(|&n| n > 0),
-            temperature: params.and_then(|p| p.temperature),
-            top_p: params.and_then(|p| p.top_p),
-            seed: params.and_then(|p| p.seed),
-            stop,
+            max_tokens: Some(sampling.max_new_tokens).filter(|&n| n > 0),
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            seed: sampling.seed,
+            stop: &sampling.stop,
             stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-        })
+        }
     }
 }
 
@@ -260,27 +240,38 @@ fn error_text(error: &serde_json::Value) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use tiergate_proto::v1::{ChatMessage, GenerationParams};
+    use std::time::Instant;
+
+    use tiergate_api::{Forwarding, Message, Sampling};
+    use tiergate_router::TierConstraint;
 
     use super::*;
 
+    fn node_request(input: Input, sampling: Sampling) -> NodeRequest {
+        NodeRequest {
+            input,
+            sampling,
+            constraint: TierConstraint::None,
+            forwarding: Forwarding::default(),
+            deadline: Instant::now(),
+            request_id: "r".into(),
+        }
+    }
+
     #[test]
-    fn a_prompt_becomes_one_user_message_with_its_params() {
-        let request = GenerateRequest {
-            prompt: "hello".into(),
-            params: Some(GenerationParams {
+    fn raw_text_becomes_one_user_message_with_its_params() {
+        let request = node_request(
+            Input::Text("hello".into()),
+            Sampling {
                 max_new_tokens: 32,
                 temperature: Some(0.5),
                 top_k: Some(40),
                 top_p: Some(0.9),
                 seed: Some(7),
                 stop: vec!["\n".into()],
-            }),
-            ..Default::default()
-        };
-        let body =
-            serde_json::to_value(ChatRequest::from_generate(&request, "gpt-x", true).unwrap())
-                .unwrap();
+            },
+        );
+        let body = serde_json::to_value(ChatRequest::from_node(&request, "gpt-x", true)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -299,57 +290,33 @@ mod tests {
 
     #[test]
     fn defaults_are_left_to_the_provider() {
-        let request = GenerateRequest {
-            messages: vec![
-                ChatMessage {
-                    role: "system".into(),
-                    content: "be brief".into(),
-                },
-                ChatMessage {
-                    role: "user".into(),
-                    content: "hi".into(),
-                },
-            ],
-            ..Default::default()
+        let message = |role, content: &str| Message {
+            role,
+            content: content.into(),
         };
-        let body = serde_json::to_value(ChatRequest::from_generate(&request, "m", false).unwrap())
-            .unwrap();
+        let request = node_request(
+            Input::Chat(vec![
+                message(Role::System, "be brief"),
+                message(Role::User, "hi"),
+                message(Role::Assistant, "hello"),
+                message(Role::User, "and?"),
+            ]),
+            Sampling::default(),
+        );
+        let body = serde_json::to_value(ChatRequest::from_node(&request, "m", false)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
                 "model": "m",
                 "messages": [
                     {"role": "system", "content": "be brief"},
-                    {"role": "user", "content": "hi"}
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "and?"}
                 ],
                 "stream": false
             })
         );
-    }
-
-    #[test]
-    fn bad_requests_are_refused_before_sending() {
-        let neither = GenerateRequest::default();
-        let both = GenerateRequest {
-            prompt: "p".into(),
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "m".into(),
-            }],
-            ..Default::default()
-        };
-        let bad_role = GenerateRequest {
-            messages: vec![ChatMessage {
-                role: "tool".into(),
-                content: "m".into(),
-            }],
-            ..Default::default()
-        };
-        for (request, needle) in [(neither, "neither"), (both, "both"), (bad_role, "tool")] {
-            let err = ChatRequest::from_generate(&request, "m", false).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::InvalidRequest);
-            assert!(err.message().contains(needle), "{err}");
-        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Property-based fuzzing (stable toolchain, proptest) of two parsers of untrusted or
 //! operator-written input:
 //! - the gRPC request conversion: protobuf bytes as a client sends them, decoded by prost and
-//!   validated by `grpc::convert::request_from_pb`, plus the `grpc-timeout` header;
+//!   validated by `tiergate_api::wire::request_from_pb`, plus the `grpc-timeout` header;
 //! - the config loader: TOML files and `TIERGATE__…` overrides built from the real section and
 //!   key names with odd values, loaded by `config::load` and `Config::validate`.
 //!
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use prost::Message as _;
 use tiergate::config::{Config, ConfigError};
-use tiergate::grpc::convert::{request_from_pb, request_to_pb};
 use tiergate::grpc::grpc_timeout;
 use tiergate::node::{Input, Limits, NodeError};
+use tiergate_api::wire::{request_from_pb, request_to_pb};
 use tiergate_proto::v1 as pb;
 
 fn cases(default: u32) -> u32 {

@@ -22,7 +22,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tiergate_proto::v1::GenerateRequest;
+use tiergate_api::NodeRequest;
 use tiergate_router::health::{LinkHealth, LinkSnapshot};
 
 pub use config::CloudConfig;
@@ -188,10 +188,10 @@ impl CloudClient {
     /// real stop is a failure, never an answer.
     pub async fn generate(
         &self,
-        request: &GenerateRequest,
+        request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<CloudCompletion, UpstreamError> {
-        let chat = ChatRequest::from_generate(request, &self.inner.model, false)?;
+        let chat = ChatRequest::from_node(request, &self.inner.model, false);
         let timers = Timers::start(
             self.inner.timeouts,
             limits.into(),
@@ -213,10 +213,10 @@ impl CloudClient {
     /// token must come by the first-token timer, each later chunk within the stall timeout.
     pub async fn generate_stream(
         &self,
-        request: &GenerateRequest,
+        request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<CloudStream, UpstreamError> {
-        let chat = ChatRequest::from_generate(request, &self.inner.model, true)?;
+        let chat = ChatRequest::from_node(request, &self.inner.model, true);
         let timers = Timers::start(
             self.inner.timeouts,
             limits.into(),

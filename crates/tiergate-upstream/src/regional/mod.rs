@@ -15,22 +15,27 @@ use std::time::{Duration, Instant};
 use futures::stream::BoxStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
-use tiergate_proto::v1::generate_stream_response::Event;
+use tiergate_api::NodeRequest;
+use tiergate_api::wire::request_to_pb;
 use tiergate_proto::v1::inference_client::InferenceClient;
 use tiergate_proto::v1::{GenerateRequest, GenerateResponse, GenerateStreamResponse};
 use tiergate_router::health::{LinkHealth, LinkSnapshot};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 
-use crate::balance;
-use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timer, Timers};
+use crate::call::{CallLimits, Link, TierTimeouts, Timer, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError};
 use crate::health_watch;
 use crate::peer_key::read_peer_key;
 
 mod config;
+mod endpoints;
+mod stream;
 
 pub use config::{RegionalConfig, RegionalTlsConfig};
+pub(crate) use endpoints::EndpointState;
+use endpoints::InFlight;
+use stream::{StreamCall, read_stream};
 
 /// One endpoint's health, for metrics and `route explain`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,50 +49,6 @@ pub struct EndpointSnapshot {
 /// A streamed regional answer: the peer's `routed`, deltas and `done` messages. Ends after
 /// `done` or after the first error.
 pub type RegionalStream = BoxStream<'static, Result<GenerateStreamResponse, UpstreamError>>;
-
-/// Latency assumed for an endpoint before its first success when no endpoint has one yet.
-const INITIAL_LATENCY: Duration = Duration::from_millis(50);
-
-/// The state of one endpoint, shared with its health-watch task.
-#[derive(Debug)]
-pub(crate) struct EndpointState {
-    link: Arc<Link>,
-    in_flight: AtomicUsize,
-}
-
-impl EndpointState {
-    pub(crate) fn uri(&self) -> &str {
-        self.link.name()
-    }
-
-    fn with_health<T>(&self, f: impl FnOnce(&mut LinkHealth) -> T) -> T {
-        self.link.with_health(f)
-    }
-
-    pub(crate) fn set_health_check(&self, serving: bool) {
-        self.with_health(|h| h.set_health_check(serving));
-    }
-
-    pub(crate) fn clear_health_check(&self) {
-        self.with_health(|h| h.clear_health_check());
-    }
-}
-
-/// Counts a call as in flight on its endpoint until dropped.
-struct InFlight(Arc<EndpointState>);
-
-impl InFlight {
-    fn new(endpoint: Arc<EndpointState>) -> Self {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Client of the regional tier. Cheap to clone; clones share channels and health. The health
 /// watches stop when the last clone is dropped.
@@ -111,14 +72,6 @@ impl Drop for Inner {
             watcher.abort();
         }
     }
-}
-
-/// An endpoint picked for one call, with the call's duty to report to its link.
-struct Picked {
-    index: usize,
-    endpoint: Arc<EndpointState>,
-    channel: Channel,
-    admission: Admission,
 }
 
 impl RegionalClient {
@@ -241,7 +194,7 @@ impl RegionalClient {
     /// An empty answer that did not end with a real stop is a failure, never an answer.
     pub async fn generate(
         &self,
-        request: GenerateRequest,
+        request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<GenerateResponse, UpstreamError> {
         let timers = Timers::start(
@@ -250,34 +203,24 @@ impl RegionalClient {
             "preparing the regional call",
         )?;
         let timer = timers.whole_answer();
-        let mut tried = Vec::new();
-        let mut last_error = None;
-        loop {
-            let mut picked = self.inner.pick(&tried, last_error)?;
-            let in_flight = InFlight::new(picked.endpoint.clone());
-            let started = Instant::now();
-            let mut client = InferenceClient::new(picked.channel.clone());
-            let call = client.generate(self.inner.grpc_request(request.clone(), timer.at));
-            let result = match tokio::time::timeout_at(timer.at.into(), call).await {
-                Ok(Ok(response)) => whole_answer(response.into_inner()),
-                Ok(Err(status)) => Err(status_error(&status, timer)),
-                Err(_) => Err(timer.error("waiting for the regional answer")),
-            };
-            picked
-                .admission
-                .report(result.as_ref().map(|_| ()), started.elapsed());
-            drop(in_flight);
-            match result {
-                Err(err)
-                    if self
-                        .inner
-                        .may_retry(&err, &mut tried, picked.index, timer.at) =>
-                {
-                    last_error = Some(err);
-                }
-                other => return other,
-            }
-        }
+        let (inner, request) = (&self.inner, &request_to_pb(request));
+        inner
+            .with_failover(timer.at, |mut picked| async move {
+                let _in_flight = InFlight::new(picked.endpoint.clone());
+                let started = Instant::now();
+                let mut client = InferenceClient::new(picked.channel.clone());
+                let call = client.generate(inner.grpc_request(request.clone(), timer.at));
+                let result = match tokio::time::timeout_at(timer.at.into(), call).await {
+                    Ok(Ok(response)) => whole_answer(response.into_inner()),
+                    Ok(Err(status)) => Err(status_error(&status, timer)),
+                    Err(_) => Err(timer.error("waiting for the regional answer")),
+                };
+                picked
+                    .admission
+                    .report(result.as_ref().map(|_| ()), started.elapsed());
+                result
+            })
+            .await
     }
 
     /// Asks a regional node for a streamed answer. Errors before the stream opened are returned
@@ -286,7 +229,7 @@ impl RegionalClient {
     /// the stall timeout of the one before.
     pub async fn generate_stream(
         &self,
-        request: GenerateRequest,
+        request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<RegionalStream, UpstreamError> {
         let timers = Timers::start(
@@ -294,134 +237,37 @@ impl RegionalClient {
             limits.into(),
             "preparing the regional call",
         )?;
-        let first = timers.first_token();
-        let end = timers.end();
-        let mut tried = Vec::new();
-        let mut last_error = None;
-        loop {
-            let mut picked = self.inner.pick(&tried, last_error)?;
-            let in_flight = InFlight::new(picked.endpoint.clone());
-            let started = Instant::now();
-            let mut client = InferenceClient::new(picked.channel.clone());
-            // The peer may stream until the end of the call; the first token is our business.
-            let call = client.generate_stream(self.inner.grpc_request(request.clone(), end.at));
-            let opened = match tokio::time::timeout_at(first.at.into(), call).await {
-                Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(status_error(&status, first)),
-                Err(_) => Err(first.error("waiting for the regional stream to start")),
-            };
-            match opened {
-                Ok(messages) => {
-                    let call = StreamCall {
-                        in_flight,
-                        admission: picked.admission,
-                        timers,
-                        started,
-                    };
-                    return Ok(Box::pin(read_stream(messages, call)));
-                }
-                Err(err) => {
-                    picked.admission.report(Err(&err), started.elapsed());
-                    drop(in_flight);
-                    if !self
-                        .inner
-                        .may_retry(&err, &mut tried, picked.index, first.at)
-                    {
+        let (first, end) = (timers.first_token(), timers.end());
+        let (inner, request) = (&self.inner, &request_to_pb(request));
+        inner
+            .with_failover(first.at, |mut picked| async move {
+                let in_flight = InFlight::new(picked.endpoint.clone());
+                let started = Instant::now();
+                let mut client = InferenceClient::new(picked.channel.clone());
+                // The peer may stream until the end of the call; the first token is our business.
+                let call = client.generate_stream(inner.grpc_request(request.clone(), end.at));
+                let opened = match tokio::time::timeout_at(first.at.into(), call).await {
+                    Ok(Ok(response)) => response.into_inner(),
+                    Ok(Err(status)) => {
+                        let err = status_error(&status, first);
+                        picked.admission.report(Err(&err), started.elapsed());
                         return Err(err);
                     }
-                    last_error = Some(err);
-                }
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// Power of two choices among the endpoints that admit a call, skipping `tried`; takes the
-    /// chosen endpoint's admission (a probe slot when half-open). When none is left, a retry
-    /// reports the error that made it retry.
-    fn pick(
-        &self,
-        tried: &[usize],
-        last_error: Option<UpstreamError>,
-    ) -> Result<Picked, UpstreamError> {
-        let now = Instant::now();
-        let fallback = self
-            .endpoints
-            .iter()
-            .filter_map(|(ep, _)| ep.with_health(|h| h.latency_ewma()))
-            .min()
-            .unwrap_or(INITIAL_LATENCY);
-        let mut excluded = tried.to_vec();
-        loop {
-            let loads: Vec<Option<f64>> = self
-                .endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, (ep, _))| {
-                    if excluded.contains(&i) {
-                        return None;
+                    Err(_) => {
+                        let err = first.error("waiting for the regional stream to start");
+                        picked.admission.report(Err(&err), started.elapsed());
+                        return Err(err);
                     }
-                    ep.with_health(|h| {
-                        h.is_available(now).then(|| {
-                            let in_flight = ep.in_flight.load(Ordering::Relaxed);
-                            balance::load_estimate(h.latency_ewma(), in_flight, fallback)
-                        })
-                    })
-                })
-                .collect();
-            let Some(index) = balance::choose(&loads, &mut rand::rng()) else {
-                if let Some(err) = last_error {
-                    return Err(err);
-                }
-                return Err(UpstreamError::new(
-                    ErrorKind::Unavailable,
-                    format!("no regional endpoint is available ({})", self.describe(now)),
-                ));
-            };
-            let (endpoint, channel) = &self.endpoints[index];
-            if let Some(admission) = endpoint.link.admit(now) {
-                return Ok(Picked {
-                    index,
-                    endpoint: endpoint.clone(),
-                    channel: channel.clone(),
-                    admission,
-                });
-            }
-            // Another call took the last probe slot in the meantime.
-            excluded.push(index);
-        }
-    }
-
-    /// A call that could not connect never reached a peer: try another endpoint while one is
-    /// left and time remains.
-    fn may_retry(
-        &self,
-        err: &UpstreamError,
-        tried: &mut Vec<usize>,
-        index: usize,
-        deadline: Instant,
-    ) -> bool {
-        tried.push(index);
-        err.kind() == ErrorKind::Connect
-            && tried.len() < self.endpoints.len()
-            && Instant::now() < deadline
-    }
-
-    fn describe(&self, now: Instant) -> String {
-        self.endpoints
-            .iter()
-            .map(|(ep, _)| {
-                let snap = ep.with_health(|h| h.snapshot(now));
-                format!(
-                    "{}: {:?}, health check {:?}",
-                    ep.uri(),
-                    snap.state,
-                    snap.health_check
-                )
+                };
+                let call = StreamCall {
+                    in_flight,
+                    admission: picked.admission,
+                    timers,
+                    started,
+                };
+                Ok(Box::pin(read_stream(opened, call)) as RegionalStream)
             })
-            .collect::<Vec<_>>()
-            .join("; ")
+            .await
     }
 }
 
@@ -472,83 +318,6 @@ impl Inner {
                 .insert(crate::PEER_KEY_METADATA, key.clone());
         }
         request
-    }
-}
-
-/// What a stream carries along from its call.
-struct StreamCall {
-    in_flight: InFlight,
-    admission: Admission,
-    timers: Timers,
-    started: Instant,
-}
-
-/// Passes the peer's messages through until `done`. The link hears of the outcome before the
-/// last item is handed over: a consumer that drops the stream after `done` must not leave the
-/// success unreported (a half-open breaker would never close on streamed traffic).
-fn read_stream(
-    mut messages: tonic::Streaming<GenerateStreamResponse>,
-    call: StreamCall,
-) -> impl futures::Stream<Item = Result<GenerateStreamResponse, UpstreamError>> + Send + 'static {
-    let StreamCall {
-        in_flight,
-        mut admission,
-        timers,
-        started,
-    } = call;
-    async_stream::stream! {
-        let mut first_message: Option<Duration> = None;
-        // Text seen so far; before the first token the first-token timer runs, then the stall one.
-        let mut last_token: Option<Instant> = None;
-        loop {
-            let timer = match last_token {
-                None => timers.first_token(),
-                Some(last) => timers.next_message(last),
-            };
-            let error = match tokio::time::timeout_at(timer.at.into(), messages.message()).await {
-                Ok(Ok(Some(message))) => {
-                    first_message.get_or_insert_with(|| started.elapsed());
-                    let finish = match &message.event {
-                        Some(Event::Delta(delta)) => {
-                            if !delta.text.is_empty() {
-                                last_token = Some(Instant::now());
-                            }
-                            None
-                        }
-                        Some(Event::Done(done)) => Some(done.finish_reason.clone()),
-                        _ => None,
-                    };
-                    match finish {
-                        None => {
-                            yield Ok(message);
-                            continue;
-                        }
-                        Some(reason) if last_token.is_none() && !is_real_stop(&reason) => {
-                            empty_answer(&reason)
-                        }
-                        Some(_) => {
-                            admission.report(Ok(()), first_message.unwrap_or_default());
-                            yield Ok(message);
-                            break;
-                        }
-                    }
-                }
-                Ok(Ok(None)) => UpstreamError::new(
-                    ErrorKind::Protocol,
-                    "the regional stream ended without a done message",
-                ),
-                Ok(Err(status)) => status_error(&status, timer),
-                Err(_) => timer.error(if last_token.is_none() {
-                    "waiting for the first regional token"
-                } else {
-                    "waiting for the next regional token (stalled)"
-                }),
-            };
-            admission.report(Err(&error), started.elapsed());
-            yield Err(error);
-            break;
-        }
-        drop(in_flight);
     }
 }
 

@@ -13,22 +13,23 @@ use futures::StreamExt;
 use http::StatusCode;
 use provider::{API_KEY, Mode, Provider, answer_for};
 use serde_json::json;
-use tiergate_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, Usage};
+use tiergate_api::{Input, Message, NodeRequest, Role, Sampling, Usage};
 use tiergate_router::health::{LinkHealthConfig, LinkState};
 use tiergate_upstream::{CloudClient, CloudConfig, CloudEvent, ErrorKind};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn request(prompt: &str) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.to_owned(),
-        params: Some(GenerationParams {
-            max_new_tokens: 64,
-            temperature: Some(0.0),
-            ..Default::default()
-        }),
+fn request(prompt: &str) -> NodeRequest {
+    let sampling = Sampling {
+        max_new_tokens: 64,
+        temperature: Some(0.0),
         ..Default::default()
-    }
+    };
+    NodeRequest::new(
+        Input::Text(prompt.to_owned()),
+        sampling,
+        Instant::now() + WAIT,
+    )
 }
 
 fn soon() -> Option<Instant> {
@@ -78,19 +79,18 @@ async fn chat_messages_are_sent_as_they_are() {
     let pki = TestPki::new();
     let provider = Provider::start(Some(&pki)).await;
     let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
-    let chat = GenerateRequest {
-        messages: vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "be brief".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "hi".into(),
-            },
-        ],
-        ..Default::default()
+    let message = |role, content: &str| Message {
+        role,
+        content: content.to_owned(),
     };
+    let chat = NodeRequest::new(
+        Input::Chat(vec![
+            message(Role::System, "be brief"),
+            message(Role::User, "hi"),
+        ]),
+        Sampling::default(),
+        Instant::now() + WAIT,
+    );
     let done = client.generate(&chat, soon()).await.unwrap();
     assert_eq!(done.text, answer_for("hi"));
     assert_eq!(
@@ -497,24 +497,6 @@ async fn nothing_listening_is_a_connect_error() {
     assert_eq!(err.as_label(), "connect");
     assert!(err.is_retryable());
     assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
-}
-
-#[tokio::test]
-async fn an_invalid_request_is_refused_before_any_io() {
-    let provider = Provider::start(None).await;
-    let client = CloudClient::new(&CloudConfig::new(
-        format!("http://127.0.0.1:{}/v1", provider.addr.port()),
-        "m",
-    ))
-    .unwrap();
-    let err = client
-        .generate(&GenerateRequest::default(), soon())
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
-    assert!(!err.is_retryable());
-    assert_eq!(provider.calls(), 0);
-    assert_eq!(client.snapshot(Instant::now()).window_calls, 0);
 }
 
 #[tokio::test]

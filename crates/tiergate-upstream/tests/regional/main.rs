@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use common::{TestPki, eventually};
 use futures::StreamExt;
 use node::Node;
+use tiergate_api::{Input, NodeRequest, Sampling};
+use tiergate_proto::v1::GenerateResponse;
 use tiergate_proto::v1::generate_stream_response::Event;
-use tiergate_proto::v1::{GenerateRequest, GenerateResponse};
 use tiergate_router::health::{HealthCheckStatus, LinkHealthConfig, LinkState};
 use tiergate_upstream::{ErrorKind, RegionalClient, RegionalConfig, RegionalTlsConfig};
 
@@ -25,11 +26,12 @@ fn config(nodes: &[&Node]) -> RegionalConfig {
     }
 }
 
-fn request(prompt: &str) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.to_owned(),
-        ..Default::default()
-    }
+fn request(prompt: &str) -> NodeRequest {
+    NodeRequest::new(
+        Input::Text(prompt.to_owned()),
+        Sampling::default(),
+        Instant::now() + WAIT,
+    )
 }
 
 fn soon() -> Option<Instant> {
@@ -42,7 +44,10 @@ async fn burst(
     count: usize,
     ms: u64,
 ) -> Vec<Result<GenerateResponse, tiergate_upstream::UpstreamError>> {
-    let calls = (0..count).map(|i| client.generate(request(&format!("sleep:{ms} n{i}")), soon()));
+    let requests: Vec<_> = (0..count)
+        .map(|i| request(&format!("sleep:{ms} n{i}")))
+        .collect();
+    let calls = requests.iter().map(|r| client.generate(r, soon()));
     futures::future::join_all(calls).await
 }
 
@@ -195,10 +200,10 @@ async fn all_endpoints_down_makes_the_tier_unavailable_and_calls_fail_fast() {
     .await;
 
     let start = Instant::now();
-    let err = client.generate(request("x"), soon()).await.unwrap_err();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("no regional endpoint"), "{err}");
-    let err = match client.generate_stream(request("x"), soon()).await {
+    let err = match client.generate_stream(&request("x"), soon()).await {
         Ok(_) => panic!("a stream opened with every endpoint down"),
         Err(err) => err,
     };
@@ -223,7 +228,7 @@ async fn without_health_checks_connect_failures_try_every_endpoint_then_open_the
     };
     let client = RegionalClient::new(&config).unwrap();
     assert!(client.is_available(Instant::now()));
-    let err = client.generate(request("x"), soon()).await.unwrap_err();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
     assert!(err.is_retryable());
     // Both endpoints were tried, and both breakers opened.
@@ -231,7 +236,7 @@ async fn without_health_checks_connect_failures_try_every_endpoint_then_open_the
         assert_eq!(snapshot.link.state, LinkState::Open, "{snapshot:?}");
     }
     assert!(!client.is_available(Instant::now()));
-    let err = client.generate(request("x"), soon()).await.unwrap_err();
+    let err = client.generate(&request("x"), soon()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 }
 
@@ -240,7 +245,7 @@ async fn streaming_passes_routed_deltas_and_done_in_order() {
     let a = Node::start("a").await;
     let client = RegionalClient::new(&config(&[&a])).unwrap();
     let mut stream = client
-        .generate_stream(request("the quick brown fox"), soon())
+        .generate_stream(&request("the quick brown fox"), soon())
         .await
         .unwrap();
     let mut events = Vec::new();
@@ -288,7 +293,10 @@ async fn the_deadline_travels_as_grpc_timeout_and_ends_slow_calls() {
     let a = Node::start("a").await;
     let client = RegionalClient::new(&config(&[&a])).unwrap();
     client
-        .generate(request("hi"), Some(Instant::now() + Duration::from_secs(5)))
+        .generate(
+            &request("hi"),
+            Some(Instant::now() + Duration::from_secs(5)),
+        )
         .await
         .unwrap();
     let seen = a
@@ -305,7 +313,7 @@ async fn the_deadline_travels_as_grpc_timeout_and_ends_slow_calls() {
     );
 
     // Without a deadline the configured request timeout is sent.
-    client.generate(request("hi"), None).await.unwrap();
+    client.generate(&request("hi"), None).await.unwrap();
     let seen = a.echo.seen_timeout.lock().unwrap().clone().unwrap();
     assert!(
         parse_grpc_timeout(&seen) > Duration::from_secs(20),
@@ -315,7 +323,7 @@ async fn the_deadline_travels_as_grpc_timeout_and_ends_slow_calls() {
     let start = Instant::now();
     let err = client
         .generate(
-            request("sleep:30000 slow"),
+            &request("sleep:30000 slow"),
             Some(start + Duration::from_millis(300)),
         )
         .await
@@ -327,7 +335,7 @@ async fn the_deadline_travels_as_grpc_timeout_and_ends_slow_calls() {
     let start = Instant::now();
     let err = match client
         .generate_stream(
-            request("sleep:30000 slow"),
+            &request("sleep:30000 slow"),
             Some(start + Duration::from_millis(300)),
         )
         .await
@@ -351,7 +359,7 @@ async fn invalid_argument_is_not_retryable_and_does_not_trip_the_breaker() {
     };
     let client = RegionalClient::new(&config).unwrap();
     for _ in 0..5 {
-        let err = client.generate(request(""), soon()).await.unwrap_err();
+        let err = client.generate(&request(""), soon()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
         assert_eq!(err.grpc_code(), Some(tonic::Code::InvalidArgument));
         assert!(err.message().contains("prompt is empty"), "{err}");
@@ -379,7 +387,10 @@ async fn mutual_tls_admits_a_client_with_a_certificate_and_refuses_one_without()
         ..config(&[&a])
     })
     .unwrap();
-    let response = with_cert.generate(request("secure"), soon()).await.unwrap();
+    let response = with_cert
+        .generate(&request("secure"), soon())
+        .await
+        .unwrap();
     assert_eq!(response.text, "a: secure");
     wait_for_health(&with_cert, 0, HealthCheckStatus::Serving).await;
 
@@ -394,7 +405,7 @@ async fn mutual_tls_admits_a_client_with_a_certificate_and_refuses_one_without()
     })
     .unwrap();
     let err = without_cert
-        .generate(request("let me in"), soon())
+        .generate(&request("let me in"), soon())
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tiergate_router::tier::Tier;
 
-use crate::grpc::convert::finish_reason_from_str;
 use crate::node::{FinishReason, Usage};
+use tiergate_api::wire::finish_reason_from_str;
 
 /// A stored answer: its text and where it came from; never the prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

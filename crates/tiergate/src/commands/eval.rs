@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tiergate::config::Config;
+use tiergate_eval::routing::{self as eval, EvalRow, RoutingReport};
 use tiergate_router::complexity;
-use tiergate_router::eval::{self, EvalRow, RoutingReport};
 use tiergate_router::features::PromptFeatures;
 
 use crate::cli::EvalRoutingArgs;

@@ -9,8 +9,8 @@ use tiergate::config::Config;
 use tiergate::http::parse_constraint;
 use tiergate::node::{Forwarding, Input, Message, NodeApi, NodeRequest, Role, Sampling};
 use tiergate::serve::build_node;
+use tiergate_eval::routing as eval;
 use tiergate_router::complexity;
-use tiergate_router::eval;
 use tiergate_router::features::PromptFeatures;
 
 use crate::cli::{RouteCalibrateArgs, RouteExplainArgs};

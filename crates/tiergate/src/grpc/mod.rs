@@ -1,7 +1,6 @@
 //! The gRPC front end: `tiergate.v1.Inference`, with `grpc.health.v1.Health` and server
 //! reflection on the same port.
 
-pub mod convert;
 mod server;
 mod service;
 

@@ -9,11 +9,11 @@ use tiergate_proto::v1 as pb;
 use tiergate_upstream::PEER_KEY_METADATA;
 use tonic::{Request, Response, Status};
 
-use super::convert::{answer_to_pb, request_from_pb, routing_to_pb};
 use crate::node::{
     CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent, constraint_for_model,
 };
 use crate::shell::{REQUEST_ID, fresh_request_id, is_fit_request_id};
+use tiergate_api::wire::{answer_to_pb, request_from_pb, routing_to_pb};
 
 /// The gRPC face of a node.
 pub struct InferenceService {

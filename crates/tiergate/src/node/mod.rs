@@ -1,29 +1,27 @@
 //! A tiergate node: the front-end-neutral API ([`NodeApi`]), its error type and limits.
 
-pub mod api;
 mod attempt;
 mod cached;
 mod deliver;
-pub mod error;
 mod executor;
 #[cfg(test)]
 mod executor_tests;
 mod hedge;
 mod hedged;
-pub mod limits;
 mod privacy_guard;
 mod service;
 
 use futures::future::BoxFuture;
 
-pub use api::{
-    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
-    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage, constraint_for_model,
-};
-pub use error::NodeError;
+// The node's request/answer model lives in its own crate, shared with the upstream clients.
 pub use hedge::{HedgeConfig, HedgeDelay};
-pub use limits::Limits;
 pub use service::{Node, NodeParts};
+pub use tiergate_api::request as api;
+pub use tiergate_api::{
+    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Limits, Message, ModelCard,
+    NodeError, NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage, constraint_for_model,
+    error, limits,
+};
 
 /// The routing decision for a request, without generating.
 #[derive(Debug, Clone)]

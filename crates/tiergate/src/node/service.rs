@@ -28,11 +28,9 @@ use super::{
     NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
 };
 use crate::cache::{RequestCache, ResponseCache};
-use crate::grpc::convert::{
-    answer_from_pb, finish_reason_from_str, request_to_pb, routing_from_pb,
-};
 use crate::metrics::NodeMetrics;
 use crate::privacy::PrivacyConfig;
+use tiergate_api::wire::{answer_from_pb, finish_reason_from_str, routing_from_pb};
 
 /// Events buffered between the walk and the client; small, since a slow client should slow
 /// generation rather than grow memory.
@@ -328,7 +326,8 @@ impl TierStarter for Node {
         whole_answer: bool,
         commit_by: Instant,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
-        let wire = request_to_pb(request);
+        // The future outlives the borrow: the clients take the node's request as it is.
+        let request = request.clone();
         let deadline = CallLimits {
             deadline: Some(request.deadline),
             commit_by: Some(commit_by),
@@ -341,14 +340,14 @@ impl TierStarter for Node {
                     })?;
                     if whole_answer {
                         let answer = client
-                            .generate(wire, deadline)
+                            .generate(&request, deadline)
                             .await
                             .map_err(upstream_error)
                             .and_then(answer_from_pb)?;
                         return Ok(whole_attempt(Some(answer.routing.clone()), answer));
                     }
                     let events = client
-                        .generate_stream(wire, deadline)
+                        .generate_stream(&request, deadline)
                         .await
                         .map_err(upstream_error)?;
                     Ok(regional_attempt(events))
@@ -359,13 +358,13 @@ impl TierStarter for Node {
                     })?;
                     if whole_answer {
                         let done = client
-                            .generate(&wire, deadline)
+                            .generate(&request, deadline)
                             .await
                             .map_err(upstream_error)?;
                         return Ok(whole_attempt(None, cloud_answer(done, client.model())));
                     }
                     let events = client
-                        .generate_stream(&wire, deadline)
+                        .generate_stream(&request, deadline)
                         .await
                         .map_err(upstream_error)?;
                     Ok(cloud_attempt(events, client.model().to_owned()))
@@ -545,10 +544,7 @@ fn cloud_answer(done: tiergate_upstream::CloudCompletion, model: &str) -> WholeA
     WholeAnswer {
         summary: AttemptSummary {
             finish_reason: finish_reason_from_str(done.finish_reason.as_deref().unwrap_or("stop")),
-            usage: done.usage.map_or_else(Usage::default, |u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            }),
+            usage: done.usage.unwrap_or_default(),
             model: if done.model.is_empty() {
                 model.to_owned()
             } else {

@@ -2,9 +2,9 @@
 //! fits the default weights.
 //!
 //! ```text
-//! cargo run -p tiergate-router --release --example eval_routing -- \
+//! cargo run -p tiergate-eval --release --example eval_routing -- \
 //!     /work/shared/routing-eval/mmlu-dev.csv /work/shared/routing-eval/gsm8k.csv
-//! cargo run -p tiergate-router --release --example eval_routing -- --fit FILES...
+//! cargo run -p tiergate-eval --release --example eval_routing -- --fit FILES...
 //! ```
 //!
 //! Default mode scores every prompt with `ComplexityConfig::default()` (no prompt NLL: there is
@@ -24,9 +24,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::process::ExitCode;
 
+use tiergate_eval::fit::{self, FitOptions, LogisticModel};
+use tiergate_eval::routing::{self as eval, EvalRow, LabelledPrompt, RoutingReport};
 use tiergate_router::complexity::{self, ComplexityConfig, TEXT_SIGNAL_NAMES};
-use tiergate_router::eval::{self, EvalRow, LabelledPrompt, RoutingReport};
-use tiergate_router::fit::{self, FitOptions, LogisticModel};
 
 const FOLDS: usize = 5;
 /// L2 penalty of the fit (cross-validation gave about the same figures from 0.1 to 10).

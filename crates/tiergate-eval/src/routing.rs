@@ -18,8 +18,8 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use crate::complexity::{self, ComplexityConfig};
-use crate::features::PromptFeatures;
+use tiergate_router::complexity::{self, ComplexityConfig};
+use tiergate_router::features::PromptFeatures;
 
 /// Router score and correctness labels of one prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

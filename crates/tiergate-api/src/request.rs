@@ -8,7 +8,7 @@ use serde::Serialize;
 use tiergate_router::ConversationContext;
 use tiergate_router::tier::{Tier, TierConstraint};
 
-use super::error::NodeError;
+use crate::error::NodeError;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,6 +102,21 @@ pub struct NodeRequest {
     /// Generation stops here and says so.
     pub deadline: Instant,
     pub request_id: String,
+}
+
+impl NodeRequest {
+    /// A request with no tier constraint, no forwarding history and no request id yet: where a
+    /// caller of the upstream clients (or a test) starts.
+    pub fn new(input: Input, sampling: Sampling, deadline: Instant) -> Self {
+        Self {
+            input,
+            sampling,
+            constraint: TierConstraint::None,
+            forwarding: Forwarding::default(),
+            deadline,
+            request_id: String::new(),
+        }
+    }
 }
 
 /// Where and why a request was answered; every answer carries it.

@@ -1,13 +1,16 @@
-//! Conversions between the `tiergate.v1` wire types and the node's own types.
+//! Conversions between the `tiergate.v1` wire types and the node's own types: the gRPC front
+//! end reads requests with them, the regional client sends them.
 
 use std::time::{Duration, Instant};
 
 use tiergate_proto::v1 as pb;
 use tiergate_router::tier::{Tier, TierConstraint};
 
-use crate::node::{
-    Answer, FinishReason, Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role,
-    RoutingInfo, Sampling, Usage,
+use crate::error::NodeError;
+use crate::limits::Limits;
+use crate::request::{
+    Answer, CacheStatus, FinishReason, Forwarding, Input, Message, NodeRequest, Role, RoutingInfo,
+    Sampling, Usage,
 };
 
 pub fn tier_to_pb(tier: Tier) -> pb::Tier {
@@ -218,8 +221,8 @@ pub fn routing_to_pb(routing: &RoutingInfo) -> pb::RoutingInfo {
 
 pub fn routing_from_pb(routing: pb::RoutingInfo) -> Result<RoutingInfo, NodeError> {
     // The wire has no cache field: an upstream node's hit is known by its reason.
-    let cache = (routing.reason == tiergate_router::Reason::CacheHit.as_str())
-        .then_some(crate::node::CacheStatus::Hit);
+    let cache =
+        (routing.reason == tiergate_router::Reason::CacheHit.as_str()).then_some(CacheStatus::Hit);
     Ok(RoutingInfo {
         cache,
         tier: tier_from_pb(routing.tier)?,

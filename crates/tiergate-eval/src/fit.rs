@@ -2,8 +2,8 @@
 //! complexity weights from labelled prompts (`examples/eval_routing.rs --fit`) deterministically,
 //! without a numerical crate.
 
-use crate::complexity::{ComplexityConfig, TEXT_SIGNAL_COUNT, TextSignals, TextWeights};
-use crate::features::PromptFeatures;
+use tiergate_router::complexity::{ComplexityConfig, TEXT_SIGNAL_COUNT, TextSignals, TextWeights};
+use tiergate_router::features::PromptFeatures;
 
 /// Fitted logistic model: `p = sigmoid(bias + weights . x)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +72,7 @@ pub fn fit_logistic(
         for (i, (row, &y)) in rows.iter().zip(labels).enumerate() {
             let x = |j: usize| if j == 0 { 1.0 } else { row[j - 1] };
             let z: f64 = (0..k).map(|j| theta[j] * x(j)).sum();
-            let p = crate::complexity::sigmoid(z);
+            let p = tiergate_router::complexity::sigmoid(z);
             let count = sample_weights.map_or(1.0, |w| w[i]);
             let w = count * (p * (1.0 - p)).max(1e-12);
             for a in 0..k {

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{NodeError, Sampling};
+use crate::error::NodeError;
+use crate::request::Sampling;
 
 /// Limits on what one request may ask for.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -15,10 +16,10 @@ pub struct Limits {
     /// `max_tokens` when a request does not say.
     pub default_max_new_tokens: u32,
     /// Deadline of a request that carries none (HTTP always; gRPC without `grpc-timeout`).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "tiergate_router::health::duration_text")]
     pub default_timeout: Duration,
     /// Longest deadline a client may ask for; longer ones are shortened to this.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "tiergate_router::health::duration_text")]
     pub max_timeout: Duration,
     /// Largest request body in bytes (HTTP 413 / gRPC message size).
     pub max_body_bytes: usize,
