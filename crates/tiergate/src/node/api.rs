@@ -1,6 +1,7 @@
 //! What a node offers to its front ends (gRPC and HTTP): requests in, answers out, in the
 //! node's own terms. Each front end converts its wire format to and from these types.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
@@ -9,6 +10,7 @@ use tiergate_router::ConversationContext;
 use tiergate_router::tier::{Tier, TierConstraint};
 
 use super::error::NodeError;
+use crate::auth::Tenant;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,6 +104,9 @@ pub struct NodeRequest {
     /// Generation stops here and says so.
     pub deadline: Instant,
     pub request_id: String,
+    /// The caller's tenant (`[[tenants]]`), resolved from its API key by the serving stack;
+    /// `None` when authentication is off, or for a request forwarded by a peer node.
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 /// Where and why a request was answered; every answer carries it.
