@@ -201,7 +201,7 @@ fn names(tiers: &[Tier]) -> String {
 /// A client's constraint within its tenant's: the narrower of the two, or `None` when they
 /// contradict (a tenant kept at the edge asking for the cloud).
 pub fn narrow(tenant: TierConstraint, client: TierConstraint) -> Option<TierConstraint> {
-    use TierConstraint::{AtLeastCloud, AtMostRegional, EdgeOnly, None as Any};
+    use TierConstraint::{AtMostRegional, EdgeOnly, None as Any};
     match (tenant, client) {
         (Any, client) => Some(client),
         (tenant, Any) => Some(tenant),
