@@ -181,7 +181,7 @@ pub fn constraint_for_tiers(allowed: &[Tier], local: Tier) -> Result<TierConstra
     if set == [Tier::Cloud] {
         return Ok(TierConstraint::AtLeastCloud);
     }
-    if set.iter().all(|t| *t <= Tier::Regional) {
+    if set == [local, Tier::Regional] {
         return Ok(TierConstraint::AtMostRegional);
     }
     Err(format!(
