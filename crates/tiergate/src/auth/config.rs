@@ -272,7 +272,8 @@ mod tests {
 
     #[test]
     fn names_limits_and_lists_are_checked() {
-        let cases: Vec<(Box<dyn Fn(&mut TenantConfig)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut TenantConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|t| t.name = String::new()), "name"),
             (Box::new(|t| t.name = "has space".into()), "name"),
             (
