@@ -477,3 +477,41 @@ async fn cors_answers_preflights_only_when_configured() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("access-control-allow-origin"), None);
 }
+
+#[tokio::test]
+async fn a_peer_node_forwards_without_a_tenant_key_while_clients_need_one() {
+    use tiergate_e2e::node_toml;
+    // The regional node has tenants; the edge (none) forwards with the deployment's peer key.
+    let regional_toml = node_toml(
+        "regional-1",
+        "regional",
+        "regional",
+        None,
+        None,
+        Gate::Commit,
+    ) + &tenant("a", KEY_A, "");
+    let regional = NodeProcess::start("regional", &regional_toml)
+        .await
+        .unwrap();
+    let edge_toml = node_toml(
+        "edge-1",
+        "edge",
+        "edge",
+        Some(&regional),
+        None,
+        Gate::RegionalFirst,
+    );
+    let edge = NodeProcess::start("edge", &edge_toml).await.unwrap();
+
+    let answer = grpc_as(&edge, None, request(PROMPT))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.routing.unwrap().tier, pb::Tier::Regional as i32);
+    // A client calling the regional node itself needs a key.
+    let status = grpc_as(&regional, None, request(PROMPT)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    grpc_as(&regional, bearer(KEY_A), request(PROMPT))
+        .await
+        .unwrap();
+}
