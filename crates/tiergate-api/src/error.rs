@@ -14,6 +14,15 @@ pub enum NodeError {
     /// The request itself is wrong; retrying it unchanged fails again.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller's tenant may not do this (a tier or a model it is not allowed).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The caller's tenant is over one of its limits; retry after `retry_after`.
+    #[error("rate limited: {message}")]
+    TenantLimited {
+        message: String,
+        retry_after: Duration,
+    },
     /// The node is at capacity; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -44,7 +53,10 @@ impl NodeError {
         use http::StatusCode;
         match self {
             NodeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            NodeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            NodeError::Overloaded(_) | NodeError::TenantLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             NodeError::Unavailable(_) | NodeError::LinksDown { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -59,7 +71,8 @@ impl NodeError {
         use tonic::Code;
         match self {
             NodeError::InvalidArgument(_) => Code::InvalidArgument,
-            NodeError::Overloaded(_) => Code::ResourceExhausted,
+            NodeError::PermissionDenied(_) => Code::PermissionDenied,
+            NodeError::Overloaded(_) | NodeError::TenantLimited { .. } => Code::ResourceExhausted,
             NodeError::Unavailable(_) | NodeError::LinksDown { .. } | NodeError::Upstream(_) => {
                 Code::Unavailable
             }
@@ -75,7 +88,8 @@ impl NodeError {
         let wait = match self {
             NodeError::Overloaded(_) => OVERLOADED_RETRY_AFTER,
             NodeError::Unavailable(_) => UNAVAILABLE_RETRY_AFTER,
-            NodeError::LinksDown { retry_after, .. } => *retry_after,
+            NodeError::LinksDown { retry_after, .. }
+            | NodeError::TenantLimited { retry_after, .. } => *retry_after,
             _ => return None,
         };
         let whole_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -86,6 +100,8 @@ impl NodeError {
     pub fn as_label(&self) -> &'static str {
         match self {
             NodeError::InvalidArgument(_) => "invalid_request",
+            NodeError::PermissionDenied(_) => "permission_denied",
+            NodeError::TenantLimited { .. } => "rate_limited",
             NodeError::Overloaded(_) => "overloaded",
             NodeError::Unavailable(_) | NodeError::LinksDown { .. } => "unavailable",
             NodeError::DeadlineExceeded(_) => "deadline_exceeded",

@@ -17,5 +17,5 @@ pub use error::NodeError;
 pub use limits::Limits;
 pub use request::{
     Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
-    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage, constraint_for_model,
+    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Tenancy, Usage, constraint_for_model,
 };

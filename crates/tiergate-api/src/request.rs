@@ -1,6 +1,7 @@
 //! What a node offers to its front ends (gRPC and HTTP): requests in, answers out, in the
 //! node's own terms. Each front end converts its wire format to and from these types.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
@@ -102,6 +103,23 @@ pub struct NodeRequest {
     /// Generation stops here and says so.
     pub deadline: Instant,
     pub request_id: String,
+    /// The caller's tenant (`[[tenants]]`), resolved from its API key by the serving stack;
+    /// `None` when authentication is off, or for a request forwarded by a peer node.
+    pub tenant: Option<Arc<dyn Tenancy>>,
+}
+
+/// The caller's tenant as the node sees it: what the serving stack resolved from an API key.
+/// The node asks it to admit a request (narrowing its tier constraint to the tenant's tiers,
+/// charging its budgets) and keeps its cached answers apart by its name. The binary's `auth`
+/// module implements it; the trait keeps this crate free of keys and rate limiters.
+pub trait Tenancy: Send + Sync + std::fmt::Debug {
+    /// The tenant's name from config (a cache keyspace, a metric label).
+    fn name(&self) -> &str;
+    /// Narrows a client's tier constraint to the tenant's tiers; refuses one that contradicts
+    /// them.
+    fn narrow(&self, constraint: TierConstraint) -> Result<TierConstraint, NodeError>;
+    /// Admits `request`: narrows its constraint and charges the tenant's budgets.
+    fn admit(&self, request: &mut NodeRequest) -> Result<(), NodeError>;
 }
 
 impl NodeRequest {
@@ -115,6 +133,7 @@ impl NodeRequest {
             forwarding: Forwarding::default(),
             deadline,
             request_id: String::new(),
+            tenant: None,
         }
     }
 }

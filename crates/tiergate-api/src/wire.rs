@@ -157,6 +157,7 @@ pub fn request_from_pb(
         forwarding,
         deadline: limits.deadline(now, timeout),
         request_id: request.request_id,
+        tenant: None,
     })
 }
 

@@ -242,20 +242,12 @@ mod tests {
 
     use std::time::Instant;
 
-    use tiergate_api::{Forwarding, Message, Sampling};
-    use tiergate_router::TierConstraint;
+    use tiergate_api::{Message, Sampling};
 
     use super::*;
 
     fn node_request(input: Input, sampling: Sampling) -> NodeRequest {
-        NodeRequest {
-            input,
-            sampling,
-            constraint: TierConstraint::None,
-            forwarding: Forwarding::default(),
-            deadline: Instant::now(),
-            request_id: "r".into(),
-        }
+        NodeRequest::new(input, sampling, Instant::now())
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum Command {
     /// Model signing keys, signatures and verification.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// API keys of tenants: make one, or hash one for `[[tenants]] key_sha256`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +315,30 @@ pub struct ModelVerifyArgs {
     /// The model folder.
     pub dir: PathBuf,
 
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh random API key and the `key_sha256` line for the tenant's config.
+    New(KeysNewArgs),
+    /// Read an API key from stdin (one line) and print its `key_sha256` (SHA-256, hex).
+    Hash(KeysHashArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysNewArgs {
+    /// The tenant the key is for (`[[tenants]] name`); printed in the config snippet.
+    #[arg(long)]
+    pub tenant: String,
+
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysHashArgs {
     #[arg(long)]
     pub json: bool,
 }

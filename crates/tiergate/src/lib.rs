@@ -1,6 +1,7 @@
 //! The tiergate node: configuration, the gRPC and HTTP servers, the request executor that walks
 //! a routing plan across tiers, and the metrics exporter. `main.rs` only parses the command line.
 
+pub mod auth;
 pub mod cache;
 pub mod calibration;
 pub mod config;

@@ -2,7 +2,8 @@
 //! several nodes in one process (the demo, tests) keep their figures apart.
 //!
 //! Names: prefix `tiergate_`, counters end in `_total`, durations in `_seconds`; labels have few
-//! values (tier, reason, outcome, upstream, api), never a prompt or a tenant.
+//! values (tier, reason, outcome, upstream, api, and tenant names from `[[tenants]]`), never a
+//! prompt or an API key.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
@@ -59,6 +60,11 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     /// Requests refused before the node saw them, by API and reason (overloaded, draining).
     pub requests_shed: IntCounterVec,
+    /// Requests refused for their credentials, by reason (missing, malformed, unknown_key).
+    pub auth_failures: IntCounterVec,
+    /// Inference requests of each configured tenant, by outcome (accepted, rate_limited,
+    /// token_limited, forbidden).
+    pub tenant_requests: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -196,6 +202,21 @@ impl NodeMetrics {
             )),
             &["api", "reason"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            with_node(Opts::new(
+                "auth_failures_total",
+                "Requests refused for their API key, by reason (missing, malformed, unknown_key).",
+            )),
+            &["reason"],
+        )?;
+        let tenant_requests = IntCounterVec::new(
+            with_node(Opts::new(
+                "tenant_requests_total",
+                "Inference requests of each configured tenant, by outcome (accepted, rate_limited, \
+                 token_limited, forbidden).",
+            )),
+            &["tenant", "outcome"],
+        )?;
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -216,6 +237,8 @@ impl NodeMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(requests_shed.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(tenant_requests.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -241,6 +264,8 @@ impl NodeMetrics {
             in_flight,
             ready,
             requests_shed,
+            auth_failures,
+            tenant_requests,
         })
     }
 

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::grpc::GrpcListenerSettings;
@@ -18,7 +19,8 @@ use crate::http::{HttpListenerSettings, HttpState, handle, serve_http};
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeApi, NodeParts};
 use crate::shell::{
-    Api, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts, StackSettings, serving_stack,
+    Api, CorsConfig, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts, StackSettings,
+    serving_stack,
 };
 
 /// Above `limits.max_timeout`: how long an inference route may take to start its response
@@ -239,7 +241,17 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         server.retry_after,
         metrics.requests_shed.clone(),
     );
+    let auth = Authenticator::new(
+        &config.tenants,
+        config.node.tier,
+        &metrics,
+        node.peer_key().cloned(),
+    )
+    .map_err(|(path, message)| crate::config::ConfigError::Invalid { path, message })?;
+    warn_when_open(auth.is_some(), &[grpc_addr, http_addr]);
     let stack = StackSettings {
+        auth,
+        cors: server.cors.as_ref().map(CorsConfig::layer),
         gate: Arc::clone(&gate),
         timeouts: RouteTimeouts {
             // The node ends generation at the request's deadline itself; this only catches
@@ -309,6 +321,20 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         stop,
         tasks: vec![grpc_task, http_task],
     })
+}
+
+/// Without tenants anyone who reaches a listener may use the node: fine on loopback, worth a
+/// warning anywhere else.
+fn warn_when_open(authenticated: bool, listening: &[SocketAddr]) {
+    if authenticated {
+        return;
+    }
+    if let Some(open) = listening.iter().find(|addr| !addr.ip().is_loopback()) {
+        tracing::warn!(
+            listen = %open,
+            "no [[tenants]] configured: API requests are not authenticated on a non-loopback listener"
+        );
+    }
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {

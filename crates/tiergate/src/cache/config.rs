@@ -20,8 +20,9 @@ pub enum CacheMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Off by default: until tenants exist, a cached answer is shared by every client of the
+    /// Off by default: without `[[tenants]]` a cached answer is shared by every client of the
     /// node, which is the operator's call to make (and needs a writable path to be useful).
+    /// With tenants, each tenant has its own keyspace.
     pub enabled: bool,
     /// The redb file; unset keeps the cache in memory only (lost at restart).
     pub path: Option<PathBuf>,

@@ -21,7 +21,7 @@ pub fn is_deterministic(request: &NodeRequest) -> bool {
 }
 
 impl CacheKey {
-    /// The key of `request` in `tenant`'s keyspace (empty until tenants exist). Every field
+    /// The key of `request` in `tenant`'s keyspace (empty without `[[tenants]]`). Every field
     /// that can change the answer is in it: the input (role by role, or raw text), the token
     /// budget, every sampling parameter, the stop sequences and the tier constraint (a request
     /// pinned to the local model must never get a cloud answer). Each field is tagged and
@@ -116,6 +116,7 @@ mod tests {
             forwarding: Forwarding::default(),
             deadline: Instant::now() + Duration::from_secs(5),
             request_id: "a".into(),
+            tenant: None,
         }
     }
 

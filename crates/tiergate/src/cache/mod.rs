@@ -36,8 +36,6 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// The node's cache. Shared by every request behind an `Arc`.
 pub struct ResponseCache {
     config: CacheConfig,
-    /// The keyspace; empty until tenants exist.
-    tenant: String,
     memory: Mutex<Lru>,
     disk: Option<DiskStore>,
     requests: IntCounterVec,
@@ -75,7 +73,6 @@ impl ResponseCache {
     ) -> ResponseCache {
         let mut cache = ResponseCache {
             config: config.clone(),
-            tenant: String::new(),
             memory: Mutex::new(Lru::new(config.max_entries, config.max_bytes)),
             disk: None,
             requests: metrics.cache_requests.clone(),
@@ -94,7 +91,7 @@ impl ResponseCache {
     }
 
     fn open_disk(&self, path: &Path) -> Option<DiskStore> {
-        let opened = DiskStore::open(path, &self.tenant).or_else(|err| {
+        let opened = DiskStore::open(path).or_else(|err| {
             self.count("error");
             if err.is_locked() {
                 return Err(err);
@@ -106,7 +103,7 @@ impl ResponseCache {
                 tracing::warn!(error = %err, "cannot move the unreadable cache file aside");
                 let _ = std::fs::remove_file(path);
             }
-            DiskStore::open(path, &self.tenant)
+            DiskStore::open(path)
         });
         match opened {
             Ok((disk, _)) => {
@@ -128,12 +125,14 @@ impl ResponseCache {
         self.config.mode
     }
 
-    /// The request's key, or `None` when its answer must not be cached (sampled).
+    /// The request's key, or `None` when its answer must not be cached (sampled). Each tenant
+    /// has its own keyspace (its name is in the key): one tenant never gets another's answer.
     pub fn key(&self, request: &NodeRequest) -> Option<CacheKey> {
         if self.config.deterministic_only && !is_deterministic(request) {
             return None;
         }
-        Some(CacheKey::of(&self.tenant, request))
+        let tenant = request.tenant.as_ref().map_or("", |tenant| tenant.name());
+        Some(CacheKey::of(tenant, request))
     }
 
     /// The stored answer for `key`, if one is still fresh; counts hit, miss or expired (the

@@ -1,5 +1,5 @@
-//! The cache on disk: one redb file, one table per tenant keyspace, values are
-//! [`CachedAnswer`]s. redb's commits are crash-safe (copy-on-write B-tree, checksummed), so a
+//! The cache on disk: one redb file, one table, values are [`CachedAnswer`]s; tenants' keyspaces
+//! are apart in the keys themselves (the tenant's name is hashed into each). redb's commits are crash-safe (copy-on-write B-tree, checksummed), so a
 //! node killed mid-write reopens with the last committed state.
 
 use std::path::Path;
@@ -47,18 +47,18 @@ impl StoreError {
 #[derive(Debug)]
 pub struct DiskStore {
     db: Database,
-    /// `answers:<tenant>`; the empty tenant today.
+    /// `answers:`, the name the table has had since tenant keyspaces were planned as tables.
     table: String,
 }
 
 impl DiskStore {
     /// Opens (or creates) the file and its table; reading the entry count also checks that the
     /// table's pages are readable.
-    pub fn open(path: &Path, tenant: &str) -> Result<(DiskStore, u64), StoreError> {
+    pub fn open(path: &Path) -> Result<(DiskStore, u64), StoreError> {
         let db = Database::create(path)?;
         let store = DiskStore {
             db,
-            table: format!("answers:{tenant}"),
+            table: "answers:".to_owned(),
         };
         let write = store.db.begin_write()?;
         {

@@ -5,11 +5,12 @@ pub mod demo;
 pub mod eval;
 pub mod eval_confidence;
 pub mod generate;
+pub mod keys;
 pub mod model;
 pub mod route;
 pub mod serve;
 
-use crate::cli::{Command, ConfigCommand, EvalCommand, ModelCommand, RouteCommand};
+use crate::cli::{Command, ConfigCommand, EvalCommand, KeysCommand, ModelCommand, RouteCommand};
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
@@ -24,5 +25,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Keygen(args)) => model::keygen(&args),
         Command::Model(ModelCommand::Sign(args)) => model::sign(&args),
         Command::Model(ModelCommand::Verify(args)) => model::verify(&args),
+        Command::Keys(KeysCommand::New(args)) => keys::new(&args),
+        Command::Keys(KeysCommand::Hash(args)) => keys::hash(&args),
     }
 }

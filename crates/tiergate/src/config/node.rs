@@ -12,10 +12,12 @@ use tiergate_router::{BudgetConfig, RetryBudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
 use super::{ConfigError, load, process_env};
+use crate::auth::TenantConfig;
 use crate::cache::CacheConfig;
 use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::privacy::PrivacyConfig;
+use crate::shell::CorsConfig;
 use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
@@ -40,6 +42,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     /// Model signatures and the periodic integrity check.
     pub model_trust: ModelTrustConfig,
+    /// API keys and what each tenant may do; empty: no authentication.
+    pub tenants: Vec<TenantConfig>,
 }
 
 /// Who this node is.
@@ -100,6 +104,8 @@ pub struct ServerSection {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection (gRPC and HTTP/2 clients).
     pub max_concurrent_streams: u32,
+    /// CORS on the HTTP listener; absent: no CORS headers (browsers refuse cross-origin calls).
+    pub cors: Option<CorsConfig>,
 }
 
 impl Default for ServerSection {
@@ -114,6 +120,7 @@ impl Default for ServerSection {
             retry_after: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
+            cors: None,
         }
     }
 }
@@ -186,6 +193,12 @@ impl Config {
         self.model_trust
             .validate()
             .map_err(|message| invalid("model_trust", &message))?;
+        crate::auth::validate(&self.tenants, self.node.tier)
+            .map_err(|(path, message)| ConfigError::Invalid { path, message })?;
+        if let Some(cors) = &self.server.cors {
+            cors.validate()
+                .map_err(|message| invalid("server.cors.allowed_origins", &message))?;
+        }
         if let Some(regional) = &self.upstreams.regional {
             regional
                 .validate()

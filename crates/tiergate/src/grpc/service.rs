@@ -9,6 +9,7 @@ use tiergate_proto::v1 as pb;
 use tiergate_upstream::PEER_KEY_METADATA;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Tenant;
 use crate::node::{
     CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent, constraint_for_model,
 };
@@ -50,6 +51,7 @@ impl InferenceService {
             || self.node.trusts_peer_key(
                 (request.metadata().get(PEER_KEY_METADATA)).and_then(|v| v.to_str().ok()),
             );
+        let tenant = request.extensions().get::<Arc<Tenant>>().cloned();
         let mut message = request.into_inner();
         if !from_peer && message.forwarding.take().is_some() {
             tracing::debug!("forwarding information from a client that is not a peer ignored");
@@ -62,9 +64,18 @@ impl InferenceService {
         let model = (!message.model.is_empty()).then(|| message.model.clone());
         let checked =
             request_from_pb(message, self.node.limits(), timeout, now).and_then(|mut request| {
-                if let Some(model) = model {
+                if let Some(model) = &model {
                     request.constraint =
-                        constraint_for_model(&self.node.models(), &model, request.constraint)?;
+                        constraint_for_model(&self.node.models(), model, request.constraint)?;
+                }
+                if let Some(tenant) = tenant {
+                    // No model is the routed default, which the tenant must be allowed too.
+                    let routed = self.node.models().into_iter().find(|card| !card.local);
+                    let asked = model.or_else(|| routed.map(|card| card.id));
+                    if let Some(asked) = asked {
+                        tenant.check_model(&asked)?;
+                    }
+                    request.tenant = Some(tenant);
                 }
                 Ok(request)
             });

@@ -318,6 +318,7 @@ fn finish(
             forwarding: Forwarding::default(),
             deadline: ctx.limits.deadline(ctx.now, None),
             request_id: ctx.request_id.clone(),
+            tenant: None,
         },
         model,
         stream,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::openai_request::{ParseContext, ParsedRequest, parse_chat, parse_completion};
 use super::openai_response::{self as wire, Endpoint, ResponseMeta};
+use crate::auth::Tenant;
 use crate::metrics::NodeMetrics;
 use crate::node::{ModelCard, NodeApi, NodeError, RoutingInfo, StreamEvent};
 use crate::shell::{Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id};
@@ -49,9 +50,9 @@ pub async fn handle(
         (&Method::POST, "/v1/completions") => {
             completions(&state, request, Endpoint::Completions).await
         }
-        (&Method::GET, "/v1/models") => models(&state),
+        (&Method::GET, "/v1/models") => models(&state, tenant(&request)),
         (&Method::GET, _) if path.starts_with("/v1/models/") => {
-            model(&state, &path["/v1/models/".len()..])
+            model(&state, &path["/v1/models/".len()..], tenant(&request))
         }
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -90,6 +91,7 @@ async fn completions(
     endpoint: Endpoint,
 ) -> Response<HttpBody> {
     let now = Instant::now();
+    let tenant = tenant(&request).cloned();
     let (parts, body) = request.into_parts();
     if let Some(refusal) = refuse_non_json(state, &parts.headers) {
         return refusal;
@@ -115,10 +117,16 @@ async fn completions(
         Endpoint::Chat => parse_chat(&body, &ctx),
         Endpoint::Completions => parse_completion(&body, &ctx),
     };
-    let parsed = match parsed {
+    let mut parsed = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return rejected(state, &err),
     };
+    if let Some(tenant) = tenant {
+        if let Err(err) = tenant.check_model(&parsed.model) {
+            return rejected(state, &err);
+        }
+        parsed.request.tenant = Some(tenant);
+    }
     if parsed.stream {
         stream_response(state, endpoint, parsed).await
     } else {
@@ -228,14 +236,31 @@ async fn read_body(
     }
 }
 
-fn models(state: &HttpState) -> Response<HttpBody> {
-    let data: Vec<Value> = state.node.models().iter().map(model_json).collect();
+/// The caller's tenant, which the serving stack's authentication put in the extensions.
+fn tenant<B>(request: &Request<B>) -> Option<&Arc<Tenant>> {
+    request.extensions().get::<Arc<Tenant>>()
+}
+
+/// The node's models, those a tenant may use.
+fn visible_models(state: &HttpState, tenant: Option<&Arc<Tenant>>) -> Vec<ModelCard> {
+    let mut models = state.node.models();
+    if let Some(tenant) = tenant {
+        models.retain(|card| tenant.allows_model(&card.id));
+    }
+    models
+}
+
+fn models(state: &HttpState, tenant: Option<&Arc<Tenant>>) -> Response<HttpBody> {
+    let data: Vec<Value> = visible_models(state, tenant)
+        .iter()
+        .map(model_json)
+        .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// `GET /v1/models/{id}`: one model as OpenAI describes it, or 404 naming the ones there are.
-fn model(state: &HttpState, id: &str) -> Response<HttpBody> {
-    let models = state.node.models();
+fn model(state: &HttpState, id: &str, tenant: Option<&Arc<Tenant>>) -> Response<HttpBody> {
+    let models = visible_models(state, tenant);
     match models.iter().find(|m| m.id == id) {
         Some(found) => json_response(StatusCode::OK, &model_json(found)),
         None => {

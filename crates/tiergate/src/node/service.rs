@@ -86,6 +86,11 @@ impl Node {
         &self.parts.metrics
     }
 
+    /// The deployment's peer key (`[node] peer_key_file`), if the node has one.
+    pub fn peer_key(&self) -> Option<&PeerKey> {
+        self.parts.peer_key.as_ref()
+    }
+
     /// The routing decision for a request: the text of its last user turn, link health. No
     /// inference: the local model's surprise at the prompt is checked by the gated local step
     /// from its own prefill.
@@ -150,6 +155,13 @@ impl Node {
         whole_answer: bool,
     ) -> Result<AnswerStream, NodeError> {
         let started = Instant::now();
+        // The tenant's tiers narrow the request's constraint, and its token budget is charged.
+        if let Some(tenant) = request.tenant.clone()
+            && let Err(err) = tenant.admit(&mut request)
+        {
+            self.count_rejection(&err);
+            return Err(err);
+        }
         let forwarded_input =
             match privacy_guard::guard(&self.parts.privacy, &mut request, &self.parts.metrics) {
                 Ok(input) => input,
@@ -227,7 +239,11 @@ impl NodeApi for Arc<Node> {
 
     fn explain(&self, mut request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
         async move {
-            // The guard may pin the request: the explanation must say where it really goes.
+            // The tenant and the guard may pin the request: the explanation must say where it
+            // really goes (nothing is charged for an explanation).
+            if let Some(tenant) = &request.tenant {
+                request.constraint = tenant.narrow(request.constraint)?;
+            }
             privacy_guard::guard(&self.parts.privacy, &mut request, &self.parts.metrics)?;
             let decision = self.decision(&request);
             let tier = match decision.plan.first() {

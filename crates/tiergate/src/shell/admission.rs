@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::IntCounterVec;
@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use super::lifecycle::Lifecycle;
+use super::refusal::{grpc_error, http_error, retry_after};
 
 /// Which API a listener speaks; it decides how a refusal is worded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl Api {
 
     /// Inference routes are admitted against the limit and get the long timeout; the rest
     /// (probes, metrics, model list, health, reflection) always pass.
-    fn is_inference(self, path: &str) -> bool {
+    pub(super) fn is_inference(self, path: &str) -> bool {
         match self {
             Api::Http => matches!(path, "/v1/chat/completions" | "/v1/completions"),
             Api::Grpc => path.starts_with("/tiergate.v1.Inference/"),
@@ -249,6 +250,13 @@ pin_project! {
     }
 }
 
+/// An empty body of the stack's own (what CORS answers a preflight with).
+impl<B> Default for GuardedBody<B> {
+    fn default() -> Self {
+        GuardedBody::Own { bytes: None }
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
@@ -304,14 +312,7 @@ fn refusal_response<B>(
         Api::Http => http_error(StatusCode::SERVICE_UNAVAILABLE, kind, refusal.message()),
         Api::Grpc => grpc_error(tonic::Code::Unavailable, refusal.message()),
     };
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    if api == Api::Grpc {
-        headers.insert(
-            "grpc-retry-pushback-ms",
-            HeaderValue::from(retry_after_secs.saturating_mul(1000)),
-        );
-    }
+    retry_after(&mut response, api, retry_after_secs);
     response
 }
 
@@ -321,33 +322,4 @@ fn timeout_response<B>(api: Api, limit: Duration) -> Response<GuardedBody<B>> {
         Api::Http => http_error(StatusCode::GATEWAY_TIMEOUT, "timeout", &message),
         Api::Grpc => grpc_error(tonic::Code::DeadlineExceeded, &message),
     }
-}
-
-fn http_error<B>(status: StatusCode, kind: &str, message: &str) -> Response<GuardedBody<B>> {
-    let body = serde_json::json!({
-        "error": {"message": message, "type": kind, "param": null, "code": status.as_u16()}
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut response = Response::new(GuardedBody::Own { bytes: Some(bytes) });
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn grpc_error<B>(code: tonic::Code, message: &str) -> Response<GuardedBody<B>> {
-    // A trailers-only response: status 200 and the gRPC status in the headers.
-    let mut response = Response::new(GuardedBody::Own { bytes: None });
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from(code as i32));
-    if let Ok(message) = HeaderValue::from_str(message) {
-        headers.insert("grpc-message", message);
-    }
-    response
 }

@@ -1,11 +1,17 @@
 //! The serving shell around a node: its lifecycle (readiness, drain), the tower stack both
-//! listeners share (request id, trace span, admission, timeouts), and graceful shutdown.
+//! listeners share (request id, trace span, CORS, authentication, admission, timeouts), and
+//! graceful shutdown.
 
 mod admission;
+mod authenticate;
+mod cors;
 mod lifecycle;
+mod refusal;
 mod stack;
 
 pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
+pub use authenticate::{AuthLayer, Authenticate};
+pub use cors::CorsConfig;
 pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
 pub use stack::{
     REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,

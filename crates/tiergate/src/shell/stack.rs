@@ -18,6 +18,8 @@ use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
 
 use super::admission::{AdmissionLayer, Api, Gate, RouteTimeouts};
+use super::authenticate::AuthLayer;
+use crate::auth::Authenticator;
 
 /// The header that carries a request's id in and out (HTTP header, gRPC metadata).
 pub const REQUEST_ID: &str = "x-request-id";
@@ -31,6 +33,10 @@ pub type StackService<ReqBody, E> =
 pub struct StackSettings {
     pub gate: Arc<Gate>,
     pub timeouts: RouteTimeouts,
+    /// The tenants' keys (`[[tenants]]`); `None`: authentication off.
+    pub auth: Option<Arc<Authenticator>>,
+    /// CORS for the HTTP listener (`[server.cors]`); never applied to gRPC.
+    pub cors: Option<tower_http::cors::CorsLayer>,
 }
 
 /// Wraps `routes` (the HTTP router or tonic's `Routes`) in the serving stack. The order, from
@@ -40,14 +46,20 @@ pub struct StackSettings {
 ///    is replaced by a fresh one, so every later layer and the node can rely on one;
 /// 2. the id goes back in the response (`x-request-id`), unless the handler set its own (gRPC
 ///    answers with the proto's `request_id` when the client gave one);
-/// 3. a trace span per request carrying the id, the API, method and path; everything logged
-///    while serving the request (and the access line when its response starts) is inside it;
-/// 4. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
+/// 3. a trace span per request carrying the id, the API, method and path (and the tenant, once
+///    known); everything logged while serving the request (and the access line when its
+///    response starts) is inside it;
+/// 4. CORS, HTTP only and only when `[server.cors]` is set: preflights answered here (before
+///    authentication: a browser sends no key with them), CORS headers on every answer;
+/// 5. authentication (`[[tenants]]`): the API key's tenant into the span and the request's
+///    extensions, its request rate checked; 401 / UNAUTHENTICATED, 429 / RESOURCE_EXHAUSTED
+///    (see `authenticate.rs`); probes, metrics, gRPC health and reflection stay open;
+/// 6. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
 ///    `Retry-After` while the node closes or when `max_concurrent_requests` are in flight
 ///    (shed at once, never queued: a queue would only hide the overload from the tier below,
 ///    which can route elsewhere), counted in `tiergate_requests_shed_total`; a per-route
 ///    timeout bounds how long a route may take to start its response;
-/// 5. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
+/// 7. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
 ///    HTTP 413 in OpenAI's error shape, gRPC `max_decoding_message_size`), so that the error
 ///    speaks the API's format.
 ///
@@ -88,13 +100,20 @@ where
                 // one ERROR each, at the moment the node is busiest.
                 .on_failure(()),
         )
-        // 4. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
+        // 4. CORS, on the HTTP listener when configured.
+        .option_layer(settings.cors.clone().filter(|_| api == Api::Http))
+        // 5. authentication: the tenant of the key, its request rate.
+        .layer(AuthLayer {
+            auth: settings.auth.clone(),
+            api,
+        })
+        // 6. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
         .layer(AdmissionLayer {
             gate: Arc::clone(&settings.gate),
             api,
             timeouts: settings.timeouts,
         })
-        // 5. the routes.
+        // 7. the routes.
         .service(routes)
 }
 
@@ -159,6 +178,7 @@ impl<B> MakeSpan<B> for RequestSpan {
             api = self.api.as_str(),
             method = %request.method(),
             path = request.uri().path(),
+            tenant = tracing::field::Empty,
         )
     }
 }

@@ -64,6 +64,8 @@ fn fixture(max: usize) -> Fixture {
             inference: Duration::from_secs(60),
             control: Duration::from_secs(60),
         },
+        auth: None,
+        cors: None,
     };
     Fixture {
         lifecycle,
