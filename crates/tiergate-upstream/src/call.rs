@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tiergate_router::health::LinkHealth;
 
 use crate::error::{ErrorKind, UpstreamError};
+use crate::trace_context::TraceContext;
 
 /// Limits the caller puts on one call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,6 +25,29 @@ pub struct CallLimits {
     /// whole answer of a unary call, must have arrived by then, else the call fails and the
     /// plan moves on.
     pub commit_by: Option<Instant>,
+}
+
+/// What one call carries besides the request: the caller's limits and the request's trace
+/// context (sent as `traceparent` / `tracestate`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    pub limits: CallLimits,
+    pub trace: Option<TraceContext>,
+}
+
+impl From<CallLimits> for CallOptions {
+    fn from(limits: CallLimits) -> Self {
+        CallOptions {
+            limits,
+            trace: None,
+        }
+    }
+}
+
+impl From<Option<Instant>> for CallOptions {
+    fn from(deadline: Option<Instant>) -> Self {
+        CallLimits::from(deadline).into()
+    }
 }
 
 impl From<Option<Instant>> for CallLimits {

@@ -10,6 +10,9 @@
 //! caller's deadline. Failures are [`UpstreamError`]s with a kind, `is_retryable()` and a
 //! metric label.
 
+/// The header (HTTP) and metadata key (gRPC) of a request's id, sent to both tiers above.
+pub const REQUEST_ID: &str = "x-request-id";
+
 pub mod balance;
 mod call;
 pub mod cloud;
@@ -20,8 +23,9 @@ pub mod peer_key;
 pub mod regional;
 pub mod sse;
 mod tls;
+pub mod trace_context;
 
-pub use call::CallLimits;
+pub use call::{CallLimits, CallOptions};
 pub use cloud::{CloudClient, CloudConfig, CloudEvent, CloudStream};
 pub use error::{ErrorKind, SetupError, UpstreamError};
 pub use openai::CloudCompletion;
@@ -29,3 +33,4 @@ pub use peer_key::{PEER_KEY_METADATA, PeerKey, read_peer_key};
 pub use regional::{
     EndpointSnapshot, RegionalClient, RegionalConfig, RegionalStream, RegionalTlsConfig,
 };
+pub use trace_context::{TRACEPARENT, TRACESTATE, TraceContext};

@@ -4,10 +4,14 @@
 //! Names: prefix `tiergate_`, counters end in `_total`, durations in `_seconds`; labels have few
 //! values (tier, reason, outcome, upstream, api), never a prompt or a tenant.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
 };
+
+use crate::device::Performance;
 
 /// Latency buckets from 1 ms to 60 s: edge answers take milliseconds, cloud answers seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -59,6 +63,10 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     /// Requests refused before the node saw them, by API and reason (overloaded, draining).
     pub requests_shed: IntCounterVec,
+    /// Requests waiting for an engine worker (set at every scrape).
+    pub engine_queue_depth: IntGauge,
+    /// Latency and tokens of the last answered requests (the device monitor and report).
+    pub performance: Arc<Performance>,
 }
 
 impl NodeMetrics {
@@ -215,7 +223,12 @@ impl NodeMetrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        let engine_queue_depth = IntGauge::with_opts(with_node(Opts::new(
+            "engine_queue_depth",
+            "Requests waiting for an engine worker (queued, not yet generating).",
+        )))?;
         registry.register(Box::new(requests_shed.clone()))?;
+        registry.register(Box::new(engine_queue_depth.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -241,6 +254,8 @@ impl NodeMetrics {
             in_flight,
             ready,
             requests_shed,
+            engine_queue_depth,
+            performance: Arc::new(Performance::default()),
         })
     }
 

@@ -30,9 +30,10 @@ use config::{is_loopback, read_api_key};
 use connect::ConnectTimeout;
 use stream::{StreamCall, check_event_stream, read_stream};
 
-use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timers};
+use crate::call::{Admission, CallOptions, Link, TierTimeouts, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError, error_chain};
 use crate::openai::{self, ChatRequest, CloudCompletion};
+use crate::trace_context::TraceContext;
 
 /// Largest non-streamed answer accepted; a bigger one is a protocol error, never truncated.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -189,17 +190,19 @@ impl CloudClient {
     pub async fn generate(
         &self,
         request: &GenerateRequest,
-        limits: impl Into<CallLimits>,
+        options: impl Into<CallOptions>,
     ) -> Result<CloudCompletion, UpstreamError> {
+        let options = options.into();
         let chat = ChatRequest::from_generate(request, &self.inner.model, false)?;
         let timers = Timers::start(
             self.inner.timeouts,
-            limits.into(),
+            options.limits,
             "preparing the cloud call",
         )?;
         let timer = timers.whole_answer();
         let mut admission = self.inner.admit()?;
-        let call = self.inner.call_json(&chat);
+        let propagated = Propagated::new(request, options.trace.as_ref());
+        let call = self.inner.call_json(&chat, &propagated);
         let result = match tokio::time::timeout_at(timer.at.into(), call).await {
             Ok(result) => result.and_then(whole_answer),
             Err(_) => Err(timer.error("waiting for the cloud answer")),
@@ -214,21 +217,23 @@ impl CloudClient {
     pub async fn generate_stream(
         &self,
         request: &GenerateRequest,
-        limits: impl Into<CallLimits>,
+        options: impl Into<CallOptions>,
     ) -> Result<CloudStream, UpstreamError> {
+        let options = options.into();
         let chat = ChatRequest::from_generate(request, &self.inner.model, true)?;
         let timers = Timers::start(
             self.inner.timeouts,
-            limits.into(),
+            options.limits,
             "preparing the cloud call",
         )?;
         let first = timers.first_token();
         let mut admission = self.inner.admit()?;
-        let opened =
-            match tokio::time::timeout_at(first.at.into(), self.inner.send(&chat, true)).await {
-                Ok(result) => result.and_then(check_event_stream),
-                Err(_) => Err(first.error("waiting for the cloud stream to start")),
-            };
+        let propagated = Propagated::new(request, options.trace.as_ref());
+        let send = self.inner.send(&chat, true, &propagated);
+        let opened = match tokio::time::timeout_at(first.at.into(), send).await {
+            Ok(result) => result.and_then(check_event_stream),
+            Err(_) => Err(first.error("waiting for the cloud stream to start")),
+        };
         let response = match opened {
             Ok(response) => response,
             Err(err) => {
@@ -242,6 +247,34 @@ impl CloudClient {
             timers,
         };
         Ok(Box::pin(read_stream(call, response.into_body())))
+    }
+}
+
+/// The headers that tie a cloud call to its request: `x-request-id` (providers and proxies log
+/// it) and the trace context (`traceparent`, `tracestate`). A value that is not a valid header
+/// is left out rather than failing the call.
+struct Propagated {
+    headers: Vec<(&'static str, HeaderValue)>,
+}
+
+impl Propagated {
+    fn new(request: &GenerateRequest, trace: Option<&TraceContext>) -> Self {
+        let mut headers = Vec::new();
+        let mut add = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value)
+                && !value.is_empty()
+            {
+                headers.push((name, value));
+            }
+        };
+        add(crate::REQUEST_ID, &request.request_id);
+        if let Some(trace) = trace {
+            add(crate::TRACEPARENT, &trace.traceparent());
+            if let Some(state) = trace.tracestate() {
+                add(crate::TRACESTATE, state);
+            }
+        }
+        Propagated { headers }
     }
 }
 
@@ -289,6 +322,7 @@ impl Inner {
         &self,
         chat: &ChatRequest<'_>,
         stream: bool,
+        propagated: &Propagated,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let body = serde_json::to_vec(chat)
             .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
@@ -305,6 +339,9 @@ impl Inner {
             .header(USER_AGENT, concat!("tiergate/", env!("CARGO_PKG_VERSION")));
         if let Some(auth) = &self.authorization {
             builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in &propagated.headers {
+            builder = builder.header(*name, value.clone());
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
@@ -341,8 +378,12 @@ impl Inner {
         ))
     }
 
-    async fn call_json(&self, chat: &ChatRequest<'_>) -> Result<CloudCompletion, UpstreamError> {
-        let response = self.send(chat, false).await?;
+    async fn call_json(
+        &self,
+        chat: &ChatRequest<'_>,
+        propagated: &Propagated,
+    ) -> Result<CloudCompletion, UpstreamError> {
+        let response = self.send(chat, false, propagated).await?;
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await

@@ -23,10 +23,11 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 
 use crate::balance;
-use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timer, Timers};
+use crate::call::{Admission, CallOptions, Link, TierTimeouts, Timer, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError};
 use crate::health_watch;
 use crate::peer_key::read_peer_key;
+use crate::trace_context::TraceContext;
 
 mod config;
 
@@ -242,11 +243,12 @@ impl RegionalClient {
     pub async fn generate(
         &self,
         request: GenerateRequest,
-        limits: impl Into<CallLimits>,
+        options: impl Into<CallOptions>,
     ) -> Result<GenerateResponse, UpstreamError> {
+        let options = options.into();
         let timers = Timers::start(
             self.inner.timeouts,
-            limits.into(),
+            options.limits,
             "preparing the regional call",
         )?;
         let timer = timers.whole_answer();
@@ -257,7 +259,11 @@ impl RegionalClient {
             let in_flight = InFlight::new(picked.endpoint.clone());
             let started = Instant::now();
             let mut client = InferenceClient::new(picked.channel.clone());
-            let call = client.generate(self.inner.grpc_request(request.clone(), timer.at));
+            let call = client.generate(self.inner.grpc_request(
+                request.clone(),
+                timer.at,
+                options.trace.as_ref(),
+            ));
             let result = match tokio::time::timeout_at(timer.at.into(), call).await {
                 Ok(Ok(response)) => whole_answer(response.into_inner()),
                 Ok(Err(status)) => Err(status_error(&status, timer)),
@@ -287,11 +293,12 @@ impl RegionalClient {
     pub async fn generate_stream(
         &self,
         request: GenerateRequest,
-        limits: impl Into<CallLimits>,
+        options: impl Into<CallOptions>,
     ) -> Result<RegionalStream, UpstreamError> {
+        let options = options.into();
         let timers = Timers::start(
             self.inner.timeouts,
-            limits.into(),
+            options.limits,
             "preparing the regional call",
         )?;
         let first = timers.first_token();
@@ -304,7 +311,11 @@ impl RegionalClient {
             let started = Instant::now();
             let mut client = InferenceClient::new(picked.channel.clone());
             // The peer may stream until the end of the call; the first token is our business.
-            let call = client.generate_stream(self.inner.grpc_request(request.clone(), end.at));
+            let call = client.generate_stream(self.inner.grpc_request(
+                request.clone(),
+                end.at,
+                options.trace.as_ref(),
+            ));
             let opened = match tokio::time::timeout_at(first.at.into(), call).await {
                 Ok(Ok(response)) => Ok(response.into_inner()),
                 Ok(Err(status)) => Err(status_error(&status, first)),
@@ -458,18 +469,36 @@ fn empty_answer(finish_reason: &str) -> UpstreamError {
 }
 
 impl Inner {
-    /// The call as sent: our deadline as its `grpc-timeout`, and the peer key when configured.
+    /// The call as sent: our deadline as its `grpc-timeout`, the peer key when configured, the
+    /// request id as `x-request-id` (the peer prefers the proto's `request_id`, the same id) and
+    /// the trace context as `traceparent` / `tracestate`.
     fn grpc_request(
         &self,
         request: GenerateRequest,
         deadline: Instant,
+        trace: Option<&TraceContext>,
     ) -> tonic::Request<GenerateRequest> {
+        use tonic::metadata::AsciiMetadataValue;
+        let request_id = AsciiMetadataValue::try_from(request.request_id.as_str()).ok();
         let mut request = tonic::Request::new(request);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let metadata = request.metadata_mut();
         if let Some(key) = &self.peer_key {
-            request
-                .metadata_mut()
-                .insert(crate::PEER_KEY_METADATA, key.clone());
+            metadata.insert(crate::PEER_KEY_METADATA, key.clone());
+        }
+        if let Some(id) = request_id.filter(|id| !id.is_empty()) {
+            metadata.insert(crate::REQUEST_ID, id);
+        }
+        if let Some(trace) = trace {
+            if let Ok(value) = AsciiMetadataValue::try_from(trace.traceparent()) {
+                metadata.insert(crate::TRACEPARENT, value);
+            }
+            if let Some(value) = trace
+                .tracestate()
+                .and_then(|s| AsciiMetadataValue::try_from(s).ok())
+            {
+                metadata.insert(crate::TRACESTATE, value);
+            }
         }
         request
     }

@@ -116,6 +116,7 @@ mod tests {
             forwarding: Forwarding::default(),
             deadline: Instant::now() + Duration::from_secs(5),
             request_id: "a".into(),
+            trace: tiergate_upstream::TraceContext::fresh(),
         }
     }
 

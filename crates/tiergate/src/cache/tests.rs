@@ -19,6 +19,7 @@ fn request(text: &str) -> NodeRequest {
         forwarding: Forwarding::default(),
         deadline: Instant::now() + Duration::from_secs(5),
         request_id: "r".into(),
+        trace: tiergate_upstream::TraceContext::fresh(),
     }
 }
 

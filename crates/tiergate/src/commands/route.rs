@@ -31,6 +31,7 @@ pub async fn explain(args: RouteExplainArgs) -> anyhow::Result<()> {
         forwarding: Forwarding::default(),
         deadline: node.limits().deadline(Instant::now(), None),
         request_id: String::new(),
+        trace: tiergate_upstream::TraceContext::fresh(),
     };
     let explanation = node.explain(request).await?;
     let mut out = std::io::stdout().lock();

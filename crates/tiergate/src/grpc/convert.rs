@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use tiergate_proto::v1 as pb;
 use tiergate_router::tier::{Tier, TierConstraint};
+use tiergate_upstream::TraceContext;
 
 use crate::node::{
     Answer, FinishReason, Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role,
@@ -154,6 +155,8 @@ pub fn request_from_pb(
         forwarding,
         deadline: limits.deadline(now, timeout),
         request_id: request.request_id,
+        // The front end puts the stack's trace context here.
+        trace: TraceContext::fresh(),
     })
 }
 
@@ -240,6 +243,7 @@ pub fn finish_reason_from_str(value: &str) -> FinishReason {
     match value {
         "length" => FinishReason::Length,
         "deadline" => FinishReason::Deadline,
+        "latency_budget" => FinishReason::LatencyBudget,
         _ => FinishReason::Stop,
     }
 }

@@ -7,6 +7,7 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use tiergate_router::ConversationContext;
 use tiergate_router::tier::{Tier, TierConstraint};
+use tiergate_upstream::TraceContext;
 
 use super::error::NodeError;
 
@@ -102,6 +103,8 @@ pub struct NodeRequest {
     /// Generation stops here and says so.
     pub deadline: Instant,
     pub request_id: String,
+    /// This node's span of the request's W3C trace; sent to the tiers above as `traceparent`.
+    pub trace: TraceContext,
 }
 
 /// Where and why a request was answered; every answer carries it.
@@ -146,14 +149,23 @@ pub enum FinishReason {
     Length,
     /// The request's deadline passed.
     Deadline,
+    /// Local generation reached its share of the device's latency budget
+    /// (`device.stop_at_budget_share`); OpenAI clients see `length`.
+    LatencyBudget,
 }
 
 impl FinishReason {
+    /// The budget that stopped generation, when one did (`x-tiergate-budget-stop`).
+    pub fn budget_stop(self) -> Option<&'static str> {
+        (self == FinishReason::LatencyBudget).then_some("latency")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Deadline => "deadline",
+            FinishReason::LatencyBudget => "latency_budget",
         }
     }
 }

@@ -13,6 +13,7 @@ mod hedged;
 pub mod limits;
 mod privacy_guard;
 mod service;
+mod tier_events;
 
 use futures::future::BoxFuture;
 

@@ -4,12 +4,15 @@
 mod admission;
 mod lifecycle;
 mod stack;
+mod trace_context;
 
 pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
 pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
 pub use stack::{
     REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,
 };
+
+pub use trace_context::trace_of;
 
 #[cfg(test)]
 mod tests;

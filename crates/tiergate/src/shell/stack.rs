@@ -9,6 +9,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use tiergate_upstream::TraceContext;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
@@ -18,6 +19,7 @@ use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
 
 use super::admission::{AdmissionLayer, Api, Gate, RouteTimeouts};
+use super::trace_context::TraceContextLayer;
 
 /// The header that carries a request's id in and out (HTTP header, gRPC metadata).
 pub const REQUEST_ID: &str = "x-request-id";
@@ -40,14 +42,18 @@ pub struct StackSettings {
 ///    is replaced by a fresh one, so every later layer and the node can rely on one;
 /// 2. the id goes back in the response (`x-request-id`), unless the handler set its own (gRPC
 ///    answers with the proto's `request_id` when the client gave one);
-/// 3. a trace span per request carrying the id, the API, method and path; everything logged
-///    while serving the request (and the access line when its response starts) is inside it;
-/// 4. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
+/// 3. W3C trace context: the client's `traceparent` when valid (else a new trace), this node's
+///    own span id, kept in the request's extensions for the front ends (which send it to the
+///    tiers above) and returned as `traceparent`;
+/// 4. a trace span per request carrying the id, the trace id, the API, method and path;
+///    everything logged while serving the request (and the access line when its response
+///    starts) is inside it;
+/// 5. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
 ///    `Retry-After` while the node closes or when `max_concurrent_requests` are in flight
 ///    (shed at once, never queued: a queue would only hide the overload from the tier below,
 ///    which can route elsewhere), counted in `tiergate_requests_shed_total`; a per-route
 ///    timeout bounds how long a route may take to start its response;
-/// 5. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
+/// 6. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
 ///    HTTP 413 in OpenAI's error shape, gRPC `max_decoding_message_size`), so that the error
 ///    speaks the API's format.
 ///
@@ -78,7 +84,9 @@ where
         .layer(SetRequestIdLayer::x_request_id(FreshRequestId))
         // 2. the id goes back to the client.
         .layer(PropagateRequestIdLayer::x_request_id())
-        // 3. a span per request, and an access line at INFO when the response starts.
+        // 3. trace context in, this node's span of it out.
+        .layer(TraceContextLayer)
+        // 4. a span per request, and an access line at INFO when the response starts.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(RequestSpan { api })
@@ -88,13 +96,13 @@ where
                 // one ERROR each, at the moment the node is busiest.
                 .on_failure(()),
         )
-        // 4. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
+        // 5. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
         .layer(AdmissionLayer {
             gate: Arc::clone(&settings.gate),
             api,
             timeouts: settings.timeouts,
         })
-        // 5. the routes.
+        // 6. the routes.
         .service(routes)
 }
 
@@ -153,9 +161,12 @@ impl<B> MakeSpan<B> for RequestSpan {
                 .and_then(|v| v.to_str().ok()),
             Api::Grpc => None,
         };
+        let trace = request.extensions().get::<TraceContext>();
         tracing::info_span!(
             "request",
             request_id = id,
+            trace_id = trace.map(|t| tracing::field::display(t.trace_id())),
+            span_id = trace.map(|t| tracing::field::display(t.span_id())),
             api = self.api.as_str(),
             method = %request.method(),
             path = request.uri().path(),

@@ -130,6 +130,7 @@ async fn walk(decision: &Decision, tiers: &FakeTiers, setup: Setup) -> Received 
         forwarding: Forwarding::default(),
         deadline: Instant::now() + setup.deadline,
         request_id: "test".to_owned(),
+        trace: tiergate_upstream::TraceContext::fresh(),
     };
     let walk = Walk {
         node_name: "edge-test",
@@ -401,6 +402,7 @@ async fn a_client_that_leaves_mid_stream_drops_the_attempt() {
             forwarding: Forwarding::default(),
             deadline: Instant::now() + Duration::from_secs(30),
             request_id: "test".to_owned(),
+            trace: tiergate_upstream::TraceContext::fresh(),
         },
         decision: &decision,
         metrics: &metrics,
