@@ -124,3 +124,41 @@ async fn a_tiny_memory_budget_is_breached_once_and_shows_everywhere() {
     .unwrap();
     assert_eq!(reply.status, 400, "{}", reply.text());
 }
+
+/// Local generation stops at `stop_at_budget_share` of the latency budget and says so. On the
+/// real model (tens of tokens per second here), a long answer cannot finish in 3 s while the
+/// prompt's prefill takes a fraction of that; the toy model is too fast to tell. Skips without
+/// `TIERGATE_REAL_MODEL` unless `TIERGATE_REQUIRE_REAL_MODEL=1`.
+#[tokio::test]
+async fn generation_stops_at_the_latency_budget_and_says_so() {
+    let Some(model) = tiergate_e2e::real_model_dir() else {
+        return;
+    };
+    let mut config = format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"{}\"\n\
+         [limits]\nmax_new_tokens = 400\n\
+         [device]\nprofile = \"raspberry_pi\"\nlatency_budget_ms = 3000\nstop_at_budget_share = 1.0\n",
+        model.display()
+    );
+    config.push_str(Gate::Commit.router_toml());
+    let node = NodeProcess::start("edge", &config).await.unwrap();
+    let reply = tiergate_e2e::post_json(
+        &format!("{}/v1/chat/completions", node.http_url()),
+        &serde_json::json!({
+            "model": "tiergate",
+            "max_tokens": 400,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long, detailed story about a dragon who learns to bake bread."}],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-tiergate-budget-stop"), Some("latency"));
+    let body = reply.json().unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    assert_eq!(body["tiergate"]["finish_reason"], "latency_budget", "{body}");
+    assert_eq!(body["tiergate"]["budget_stop"], "latency", "{body}");
+    let tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(tokens > 0 && tokens < 400, "{tokens}");
+}
