@@ -157,7 +157,10 @@ async fn generation_stops_at_the_latency_budget_and_says_so() {
     assert_eq!(reply.header("x-tiergate-budget-stop"), Some("latency"));
     let body = reply.json().unwrap();
     assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
-    assert_eq!(body["tiergate"]["finish_reason"], "latency_budget", "{body}");
+    assert_eq!(
+        body["tiergate"]["finish_reason"], "latency_budget",
+        "{body}"
+    );
     assert_eq!(body["tiergate"]["budget_stop"], "latency", "{body}");
     let tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(tokens > 0 && tokens < 400, "{tokens}");
