@@ -121,6 +121,9 @@ pub struct Faults {
     open: Arc<AtomicUsize>,
     /// The body of the last chat request: what a test asserts the provider was (not) told.
     last_body: Arc<Mutex<Option<String>>>,
+    /// The headers of the last chat request: what a test asserts the caller propagated
+    /// (request id, trace context).
+    last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
 }
 
 impl Default for Faults {
@@ -131,6 +134,7 @@ impl Default for Faults {
             calls: Arc::new(AtomicUsize::new(0)),
             open: Arc::new(AtomicUsize::new(0)),
             last_body: Arc::new(Mutex::new(None)),
+            last_headers: Arc::new(Mutex::new(None)),
         }
     }
 }
@@ -152,6 +156,16 @@ impl Faults {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// A header of the last chat request received, if that request had it.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let headers = self
+            .last_headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let value = headers.as_ref()?.get(name)?;
+        value.to_str().ok().map(str::to_owned)
     }
 
     /// Connections open now.
@@ -265,6 +279,10 @@ async fn answer(
     if request.method() != Method::POST {
         return Ok(error(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
     }
+    *faults
+        .last_headers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(request.headers().clone());
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await

@@ -164,6 +164,9 @@ model = "tiergate"
 [cache]
 enabled = true
 mode = "always"
+[device]
+memory_budget_mb = 8192
+latency_budget_ms = 60000
 """
 
 

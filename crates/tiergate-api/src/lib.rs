@@ -7,10 +7,12 @@
 //! - [`limits`]: the node's request limits and the one validation of sampling parameters.
 //! - [`error`]: the one error type, with its HTTP status, gRPC code and metric label.
 //! - [`wire`]: conversions to and from the `tiergate.v1` protobuf messages.
+//! - [`trace_context`]: the W3C trace context a request carries across the tiers.
 
 pub mod error;
 pub mod limits;
 pub mod request;
+pub mod trace_context;
 pub mod wire;
 
 pub use error::NodeError;
@@ -19,3 +21,4 @@ pub use request::{
     Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
     NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Tenancy, Usage, constraint_for_model,
 };
+pub use trace_context::TraceContext;

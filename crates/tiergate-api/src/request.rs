@@ -10,6 +10,7 @@ use tiergate_router::ConversationContext;
 use tiergate_router::tier::{Tier, TierConstraint};
 
 use crate::error::NodeError;
+use crate::trace_context::TraceContext;
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,6 +107,8 @@ pub struct NodeRequest {
     /// The caller's tenant (`[[tenants]]`), resolved from its API key by the serving stack;
     /// `None` when authentication is off, or for a request forwarded by a peer node.
     pub tenant: Option<Arc<dyn Tenancy>>,
+    /// This node's span of the request's W3C trace; sent to the tiers above as `traceparent`.
+    pub trace: TraceContext,
 }
 
 /// The caller's tenant as the node sees it: what the serving stack resolved from an API key.
@@ -134,6 +137,7 @@ impl NodeRequest {
             deadline,
             request_id: String::new(),
             tenant: None,
+            trace: TraceContext::fresh(),
         }
     }
 }
@@ -180,14 +184,23 @@ pub enum FinishReason {
     Length,
     /// The request's deadline passed.
     Deadline,
+    /// Local generation reached its share of the device's latency budget
+    /// (`device.stop_at_budget_share`); OpenAI clients see `length`.
+    LatencyBudget,
 }
 
 impl FinishReason {
+    /// The budget that stopped generation, when one did (`x-tiergate-budget-stop`).
+    pub fn budget_stop(self) -> Option<&'static str> {
+        (self == FinishReason::LatencyBudget).then_some("latency")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Deadline => "deadline",
+            FinishReason::LatencyBudget => "latency_budget",
         }
     }
 }

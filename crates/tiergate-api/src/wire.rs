@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::trace_context::TraceContext;
 use tiergate_proto::v1 as pb;
 use tiergate_router::tier::{Tier, TierConstraint};
 
@@ -158,6 +159,8 @@ pub fn request_from_pb(
         deadline: limits.deadline(now, timeout),
         request_id: request.request_id,
         tenant: None,
+        // The front end puts the stack's trace context here.
+        trace: TraceContext::fresh(),
     })
 }
 
@@ -244,6 +247,7 @@ pub fn finish_reason_from_str(value: &str) -> FinishReason {
     match value {
         "length" => FinishReason::Length,
         "deadline" => FinishReason::Deadline,
+        "latency_budget" => FinishReason::LatencyBudget,
         _ => FinishReason::Stop,
     }
 }

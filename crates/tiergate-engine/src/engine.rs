@@ -54,6 +54,9 @@ pub struct EngineConfig {
     /// (continuous batching: a new request joins after its prefill, a finished one leaves at
     /// once). 1 runs every generation alone, one after the other.
     pub max_batch: usize,
+    /// Caps the model's context (the manifest's `context_length`): prompts of this many tokens
+    /// or more are refused and generation stops at it. Unset: the manifest's.
+    pub context_length: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             optimized_model_cache: None,
             queue_capacity: 16,
             max_batch: 1,
+            context_length: None,
         }
     }
 }
@@ -125,8 +129,16 @@ impl Engine {
             ));
         }
         let dir = &config.model_dir;
-        let manifest = Manifest::load(dir)?;
+        let mut manifest = Manifest::load(dir)?;
         manifest.verify_variant(dir, config.variant)?;
+        if let Some(cap) = config.context_length {
+            if cap < 2 {
+                return Err(EngineError::ConfigInvalid(
+                    "context_length must be at least 2".into(),
+                ));
+            }
+            manifest.context_length = manifest.context_length.min(cap);
+        }
         let model_file =
             manifest
                 .model_file(config.variant)
@@ -217,6 +229,11 @@ impl Engine {
     /// node reports itself not ready.
     pub fn workers_alive(&self) -> usize {
         self.inner.pool.workers_alive()
+    }
+
+    /// Requests waiting for an engine worker now (not yet started).
+    pub fn queue_depth(&self) -> usize {
+        self.inner.pool.queue_depth()
     }
 
     /// The text the model sees for `prompt` (chat template applied to conversations).

@@ -70,6 +70,8 @@ pub(crate) struct StatsCell {
     /// Worker threads that hold a session and run their loop; a panicked or ended worker
     /// leaves (readiness reads it).
     alive: AtomicUsize,
+    /// Jobs in the queue, not yet taken by a worker.
+    queued: AtomicUsize,
 }
 
 /// Counts a worker as alive while it lives; dropping it (the loop ended, or unwinding from a
@@ -152,7 +154,13 @@ impl WorkerPool {
             span: Span::current(),
             enqueued: Instant::now(),
         };
-        match self.queue.try_send(envelope) {
+        // Counted before it is sent, so that a worker taking it at once never counts below 0.
+        self.stats.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = self.queue.try_send(envelope);
+        if sent.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +178,11 @@ impl WorkerPool {
 
     pub(crate) fn workers_alive(&self) -> usize {
         self.stats.alive.load(Ordering::SeqCst)
+    }
+
+    /// Jobs waiting for a worker now.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.stats.queued.load(Ordering::SeqCst)
     }
 }
 
@@ -238,6 +251,7 @@ fn worker_loop(
         else {
             return;
         };
+        stats.queued.fetch_sub(1, Ordering::SeqCst);
         let _entered = span.enter();
         let queue_time = enqueued.elapsed();
         // A panic inside a job must not take the worker (and its session) down with it.
@@ -361,6 +375,7 @@ fn batching_loop(
                 open = false;
                 break;
             };
+            stats.queued.fetch_sub(1, Ordering::SeqCst);
             let _entered = span.enter();
             let queue_time = enqueued.elapsed();
             let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {

@@ -10,6 +10,9 @@
 //! caller's deadline. Failures are [`UpstreamError`]s with a kind, `is_retryable()` and a
 //! metric label.
 
+/// The header (HTTP) and metadata key (gRPC) of a request's id, sent to both tiers above.
+pub const REQUEST_ID: &str = "x-request-id";
+
 pub mod balance;
 mod call;
 pub mod cloud;
@@ -29,3 +32,5 @@ pub use peer_key::{PEER_KEY_METADATA, PeerKey, read_peer_key};
 pub use regional::{
     EndpointSnapshot, RegionalClient, RegionalConfig, RegionalStream, RegionalTlsConfig,
 };
+// The trace context travels on the node's request; re-exported for the clients' callers.
+pub use tiergate_api::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod calibration;
 pub mod config;
 pub mod demo;
+pub mod device;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -5,10 +5,14 @@
 //! values (tier, reason, outcome, upstream, api, and tenant names from `[[tenants]]`), never a
 //! prompt or an API key.
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
 };
+
+use crate::device::Performance;
 
 /// Latency buckets from 1 ms to 60 s: edge answers take milliseconds, cloud answers seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -65,6 +69,10 @@ pub struct NodeMetrics {
     /// Inference requests of each configured tenant, by outcome (accepted, rate_limited,
     /// token_limited, forbidden).
     pub tenant_requests: IntCounterVec,
+    /// Requests waiting for an engine worker (set at every scrape).
+    pub engine_queue_depth: IntGauge,
+    /// Latency and tokens of the last answered requests (the device monitor and report).
+    pub performance: Arc<Performance>,
 }
 
 impl NodeMetrics {
@@ -236,9 +244,14 @@ impl NodeMetrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        let engine_queue_depth = IntGauge::with_opts(with_node(Opts::new(
+            "engine_queue_depth",
+            "Requests waiting for an engine worker (queued, not yet generating).",
+        )))?;
         registry.register(Box::new(requests_shed.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(tenant_requests.clone()))?;
+        registry.register(Box::new(engine_queue_depth.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -266,6 +279,8 @@ impl NodeMetrics {
             requests_shed,
             auth_failures,
             tenant_requests,
+            engine_queue_depth,
+            performance: Arc::new(Performance::default()),
         })
     }
 

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
 use crate::config::Config;
+use crate::device::{BudgetMonitor, DeviceReporter, EffectiveProfile, Performance};
 use crate::grpc::GrpcListenerSettings;
 use crate::http::{HttpListenerSettings, HttpState, handle, serve_http};
 use crate::metrics::NodeMetrics;
@@ -183,7 +184,8 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         )),
         None => None,
     };
-    let metrics = NodeMetrics::new(&config.node.name)?;
+    let mut metrics = NodeMetrics::new(&config.node.name)?;
+    metrics.performance = Arc::new(Performance::new(config.device.latency_window));
     let cache = ResponseCache::open(&config.cache, &metrics);
     let node = Node::new(NodeParts {
         cache,
@@ -201,6 +203,7 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         metrics: metrics.clone(),
         peer_key,
         privacy: config.privacy.clone(),
+        generation_budget: config.device.effective().generation_budget(),
     });
     crate::model_trust::watch(
         &config.node.name,
@@ -216,6 +219,23 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
 /// reports itself ready.
 pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     let (node, metrics, engine) = build_parts(&config).await?;
+    let profile = config.device.effective();
+    log_profile(&profile, &config, &engine);
+    let monitor = BudgetMonitor::new(
+        profile,
+        Arc::clone(&metrics.performance),
+        metrics.registry(),
+        &config.node.name,
+    )?;
+    let device = Arc::new(DeviceReporter {
+        node: config.node.name.clone(),
+        tier: config.node.tier,
+        profile,
+        engine: engine.clone(),
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+        monitor: Arc::clone(&monitor),
+    });
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -261,6 +281,16 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         },
     };
     let (stop, stopped) = watch::channel(false);
+    let monitor_task = {
+        let stopped = stopped.clone();
+        let interval = config.device.check_interval;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = monitor.run(interval) => {}
+                () = wait_for_stop(stopped) => {}
+            }
+        })
+    };
     let api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
     let grpc_task = {
         let api = Arc::clone(&api);
@@ -284,6 +314,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             node: api,
             metrics,
             lifecycle: lifecycle.clone(),
+            device,
         });
         let routes = tower::service_fn(move |request| handle(Arc::clone(&state), request));
         let service = serving_stack(Api::Http, &stack, routes);
@@ -319,7 +350,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             timeout: config.server.drain_timeout,
         },
         stop,
-        tasks: vec![grpc_task, http_task],
+        tasks: vec![grpc_task, http_task, monitor_task],
     })
 }
 
@@ -335,6 +366,25 @@ fn warn_when_open(authenticated: bool, listening: &[SocketAddr]) {
             "no [[tenants]] configured: API requests are not authenticated on a non-loopback listener"
         );
     }
+}
+
+/// The effective device profile, once at start: its budgets, and the engine settings in force
+/// (after `[engine]` / `[limits]` took precedence over the profile).
+fn log_profile(profile: &EffectiveProfile, config: &Config, engine: &Engine) {
+    let v = &profile.values;
+    let model = engine.model();
+    tracing::info!(
+        profile = profile.profile.map_or("none", |p| p.as_str()),
+        memory_budget_mb = v.memory_budget_mb,
+        latency_budget_ms = v.latency_budget_ms,
+        accuracy_target = v.accuracy_target,
+        stop_at_budget_share = v.stop_at_budget_share,
+        threads = config.engine.intra_op_threads,
+        variant = %model.variant,
+        context_length = model.context_length,
+        max_tokens = config.limits.max_new_tokens,
+        "device profile"
+    );
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {

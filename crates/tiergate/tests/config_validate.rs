@@ -69,6 +69,13 @@ fn mistakes_are_named_by_their_path() {
         ("[retry]\nratio = -1.0\n", "retry"),
         ("[hedge]\ncloud = \"p99\"\n", "hedge.cloud"),
         ("not toml at all [", "not valid TOML"),
+        ("[device]\nprofile = \"toaster\"\n", "device.profile"),
+        ("[device]\nmemory_mb = 1\n", "memory_mb"),
+        (
+            "[device]\nstop_at_budget_share = 1.5\n",
+            "stop_at_budget_share",
+        ),
+        ("[device]\ncheck_interval = \"1ms\"\n", "check_interval"),
     ];
     for (index, (text, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{index}.toml"));

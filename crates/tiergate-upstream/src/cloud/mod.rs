@@ -199,7 +199,8 @@ impl CloudClient {
         )?;
         let timer = timers.whole_answer();
         let mut admission = self.inner.admit()?;
-        let call = self.inner.call_json(&chat);
+        let propagated = Propagated::new(request);
+        let call = self.inner.call_json(&chat, &propagated);
         let result = match tokio::time::timeout_at(timer.at.into(), call).await {
             Ok(result) => result.and_then(whole_answer),
             Err(_) => Err(timer.error("waiting for the cloud answer")),
@@ -224,11 +225,12 @@ impl CloudClient {
         )?;
         let first = timers.first_token();
         let mut admission = self.inner.admit()?;
-        let opened =
-            match tokio::time::timeout_at(first.at.into(), self.inner.send(&chat, true)).await {
-                Ok(result) => result.and_then(check_event_stream),
-                Err(_) => Err(first.error("waiting for the cloud stream to start")),
-            };
+        let propagated = Propagated::new(request);
+        let send = self.inner.send(&chat, true, &propagated);
+        let opened = match tokio::time::timeout_at(first.at.into(), send).await {
+            Ok(result) => result.and_then(check_event_stream),
+            Err(_) => Err(first.error("waiting for the cloud stream to start")),
+        };
         let response = match opened {
             Ok(response) => response,
             Err(err) => {
@@ -242,6 +244,32 @@ impl CloudClient {
             timers,
         };
         Ok(Box::pin(read_stream(call, response.into_body())))
+    }
+}
+
+/// The headers that tie a cloud call to its request: `x-request-id` (providers and proxies log
+/// it) and the trace context (`traceparent`, `tracestate`). A value that is not a valid header
+/// is left out rather than failing the call.
+struct Propagated {
+    headers: Vec<(&'static str, HeaderValue)>,
+}
+
+impl Propagated {
+    fn new(request: &NodeRequest) -> Self {
+        let mut headers = Vec::new();
+        let mut add = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value)
+                && !value.is_empty()
+            {
+                headers.push((name, value));
+            }
+        };
+        add(crate::REQUEST_ID, &request.request_id);
+        add(crate::TRACEPARENT, &request.trace.traceparent());
+        if let Some(state) = request.trace.tracestate() {
+            add(crate::TRACESTATE, state);
+        }
+        Propagated { headers }
     }
 }
 
@@ -289,6 +317,7 @@ impl Inner {
         &self,
         chat: &ChatRequest<'_>,
         stream: bool,
+        propagated: &Propagated,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let body = serde_json::to_vec(chat)
             .map_err(|e| UpstreamError::new(ErrorKind::InvalidRequest, e.to_string()))?;
@@ -305,6 +334,9 @@ impl Inner {
             .header(USER_AGENT, concat!("tiergate/", env!("CARGO_PKG_VERSION")));
         if let Some(auth) = &self.authorization {
             builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        for (name, value) in &propagated.headers {
+            builder = builder.header(*name, value.clone());
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
@@ -341,8 +373,12 @@ impl Inner {
         ))
     }
 
-    async fn call_json(&self, chat: &ChatRequest<'_>) -> Result<CloudCompletion, UpstreamError> {
-        let response = self.send(chat, false).await?;
+    async fn call_json(
+        &self,
+        chat: &ChatRequest<'_>,
+        propagated: &Propagated,
+    ) -> Result<CloudCompletion, UpstreamError> {
+        let response = self.send(chat, false, propagated).await?;
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await

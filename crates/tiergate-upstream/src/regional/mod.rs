@@ -23,6 +23,7 @@ use tiergate_router::health::{LinkHealth, LinkSnapshot};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 
+use crate::TraceContext;
 use crate::call::{CallLimits, Link, TierTimeouts, Timer, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError};
 use crate::health_watch;
@@ -203,13 +204,13 @@ impl RegionalClient {
             "preparing the regional call",
         )?;
         let timer = timers.whole_answer();
-        let (inner, request) = (&self.inner, &request_to_pb(request));
+        let (inner, trace, request) = (&self.inner, &request.trace, &request_to_pb(request));
         inner
             .with_failover(timer.at, |mut picked| async move {
                 let _in_flight = InFlight::new(picked.endpoint.clone());
                 let started = Instant::now();
                 let mut client = InferenceClient::new(picked.channel.clone());
-                let call = client.generate(inner.grpc_request(request.clone(), timer.at));
+                let call = client.generate(inner.grpc_request(request.clone(), timer.at, trace));
                 let result = match tokio::time::timeout_at(timer.at.into(), call).await {
                     Ok(Ok(response)) => whole_answer(response.into_inner()),
                     Ok(Err(status)) => Err(status_error(&status, timer)),
@@ -238,14 +239,15 @@ impl RegionalClient {
             "preparing the regional call",
         )?;
         let (first, end) = (timers.first_token(), timers.end());
-        let (inner, request) = (&self.inner, &request_to_pb(request));
+        let (inner, trace, request) = (&self.inner, &request.trace, &request_to_pb(request));
         inner
             .with_failover(first.at, |mut picked| async move {
                 let in_flight = InFlight::new(picked.endpoint.clone());
                 let started = Instant::now();
                 let mut client = InferenceClient::new(picked.channel.clone());
                 // The peer may stream until the end of the call; the first token is our business.
-                let call = client.generate_stream(inner.grpc_request(request.clone(), end.at));
+                let call =
+                    client.generate_stream(inner.grpc_request(request.clone(), end.at, trace));
                 let opened = match tokio::time::timeout_at(first.at.into(), call).await {
                     Ok(Ok(response)) => response.into_inner(),
                     Ok(Err(status)) => {
@@ -304,18 +306,34 @@ fn empty_answer(finish_reason: &str) -> UpstreamError {
 }
 
 impl Inner {
-    /// The call as sent: our deadline as its `grpc-timeout`, and the peer key when configured.
+    /// The call as sent: our deadline as its `grpc-timeout`, the peer key when configured, the
+    /// request id as `x-request-id` (the peer prefers the proto's `request_id`, the same id) and
+    /// the trace context as `traceparent` / `tracestate`.
     fn grpc_request(
         &self,
         request: GenerateRequest,
         deadline: Instant,
+        trace: &TraceContext,
     ) -> tonic::Request<GenerateRequest> {
+        use tonic::metadata::AsciiMetadataValue;
+        let request_id = AsciiMetadataValue::try_from(request.request_id.as_str()).ok();
         let mut request = tonic::Request::new(request);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let metadata = request.metadata_mut();
         if let Some(key) = &self.peer_key {
-            request
-                .metadata_mut()
-                .insert(crate::PEER_KEY_METADATA, key.clone());
+            metadata.insert(crate::PEER_KEY_METADATA, key.clone());
+        }
+        if let Some(id) = request_id.filter(|id| !id.is_empty()) {
+            metadata.insert(crate::REQUEST_ID, id);
+        }
+        if let Ok(value) = AsciiMetadataValue::try_from(trace.traceparent()) {
+            metadata.insert(crate::TRACEPARENT, value);
+        }
+        if let Some(value) = trace
+            .tracestate()
+            .and_then(|s| AsciiMetadataValue::try_from(s).ok())
+        {
+            metadata.insert(crate::TRACESTATE, value);
         }
         request
     }

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::keys::digest_hex;
 use super::*;
-use crate::node::{Forwarding, Input, Sampling};
+use crate::node::{Input, Sampling};
 
 const KEY_A: &str = "tg_key-of-tenant-a-0123456789";
 const KEY_B: &str = "tg_key-of-tenant-b-0123456789";
@@ -32,18 +32,15 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
 }
 
 fn request(max_new_tokens: u32) -> NodeRequest {
-    NodeRequest {
-        input: Input::Text("hello".into()),
-        sampling: Sampling {
-            max_new_tokens,
-            ..Sampling::default()
-        },
-        constraint: TierConstraint::None,
-        forwarding: Forwarding::default(),
-        deadline: Instant::now() + Duration::from_secs(5),
-        request_id: "r".into(),
-        tenant: None,
-    }
+    let sampling = Sampling {
+        max_new_tokens,
+        ..Sampling::default()
+    };
+    NodeRequest::new(
+        Input::Text("hello".into()),
+        sampling,
+        Instant::now() + Duration::from_secs(5),
+    )
 }
 
 #[test]

@@ -117,6 +117,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             request_id: "a".into(),
             tenant: None,
+            trace: tiergate_upstream::TraceContext::fresh(),
         }
     }
 

@@ -20,6 +20,7 @@ fn request(text: &str) -> NodeRequest {
         deadline: Instant::now() + Duration::from_secs(5),
         request_id: "r".into(),
         tenant: None,
+        trace: tiergate_upstream::TraceContext::fresh(),
     }
 }
 

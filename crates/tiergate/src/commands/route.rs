@@ -32,6 +32,7 @@ pub async fn explain(args: RouteExplainArgs) -> anyhow::Result<()> {
         deadline: node.limits().deadline(Instant::now(), None),
         request_id: String::new(),
         tenant: None,
+        trace: tiergate_upstream::TraceContext::fresh(),
     };
     let explanation = node.explain(request).await?;
     let mut out = std::io::stdout().lock();

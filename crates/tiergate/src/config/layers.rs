@@ -32,11 +32,26 @@ where
     T: DeserializeOwned,
     I: IntoIterator<Item = (String, String)>,
 {
+    load_with(file, env, |_| Ok(()))
+}
+
+/// [`load`], with `adjust` applied to the merged table (file, then environment) before it is
+/// deserialized: where a setting was given explicitly is still visible there.
+pub fn load_with<T, I>(
+    file: Option<&Path>,
+    env: I,
+    adjust: impl FnOnce(&mut toml::Table) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    I: IntoIterator<Item = (String, String)>,
+{
     let mut table = match file {
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
     };
     apply_env_overrides(&mut table, env)?;
+    adjust(&mut table)?;
     from_table(table)
 }
 
@@ -77,9 +92,13 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
 
 /// Deserializes with the dotted path of the failing field in the error.
 fn from_table<T: DeserializeOwned>(table: toml::Table) -> Result<T, ConfigError> {
-    let value = toml::Value::Table(table);
+    from_value(toml::Value::Table(table), "")
+}
+
+/// Deserializes `value` found at `prefix` (e.g. `device.`), naming the failing field's path.
+pub fn from_value<T: DeserializeOwned>(value: toml::Value, prefix: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
+        let path = format!("{prefix}{}", err.path());
         ConfigError::Invalid {
             path,
             message: err.into_inner().to_string(),

@@ -4,5 +4,5 @@ pub mod duration;
 mod layers;
 mod node;
 
-pub use layers::{ConfigError, ENV_PREFIX, load, process_env};
+pub use layers::{ConfigError, ENV_PREFIX, from_value, load, load_with, process_env};
 pub use node::{Config, NodeSection, ServerSection, UpstreamsSection};

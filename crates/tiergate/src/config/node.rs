@@ -11,9 +11,10 @@ use tiergate_router::tier::Tier;
 use tiergate_router::{BudgetConfig, RetryBudgetConfig, RouterConfig};
 use tiergate_upstream::{CloudConfig, RegionalConfig};
 
-use super::{ConfigError, load, process_env};
+use super::{ConfigError, from_value, load_with, process_env};
 use crate::auth::TenantConfig;
 use crate::cache::CacheConfig;
+use crate::device::{DeviceSection, apply_to_table};
 use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::privacy::PrivacyConfig;
@@ -44,6 +45,8 @@ pub struct Config {
     pub model_trust: ModelTrustConfig,
     /// API keys and what each tenant may do; empty: no authentication.
     pub tenants: Vec<TenantConfig>,
+    /// The device profile: budgets (monitored) and engine settings (defaults).
+    pub device: DeviceSection,
 }
 
 /// Who this node is.
@@ -133,10 +136,25 @@ pub struct UpstreamsSection {
     pub cloud: Option<CloudConfig>,
 }
 
+/// Fills the engine and limit settings that `[engine]` / `[limits]` leave unset from the device
+/// profile (precedence in `crate::device`'s profile docs).
+fn apply_device_profile(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(device) = table.get("device").cloned() else {
+        return Ok(());
+    };
+    let device: DeviceSection = from_value(device, "device.")?;
+    device.validate().map_err(|message| ConfigError::Invalid {
+        path: "device".to_owned(),
+        message,
+    })?;
+    apply_to_table(table, &device);
+    Ok(())
+}
+
 impl Config {
     /// Defaults, then `file`, then `TIERGATE__…` variables from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = load(file, process_env()?)?;
+        let config: Config = load_with(file, process_env()?, apply_device_profile)?;
         config.validate()?;
         Ok(config)
     }
@@ -199,6 +217,9 @@ impl Config {
             cors.validate()
                 .map_err(|message| invalid("server.cors.allowed_origins", &message))?;
         }
+        self.device
+            .validate()
+            .map_err(|message| invalid("device", &message))?;
         if let Some(regional) = &self.upstreams.regional {
             regional
                 .validate()

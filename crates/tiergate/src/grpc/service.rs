@@ -52,6 +52,7 @@ impl InferenceService {
                 (request.metadata().get(PEER_KEY_METADATA)).and_then(|v| v.to_str().ok()),
             );
         let tenant = request.extensions().get::<Arc<Tenant>>().cloned();
+        let trace = crate::shell::trace_of(request.extensions());
         let mut message = request.into_inner();
         if !from_peer && message.forwarding.take().is_some() {
             tracing::debug!("forwarding information from a client that is not a peer ignored");
@@ -64,6 +65,7 @@ impl InferenceService {
         let model = (!message.model.is_empty()).then(|| message.model.clone());
         let checked =
             request_from_pb(message, self.node.limits(), timeout, now).and_then(|mut request| {
+                request.trace = trace;
                 if let Some(model) = &model {
                     request.constraint =
                         constraint_for_model(&self.node.models(), model, request.constraint)?;

@@ -224,6 +224,7 @@ fn parse(chat: bool, body: &[u8], header: Option<&str>) -> Result<ParsedRequest,
         models: &models,
         header_constraint: header,
         request_id: "fuzz".to_owned(),
+        trace: tiergate_upstream::TraceContext::fresh(),
         now: Instant::now(),
     };
     if chat {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use tiergate_router::tier::TierConstraint;
+use tiergate_upstream::TraceContext;
 
 use super::openai_unsupported::refuse_unsupported;
 use crate::node::{Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role, Sampling};
@@ -125,6 +126,8 @@ pub struct ParseContext<'a> {
     /// From the `x-tiergate-tier-constraint` header, if sent.
     pub header_constraint: Option<&'a str>,
     pub request_id: String,
+    /// The request's trace context, from the serving stack.
+    pub trace: TraceContext,
     pub now: Instant,
 }
 
@@ -319,6 +322,7 @@ fn finish(
             deadline: ctx.limits.deadline(ctx.now, None),
             request_id: ctx.request_id.clone(),
             tenant: None,
+            trace: ctx.trace.clone(),
         },
         model,
         stream,

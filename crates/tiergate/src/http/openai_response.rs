@@ -58,12 +58,13 @@ impl ResponseMeta {
     }
 }
 
-/// OpenAI knows only "stop" and "length"; a deadline cut is a length cut to its clients, and
-/// the exact reason is in the `tiergate` field.
+/// OpenAI knows only "stop" and "length"; a deadline or latency-budget cut is a length cut to
+/// its clients, and the exact reason is in the `tiergate` field (`finish_reason`,
+/// `budget_stop`).
 fn openai_finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
-        FinishReason::Length | FinishReason::Deadline => "length",
+        FinishReason::Length | FinishReason::Deadline | FinishReason::LatencyBudget => "length",
     }
 }
 
@@ -72,6 +73,9 @@ pub fn tiergate_field(answer: &Answer) -> Value {
     let mut value = routing_field(&answer.routing);
     if let Value::Object(map) = &mut value {
         map.insert("finish_reason".into(), json!(answer.finish_reason.as_str()));
+        if let Some(budget) = answer.finish_reason.budget_stop() {
+            map.insert("budget_stop".into(), json!(budget));
+        }
         map.insert(
             "time_to_first_token_seconds".into(),
             json!(answer.time_to_first_token.as_secs_f64()),

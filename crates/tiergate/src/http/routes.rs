@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use super::openai_request::{ParseContext, ParsedRequest, parse_chat, parse_completion};
 use super::openai_response::{self as wire, Endpoint, ResponseMeta};
 use crate::auth::Tenant;
+use crate::device::DeviceReporter;
 use crate::metrics::NodeMetrics;
 use crate::node::{ModelCard, NodeApi, NodeError, RoutingInfo, StreamEvent};
-use crate::shell::{Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id};
+use crate::shell::{Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id, trace_of};
 
 /// The response body type of every route: a whole buffer or an SSE stream.
 pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -27,6 +28,8 @@ pub struct HttpState {
     pub metrics: NodeMetrics,
     /// `/readyz` and `tiergate_ready` read it.
     pub lifecycle: Lifecycle,
+    /// `GET /v1/report`.
+    pub device: Arc<DeviceReporter>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -55,6 +58,7 @@ pub async fn handle(
             model(&state, &path["/v1/models/".len()..], tenant(&request))
         }
         (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/v1/report") => report(&state),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.lifecycle.is_ready() {
@@ -68,6 +72,7 @@ pub async fn handle(
             "/v1/chat/completions"
             | "/v1/completions"
             | "/v1/models"
+            | "/v1/report"
             | "/metrics"
             | "/healthz"
             | "/readyz",
@@ -111,6 +116,7 @@ async fn completions(
         models: &models,
         header_constraint,
         request_id: request_id(&parts.headers),
+        trace: trace_of(&parts.extensions),
         now,
     };
     let parsed = match endpoint {
@@ -145,6 +151,11 @@ async fn unary_response(
             let body = wire::completion(&meta, &answer);
             let mut response = json_response(StatusCode::OK, &body);
             routing_headers(response.headers_mut(), &answer.routing);
+            if let Some(budget) = answer.finish_reason.budget_stop() {
+                response
+                    .headers_mut()
+                    .insert("x-tiergate-budget-stop", HeaderValue::from_static(budget));
+            }
             response
         }
         Err(err) => node_error(&err),
@@ -387,6 +398,14 @@ fn sse_data(value: &Value) -> Bytes {
 
 fn full(bytes: Bytes) -> HttpBody {
     BodyExt::boxed_unsync(Full::new(bytes))
+}
+
+/// `GET /v1/report`: the device profile, model constraints, live performance, compliance.
+fn report(state: &HttpState) -> Response<HttpBody> {
+    match serde_json::to_value(state.device.report()) {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(err) => node_error(&NodeError::Internal(format!("report: {err}"))),
+    }
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<HttpBody> {

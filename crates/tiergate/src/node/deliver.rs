@@ -110,5 +110,9 @@ impl Walk<'_> {
             .time_to_first_token
             .with_label_values(&[tier])
             .observe(answer.time_to_first_token.as_secs_f64());
+        // The device budget monitor and the report read the same figures over a window.
+        self.metrics
+            .performance
+            .record(answer.total_time, answer.usage.completion_tokens);
     }
 }

@@ -516,6 +516,9 @@ fn empty_answer(finish_reason: FinishReason) -> Result<(), NodeError> {
         FinishReason::Deadline => Err(NodeError::DeadlineExceeded(
             "the deadline passed before the first token".to_owned(),
         )),
+        FinishReason::LatencyBudget => Err(NodeError::DeadlineExceeded(
+            "the device's latency budget ran out before the first token".to_owned(),
+        )),
         FinishReason::Length => Err(NodeError::Upstream(
             "the attempt ended with no text (finish reason length)".to_owned(),
         )),

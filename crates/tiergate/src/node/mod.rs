@@ -10,6 +10,7 @@ mod hedge;
 mod hedged;
 mod privacy_guard;
 mod service;
+mod tier_events;
 
 use futures::future::BoxFuture;
 

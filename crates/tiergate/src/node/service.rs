@@ -5,32 +5,35 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tiergate_engine::{Engine, EngineError, ErrorClass, GenerationEvent, GenerationRequest};
+use tiergate_engine::{Engine, GenerationRequest};
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::{Tier, TierConstraint};
 use tiergate_router::{
     BudgetConfig, Decision, NodeView, RetryBudget, RetryBudgetConfig, RouterConfig, Signals, Step,
     UpstreamView, decide,
 };
-use tiergate_upstream::{
-    CallLimits, CloudClient, CloudEvent, PeerKey, RegionalClient, UpstreamError,
-};
+use tiergate_upstream::{CallLimits, CloudClient, PeerKey, RegionalClient};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
-use super::attempt::{AttemptEvent, AttemptStream, AttemptSummary, TokenConfidence};
+use super::tier_events::{
+    cloud_answer, cloud_attempt, engine_error, local_attempt, regional_attempt, upstream_error,
+    whole_attempt,
+};
+
+use super::attempt::AttemptStream;
 use super::executor::{TierStarter, Walk};
 use super::hedge::{HedgeConfig, Hedging};
 use super::privacy_guard;
 use super::{
-    Answer, AnswerStream, Explanation, FinishReason, Input, Limits, ModelCard, NodeApi, NodeError,
-    NodeRequest, Role, RoutingInfo, StreamEvent, Usage,
+    Answer, AnswerStream, Explanation, Input, Limits, ModelCard, NodeApi, NodeError, NodeRequest,
+    Role, RoutingInfo, StreamEvent,
 };
 use crate::cache::{RequestCache, ResponseCache};
 use crate::metrics::NodeMetrics;
 use crate::privacy::PrivacyConfig;
-use tiergate_api::wire::{answer_from_pb, finish_reason_from_str, routing_from_pb};
+use tiergate_api::wire::answer_from_pb;
 
 /// Events buffered between the walk and the client; small, since a slow client should slow
 /// generation rather than grow memory.
@@ -60,6 +63,9 @@ pub struct NodeParts {
     pub peer_key: Option<PeerKey>,
     /// Personal-data detectors and what a finding does (`[privacy]`).
     pub privacy: PrivacyConfig,
+    /// How long local generation may run: the device's latency budget times
+    /// `stop_at_budget_share` (`[device]`); `None`: until the request's deadline.
+    pub generation_budget: Option<Duration>,
 }
 
 /// A running node. Cheap to share behind an `Arc`.
@@ -297,6 +303,8 @@ impl NodeApi for Arc<Node> {
 
     fn refresh_metrics(&self) {
         self.upstream_views(Instant::now());
+        let queued = self.parts.engine.queue_depth();
+        (self.parts.metrics.engine_queue_depth).set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 
     fn trusts_peer_key(&self, presented: Option<&str>) -> bool {
@@ -320,10 +328,14 @@ impl TierStarter for Node {
         &self,
         request: &NodeRequest,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
+        // The device's latency budget (counted from the start of the local step) ends
+        // generation when it comes before the request's deadline; the answer says so.
+        let budget_at = (self.parts.generation_budget).map(|budget| Instant::now() + budget);
+        let budget_first = budget_at.is_some_and(|at| at < request.deadline);
         let generation = GenerationRequest {
             prompt: engine_prompt(&request.input),
             sampling: engine_sampling(&request.sampling),
-            deadline: Some(request.deadline),
+            deadline: Some(budget_at.map_or(request.deadline, |at| at.min(request.deadline))),
         };
         let model = self.parts.engine.model().name.clone();
         let result = self
@@ -331,7 +343,7 @@ impl TierStarter for Node {
             .engine
             .generate_stream(generation)
             .map_err(engine_error)
-            .map(|events| local_attempt(events, model));
+            .map(|events| local_attempt(events, model, budget_first));
         futures::future::ready(result).boxed()
     }
 
@@ -433,170 +445,4 @@ fn engine_sampling(sampling: &super::Sampling) -> tiergate_engine::SamplingParam
         seed: sampling.seed,
         stop: sampling.stop.clone(),
     }
-}
-
-fn engine_error(err: EngineError) -> NodeError {
-    match err.class() {
-        ErrorClass::InvalidRequest => NodeError::InvalidArgument(err.to_string()),
-        ErrorClass::Overloaded => NodeError::Overloaded(err.to_string()),
-        ErrorClass::Unavailable => NodeError::Unavailable(err.to_string()),
-        ErrorClass::Internal => NodeError::Internal(err.to_string()),
-    }
-}
-
-fn upstream_error(err: UpstreamError) -> NodeError {
-    use tiergate_upstream::ErrorKind;
-    let message = err.to_string();
-    match err.kind() {
-        ErrorKind::Timeout => NodeError::DeadlineExceeded(message),
-        ErrorKind::Unavailable | ErrorKind::Connect => NodeError::Unavailable(message),
-        ErrorKind::RateLimited => NodeError::Overloaded(message),
-        _ => NodeError::Upstream(message),
-    }
-}
-
-fn finish_from_engine(reason: tiergate_engine::FinishReason) -> FinishReason {
-    match reason {
-        tiergate_engine::FinishReason::Eos | tiergate_engine::FinishReason::Stop => {
-            FinishReason::Stop
-        }
-        tiergate_engine::FinishReason::Length => FinishReason::Length,
-        tiergate_engine::FinishReason::Deadline => FinishReason::Deadline,
-    }
-}
-
-fn local_attempt(events: tiergate_engine::GenerationStream, model: String) -> AttemptStream {
-    events
-        .scan(0_u32, move |prompt_tokens, event| {
-            let mapped = match event {
-                Ok(GenerationEvent::Started {
-                    prompt_tokens: n,
-                    prompt_score,
-                }) => {
-                    *prompt_tokens = u32::try_from(n).unwrap_or(u32::MAX);
-                    Some(Ok(AttemptEvent::LocalPrefilled {
-                        prompt_nll: prompt_score,
-                    }))
-                }
-                Ok(GenerationEvent::Token(token)) => Some(Ok(AttemptEvent::Delta {
-                    text: token.text,
-                    confidence: Some(TokenConfidence {
-                        top1_prob: token.top1_prob,
-                        entropy: token.entropy,
-                    }),
-                })),
-                Ok(GenerationEvent::Finished(summary)) => {
-                    Some(Ok(AttemptEvent::Done(AttemptSummary {
-                        finish_reason: finish_from_engine(summary.finish_reason),
-                        usage: Usage {
-                            prompt_tokens: *prompt_tokens,
-                            completion_tokens: u32::try_from(summary.completion_tokens)
-                                .unwrap_or(u32::MAX),
-                        },
-                        model: model.clone(),
-                    })))
-                }
-                Err(err) => Some(Err(engine_error(err))),
-            };
-            futures::future::ready(Some(mapped))
-        })
-        .filter_map(futures::future::ready)
-        .boxed()
-}
-
-fn regional_attempt(
-    events: impl futures::Stream<
-        Item = Result<tiergate_proto::v1::GenerateStreamResponse, UpstreamError>,
-    > + Send
-    + 'static,
-) -> AttemptStream {
-    use tiergate_proto::v1::generate_stream_response::Event;
-    events
-        .filter_map(|item| {
-            let mapped = match item {
-                Err(err) => Some(Err(upstream_error(err))),
-                Ok(response) => match response.event {
-                    None => None,
-                    Some(Event::Routed(routing)) => {
-                        Some(routing_from_pb(routing).map(AttemptEvent::UpstreamRouted))
-                    }
-                    Some(Event::Delta(delta)) => Some(Ok(AttemptEvent::Delta {
-                        text: delta.text,
-                        confidence: None,
-                    })),
-                    Some(Event::Done(done)) => Some(
-                        answer_from_pb(done)
-                            .map(|answer| AttemptEvent::Done(WholeAnswer::from(answer).summary)),
-                    ),
-                },
-            };
-            futures::future::ready(mapped)
-        })
-        .boxed()
-}
-
-fn cloud_attempt(events: tiergate_upstream::CloudStream, model: String) -> AttemptStream {
-    events
-        .map(move |item| match item {
-            Err(err) => Err(upstream_error(err)),
-            Ok(CloudEvent::Delta(text)) => Ok(AttemptEvent::Delta {
-                text,
-                confidence: None,
-            }),
-            Ok(CloudEvent::Done(done)) => {
-                Ok(AttemptEvent::Done(cloud_answer(done, &model).summary))
-            }
-        })
-        .boxed()
-}
-
-/// A whole cloud answer, in the attempt's terms.
-struct WholeAnswer {
-    text: String,
-    summary: AttemptSummary,
-}
-
-fn cloud_answer(done: tiergate_upstream::CloudCompletion, model: &str) -> WholeAnswer {
-    WholeAnswer {
-        summary: AttemptSummary {
-            finish_reason: finish_reason_from_str(done.finish_reason.as_deref().unwrap_or("stop")),
-            usage: done.usage.unwrap_or_default(),
-            model: if done.model.is_empty() {
-                model.to_owned()
-            } else {
-                done.model
-            },
-        },
-        text: done.text,
-    }
-}
-
-impl From<Answer> for WholeAnswer {
-    fn from(answer: Answer) -> Self {
-        WholeAnswer {
-            text: answer.text,
-            summary: AttemptSummary {
-                finish_reason: answer.finish_reason,
-                usage: answer.usage,
-                model: answer.model,
-            },
-        }
-    }
-}
-
-/// An answer that arrived in one piece, as the attempt events the executor walks.
-fn whole_attempt(routing: Option<RoutingInfo>, answer: impl Into<WholeAnswer>) -> AttemptStream {
-    let answer = answer.into();
-    let events = routing
-        .map(AttemptEvent::UpstreamRouted)
-        .into_iter()
-        .chain([
-            AttemptEvent::Delta {
-                text: answer.text,
-                confidence: None,
-            },
-            AttemptEvent::Done(answer.summary),
-        ])
-        .map(Ok);
-    futures::stream::iter(events).boxed()
 }

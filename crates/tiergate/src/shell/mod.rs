@@ -8,6 +8,7 @@ mod cors;
 mod lifecycle;
 mod refusal;
 mod stack;
+mod trace_context;
 
 pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
 pub use authenticate::{AuthLayer, Authenticate};
@@ -16,6 +17,8 @@ pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
 pub use stack::{
     REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,
 };
+
+pub use trace_context::trace_of;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use tiergate_upstream::TraceContext;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
@@ -19,6 +20,7 @@ use tracing::Span;
 
 use super::admission::{AdmissionLayer, Api, Gate, RouteTimeouts};
 use super::authenticate::AuthLayer;
+use super::trace_context::TraceContextLayer;
 use crate::auth::Authenticator;
 
 /// The header that carries a request's id in and out (HTTP header, gRPC metadata).
@@ -46,20 +48,23 @@ pub struct StackSettings {
 ///    is replaced by a fresh one, so every later layer and the node can rely on one;
 /// 2. the id goes back in the response (`x-request-id`), unless the handler set its own (gRPC
 ///    answers with the proto's `request_id` when the client gave one);
-/// 3. a trace span per request carrying the id, the API, method and path (and the tenant, once
-///    known); everything logged while serving the request (and the access line when its
-///    response starts) is inside it;
-/// 4. CORS, HTTP only and only when `[server.cors]` is set: preflights answered here (before
+/// 3. W3C trace context: the client's `traceparent` when valid (else a new trace), this node's
+///    own span id, kept in the request's extensions for the front ends (which send it to the
+///    tiers above) and returned as `traceparent`;
+/// 4. a trace span per request carrying the id, the trace id, the API, method and path (and
+///    the tenant, once known); everything logged while serving the request (and the access
+///    line when its response starts) is inside it;
+/// 5. CORS, HTTP only and only when `[server.cors]` is set: preflights answered here (before
 ///    authentication: a browser sends no key with them), CORS headers on every answer;
-/// 5. authentication (`[[tenants]]`): the API key's tenant into the span and the request's
+/// 6. authentication (`[[tenants]]`): the API key's tenant into the span and the request's
 ///    extensions, its request rate checked; 401 / UNAUTHENTICATED, 429 / RESOURCE_EXHAUSTED
 ///    (see `authenticate.rs`); probes, metrics, gRPC health and reflection stay open;
-/// 6. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
+/// 7. admission: inference routes are refused with a retryable 503 / UNAVAILABLE and
 ///    `Retry-After` while the node closes or when `max_concurrent_requests` are in flight
 ///    (shed at once, never queued: a queue would only hide the overload from the tier below,
 ///    which can route elsewhere), counted in `tiergate_requests_shed_total`; a per-route
 ///    timeout bounds how long a route may take to start its response;
-/// 7. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
+/// 8. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
 ///    HTTP 413 in OpenAI's error shape, gRPC `max_decoding_message_size`), so that the error
 ///    speaks the API's format.
 ///
@@ -90,7 +95,9 @@ where
         .layer(SetRequestIdLayer::x_request_id(FreshRequestId))
         // 2. the id goes back to the client.
         .layer(PropagateRequestIdLayer::x_request_id())
-        // 3. a span per request, and an access line at INFO when the response starts.
+        // 3. trace context in, this node's span of it out.
+        .layer(TraceContextLayer)
+        // 4. a span per request, and an access line at INFO when the response starts.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(RequestSpan { api })
@@ -100,20 +107,20 @@ where
                 // one ERROR each, at the moment the node is busiest.
                 .on_failure(()),
         )
-        // 4. CORS, on the HTTP listener when configured.
+        // 5. CORS, on the HTTP listener when configured.
         .option_layer(settings.cors.clone().filter(|_| api == Api::Http))
-        // 5. authentication: the tenant of the key, its request rate.
+        // 6. authentication: the tenant of the key, its request rate.
         .layer(AuthLayer {
             auth: settings.auth.clone(),
             api,
         })
-        // 6. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
+        // 7. admission (drain gate, concurrency limit + load shed) and per-route timeouts.
         .layer(AdmissionLayer {
             gate: Arc::clone(&settings.gate),
             api,
             timeouts: settings.timeouts,
         })
-        // 7. the routes.
+        // 8. the routes.
         .service(routes)
 }
 
@@ -172,9 +179,12 @@ impl<B> MakeSpan<B> for RequestSpan {
                 .and_then(|v| v.to_str().ok()),
             Api::Grpc => None,
         };
+        let trace = request.extensions().get::<TraceContext>();
         tracing::info_span!(
             "request",
             request_id = id,
+            trace_id = trace.map(|t| tracing::field::display(t.trace_id())),
+            span_id = trace.map(|t| tracing::field::display(t.span_id())),
             api = self.api.as_str(),
             method = %request.method(),
             path = request.uri().path(),

@@ -131,6 +131,7 @@ async fn walk(decision: &Decision, tiers: &FakeTiers, setup: Setup) -> Received 
         deadline: Instant::now() + setup.deadline,
         request_id: "test".to_owned(),
         tenant: None,
+        trace: tiergate_upstream::TraceContext::fresh(),
     };
     let walk = Walk {
         node_name: "edge-test",
@@ -403,6 +404,7 @@ async fn a_client_that_leaves_mid_stream_drops_the_attempt() {
             deadline: Instant::now() + Duration::from_secs(30),
             request_id: "test".to_owned(),
             tenant: None,
+            trace: tiergate_upstream::TraceContext::fresh(),
         },
         decision: &decision,
         metrics: &metrics,
