@@ -13,6 +13,7 @@ use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
 use crate::manifest::{Architecture, Manifest, ModelVariant};
+use crate::memory::{self, MemoryUsage};
 use crate::prompt::{ChatRenderer, Prompt};
 use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
@@ -54,6 +55,10 @@ pub struct EngineConfig {
     /// (continuous batching: a new request joins after its prefill, a finished one leaves at
     /// once). 1 runs every generation alone, one after the other.
     pub max_batch: usize,
+    /// Once every session is loaded, drop the process's resident pages of the model files
+    /// (ONNX Runtime runs on its packed copies; a page it still reads faults back in from the
+    /// page cache) and return the allocator's free memory to the system (docs/benchmarks.md).
+    pub release_memory_after_load: bool,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +75,7 @@ impl Default for EngineConfig {
             optimized_model_cache: None,
             queue_capacity: 16,
             max_batch: 1,
+            release_memory_after_load: true,
         }
     }
 }
@@ -108,6 +114,21 @@ struct EngineInner {
     template: ChatRenderer,
     codec: Arc<TextCodec>,
     pool: WorkerPool,
+    load_memory: Vec<LoadStage>,
+}
+
+/// The process's resident memory at one step of `Engine::load` (Linux only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadStage {
+    pub stage: &'static str,
+    pub memory: MemoryUsage,
+}
+
+/// Records the process's memory after a step of the load, where `/proc` reports it.
+fn record(stages: &mut Vec<LoadStage>, stage: &'static str) {
+    if let Some(memory) = MemoryUsage::current() {
+        stages.push(LoadStage { stage, memory });
+    }
 }
 
 impl Engine {
@@ -124,6 +145,8 @@ impl Engine {
                 "workers must be at least 1".into(),
             ));
         }
+        let mut load_memory = Vec::new();
+        record(&mut load_memory, "before load");
         let dir = &config.model_dir;
         let manifest = Manifest::load(dir)?;
         manifest.verify_variant(dir, config.variant)?;
@@ -155,7 +178,18 @@ impl Engine {
                 reason: "no tokenizer file".into(),
             })?;
         let codec = Arc::new(TextCodec::load(&tokenizer_path, &manifest)?);
+        record(&mut load_memory, "tokenizer loaded");
         let environment = runtime::environment(config.ort_library.as_deref())?;
+        record(&mut load_memory, "ONNX Runtime environment");
+        // Every file a session may have mapped: the variant's graph, its external weights, and
+        // the optimised graph from the cache.
+        let mut model_files: Vec<PathBuf> = manifest
+            .files
+            .iter()
+            .filter(|f| f.variant == Some(config.variant))
+            .map(|f| dir.join(&f.path))
+            .collect();
+        model_files.extend(optimized_model.clone());
 
         let info = ModelInfo {
             name: manifest.name.clone(),
@@ -188,6 +222,16 @@ impl Engine {
             max_batch: config.max_batch,
             shared_batch_from: shared_batch_from(config.variant),
         })?;
+        record(&mut load_memory, "sessions created");
+        if config.release_memory_after_load {
+            // The workers are idle (nothing is queued before `load` returns) and their sessions
+            // alive, as `release_file_pages` requires.
+            let released = memory::release_file_pages(&model_files);
+            record(&mut load_memory, "model file pages released");
+            memory::trim_heap();
+            record(&mut load_memory, "heap trimmed");
+            tracing::debug!(released, "released model file pages after loading");
+        }
         tracing::info!(
             model = %info.name,
             version = %info.version,
@@ -201,12 +245,18 @@ impl Engine {
                 template,
                 codec,
                 pool,
+                load_memory,
             }),
         })
     }
 
     pub fn model(&self) -> &ModelInfo {
         &self.inner.info
+    }
+
+    /// The process's resident memory at each step of the load (empty off Linux).
+    pub fn load_memory(&self) -> &[LoadStage] {
+        &self.inner.load_memory
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -1,0 +1,213 @@
+//! The process's resident memory as Linux reports it, and giving memory back after a load.
+//!
+//! Reading is plain `/proc` parsing (`smaps_rollup` for the totals, `smaps` per mapping); on
+//! other systems every reading is `None` / empty. Giving back (`release`) is the one place
+//! in the engine with `unsafe`: `madvise` and glibc's `malloc_trim` / `mallopt`.
+
+mod release;
+
+use std::path::{Path, PathBuf};
+
+pub(crate) use release::{release_file_pages, trim_heap};
+pub use release::{MallocTuning, tune_malloc};
+
+/// Resident memory of this process, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Every resident page mapped by the process (`VmRSS`).
+    pub rss: u64,
+    /// Anonymous pages: heap, ONNX Runtime's packed weights and buffers, thread stacks.
+    pub anonymous: u64,
+    /// Pages of mapped files (libraries, the weights file): clean page-cache pages the
+    /// kernel can drop and read back, but counted in the resident set while mapped.
+    pub file: u64,
+    /// The resident set's high-water mark over the process's life (`VmHWM`).
+    pub peak: u64,
+}
+
+impl MemoryUsage {
+    /// The current figures, or `None` where `/proc/self` does not have them (not Linux).
+    pub fn current() -> Option<MemoryUsage> {
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let rss = kb_field(&rollup, "Rss:")?;
+        let anonymous = kb_field(&rollup, "Anonymous:")?;
+        Some(MemoryUsage {
+            rss,
+            anonymous,
+            file: rss.saturating_sub(anonymous),
+            peak: kb_field(&status, "VmHWM:").unwrap_or(rss),
+        })
+    }
+}
+
+/// Resident memory of the mappings that share a name (a file's path, `[heap]`, `[anon]`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingUsage {
+    pub name: String,
+    pub rss: u64,
+    pub anonymous: u64,
+    pub mappings: usize,
+}
+
+/// The process's resident memory per mapping name, largest first (empty where `/proc/self/smaps`
+/// is missing). Unnamed anonymous mappings (ONNX Runtime's large buffers, thread stacks,
+/// malloc's per-thread arenas) are summed as `[anon]`.
+pub fn resident_by_mapping() -> Vec<MappingUsage> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/smaps") else {
+        return Vec::new();
+    };
+    let mut by_name: Vec<MappingUsage> = Vec::new();
+    for mapping in parse_smaps(&text) {
+        let name = match &mapping.path {
+            Some(path) => path.clone(),
+            None => "[anon]".to_string(),
+        };
+        match by_name.iter_mut().find(|usage| usage.name == name) {
+            Some(usage) => {
+                usage.rss += mapping.rss;
+                usage.anonymous += mapping.anonymous;
+                usage.mappings += 1;
+            }
+            None => by_name.push(MappingUsage {
+                name,
+                rss: mapping.rss,
+                anonymous: mapping.anonymous,
+                mappings: 1,
+            }),
+        }
+    }
+    by_name.sort_by(|a, b| b.rss.cmp(&a.rss).then_with(|| a.name.cmp(&b.name)));
+    by_name
+}
+
+/// One mapping of `/proc/self/smaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub start: usize,
+    pub end: usize,
+    /// The file or pseudo-name (`[heap]`, `[stack]`); `None` for an unnamed anonymous mapping.
+    pub path: Option<String>,
+    pub rss: u64,
+    /// Private pages no longer backed by the file (copy-on-write after a write) or anonymous.
+    pub anonymous: u64,
+}
+
+impl Mapping {
+    /// Whether this mapping is of one of `files` (compared as canonical paths).
+    pub(crate) fn is_of(&self, files: &[PathBuf]) -> bool {
+        self.path
+            .as_deref()
+            .is_some_and(|path| files.iter().any(|file| Path::new(path) == file))
+    }
+}
+
+pub(crate) fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        if let Some(mapping) = parse_header(line) {
+            mappings.push(mapping);
+            continue;
+        }
+        let Some(current) = mappings.last_mut() else {
+            continue;
+        };
+        if let Some(kb) = kb_value(line, "Rss:") {
+            current.rss = kb;
+        } else if let Some(kb) = kb_value(line, "Anonymous:") {
+            current.anonymous = kb;
+        }
+    }
+    mappings
+}
+
+/// `start-end perms offset dev inode [path]`; `None` for a field line.
+/// (ONNX Runtime maps initializers `rw-p` though it never writes them, so the permissions say
+/// nothing useful here; `Anonymous` does.)
+fn parse_header(line: &str) -> Option<Mapping> {
+    let mut fields = line.split_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    let (_perms, _offset) = (fields.next()?, fields.next()?);
+    let (_device, _inode) = (fields.next()?, fields.next()?);
+    // The path is the rest of the line and may hold spaces; a deleted file ends " (deleted)".
+    let path = fields
+        .next()
+        .and_then(|first| line.find(first).map(|at| line[at..].trim_end().to_string()));
+    Some(Mapping {
+        start,
+        end,
+        path,
+        rss: 0,
+        anonymous: 0,
+    })
+}
+
+fn kb_value(line: &str, name: &str) -> Option<u64> {
+    let rest = line.strip_prefix(name)?;
+    let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| kb_value(line, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+5600cfb70000-5600cfb72000 r--p 00000000 fe:00 247282                     /opt/m/model.onnx.data
+Size:                  8 kB
+Rss:                   8 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+5600cfb72000-5600cfb78000 rw-p 00002000 fe:00 247282                     /opt/m/model.onnx.data
+Rss:                  24 kB
+Anonymous:             4 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Rss:                1024 kB
+Anonymous:          1024 kB
+7f0000100000-7f0000200000 r--p 00000000 fe:00 9                          /srv/a dir/w (deleted)
+Rss:                  12 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn smaps_mappings_keep_their_ranges_permissions_paths_and_sizes() {
+        let mappings = parse_smaps(SMAPS);
+        assert_eq!(mappings.len(), 4);
+        assert_eq!(mappings[0].start, 0x5600_cfb7_0000);
+        assert_eq!(mappings[0].end, 0x5600_cfb7_2000);
+        assert_eq!(mappings[0].path.as_deref(), Some("/opt/m/model.onnx.data"));
+        assert_eq!((mappings[0].rss, mappings[0].anonymous), (8192, 0));
+        assert_eq!((mappings[1].rss, mappings[1].anonymous), (24 * 1024, 4096));
+        assert_eq!(mappings[2].path, None);
+        assert_eq!(mappings[2].anonymous, 1 << 20);
+        assert_eq!(mappings[3].path.as_deref(), Some("/srv/a dir/w (deleted)"));
+    }
+
+    #[test]
+    fn a_mapping_matches_only_the_files_named() {
+        let mappings = parse_smaps(SMAPS);
+        let weights = [PathBuf::from("/opt/m/model.onnx.data")];
+        assert!(mappings[0].is_of(&weights));
+        assert!(!mappings[2].is_of(&weights));
+        assert!(!mappings[3].is_of(&weights));
+    }
+
+    #[test]
+    fn this_process_reports_its_resident_memory_on_linux() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let usage = MemoryUsage::current().expect("/proc/self on Linux");
+        assert!(usage.rss > 0);
+        assert_eq!(usage.rss, usage.anonymous + usage.file);
+        assert!(usage.peak >= usage.rss / 2);
+        let by_mapping = resident_by_mapping();
+        assert!(by_mapping.iter().any(|m| m.name == "[heap]" || m.name == "[anon]"));
+    }
+}
