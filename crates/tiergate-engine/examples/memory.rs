@@ -4,10 +4,10 @@
 //!
 //! `cargo run --release -p tiergate-engine --example memory -- [--model DIR] [--variant int4]
 //!  [--workers N] [--threads N] [--requests N] [--max-new-tokens N] [--temperature T]
-//!  [--long-prompt WORDS] [--release 0|1] [--json]`
+//!  [--long-prompt WORDS] [--prefill-chunk N] [--trim 0|1] [--json]`
 //!
-//! `--release 0` turns off `EngineConfig::release_memory_after_load` (the before/after of the
-//! model-file pages and the heap trim in one comparison). The model defaults to
+//! `--trim 0` turns off `EngineConfig::trim_heap_after_load`, `--prefill-chunk 0` prefills every
+//! prompt in one run (the two before/after comparisons of docs/benchmarks.md). The model defaults to
 //! `TIERGATE_REAL_MODEL`, else `models/edge`. `--temperature` above 0 samples the requests (a
 //! seed per request) so a long run reads many different embedding rows, as a node's does. docs/benchmarks.md ("Memory (RSS)") has the numbers.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -26,9 +26,10 @@ struct Args {
     threads: usize,
     requests: usize,
     max_new_tokens: usize,
-    release: bool,
+    trim: bool,
     temperature: f32,
     long_prompt: usize,
+    prefill_chunk: usize,
     json: bool,
 }
 
@@ -43,9 +44,10 @@ fn parse_args() -> Args {
         threads: 1,
         requests: 8,
         max_new_tokens: 64,
-        release: true,
+        trim: true,
         temperature: 0.0,
         long_prompt: 0,
+        prefill_chunk: EngineConfig::default().prefill_chunk,
         json: false,
     };
     let mut iter = std::env::args().skip(1);
@@ -68,7 +70,7 @@ fn parse_args() -> Args {
             "--threads" => args.threads = number("--threads", iter.next()),
             "--requests" => args.requests = number("--requests", iter.next()),
             "--max-new-tokens" => args.max_new_tokens = number("--max-new-tokens", iter.next()),
-            "--release" => args.release = number("--release", iter.next()) != 0,
+            "--trim" => args.trim = number("--trim", iter.next()) != 0,
             "--temperature" => {
                 args.temperature = iter
                     .next()
@@ -76,6 +78,7 @@ fn parse_args() -> Args {
                     .expect("--temperature takes a number")
             }
             "--long-prompt" => args.long_prompt = number("--long-prompt", iter.next()),
+            "--prefill-chunk" => args.prefill_chunk = number("--prefill-chunk", iter.next()),
             "--json" => args.json = true,
             other => panic!("unknown argument {other}"),
         }
@@ -114,7 +117,8 @@ fn main() {
         variant: args.variant,
         workers: args.workers,
         intra_op_threads: args.threads,
-        release_memory_after_load: args.release,
+        trim_heap_after_load: args.trim,
+        prefill_chunk: args.prefill_chunk,
         ..EngineConfig::default()
     };
     let engine = Engine::load(&config).expect("load the model");
@@ -136,7 +140,9 @@ fn main() {
             sampling.seed = Some(seed as u64);
         }
         let request = GenerationRequest::new(Prompt::user(prompt), sampling);
-        runtime.block_on(engine.generate(request)).expect("generate")
+        runtime
+            .block_on(engine.generate(request))
+            .expect("generate")
     };
     let first = generate(PROMPTS[0], args.max_new_tokens, 0);
     record(
@@ -146,9 +152,13 @@ fn main() {
     let faults_before = minor_faults();
     let mut tokens = 0;
     for index in 0..args.requests {
-        tokens += generate(PROMPTS[index % PROMPTS.len()], args.max_new_tokens, index + 1)
-            .tokens
-            .len();
+        tokens += generate(
+            PROMPTS[index % PROMPTS.len()],
+            args.max_new_tokens,
+            index + 1,
+        )
+        .tokens
+        .len();
     }
     record(
         &mut stages,
@@ -161,9 +171,14 @@ fn main() {
         let text = PROMPTS.join(" ").repeat(args.long_prompt / 60 + 1);
         let words: Vec<&str> = text.split_whitespace().take(args.long_prompt).collect();
         let long = generate(&words.join(" "), 8, 0);
+        let nll = long.prompt_score.unwrap_or(f64::NAN);
         record(
             &mut stages,
-            &format!("a long prompt ({} prompt tokens)", long.prompt_tokens),
+            &format!(
+                "long prompt ({} tokens, NLL {nll:.5}, {:?})",
+                long.prompt_tokens,
+                long.token_ids()
+            ),
         );
     }
     let mappings = resident_by_mapping();
@@ -172,7 +187,8 @@ fn main() {
         let value = serde_json::json!({
             "variant": args.variant,
             "workers": args.workers,
-            "release": args.release,
+            "trim_heap_after_load": args.trim,
+            "prefill_chunk": args.prefill_chunk,
             "model_file_bytes": file_bytes,
             "minor_faults_per_token": faults_per_token,
             "stages": stages.iter().map(|(stage, m)| serde_json::json!({
@@ -189,13 +205,15 @@ fn main() {
     }
     let mb = |bytes: u64| bytes as f64 / 1e6;
     println!(
-        "{} {} ({:.1} MB of model files), {} worker(s), {} thread(s), release after load {}",
+        "{} {} ({:.1} MB of model files), {} worker(s), {} thread(s), heap trim after load {}, \
+         prefill chunk {}",
         manifest.name,
         args.variant,
         mb(file_bytes),
         args.workers,
         args.threads,
-        if args.release { "on" } else { "off" }
+        if args.trim { "on" } else { "off" },
+        args.prefill_chunk
     );
     println!(
         "{:<42}{:>9}{:>9}{:>9}{:>9}{:>9}",
@@ -212,7 +230,10 @@ fn main() {
         );
     }
     println!("minor page faults per generated token over the requests: {faults_per_token:.1}");
-    println!("\nlargest mappings at the end\n{:<70}{:>9}{:>9}", "mapping", "RSS MB", "anon MB");
+    println!(
+        "\nlargest mappings at the end\n{:<70}{:>9}{:>9}",
+        "mapping", "RSS MB", "anon MB"
+    );
     for m in mappings.iter().take(10) {
         println!("{:<70}{:>9.1}{:>9.1}", m.name, mb(m.rss), mb(m.anonymous));
     }

@@ -55,10 +55,14 @@ pub struct EngineConfig {
     /// (continuous batching: a new request joins after its prefill, a finished one leaves at
     /// once). 1 runs every generation alone, one after the other.
     pub max_batch: usize,
-    /// Once every session is loaded, drop the process's resident pages of the model files
-    /// (ONNX Runtime runs on its packed copies; a page it still reads faults back in from the
-    /// page cache) and return the allocator's free memory to the system (docs/benchmarks.md).
-    pub release_memory_after_load: bool,
+    /// Once every session is loaded, return the allocator's free memory to the system (what
+    /// loading allocated and freed: ~15 MB with the int4 SmolLM2, for good; docs/benchmarks.md).
+    pub trim_heap_after_load: bool,
+    /// Prompt positions per prefill run; longer prompts run in several, the KV cache carrying
+    /// over. Each position's logits row is vocabulary-wide (196 KB for SmolLM2) and the whole
+    /// prompt's rows are held at once several times over, so this bounds a long prompt's memory
+    /// peak. 0 runs every prompt in one pass.
+    pub prefill_chunk: usize,
 }
 
 impl Default for EngineConfig {
@@ -75,7 +79,8 @@ impl Default for EngineConfig {
             optimized_model_cache: None,
             queue_capacity: 16,
             max_batch: 1,
-            release_memory_after_load: true,
+            trim_heap_after_load: true,
+            prefill_chunk: 128,
         }
     }
 }
@@ -181,16 +186,6 @@ impl Engine {
         record(&mut load_memory, "tokenizer loaded");
         let environment = runtime::environment(config.ort_library.as_deref())?;
         record(&mut load_memory, "ONNX Runtime environment");
-        // Every file a session may have mapped: the variant's graph, its external weights, and
-        // the optimised graph from the cache.
-        let mut model_files: Vec<PathBuf> = manifest
-            .files
-            .iter()
-            .filter(|f| f.variant == Some(config.variant))
-            .map(|f| dir.join(&f.path))
-            .collect();
-        model_files.extend(optimized_model.clone());
-
         let info = ModelInfo {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
@@ -216,6 +211,7 @@ impl Engine {
                 optimized_model,
                 intra_op_spinning: config.intra_op_spinning,
                 memory_arena: config.memory_arena,
+                prefill_chunk: config.prefill_chunk,
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,
@@ -223,14 +219,9 @@ impl Engine {
             shared_batch_from: shared_batch_from(config.variant),
         })?;
         record(&mut load_memory, "sessions created");
-        if config.release_memory_after_load {
-            // The workers are idle (nothing is queued before `load` returns) and their sessions
-            // alive, as `release_file_pages` requires.
-            let released = memory::release_file_pages(&model_files);
-            record(&mut load_memory, "model file pages released");
+        if config.trim_heap_after_load {
             memory::trim_heap();
             record(&mut load_memory, "heap trimmed");
-            tracing::debug!(released, "released model file pages after loading");
         }
         tracing::info!(
             model = %info.name,

@@ -30,6 +30,7 @@ mod events;
 mod generate;
 mod manifest;
 pub mod memory;
+mod prefill;
 mod prompt;
 mod runtime;
 mod sampling;

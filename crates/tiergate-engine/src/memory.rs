@@ -1,15 +1,12 @@
 //! The process's resident memory as Linux reports it, and giving memory back after a load.
 //!
-//! Reading is plain `/proc` parsing (`smaps_rollup` for the totals, `smaps` per mapping); on
-//! other systems every reading is `None` / empty. Giving back (`release`) is the one place
-//! in the engine with `unsafe`: `madvise` and glibc's `malloc_trim` / `mallopt`.
+//! Reading is plain `/proc` parsing (`smaps_rollup` and `status` for the totals, `smaps` per
+//! mapping); on other systems every reading is `None` / empty. Giving back (`release`) is the
+//! one place in the engine with `unsafe`: glibc's `malloc_trim`.
 
 mod release;
 
-use std::path::{Path, PathBuf};
-
-pub(crate) use release::{release_file_pages, trim_heap};
-pub use release::{MallocTuning, tune_malloc};
+pub(crate) use release::trim_heap;
 
 /// Resident memory of this process, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,26 +80,17 @@ pub fn resident_by_mapping() -> Vec<MappingUsage> {
 
 /// One mapping of `/proc/self/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mapping {
-    pub start: usize,
-    pub end: usize,
+struct Mapping {
+    start: usize,
+    end: usize,
     /// The file or pseudo-name (`[heap]`, `[stack]`); `None` for an unnamed anonymous mapping.
-    pub path: Option<String>,
-    pub rss: u64,
+    path: Option<String>,
+    rss: u64,
     /// Private pages no longer backed by the file (copy-on-write after a write) or anonymous.
-    pub anonymous: u64,
+    anonymous: u64,
 }
 
-impl Mapping {
-    /// Whether this mapping is of one of `files` (compared as canonical paths).
-    pub(crate) fn is_of(&self, files: &[PathBuf]) -> bool {
-        self.path
-            .as_deref()
-            .is_some_and(|path| files.iter().any(|file| Path::new(path) == file))
-    }
-}
-
-pub(crate) fn parse_smaps(text: &str) -> Vec<Mapping> {
+fn parse_smaps(text: &str) -> Vec<Mapping> {
     let mut mappings: Vec<Mapping> = Vec::new();
     for line in text.lines() {
         if let Some(mapping) = parse_header(line) {
@@ -122,8 +110,6 @@ pub(crate) fn parse_smaps(text: &str) -> Vec<Mapping> {
 }
 
 /// `start-end perms offset dev inode [path]`; `None` for a field line.
-/// (ONNX Runtime maps initializers `rw-p` though it never writes them, so the permissions say
-/// nothing useful here; `Anonymous` does.)
 fn parse_header(line: &str) -> Option<Mapping> {
     let mut fields = line.split_whitespace();
     let (start, end) = fields.next()?.split_once('-')?;
@@ -190,15 +176,6 @@ Anonymous:             0 kB
     }
 
     #[test]
-    fn a_mapping_matches_only_the_files_named() {
-        let mappings = parse_smaps(SMAPS);
-        let weights = [PathBuf::from("/opt/m/model.onnx.data")];
-        assert!(mappings[0].is_of(&weights));
-        assert!(!mappings[2].is_of(&weights));
-        assert!(!mappings[3].is_of(&weights));
-    }
-
-    #[test]
     fn this_process_reports_its_resident_memory_on_linux() {
         if !cfg!(target_os = "linux") {
             return;
@@ -208,6 +185,10 @@ Anonymous:             0 kB
         assert_eq!(usage.rss, usage.anonymous + usage.file);
         assert!(usage.peak >= usage.rss / 2);
         let by_mapping = resident_by_mapping();
-        assert!(by_mapping.iter().any(|m| m.name == "[heap]" || m.name == "[anon]"));
+        assert!(
+            by_mapping
+                .iter()
+                .any(|m| m.name == "[heap]" || m.name == "[anon]")
+        );
     }
 }
