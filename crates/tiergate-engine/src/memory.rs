@@ -81,8 +81,6 @@ pub fn resident_by_mapping() -> Vec<MappingUsage> {
 /// One mapping of `/proc/self/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mapping {
-    start: usize,
-    end: usize,
     /// The file or pseudo-name (`[heap]`, `[stack]`); `None` for an unnamed anonymous mapping.
     path: Option<String>,
     rss: u64,
@@ -111,19 +109,22 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 
 /// `start-end perms offset dev inode [path]`; `None` for a field line.
 fn parse_header(line: &str) -> Option<Mapping> {
-    let mut fields = line.split_whitespace();
-    let (start, end) = fields.next()?.split_once('-')?;
-    let start = usize::from_str_radix(start, 16).ok()?;
-    let end = usize::from_str_radix(end, 16).ok()?;
-    let (_perms, _offset) = (fields.next()?, fields.next()?);
-    let (_device, _inode) = (fields.next()?, fields.next()?);
-    // The path is the rest of the line and may hold spaces; a deleted file ends " (deleted)".
-    let path = fields
-        .next()
-        .and_then(|first| line.find(first).map(|at| line[at..].trim_end().to_string()));
+    // A header starts with a hex address range; a field line ("Rss:  8 kB") does not.
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    let hex = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(start) || !hex(end) {
+        return None;
+    }
+    // Skip the five fixed fields; the path is the rest of the line and may hold spaces.
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
+    }
+    let path = Some(rest.trim())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
     Some(Mapping {
-        start,
-        end,
         path,
         rss: 0,
         anonymous: 0,
@@ -142,6 +143,7 @@ fn kb_field(text: &str, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const SMAPS: &str = "\
@@ -162,11 +164,9 @@ Anonymous:             0 kB
 ";
 
     #[test]
-    fn smaps_mappings_keep_their_ranges_permissions_paths_and_sizes() {
+    fn smaps_mappings_keep_their_paths_and_sizes() {
         let mappings = parse_smaps(SMAPS);
         assert_eq!(mappings.len(), 4);
-        assert_eq!(mappings[0].start, 0x5600_cfb7_0000);
-        assert_eq!(mappings[0].end, 0x5600_cfb7_2000);
         assert_eq!(mappings[0].path.as_deref(), Some("/opt/m/model.onnx.data"));
         assert_eq!((mappings[0].rss, mappings[0].anonymous), (8192, 0));
         assert_eq!((mappings[1].rss, mappings[1].anonymous), (24 * 1024, 4096));

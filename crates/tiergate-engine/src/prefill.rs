@@ -30,8 +30,13 @@ pub(crate) fn prefill<B: Backend>(
     cache: &mut B::Cache,
     score: bool,
 ) -> Result<Prefilled, EngineError> {
+    if ids.is_empty() {
+        return Err(EngineError::Runtime(
+            "a prefill needs at least one token".into(),
+        ));
+    }
     let chunk = match backend.prefill_chunk() {
-        0 => ids.len().max(1),
+        0 => ids.len(),
         n => n,
     };
     let mut run_time = Duration::ZERO;
