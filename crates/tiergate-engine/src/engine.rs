@@ -56,7 +56,8 @@ pub struct EngineConfig {
     /// once). 1 runs every generation alone, one after the other.
     pub max_batch: usize,
     /// Once every session is loaded, return the allocator's free memory to the system (what
-    /// loading allocated and freed: ~15 MB with the int4 SmolLM2, for good; docs/benchmarks.md).
+    /// loading allocated and freed: -14.6 MB after load with the int4 SmolLM2, -6 MB after 40
+    /// requests; docs/benchmarks.md).
     pub trim_heap_after_load: bool,
     /// Prompt positions per prefill run; longer prompts run in several, the KV cache carrying
     /// over. Each position's logits row is vocabulary-wide (196 KB for SmolLM2) and the whole
