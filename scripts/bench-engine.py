@@ -348,6 +348,13 @@ def print_table(args, manifest, rows, load_before, load_after):
               f"{r['prefill_ms_median']:>11.1f}{prefill_ratio:>13}{outside:>12}{rss:>8}{times:>8}")
     if not anchors:
         print("llama.cpp: skipped (see the message above)")
+    # Where the engine's resident memory is at the end of its run (the node's engine settings:
+    # CPU arena off, model-file pages released after load, prefill in chunks).
+    for t, variant, name, r in rows:
+        if name == "tiergate engine" and "rss_anonymous_bytes" in r:
+            print(f"RSS tiergate {variant} {t} threads: anonymous {r['rss_anonymous_bytes'] / 1e6:.0f} MB "
+                  f"(packed weights, heap, KV cache), file {r['rss_file_bytes'] / 1e6:.0f} MB "
+                  f"(ONNX Runtime library, weight pages read at run time), peak {r['rss_peak_bytes'] / 1e6:.0f} MB")
     print("ratios: decode tokens/s and prefill speed relative to llama.cpp at the same thread count "
           "(above 1.00x is faster)")
 

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tiergate_engine::memory::MemoryUsage;
 use tiergate_engine::{
     Engine, EngineConfig, GenerationRequest, ModelVariant, Prompt, SamplingParams,
 };
@@ -38,7 +39,8 @@ fn parse_args() -> Args {
         variant: ModelVariant::Fp32,
         threads: 1,
         spinning: false,
-        arena: true,
+        // The node's defaults, so the RSS column is the node's (the arena off since a783628).
+        arena: EngineConfig::default().memory_arena,
         prompts: None,
         repeat: 20,
         max_new_tokens: 64,
@@ -95,18 +97,9 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// `VmRSS` and `VmHWM` (peak) of this process in bytes, from /proc (0 elsewhere).
-fn resident_memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// Resident memory of this process (zeros where /proc does not report it).
+fn resident_memory() -> MemoryUsage {
+    MemoryUsage::current().unwrap_or_default()
 }
 
 fn model_file_bytes(model: &Path, variant: ModelVariant) -> u64 {
@@ -179,7 +172,8 @@ fn main() {
             generations += 1;
         }
     }
-    let (rss, rss_peak) = resident_memory();
+    let memory = resident_memory();
+    let (rss, rss_peak) = (memory.rss, memory.peak);
     let tokens_per_second = decode_tokens as f64 / decode_time.as_secs_f64();
     let outside_share = 1.0 - session_run.as_secs_f64() / busy_time.as_secs_f64();
     let prefill = median(&mut prefill_ms);
@@ -201,6 +195,8 @@ fn main() {
             "outside_session_run_share": outside_share,
             "rss_bytes": rss,
             "rss_peak_bytes": rss_peak,
+            "rss_anonymous_bytes": memory.anonymous,
+            "rss_file_bytes": memory.file,
             "model_file_bytes": model_file_bytes(&args.model, args.variant),
             "prompt_ids": prompt_ids,
             "outputs": outputs,

@@ -44,6 +44,11 @@ pub(crate) trait Backend {
     /// A cache of one row holding nothing (before a prefill).
     fn empty_cache(&self) -> Result<Self::Cache, EngineError>;
 
+    /// Prompt positions per forward pass during prefill; 0 runs a prompt in one pass.
+    fn prefill_chunk(&self) -> usize {
+        0
+    }
+
     /// Runs `ids` after the cached positions of a one-row cache. With `all_rows` the logits of
     /// every position come back (prompt scoring), otherwise the last row only. The duration is
     /// the time spent inside the model run itself.

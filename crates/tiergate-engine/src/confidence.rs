@@ -31,8 +31,18 @@ pub(crate) fn token_confidence(logits: &[f32]) -> (f32, f32) {
 
 /// Mean negative log-likelihood (nats per token) of `ids[1..]`, where row `i` of `logits`
 /// (`vocab` wide) predicts `ids[i + 1]`. `None` when there is nothing to predict (one token).
+#[cfg(test)]
 pub(crate) fn prompt_nll(logits: &[f32], vocab: usize, ids: &[u32]) -> Option<f64> {
-    if ids.len() < 2 || vocab == 0 {
+    if ids.len() < 2 {
+        return None;
+    }
+    nll_sum(logits, vocab, ids).map(|total| total / (ids.len() - 1) as f64)
+}
+
+/// The summed negative log-likelihood of `ids[1..]` under the same rows (a chunk's share of a
+/// prompt's NLL); 0 when `ids` predicts nothing, `None` when a row or id is out of range.
+pub(crate) fn nll_sum(logits: &[f32], vocab: usize, ids: &[u32]) -> Option<f64> {
+    if vocab == 0 {
         return None;
     }
     let mut total = 0.0f64;
@@ -41,7 +51,7 @@ pub(crate) fn prompt_nll(logits: &[f32], vocab: usize, ids: &[u32]) -> Option<f6
         let target = *row.get(*next as usize)? as f64;
         total += log_partition(row) - target;
     }
-    Some(total / (ids.len() - 1) as f64)
+    Some(total)
 }
 
 #[cfg(test)]

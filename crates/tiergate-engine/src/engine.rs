@@ -13,6 +13,7 @@ use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
 use crate::manifest::{Architecture, Manifest, ModelVariant};
+use crate::memory::{self, MemoryUsage};
 use crate::prompt::{ChatRenderer, Prompt};
 use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
@@ -57,6 +58,15 @@ pub struct EngineConfig {
     /// Caps the model's context (the manifest's `context_length`): prompts of this many tokens
     /// or more are refused and generation stops at it. Unset: the manifest's.
     pub context_length: Option<usize>,
+    /// Once every session is loaded, return the allocator's free memory to the system (what
+    /// loading allocated and freed: -14.6 MB after load with the int4 SmolLM2, -6 MB after 40
+    /// requests; docs/benchmarks.md).
+    pub trim_heap_after_load: bool,
+    /// Prompt positions per prefill run; longer prompts run in several, the KV cache carrying
+    /// over. Each position's logits row is vocabulary-wide (196 KB for SmolLM2) and the whole
+    /// prompt's rows are held at once several times over, so this bounds a long prompt's memory
+    /// peak. 0 runs every prompt in one pass.
+    pub prefill_chunk: usize,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +84,8 @@ impl Default for EngineConfig {
             queue_capacity: 16,
             max_batch: 1,
             context_length: None,
+            trim_heap_after_load: true,
+            prefill_chunk: 128,
         }
     }
 }
@@ -112,6 +124,21 @@ struct EngineInner {
     template: ChatRenderer,
     codec: Arc<TextCodec>,
     pool: WorkerPool,
+    load_memory: Vec<LoadStage>,
+}
+
+/// The process's resident memory at one step of `Engine::load` (Linux only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadStage {
+    pub stage: &'static str,
+    pub memory: MemoryUsage,
+}
+
+/// Records the process's memory after a step of the load, where `/proc` reports it.
+fn record(stages: &mut Vec<LoadStage>, stage: &'static str) {
+    if let Some(memory) = MemoryUsage::current() {
+        stages.push(LoadStage { stage, memory });
+    }
 }
 
 impl Engine {
@@ -128,6 +155,8 @@ impl Engine {
                 "workers must be at least 1".into(),
             ));
         }
+        let mut load_memory = Vec::new();
+        record(&mut load_memory, "before load");
         let dir = &config.model_dir;
         let mut manifest = Manifest::load(dir)?;
         manifest.verify_variant(dir, config.variant)?;
@@ -167,8 +196,9 @@ impl Engine {
                 reason: "no tokenizer file".into(),
             })?;
         let codec = Arc::new(TextCodec::load(&tokenizer_path, &manifest)?);
+        record(&mut load_memory, "tokenizer loaded");
         let environment = runtime::environment(config.ort_library.as_deref())?;
-
+        record(&mut load_memory, "ONNX Runtime environment");
         let info = ModelInfo {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
@@ -194,12 +224,18 @@ impl Engine {
                 optimized_model,
                 intra_op_spinning: config.intra_op_spinning,
                 memory_arena: config.memory_arena,
+                prefill_chunk: config.prefill_chunk,
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,
             max_batch: config.max_batch,
             shared_batch_from: shared_batch_from(config.variant),
         })?;
+        record(&mut load_memory, "sessions created");
+        if config.trim_heap_after_load {
+            memory::trim_heap();
+            record(&mut load_memory, "heap trimmed");
+        }
         tracing::info!(
             model = %info.name,
             version = %info.version,
@@ -213,12 +249,18 @@ impl Engine {
                 template,
                 codec,
                 pool,
+                load_memory,
             }),
         })
     }
 
     pub fn model(&self) -> &ModelInfo {
         &self.inner.info
+    }
+
+    /// The process's resident memory at each step of the load (empty off Linux).
+    pub fn load_memory(&self) -> &[LoadStage] {
+        &self.inner.load_memory
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
-use crate::confidence::{prompt_nll, token_confidence};
+use crate::confidence::token_confidence;
 use crate::error::EngineError;
 use crate::events::{
     FinishReason, GenerationEvent, GenerationSummary, PromptScore, Timings, TokenEvent,
 };
+use crate::prefill::prefill;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, TextCodec};
@@ -106,11 +107,10 @@ pub(crate) fn start_generation<B: Backend>(
 
     let prefill_started = Instant::now();
     let mut cache = backend.empty_cache()?;
-    let (prefill_logits, run_time) = backend.forward(&job.prompt_ids, &mut cache, true)?;
-    timings.session_run += run_time;
-    let prompt_score = prompt_nll(&prefill_logits.data, prefill_logits.vocab, &job.prompt_ids);
-    let logits = prefill_logits.last().to_vec();
-    drop(prefill_logits);
+    let prefilled = prefill(backend, &job.prompt_ids, &mut cache, true)?;
+    timings.session_run += prefilled.run_time;
+    let prompt_score = prefilled.mean_nll;
+    let logits = prefilled.last;
     timings.prefill = prefill_started.elapsed();
     if !sink.emit(GenerationEvent::Started {
         prompt_tokens,
@@ -246,9 +246,9 @@ pub(crate) fn score_prompt<B: Backend>(
 ) -> Result<PromptScore, EngineError> {
     let started = Instant::now();
     let mut cache = backend.empty_cache()?;
-    let (logits, _) = backend.forward(prompt_ids, &mut cache, true)?;
-    let mean_nll = prompt_nll(&logits.data, logits.vocab, prompt_ids);
-    let (next_top1_prob, next_entropy) = token_confidence(logits.last());
+    let prefilled = prefill(backend, prompt_ids, &mut cache, true)?;
+    let mean_nll = prefilled.mean_nll;
+    let (next_top1_prob, next_entropy) = token_confidence(&prefilled.last);
     Ok(PromptScore {
         prompt_tokens: prompt_ids.len(),
         mean_nll,
@@ -264,8 +264,7 @@ pub(crate) fn next_token_logits<B: Backend>(
     prompt_ids: &[u32],
 ) -> Result<Vec<f32>, EngineError> {
     let mut cache = backend.empty_cache()?;
-    let (logits, _) = backend.forward(prompt_ids, &mut cache, false)?;
-    Ok(logits.data)
+    Ok(prefill(backend, prompt_ids, &mut cache, false)?.last)
 }
 
 #[cfg(test)]
@@ -278,6 +277,10 @@ mod tests {
     use crate::session::{GraphOptimization, ModelSession, SessionOptions};
 
     fn edge() -> (ModelSession, TextCodec, Vec<u32>) {
+        edge_chunked(0)
+    }
+
+    fn edge_chunked(prefill_chunk: usize) -> (ModelSession, TextCodec, Vec<u32>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/edge");
         let manifest = Manifest::load(&dir).unwrap();
         let codec = TextCodec::load(&dir.join("tokenizer.json"), &manifest).unwrap();
@@ -289,6 +292,7 @@ mod tests {
             optimized_model: None,
             intra_op_spinning: true,
             memory_arena: true,
+            prefill_chunk,
         };
         let session =
             ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();
@@ -355,5 +359,38 @@ mod tests {
         let outcome = run_generation(&mut session, &codec, &job(&ids), &mut closing).unwrap();
         assert_eq!(outcome, Outcome::Cancelled);
         assert_eq!(closing.tokens(), 2);
+    }
+
+    #[test]
+    fn a_prompt_prefilled_in_chunks_scores_and_continues_like_one_run() {
+        let (mut whole, _, ids) = edge();
+        // 3 does not divide the prompt: the last chunk is shorter, and one chunk is one token.
+        for chunk in [3, 1] {
+            let (mut chunked, _, _) = edge_chunked(chunk);
+            assert!(ids.len() > 2 * chunk);
+            let (mut cache_a, mut cache_b) =
+                (whole.empty_cache().unwrap(), chunked.empty_cache().unwrap());
+            let a = prefill(&mut whole, &ids, &mut cache_a, true).unwrap();
+            let b = prefill(&mut chunked, &ids, &mut cache_b, true).unwrap();
+            let (nll_a, nll_b) = (a.mean_nll.unwrap(), b.mean_nll.unwrap());
+            assert!((nll_a - nll_b).abs() < 1e-5, "{nll_a} vs {nll_b}");
+            let diff = |x: &[f32], y: &[f32]| {
+                x.iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max)
+            };
+            assert_eq!(a.last.len(), b.last.len());
+            assert!(diff(&a.last, &b.last) < 1e-4);
+            // The caches hold the same positions: the next step agrees too.
+            let (step_a, _) = whole.forward(&[ids[0]], &mut cache_a, false).unwrap();
+            let (step_b, _) = chunked.forward(&[ids[0]], &mut cache_b, false).unwrap();
+            assert!(diff(&step_a.data, &step_b.data) < 1e-4);
+            // Without scoring, only the last row is kept, the same one.
+            let mut cache_c = chunked.empty_cache().unwrap();
+            let c = prefill(&mut chunked, &ids, &mut cache_c, false).unwrap();
+            assert_eq!(c.mean_nll, None);
+            assert!(diff(&a.last, &c.last) < 1e-4);
+        }
     }
 }

@@ -29,6 +29,8 @@ mod error;
 mod events;
 mod generate;
 mod manifest;
+pub mod memory;
+mod prefill;
 mod prompt;
 mod runtime;
 mod sampling;
@@ -37,7 +39,7 @@ mod stop;
 mod tokenizer;
 mod worker;
 
-pub use engine::{Engine, EngineConfig, GenerationStream, ModelInfo};
+pub use engine::{Engine, EngineConfig, GenerationStream, LoadStage, ModelInfo};
 pub use error::{EngineError, ErrorClass};
 pub use events::{
     FinishReason, Generation, GenerationEvent, GenerationRequest, GenerationSummary, PromptScore,

@@ -60,6 +60,8 @@ pub(crate) struct SessionOptions {
     pub intra_op_spinning: bool,
     /// ONNX Runtime's CPU arena for activations and outputs (its default) or plain malloc.
     pub memory_arena: bool,
+    /// Prompt positions per prefill run (0: the whole prompt in one run).
+    pub prefill_chunk: usize,
 }
 
 /// Graph IO names resolved per layer.
@@ -142,6 +144,7 @@ pub(crate) struct ModelSession {
     head_dim: usize,
     vocab_size: usize,
     context_length: usize,
+    prefill_chunk: usize,
 }
 
 impl ModelSession {
@@ -195,6 +198,7 @@ impl ModelSession {
             head_dim: manifest.head_dim,
             vocab_size: manifest.vocab_size,
             context_length: manifest.context_length,
+            prefill_chunk: options.prefill_chunk,
         };
         model.check_io(source)?;
         Ok(model)
@@ -423,6 +427,10 @@ impl Backend for ModelSession {
 
     fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
     }
 
     /// A cache holding nothing: zero-length past tensors, as the graph expects for prefill.

@@ -339,3 +339,64 @@ async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
     let generation = engine.generate(request).await.unwrap();
     assert!(generation.text.contains("Paris"), "{}", generation.text);
 }
+
+/// A prompt longer than a prefill chunk (the default 128 positions) scores and continues like
+/// the same prompt in one run; and the heap trim after load gave memory back.
+#[tokio::test]
+async fn int4_chunked_prefill_keeps_the_logits_and_the_load_trims_the_heap() {
+    let Some(chunked) = engine(ModelVariant::Int4) else {
+        return;
+    };
+    let whole = Engine::load(&EngineConfig {
+        variant: ModelVariant::Int4,
+        intra_op_threads: 2,
+        prefill_chunk: 0,
+        trim_heap_after_load: false,
+        ..EngineConfig::for_model(real_model_dir().unwrap())
+    })
+    .unwrap();
+    let topic =
+        "Tell me about the history of the bicycle, from the draisine to modern road bikes. ";
+    let long = Prompt::user(topic.repeat(12));
+    let tokens = chunked.tokenize(&long).unwrap().len();
+    assert!(
+        tokens > 2 * EngineConfig::default().prefill_chunk,
+        "{tokens}"
+    );
+    let (a, b) = (
+        chunked.score_prompt(&long).await.unwrap(),
+        whole.score_prompt(&long).await.unwrap(),
+    );
+    let (nll_a, nll_b) = (a.mean_nll.unwrap(), b.mean_nll.unwrap());
+    assert!((nll_a - nll_b).abs() <= 1e-4, "{nll_a} vs {nll_b}");
+    let (x, y) = (
+        chunked.next_token_logits(&long).await.unwrap(),
+        whole.next_token_logits(&long).await.unwrap(),
+    );
+    let worst = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= INT4_VS_FP32_LOGIT_TOLERANCE, "{worst}");
+
+    if cfg!(target_os = "linux") {
+        let stages = chunked.load_memory();
+        let anonymous_at = |name: &str| {
+            stages
+                .iter()
+                .find(|s| s.stage == name)
+                .map(|s| s.memory.anonymous)
+                .unwrap()
+        };
+        let trimmed = anonymous_at("sessions created") - anonymous_at("heap trimmed");
+        // Measured: ~15 MB (the tokenizer's JSON, graph optimisation's temporaries).
+        assert!(trimmed > 1_000_000, "trimmed {trimmed} bytes");
+        assert!(
+            whole
+                .load_memory()
+                .iter()
+                .all(|s| s.stage != "heap trimmed")
+        );
+    }
+}
