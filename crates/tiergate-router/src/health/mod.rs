@@ -455,52 +455,39 @@ impl LinkHealth {
     }
 }
 
-/// Durations in config files as human strings: "250ms", "30s", "1.5s", "5m", "1h"
-/// (the same format as the node's config; shared with the upstream client configs).
+/// Durations in config files as human strings: "250ms", "30s", "1.5s", "5m", "1h", "1h 30m"
+/// (humantime's format; the same for the node's config and the upstream client configs).
 pub mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parses "250ms", "30s", "1.5s", "5m", "1h".
+    /// Far above any sensible setting, far below where `Instant + duration` overflows: such a
+    /// typo (found by fuzzing the config loader) used to load and then panic on every request
+    /// as its deadline was computed. Checked here, so every config duration is bounded.
+    const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+    /// Parses a humantime duration ("250ms", "1.5s", "5m", "1h 30m"); a unit is required, and
+    /// nothing above 10 years is taken.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration `{text}` needs a unit (ms, s, m, h)"))?;
-        let (number, unit) = text.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("duration `{text}` does not start with a number"))?;
-        let seconds = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => {
-                return Err(format!(
-                    "duration `{text}` has unknown unit `{unit}` (ms, s, m, h)"
-                ));
-            }
-        };
-        // Far above any sensible setting, far below where `Instant + duration` overflows: such a
-        // typo (found by fuzzing the config loader) used to load and then panic on every request
-        // as its deadline was computed. Checked here, so every config duration is bounded.
-        if seconds > MAX_SECONDS {
+        let duration = humantime::parse_duration(text).map_err(|e| {
+            format!("duration `{text}`: {e} (write it as \"250ms\", \"1.5s\", \"5m\" or \"1h\")")
+        })?;
+        if duration > MAX {
             return Err(format!("duration `{text}` is longer than 10 years"));
         }
-        Duration::try_from_secs_f64(seconds).map_err(|e| format!("duration `{text}`: {e}"))
+        Ok(duration)
     }
-
-    const MAX_SECONDS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         parse(&text).map_err(serde::de::Error::custom)
     }
 
+    /// Written as humantime writes it ("1s 500ms"), which [`parse`] reads back exactly.
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format!("{}ms", duration.as_millis()))
+        serializer.serialize_str(&humantime::format_duration(*duration).to_string())
     }
 }
 

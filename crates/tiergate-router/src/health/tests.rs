@@ -411,8 +411,29 @@ fn durations_parse_units_and_reject_the_rest() {
     assert_eq!(parse("1.5s").unwrap(), ms(1500));
     assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
     assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
-    for bad in ["", "10", "s", "10 parsecs", "-1s", "1e999s"] {
+    assert_eq!(parse(" 1h 30m ").unwrap(), Duration::from_secs(5400));
+    for bad in [
+        "",
+        "10",
+        "s",
+        "10 parsecs",
+        "-1s",
+        "1e999s",
+        "99999999999999999999s",
+    ] {
         assert!(parse(bad).is_err(), "{bad}");
+    }
+    let err = parse("3651d").unwrap_err();
+    assert!(err.contains("longer than 10 years"), "{err}");
+    // What is written is read back exactly.
+    for d in [
+        ms(1),
+        ms(1500),
+        Duration::from_secs(5400),
+        Duration::new(7, 250),
+    ] {
+        let text = humantime::format_duration(d).to_string();
+        assert_eq!(parse(&text).unwrap(), d, "{text}");
     }
 }
 
