@@ -299,6 +299,8 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             stack: stack.clone(),
             lifecycle: lifecycle.clone(),
             max_concurrent_streams: server.max_concurrent_streams,
+            keepalive_interval: server.keepalive_interval,
+            keepalive_timeout: server.keepalive_timeout,
         };
         let stopped = stopped.clone();
         tokio::spawn(async move {
@@ -321,6 +323,8 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         let settings = HttpListenerSettings {
             header_read_timeout: server.header_read_timeout,
             max_concurrent_streams: server.max_concurrent_streams,
+            keepalive_interval: server.keepalive_interval,
+            keepalive_timeout: server.keepalive_timeout,
         };
         tokio::spawn(serve_http(
             http_listener,

@@ -107,6 +107,15 @@ pub struct ServerSection {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection (gRPC and HTTP/2 clients).
     pub max_concurrent_streams: u32,
+    /// A client that vanished without closing its connection (a half-open connection: power
+    /// loss, a dropped route) is found by probes: an HTTP/2 PING after this long without a
+    /// frame from it (gRPC and HTTP/2), TCP keepalive probes after this long idle (HTTP/1 too).
+    /// Its requests are then cancelled like those of a client that left.
+    #[serde(with = "crate::config::duration")]
+    pub keepalive_interval: Duration,
+    /// An HTTP/2 PING not acknowledged within this closes the connection.
+    #[serde(with = "crate::config::duration")]
+    pub keepalive_timeout: Duration,
     /// CORS on the HTTP listener; absent: no CORS headers (browsers refuse cross-origin calls).
     pub cors: Option<CorsConfig>,
 }
@@ -123,6 +132,8 @@ impl Default for ServerSection {
             retry_after: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
             cors: None,
         }
     }
@@ -183,8 +194,17 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if self.server.header_read_timeout.is_zero() {
-            return Err(invalid("server.header_read_timeout", "must be above 0"));
+        for (name, value) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.keepalive_interval", self.server.keepalive_interval),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(name, "must be above 0"));
+            }
         }
         if self.limits.default_max_new_tokens > self.limits.max_new_tokens {
             return Err(invalid(

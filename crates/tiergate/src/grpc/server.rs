@@ -30,6 +30,10 @@ pub struct GrpcListenerSettings {
     pub lifecycle: Lifecycle,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
+    pub keepalive_interval: Duration,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// Serves gRPC on `listener` until `shutdown` completes.
@@ -68,7 +72,9 @@ pub async fn serve_grpc(
         Err(err) => tracing::error!(error = %err, "reflection descriptors are invalid"),
     }
     let service = serving_stack(Api::Grpc, &settings.stack, routes.prepare());
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(settings.keepalive_interval));
     let server = match settings.tls {
         Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
         None => tonic::transport::Server::builder(),
@@ -86,8 +92,12 @@ pub async fn serve_grpc(
         reporter.clear_service_status(inference_name()).await;
         reporter.clear_service_status("").await;
     };
+    // A peer that vanished (half-open connection) would hold its streams, and the generations
+    // behind them, until TCP gave up (many minutes): PINGs find it within interval + timeout.
     server
         .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
         .serve_with_incoming_shutdown(service, incoming, stop)
         .await
 }

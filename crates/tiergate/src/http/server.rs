@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
@@ -30,6 +31,10 @@ pub struct HttpListenerSettings {
     pub header_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
+    pub keepalive_interval: Duration,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// Serves HTTP on `listener` with `service` (the routes inside the serving stack) until
@@ -58,7 +63,10 @@ pub async fn serve_http<S, E>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.max_concurrent_streams);
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        // A vanished HTTP/2 client is found by PINGs; HTTP/1 ones by TCP keepalive (below).
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -75,6 +83,12 @@ pub async fn serve_http<S, E>(
                 };
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, %peer, "set_nodelay failed");
+                }
+                let keepalive = TcpKeepalive::new()
+                    .with_time(settings.keepalive_interval)
+                    .with_interval(settings.keepalive_interval);
+                if let Err(err) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(error = %err, %peer, "TCP keepalive not set");
                 }
                 let service = TowerToHyperService::new(service.clone());
                 let builder = builder.clone();
