@@ -84,6 +84,26 @@ pub struct EdgeLinks {
     pub cloud_first_token: Option<Duration>,
 }
 
+/// A regional node from `regional_config` and an edge that asks it first, both logging at
+/// `info` (their logs are what request-id and trace tests read).
+pub async fn logged_edge_over_regional(
+    regional_config: &str,
+) -> anyhow::Result<(NodeProcess, NodeProcess)> {
+    let regional = NodeProcess::start_logged("regional", regional_config, "info").await?;
+    let links = EdgeLinks {
+        regional: Some(regional.grpc_url()),
+        failures_to_open: 5,
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start_logged(
+        "edge",
+        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
+        "info",
+    )
+    .await?;
+    Ok((edge, regional))
+}
+
 /// The TOML of an edge node with `links` and `gate`. The regional link gets a first-token
 /// timeout of 2 s, since a real regional node holds its first token back for its own commit
 /// window; a test that stalls the regional tier sets `regional_first_token`.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tiergate_e2e::scenario::{EdgeLinks, edge_toml, request};
+use tiergate_e2e::scenario::{logged_edge_over_regional, request};
 use tiergate_e2e::{Gate, NodeProcess, http_send, node_toml};
 use tiergate_proto::v1 as pb;
 
@@ -32,32 +32,15 @@ fn response_id<T>(response: &tonic::Response<T>) -> Option<String> {
 
 #[tokio::test]
 async fn the_request_id_is_echoed_and_logged_by_every_node_on_the_path() {
-    let regional = NodeProcess::start_logged(
+    let regional_config = node_toml(
+        "regional-1",
         "regional",
-        &node_toml(
-            "regional-1",
-            "regional",
-            "regional",
-            None,
-            None,
-            Gate::Commit,
-        ),
-        "info",
-    )
-    .await
-    .unwrap();
-    let links = EdgeLinks {
-        regional: Some(regional.grpc_url()),
-        failures_to_open: 5,
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start_logged(
-        "edge",
-        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
-        "info",
-    )
-    .await
-    .unwrap();
+        "regional",
+        None,
+        None,
+        Gate::Commit,
+    );
+    let (edge, regional) = logged_edge_over_regional(&regional_config).await.unwrap();
 
     // HTTP, the id in `x-request-id`.
     let body = serde_json::json!({

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml, request};
+use tiergate_e2e::scenario::{FakeCloud, logged_edge_over_regional, request};
 use tiergate_e2e::{Gate, NodeProcess, http_send, node_toml};
 
 const PROMPT: &str = "what is the capital of france";
@@ -54,21 +54,7 @@ async fn fleet() -> (NodeProcess, NodeProcess, FakeCloud) {
         "[upstreams.cloud]\nbase_url = \"{}\"\nmodel = \"tiergate\"\n",
         cloud.url
     ));
-    let regional = NodeProcess::start_logged("regional", &regional_config, "info")
-        .await
-        .unwrap();
-    let links = EdgeLinks {
-        regional: Some(regional.grpc_url()),
-        failures_to_open: 5,
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start_logged(
-        "edge",
-        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
-        "info",
-    )
-    .await
-    .unwrap();
+    let (edge, regional) = logged_edge_over_regional(&regional_config).await.unwrap();
     (edge, regional, cloud)
 }
 
