@@ -70,11 +70,24 @@ def main() -> int:
     embedding_note = "q8"
     fast_note = (f"int4 with int8 activations (MatMulNBits accuracy_level 4) for {sorted(FAST_ACCURACY)}, fp32 "
                  f"activations elsewhere; same weights as int4; opt-in, checked against a parity budget")
-    manifest.write(out, model, args.wheel_sha256, [(v, f) for v, f, _ in VARIANTS],
-                   {"int4": int4_note, "int4-fast": fast_note}, embedding_note)
+    notes = {"int4": int4_note, "int4-fast": fast_note}
+    manifest.write(out, model, args.wheel_sha256, [(v, f) for v, f, _ in VARIANTS], notes, embedding_note)
     verify.log(f"wrote manifest.json ({time.time() - t0:.1f}s so far)")
-    return verify.verify(out, model, ACCURACY_LEVEL, args.reference, args.threads,
-                         {v: f for v, f, _ in VARIANTS})
+    code, left_out = verify.verify(out, model, ACCURACY_LEVEL, args.reference, args.threads,
+                                   {v: f for v, f, _ in VARIANTS})
+    if code == 0 and left_out:
+        # An opt-in variant this CPU runs badly is not offered: its files go and the manifest no longer lists it,
+        # so a node configured for it refuses to start with "variant not in manifest" instead of answering badly.
+        kept = [(v, f) for v, f, _ in VARIANTS if v not in left_out]
+        for v, f, _ in VARIANTS:
+            if v in left_out:
+                (out / f).unlink()
+                (out / (f + ".data")).unlink()
+        kept_notes = {v: n for v, n in notes.items() if v not in left_out}
+        kept_notes["left_out"] = "; ".join(r for reasons in left_out.values() for r in reasons)
+        manifest.write(out, model, args.wheel_sha256, kept, kept_notes, embedding_note)
+        verify.log(f"rewrote manifest.json without {sorted(left_out)}")
+    return code
 
 
 if __name__ == "__main__":

@@ -70,6 +70,30 @@ fn engine(variant: ModelVariant) -> Option<&'static Engine> {
     }))
 }
 
+/// Whether the importer kept the opt-in int4-fast graph. It leaves it out on a CPU whose int8
+/// kernels miss its quality checks (ONNX Runtime's AVX2 path), and then must say why in
+/// import-report.json; a variant that vanished without a reason fails here.
+fn int4_fast_imported() -> bool {
+    let Some(dir) = real_model_dir() else {
+        return false;
+    };
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    if manifest.contains("\"variant\": \"int4-fast\"") {
+        return true;
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("import-report.json")).unwrap(),
+    )
+    .unwrap();
+    let reasons = &report["left_out"]["int4-fast"];
+    assert!(
+        reasons.as_array().is_some_and(|r| !r.is_empty()),
+        "int4-fast is not in the manifest and import-report.json gives no reason: {reasons}"
+    );
+    eprintln!("skipped: the importer left int4-fast out on this CPU: {reasons}");
+    false
+}
+
 #[derive(Debug, Deserialize)]
 struct Reference {
     chat_renders: Vec<ChatRender>,
@@ -312,6 +336,9 @@ async fn int4_answers_a_simple_question_right() {
 /// token of every reference prompt whose reference top-2 gap is clear, and a right answer.
 #[tokio::test]
 async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
+    if !int4_fast_imported() {
+        return;
+    }
     let Some(engine) = engine(ModelVariant::Int4Fast) else {
         return;
     };
