@@ -396,7 +396,10 @@ mod tests {
     #[test]
     fn a_caller_that_leaves_during_a_chunked_prefill_stops_it_between_chunks() {
         let (mut session, _, ids) = edge_chunked(1);
-        assert!(ids.len() > 4, "one chunk per token, more chunks than the sink allows");
+        assert!(
+            ids.len() > 4,
+            "one chunk per token, more chunks than the sink allows"
+        );
         // Open for the check before the prefill and before chunks 2 and 3, gone before chunk 4.
         let mut sink = LeavesDuringPrefill {
             events: Vec::new(),
