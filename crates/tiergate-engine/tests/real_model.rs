@@ -81,10 +81,9 @@ fn int4_fast_imported() -> bool {
     if manifest.contains("\"variant\": \"int4-fast\"") {
         return true;
     }
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("import-report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("import-report.json")).unwrap())
+            .unwrap();
     let reasons = &report["left_out"]["int4-fast"];
     assert!(
         reasons.as_array().is_some_and(|r| !r.is_empty()),
