@@ -66,6 +66,30 @@ def main() -> int:
     assert usage is not None and usage.completion_tokens > 0, usage
     seen["stream"] = {"text": streamed, "chunks": len(pieces)}
 
+    # Log probabilities, whole and streamed, read through the client's own types.
+    asked = dict(model="tiergate", messages=messages, max_tokens=12, logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**asked).choices[0].logprobs.content
+    assert whole, "no logprobs.content"
+    for entry in whole:
+        assert entry.logprob <= 0, entry
+        assert isinstance(entry.bytes, list), entry
+        assert len(entry.top_logprobs) == 2, entry
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob, entry
+        # Greedy: the chosen token is the most likely one.
+        assert entry.token == entry.top_logprobs[0].token, entry
+    streamed_entries = []
+    for chunk in client.chat.completions.create(**asked, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.content:
+                streamed_entries.extend(choice.logprobs.content)
+    assert [e.token for e in streamed_entries] == [e.token for e in whole], (streamed_entries, whole)
+    try:
+        client.chat.completions.create(model="tiergate", messages=messages, logprobs=True, top_logprobs=21)
+        raise AssertionError("top_logprobs 21 was accepted")
+    except openai.BadRequestError as err:
+        assert "top_logprobs" in str(err), err
+    seen["logprobs"] = {"tokens": len(whole), "streamed": len(streamed_entries)}
+
     legacy = client.completions.create(
         model="tiergate", prompt="<|user|>hello<|end|><|assistant|>", max_tokens=8
     )

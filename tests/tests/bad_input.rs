@@ -125,11 +125,11 @@ async fn http_rejects_bad_requests_with_the_right_status_and_a_message() {
             "`response_format`",
         ),
         (
-            "log probabilities",
+            "more alternatives than OpenAI allows",
             "chat",
-            chat(json!({"logprobs": true, "top_logprobs": 2})),
+            chat(json!({"logprobs": true, "top_logprobs": 25})),
             400,
-            "`logprobs`",
+            "`top_logprobs`",
         ),
         (
             "penalties",

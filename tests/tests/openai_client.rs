@@ -5,7 +5,7 @@
 use tiergate_e2e::{Gate, NodeProcess, node_toml, repo_root};
 
 #[tokio::test]
-async fn official_openai_python_client_works_streaming_and_not() {
+async fn official_openai_python_client_works_streaming_and_not_and_reads_logprobs() {
     let python = repo_root().join(".venv/test/bin/python");
     assert!(
         python.exists(),
@@ -30,4 +30,6 @@ async fn official_openai_python_client_works_streaming_and_not() {
     assert_eq!(seen["unary"]["routing"]["tier"], "edge");
     assert_eq!(seen["unary"]["text"], seen["stream"]["text"]);
     assert_eq!(seen["bad_model_status"], 400);
+    assert!(seen["logprobs"]["tokens"].as_u64().unwrap() > 0);
+    assert_eq!(seen["logprobs"]["tokens"], seen["logprobs"]["streamed"]);
 }

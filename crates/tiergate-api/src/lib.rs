@@ -18,7 +18,8 @@ pub mod wire;
 pub use error::NodeError;
 pub use limits::Limits;
 pub use request::{
-    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Message, ModelCard,
-    NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Tenancy, Usage, constraint_for_model,
+    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, MAX_TOP_LOGPROBS, Message,
+    ModelCard, NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Tenancy, TokenLogprob, Usage,
+    constraint_for_model,
 };
 pub use trace_context::TraceContext;

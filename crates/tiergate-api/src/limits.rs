@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::error::NodeError;
-use crate::request::Sampling;
+use crate::request::{MAX_TOP_LOGPROBS, Sampling};
 
 /// Limits on what one request may ask for.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -67,6 +67,13 @@ impl Limits {
         {
             return Err(NodeError::InvalidArgument(format!(
                 "top_p {p} is outside (0, 1]"
+            )));
+        }
+        if let Some(k) = sampling.logprobs
+            && k > MAX_TOP_LOGPROBS
+        {
+            return Err(NodeError::InvalidArgument(format!(
+                "top_logprobs {k} is outside [0, {MAX_TOP_LOGPROBS}]"
             )));
         }
         if sampling.stop.len() > self.max_stop_sequences {
@@ -143,6 +150,10 @@ mod tests {
             },
             Sampling {
                 stop: vec!["a".into(); 5],
+                ..Sampling::default()
+            },
+            Sampling {
+                logprobs: Some(MAX_TOP_LOGPROBS + 1),
                 ..Sampling::default()
             },
         ] {

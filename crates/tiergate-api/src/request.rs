@@ -84,6 +84,25 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// `Some(k)`: report each generated token's log-probability and its k most likely
+    /// alternatives (0..=`MAX_TOP_LOGPROBS`). Such a request bypasses the response cache.
+    pub logprobs: Option<u32>,
+}
+
+/// The most alternatives per token a request may ask for (OpenAI's `top_logprobs` bound).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// One generated token's log-probability (natural log) under the model that produced it;
+/// OpenAI's `choices[].logprobs.content[]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    /// The token as text; an incomplete UTF-8 character shows as U+FFFD (`bytes` is exact).
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this step, most likely first; empty unless asked for, and
+    /// always empty on the alternatives themselves.
+    pub top_logprobs: Vec<TokenLogprob>,
 }
 
 /// How a request travelled so far; a node never forwards down or around a loop.
@@ -220,6 +239,10 @@ pub struct Answer {
     pub usage: Usage,
     pub finish_reason: FinishReason,
     pub model: String,
+    /// Every generated token's log-probability, when the request asked (`Sampling::logprobs`);
+    /// empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
     #[serde(with = "seconds")]
     pub time_to_first_token: Duration,
     #[serde(with = "seconds")]
@@ -230,7 +253,12 @@ pub struct Answer {
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
     Routed(RoutingInfo),
-    Delta(String),
+    /// New text and, when the request asked, the tokens that made it (a token whose text is
+    /// still held back comes with empty text).
+    Delta {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Answer),
 }
 

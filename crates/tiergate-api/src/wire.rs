@@ -11,7 +11,7 @@ use crate::error::NodeError;
 use crate::limits::Limits;
 use crate::request::{
     Answer, CacheStatus, FinishReason, Forwarding, Input, Message, NodeRequest, Role, RoutingInfo,
-    Sampling, Usage,
+    Sampling, TokenLogprob, Usage,
 };
 
 pub fn tier_to_pb(tier: Tier) -> pb::Tier {
@@ -138,6 +138,7 @@ pub fn request_from_pb(
         top_p: params.top_p,
         seed: params.seed,
         stop: params.stop,
+        logprobs: params.top_logprobs,
     })?;
     let forwarding = match request.forwarding {
         None => Forwarding::default(),
@@ -190,6 +191,7 @@ pub fn request_to_pb(request: &NodeRequest) -> pb::GenerateRequest {
             top_p: s.top_p,
             seed: s.seed,
             stop: s.stop.clone(),
+            top_logprobs: s.logprobs,
         }),
         tier_constraint: constraint_to_pb(request.constraint) as i32,
         forwarding: Some(pb::ForwardingInfo {
@@ -266,7 +268,32 @@ pub fn answer_to_pb(answer: &Answer) -> pb::GenerateResponse {
         }),
         finish_reason: answer.finish_reason.as_str().to_owned(),
         model: answer.model.clone(),
+        logprobs: logprobs_to_pb(&answer.logprobs),
     }
+}
+
+pub fn logprobs_to_pb(logprobs: &[TokenLogprob]) -> Vec<pb::TokenLogprob> {
+    logprobs
+        .iter()
+        .map(|t| pb::TokenLogprob {
+            token: t.token.clone(),
+            logprob: t.logprob,
+            bytes: t.bytes.clone(),
+            top_logprobs: logprobs_to_pb(&t.top_logprobs),
+        })
+        .collect()
+}
+
+pub fn logprobs_from_pb(logprobs: Vec<pb::TokenLogprob>) -> Vec<TokenLogprob> {
+    logprobs
+        .into_iter()
+        .map(|t| TokenLogprob {
+            token: t.token,
+            logprob: t.logprob,
+            bytes: t.bytes,
+            top_logprobs: logprobs_from_pb(t.top_logprobs),
+        })
+        .collect()
 }
 
 /// An answer received from the regional tier. Timings are the upstream's own.
@@ -286,6 +313,7 @@ pub fn answer_from_pb(response: pb::GenerateResponse) -> Result<Answer, NodeErro
         },
         finish_reason: finish_reason_from_str(&response.finish_reason),
         model: response.model,
+        logprobs: logprobs_from_pb(response.logprobs),
         time_to_first_token: Duration::try_from_secs_f64(timing.time_to_first_token_seconds)
             .unwrap_or_default(),
         total_time: Duration::try_from_secs_f64(timing.total_seconds).unwrap_or_default(),

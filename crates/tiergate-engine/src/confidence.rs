@@ -11,22 +11,50 @@ fn log_partition(logits: &[f32]) -> f64 {
     f64::from(max) + sum.ln()
 }
 
+/// What one row of logits says about the next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TokenStats {
+    pub top1_prob: f32,
+    /// Entropy (nats) of softmax(logits).
+    pub entropy: f32,
+    /// ln(sum(exp(logits))): a token's log-probability is its logit minus this.
+    pub log_partition: f64,
+}
+
 /// Top-1 probability and entropy (nats) of softmax(logits).
 pub(crate) fn token_confidence(logits: &[f32]) -> (f32, f32) {
+    let stats = token_stats(logits, 0, &mut Vec::new());
+    (stats.top1_prob, stats.entropy)
+}
+
+/// The statistics of softmax(logits) and, in the same pass, the `top` largest logits into
+/// `best` as (token, logit), largest first (the lower id first on ties). `top` 0 leaves `best`
+/// empty and costs one comparison per logit.
+pub(crate) fn token_stats(logits: &[f32], top: usize, best: &mut Vec<(u32, f32)>) -> TokenStats {
+    best.clear();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f64;
     // sum(e_i * (l_i - max)) gives the entropy without a second pass of exponentials:
     // H = ln Z' - sum(p_i (l_i - max)), with Z' = sum(e_i), e_i = exp(l_i - max).
     let mut weighted = 0.0f64;
-    for &l in logits {
+    for (i, &l) in logits.iter().enumerate() {
         let shifted = l - max;
         let e = f64::from(shifted.exp());
         sum += e;
         weighted += e * f64::from(shifted);
+        if top > 0 && (best.len() < top || best.last().is_some_and(|&(_, low)| l > low)) {
+            // `best` holds at most 20 entries: a shift is cheaper than a heap here.
+            let at = best.partition_point(|&(_, kept)| kept >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
     }
     let entropy = sum.ln() - weighted / sum;
-    let top1 = 1.0 / sum;
-    (top1 as f32, entropy.max(0.0) as f32)
+    TokenStats {
+        top1_prob: (1.0 / sum) as f32,
+        entropy: entropy.max(0.0) as f32,
+        log_partition: f64::from(max) + sum.ln(),
+    }
 }
 
 /// Mean negative log-likelihood (nats per token) of `ids[1..]`, where row `i` of `logits`
@@ -70,6 +98,25 @@ mod tests {
         let (top1, entropy) = token_confidence(&[30.0, 0.0, 0.0]);
         assert!(top1 > 0.999_999);
         assert!(entropy < 1e-6);
+    }
+
+    #[test]
+    fn top_entries_are_the_largest_in_order_with_log_probabilities() {
+        let logits = [0.5, 3.0, -1.0, 3.0, 2.0, 0.0];
+        let mut best = Vec::new();
+        let stats = token_stats(&logits, 3, &mut best);
+        // Ties keep the lower id first, like argmax.
+        assert_eq!(best, vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        // Exponentials are f32: agreement to float precision.
+        assert!((stats.log_partition - z.ln()).abs() < 1e-6);
+        let (top1, entropy) = token_confidence(&logits);
+        assert_eq!((stats.top1_prob, stats.entropy), (top1, entropy));
+        // Asking for more than the vocabulary gives all of it; 0 gives nothing.
+        token_stats(&logits, 10, &mut best);
+        assert_eq!(best.len(), logits.len());
+        token_stats(&logits, 0, &mut best);
+        assert!(best.is_empty());
     }
 
     #[test]

@@ -62,6 +62,34 @@ pub struct TokenEvent {
     pub top1_prob: f32,
     /// Entropy (nats) of the next-token distribution at this step.
     pub entropy: f32,
+    /// When the request asked (`SamplingParams::logprobs`): the token's log-probability and
+    /// the most likely alternatives, from the model's distribution (raw logits, before
+    /// temperature, top-k and top-p).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// A token and its log-probability (natural log) at one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    /// The token's own bytes (a piece of a multi-byte character stays incomplete here).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+impl TokenLogprob {
+    /// The bytes as text; an incomplete character shows as U+FFFD.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// The chosen token's log-probability and the alternatives asked for, most likely first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub chosen: TokenLogprob,
+    pub top: Vec<TokenLogprob>,
 }
 
 /// Where the time went. `session_run` is the part inside `Session::run`; the rest of

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
-use crate::confidence::token_confidence;
+use crate::confidence::{token_confidence, token_stats};
 use crate::error::EngineError;
 use crate::events::{
     FinishReason, GenerationEvent, GenerationSummary, PromptScore, Timings, TokenEvent,
+    TokenLogprob, TokenLogprobs,
 };
 use crate::prefill::{prefill, prefill_all};
 use crate::sampling::{Sampler, SamplingParams};
@@ -62,6 +63,10 @@ pub(crate) struct SequenceState {
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     generated: usize,
+    /// Alternatives to report per token, when the request asked for logprobs.
+    logprobs: Option<usize>,
+    /// Scratch for the alternatives, reused across steps.
+    best: Vec<(u32, f32)>,
     pub(crate) timings: Timings,
     decode_started: Instant,
 }
@@ -140,6 +145,8 @@ pub(crate) fn start_generation<B: Backend>(
         decoder: IncrementalDecoder::default(),
         stops: StopMatcher::new(&job.sampling.stop),
         generated: 0,
+        logprobs: job.sampling.logprobs,
+        best: Vec::new(),
         timings,
         decode_started: Instant::now(),
     };
@@ -175,8 +182,29 @@ impl SequenceState {
         if self.at_limit() {
             return Ok(Step::Done(self.finish(FinishReason::Length)));
         }
-        let (top1_prob, entropy) = token_confidence(logits);
+        // One pass over the vocabulary gives the confidence, the normaliser of the logprobs
+        // and the alternatives (when asked).
+        let stats = token_stats(logits, self.logprobs.unwrap_or(0), &mut self.best);
         let id = self.sampler.next_token(logits);
+        let logprobs = self.logprobs.map(|_| {
+            let entry = |id: u32, logit: f32| TokenLogprob {
+                id,
+                bytes: codec.token_bytes(id),
+                logprob: (f64::from(logit) - stats.log_partition) as f32,
+            };
+            let chosen_logit = logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
+            TokenLogprobs {
+                chosen: entry(id, chosen_logit),
+                top: self
+                    .best
+                    .iter()
+                    .map(|&(id, logit)| entry(id, logit))
+                    .collect(),
+            }
+        });
         self.generated += 1;
 
         let (mut text, reason) = if id == codec.eos_id() {
@@ -209,8 +237,9 @@ impl SequenceState {
         let event = TokenEvent {
             id,
             text,
-            top1_prob,
-            entropy,
+            top1_prob: stats.top1_prob,
+            entropy: stats.entropy,
+            logprobs,
         };
         if !sink.emit(GenerationEvent::Token(event)) {
             return Ok(Step::Done(Outcome::Cancelled));

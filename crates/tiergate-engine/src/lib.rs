@@ -43,11 +43,11 @@ pub use engine::{Engine, EngineConfig, GenerationStream, LoadStage, ModelInfo};
 pub use error::{EngineError, ErrorClass};
 pub use events::{
     FinishReason, Generation, GenerationEvent, GenerationRequest, GenerationSummary, PromptScore,
-    Timings, TokenEvent,
+    Timings, TokenEvent, TokenLogprob, TokenLogprobs,
 };
 pub use manifest::{Architecture, Manifest, ModelVariant};
 pub use prompt::{ChatMessage, Prompt, Role};
 pub use runtime::{BUNDLED_LIBRARY, ORT_DYLIB_ENV, resolve_library};
-pub use sampling::SamplingParams;
+pub use sampling::{MAX_TOP_LOGPROBS, SamplingParams};
 pub use session::GraphOptimization;
 pub use worker::EngineStats;

@@ -21,7 +21,13 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Generation stops before the first occurrence of any of these; the text excludes it.
     pub stop: Vec<String>,
+    /// `Some(k)`: every token reports its log-probability and the k most likely alternatives
+    /// (0..=`MAX_TOP_LOGPROBS`); `None` reports none and skips the work.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives a token reports (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -32,6 +38,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: None,
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -54,6 +61,12 @@ impl SamplingParams {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return invalid(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return invalid(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                self.logprobs.unwrap_or_default()
+            ));
         }
         if self.stop.iter().any(String::is_empty) {
             return invalid("stop sequences must not be empty".into());
@@ -225,5 +238,10 @@ mod tests {
             ..SamplingParams::default()
         };
         assert!(empty_stop.validate().is_err());
+        let too_many = SamplingParams {
+            logprobs: Some(MAX_TOP_LOGPROBS + 1),
+            ..SamplingParams::default()
+        };
+        assert!(too_many.validate().is_err());
     }
 }

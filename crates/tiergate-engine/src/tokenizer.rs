@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use tokenizers::Tokenizer;
+use std::collections::HashMap;
+
+use tokenizers::{DecoderWrapper, Tokenizer};
 
 use crate::error::EngineError;
 use crate::manifest::Manifest;
@@ -14,6 +16,9 @@ pub(crate) struct TextCodec {
     /// No token stands for more bytes of text than this (an upper bound: the longest vocabulary
     /// entry in UTF-8), so `bytes / max_token_bytes` is a lower bound on the token count.
     max_token_bytes: usize,
+    /// For byte-level BPE (GPT-2 style) vocabularies: the character that stands for each byte
+    /// in a vocabulary entry, inverted, so a token's own bytes can be read off its entry.
+    byte_of_char: Option<HashMap<char, u8>>,
 }
 
 impl TextCodec {
@@ -41,10 +46,18 @@ impl TextCodec {
             .max()
             .unwrap_or(1)
             .max(1);
+        let byte_of_char = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
+            .then(|| {
+                byte_level_chars()
+                    .into_iter()
+                    .map(|(b, c)| (c, b))
+                    .collect()
+            });
         Ok(TextCodec {
             tokenizer,
             eos_id,
             max_token_bytes,
+            byte_of_char,
         })
     }
 
@@ -66,12 +79,53 @@ impl TextCodec {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The bytes one token stands for, alone (OpenAI's `bytes` of a logprob entry): for a
+    /// byte-level vocabulary its entry mapped back to bytes (a special token's characters
+    /// outside the byte alphabet are kept as UTF-8); otherwise the token decoded alone.
+    pub(crate) fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match (&self.byte_of_char, self.tokenizer.id_to_token(id)) {
+            (Some(map), Some(entry)) => {
+                let mut bytes = Vec::with_capacity(entry.len());
+                for c in entry.chars() {
+                    match map.get(&c) {
+                        Some(&b) => bytes.push(b),
+                        None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    }
+                }
+                bytes
+            }
+            _ => self
+                .tokenizer
+                .decode(&[id], false)
+                .map(String::into_bytes)
+                .unwrap_or_default(),
+        }
+    }
+
     /// Text of `ids` without special tokens.
     pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
+}
+
+/// GPT-2's byte-to-character table (the `tokenizers` crate keeps its copy private): printable
+/// bytes stand for themselves, the others for the characters from U+0100 on, in byte order.
+fn byte_level_chars() -> Vec<(u8, char)> {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (b, char::from(b))
+            } else {
+                let c = char::from_u32(next).unwrap_or(char::REPLACEMENT_CHARACTER);
+                next += 1;
+                (b, c)
+            }
+        })
+        .collect()
 }
 
 /// Turns a token stream into text deltas that never split a character: bytes of an incomplete
@@ -153,5 +207,20 @@ mod tests {
         let ids = codec.encode("<|user|>hi<|end|>").unwrap();
         assert_eq!(ids.last(), Some(&codec.eos_id()));
         assert_eq!(codec.decode(&ids).unwrap(), "hi");
+    }
+
+    #[test]
+    fn token_bytes_concatenate_to_the_text_even_inside_a_character() {
+        let codec = edge_codec();
+        let text = "héllo 日本語 🙂 done";
+        let ids = codec.encode(text).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| codec.token_bytes(id)).collect();
+        assert_eq!(bytes, text.as_bytes());
+        // Some token holds only part of a character: its bytes are not valid UTF-8 alone.
+        assert!(
+            ids.iter()
+                .any(|&id| std::str::from_utf8(&codec.token_bytes(id)).is_err())
+        );
+        assert_eq!(codec.token_bytes(codec.eos_id()), b"<|end|>");
     }
 }

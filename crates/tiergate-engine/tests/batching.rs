@@ -1,5 +1,6 @@
 //! Continuous batching through the public API: concurrent greedy generations decoded together
-//! (one session run per step, left-padded KV cache) give exactly the tokens each gets alone.
+//! (one session run per step, left-padded KV cache) give exactly the tokens each gets alone,
+//! and the same log-probabilities (to float rounding: a padded batch runs other kernels).
 //!
 //! Runs on the bundled edge model always, and on the real SmolLM2 model (int4 and fp32) when
 //! `TIERGATE_REAL_MODEL` names its folder (`scripts/import-real-model.sh | tail -1`).
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 
 use futures::future::join_all;
 use tiergate_engine::{
-    Engine, EngineConfig, GenerationRequest, ModelVariant, Prompt, SamplingParams,
+    Engine, EngineConfig, Generation, GenerationRequest, ModelVariant, Prompt, SamplingParams,
 };
 
 const PROMPTS: [&str; 5] = [
@@ -33,35 +34,86 @@ fn load(model_dir: PathBuf, variant: ModelVariant, max_batch: usize) -> Engine {
     .unwrap()
 }
 
-/// Greedy tokens of every prompt, all submitted at once.
-async fn concurrent_tokens(engine: &Engine, max_new_tokens: usize) -> Vec<Vec<u32>> {
+/// Greedy, with each token's log-probability and 3 alternatives.
+fn request(prompt: &str, max_new_tokens: usize) -> GenerationRequest {
+    let sampling = SamplingParams {
+        logprobs: Some(3),
+        ..SamplingParams::greedy(max_new_tokens)
+    };
+    GenerationRequest::new(Prompt::user(prompt), sampling)
+}
+
+/// Greedy generations of every prompt, all submitted at once.
+async fn concurrent(engine: &Engine, max_new_tokens: usize) -> Vec<Generation> {
     join_all(PROMPTS.iter().map(|prompt| {
-        let request = GenerationRequest::new(
-            Prompt::user(*prompt),
-            SamplingParams::greedy(max_new_tokens),
-        );
+        let request = request(prompt, max_new_tokens);
         let engine = engine.clone();
-        async move { engine.generate(request).await.unwrap().token_ids() }
+        async move { engine.generate(request).await.unwrap() }
     }))
     .await
 }
 
-async fn alone_tokens(engine: &Engine, max_new_tokens: usize) -> Vec<Vec<u32>> {
+async fn concurrent_tokens(engine: &Engine, max_new_tokens: usize) -> Vec<Vec<u32>> {
+    let all = concurrent(engine, max_new_tokens).await;
+    all.iter().map(Generation::token_ids).collect()
+}
+
+async fn alone(engine: &Engine, max_new_tokens: usize) -> Vec<Generation> {
     let mut all = Vec::new();
     for prompt in PROMPTS {
-        let request =
-            GenerationRequest::new(Prompt::user(prompt), SamplingParams::greedy(max_new_tokens));
-        all.push(engine.generate(request).await.unwrap().token_ids());
+        all.push(
+            engine
+                .generate(request(prompt, max_new_tokens))
+                .await
+                .unwrap(),
+        );
     }
     all
 }
 
+async fn alone_tokens(engine: &Engine, max_new_tokens: usize) -> Vec<Vec<u32>> {
+    let all = alone(engine, max_new_tokens).await;
+    all.iter().map(Generation::token_ids).collect()
+}
+
+/// The log-probabilities of `b` equal those of `a`, token by token and alternative by
+/// alternative (ids exactly, values to `1e-3` nats).
+fn same_logprobs(a: &Generation, b: &Generation, what: &str) {
+    for (step, (x, y)) in a.tokens.iter().zip(&b.tokens).enumerate() {
+        let (x, y) = (x.logprobs.as_ref().unwrap(), y.logprobs.as_ref().unwrap());
+        let ids =
+            |l: &tiergate_engine::TokenLogprobs| l.top.iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            (x.chosen.id, ids(x)),
+            (y.chosen.id, ids(y)),
+            "{what}, step {step}"
+        );
+        for (p, q) in std::iter::once(&x.chosen)
+            .chain(&x.top)
+            .zip(std::iter::once(&y.chosen).chain(&y.top))
+        {
+            assert!(
+                (p.logprob - q.logprob).abs() < 1e-3,
+                "{what}, step {step}: {} vs {}",
+                p.logprob,
+                q.logprob
+            );
+        }
+    }
+}
+
 async fn check(model_dir: PathBuf, variant: ModelVariant, max_new_tokens: usize) {
-    let alone = alone_tokens(&load(model_dir.clone(), variant, 1), max_new_tokens).await;
+    let solo = alone(&load(model_dir.clone(), variant, 1), max_new_tokens).await;
     let batched_engine = load(model_dir, variant, PROMPTS.len());
-    let batched = concurrent_tokens(&batched_engine, max_new_tokens).await;
-    for (index, (a, b)) in alone.iter().zip(&batched).enumerate() {
-        assert_eq!(a, b, "prompt {index} ({variant}): batched tokens differ");
+    let together = concurrent(&batched_engine, max_new_tokens).await;
+    let alone: Vec<Vec<u32>> = solo.iter().map(Generation::token_ids).collect();
+    for (index, (a, b)) in solo.iter().zip(&together).enumerate() {
+        assert_eq!(
+            a.token_ids(),
+            b.token_ids(),
+            "prompt {index} ({variant}): batched tokens differ"
+        );
+        same_logprobs(a, b, &format!("prompt {index} ({variant})"));
     }
     assert!(
         alone.iter().any(|t| t.len() > 4),

@@ -29,6 +29,7 @@ fn sampled(seed: u64) -> GenerationRequest {
             top_p: 0.98,
             seed: Some(seed),
             stop: Vec::new(),
+            logprobs: None,
         },
     )
 }

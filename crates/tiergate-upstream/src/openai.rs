@@ -3,7 +3,7 @@
 //! chunks and the error body.
 
 use serde::{Deserialize, Serialize};
-use tiergate_api::{Input, NodeRequest, Role, Usage};
+use tiergate_api::{Input, NodeRequest, Role, TokenLogprob, Usage};
 
 use crate::error::{ErrorKind, UpstreamError};
 
@@ -24,6 +24,11 @@ pub(crate) struct ChatRequest<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    /// Sent only when the client asked: some OpenAI-compatible providers refuse the fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +73,8 @@ impl<'a> ChatRequest<'a> {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
+            logprobs: sampling.logprobs.map(|_| true),
+            top_logprobs: sampling.logprobs,
         }
     }
 }
@@ -82,6 +89,43 @@ pub struct CloudCompletion {
     pub usage: Option<Usage>,
     /// The model the provider says answered.
     pub model: String,
+    /// The tokens' log-probabilities, when asked for and the provider gave them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// OpenAI's `choices[].logprobs`: `{"content": [...]}` (content null when there is none).
+#[derive(Debug, Default, Deserialize)]
+struct WireLogprobs {
+    #[serde(default)]
+    content: Option<Vec<WireTokenLogprob>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTokenLogprob {
+    token: String,
+    logprob: f32,
+    /// Null when the token has no byte form; then the token's own UTF-8 stands in.
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    top_logprobs: Vec<WireTokenLogprob>,
+}
+
+impl From<WireTokenLogprob> for TokenLogprob {
+    fn from(t: WireTokenLogprob) -> Self {
+        TokenLogprob {
+            bytes: t.bytes.unwrap_or_else(|| t.token.clone().into_bytes()),
+            token: t.token,
+            logprob: t.logprob,
+            top_logprobs: t.top_logprobs.into_iter().map(Self::from).collect(),
+        }
+    }
+}
+
+fn logprobs_of(wire: Option<WireLogprobs>) -> Vec<TokenLogprob> {
+    (wire.and_then(|l| l.content).into_iter().flatten())
+        .map(TokenLogprob::from)
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +142,8 @@ struct ResponseChoice {
     message: ResponseMessage,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<WireLogprobs>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +186,7 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<CloudCompletion, UpstreamErr
         finish_reason: choice.finish_reason,
         usage: response.usage.map(Usage::from),
         model: response.model,
+        logprobs: logprobs_of(choice.logprobs),
     })
 }
 
@@ -161,6 +208,8 @@ struct ChunkChoice {
     delta: Option<ChunkDelta>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<WireLogprobs>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +225,8 @@ pub(crate) struct ChunkUpdate {
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub model: Option<String>,
+    /// The tokens of this chunk, when the provider sent logprobs.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Parses one `data:` payload of a stream (not `[DONE]`). An `error` object in the stream (some
@@ -191,16 +242,18 @@ pub(crate) fn parse_chunk(data: &str) -> Result<ChunkUpdate, UpstreamError> {
         ));
     }
     let choice = chunk.choices.into_iter().next();
-    let (delta, finish_reason) = match choice {
+    let (delta, finish_reason, logprobs) = match choice {
         Some(c) => (
             c.delta.and_then(|d| d.content).filter(|t| !t.is_empty()),
             c.finish_reason,
+            logprobs_of(c.logprobs),
         ),
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     Ok(ChunkUpdate {
         delta,
         finish_reason,
+        logprobs,
         usage: chunk.usage.map(Usage::from),
         model: Some(chunk.model).filter(|m| !m.is_empty()),
     })

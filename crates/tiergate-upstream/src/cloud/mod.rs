@@ -39,10 +39,14 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an error body is read for its message.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// One event of a streamed cloud answer: text deltas, then one `Done` with the whole text.
+/// One event of a streamed cloud answer: text deltas (with the chunk's logprobs, when asked
+/// for; a chunk may carry logprobs and no text), then one `Done` with the whole text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CloudEvent {
-    Delta(String),
+    Delta {
+        text: String,
+        logprobs: Vec<tiergate_api::TokenLogprob>,
+    },
     Done(CloudCompletion),
 }
 

@@ -57,6 +57,7 @@ pub(super) fn read_stream(
             finish_reason: None,
             usage: None,
             model: inner.model.clone(),
+            logprobs: Vec::new(),
         };
         let mut first_event: Option<Duration> = None;
         let mut last_token: Option<Instant> = None;
@@ -121,10 +122,12 @@ pub(super) fn read_stream(
                 if update.usage.is_some() {
                     done.usage = update.usage;
                 }
-                if let Some(delta) = update.delta {
+                if update.delta.is_some() || !update.logprobs.is_empty() {
+                    let text = update.delta.unwrap_or_default();
                     last_token = Some(Instant::now());
-                    done.text.push_str(&delta);
-                    yield Ok(CloudEvent::Delta(delta));
+                    done.text.push_str(&text);
+                    done.logprobs.extend(update.logprobs.iter().cloned());
+                    yield Ok(CloudEvent::Delta { text, logprobs: update.logprobs });
                 }
             }
         };

@@ -46,7 +46,7 @@ pub(super) fn read_stream(
                     first_message.get_or_insert_with(|| started.elapsed());
                     let finish = match &message.event {
                         Some(Event::Delta(delta)) => {
-                            if !delta.text.is_empty() {
+                            if !delta.text.is_empty() || !delta.logprobs.is_empty() {
                                 last_token = Some(Instant::now());
                             }
                             None

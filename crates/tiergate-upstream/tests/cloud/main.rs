@@ -4,6 +4,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod logprobs;
 mod provider;
 
 use std::time::{Duration, Instant};
@@ -114,7 +115,7 @@ async fn streamed_answer_split_mid_event_arrives_whole() {
     let mut done = None;
     while let Some(event) = stream.next().await {
         match event.unwrap() {
-            CloudEvent::Delta(text) => {
+            CloudEvent::Delta { text, .. } => {
                 assert!(done.is_none(), "delta after done");
                 deltas.push(text);
             }
@@ -161,7 +162,7 @@ async fn plain_http_works_for_local_endpoints() {
         .unwrap();
     let mut text = String::new();
     while let Some(event) = stream.next().await {
-        if let CloudEvent::Delta(delta) = event.unwrap() {
+        if let CloudEvent::Delta { text: delta, .. } = event.unwrap() {
             text.push_str(&delta);
         }
     }
@@ -407,7 +408,7 @@ async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     let mut text = String::new();
     let err = loop {
         match stream.next().await.unwrap() {
-            Ok(CloudEvent::Delta(delta)) => text.push_str(&delta),
+            Ok(CloudEvent::Delta { text: delta, .. }) => text.push_str(&delta),
             Ok(CloudEvent::Done(_)) => panic!("a stalled stream completed"),
             Err(err) => break err,
         }

@@ -225,6 +225,9 @@ pub async fn handle(
         .unwrap_or("")
         .to_owned();
     let answer = answer_for(&prompt);
+    // OpenAI answers logprobs only to `logprobs: true`, with `top_logprobs` alternatives.
+    let top = (request["logprobs"].as_bool() == Some(true))
+        .then(|| request["top_logprobs"].as_u64().unwrap_or(0) as usize);
     let usage = json!({
         "prompt_tokens": prompt.split_whitespace().count(),
         "completion_tokens": answer.split_whitespace().count(),
@@ -235,12 +238,13 @@ pub async fn handle(
             200,
             &json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "fake-gpt-0613",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop", "logprobs": null}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop",
+                    "logprobs": top.map(|k| json!({"content": pieces(&answer).iter().enumerate().map(|(i, p)| token_logprob(p, i, k)).collect::<Vec<_>>(), "refusal": null}))}],
                 "usage": usage
             }),
         ));
     }
-    let sse = sse_body(&answer, &usage);
+    let sse = sse_body(&answer, &usage, top);
     let bytes = match mode {
         Mode::StallMidStream => {
             // The role chunk and the first delta, then silence.
@@ -281,35 +285,76 @@ pub fn answer_for(prompt: &str) -> String {
 
 /// The answer as OpenAI streams it: a role chunk, one chunk per word, a finish chunk, a usage
 /// chunk, `[DONE]`; with a keep-alive comment and mixed line ends as real servers send.
-pub fn sse_body(answer: &str, usage: &Value) -> String {
-    let chunk = |delta: Value, finish: Value| {
+pub fn sse_body(answer: &str, usage: &Value, top: Option<usize>) -> String {
+    let chunk = |delta: Value, finish: Value, logprobs: Value| {
         json!({
             "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt-0613",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
         })
     };
     let mut out = String::from(": keep-alive\n\n");
     out += &format!(
         "data: {}\n\n",
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+        chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            Value::Null
+        )
     );
-    for (i, word) in answer.split(' ').enumerate() {
-        let piece = if i == 0 {
-            word.to_owned()
-        } else {
-            format!(" {word}")
-        };
+    for (i, piece) in pieces(answer).into_iter().enumerate() {
         let end = if i % 2 == 0 { "\r\n\r\n" } else { "\n\n" };
+        let logprobs = top.map_or(
+            Value::Null,
+            |k| json!({"content": [token_logprob(&piece, i, k)], "refusal": null}),
+        );
         out += &format!(
             "data: {}{end}",
-            chunk(json!({"content": piece}), Value::Null)
+            chunk(json!({"content": piece}), Value::Null, logprobs)
         );
     }
-    out += &format!("data: {}\n\n", chunk(json!({}), json!("stop")));
+    out += &format!("data: {}\n\n", chunk(json!({}), json!("stop"), Value::Null));
     out += &format!(
         "data: {}\n\n",
         json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt-0613", "choices": [], "usage": usage})
     );
     out += "data: [DONE]\n\n";
     out
+}
+
+/// The answer's tokens as this provider counts them: one per word, with its leading space.
+pub fn pieces(answer: &str) -> Vec<String> {
+    (answer.split(' ').enumerate())
+        .map(|(i, word)| {
+            if i == 0 {
+                word.to_owned()
+            } else {
+                format!(" {word}")
+            }
+        })
+        .collect()
+}
+
+/// OpenAI's logprob entry for token `i` with `k` alternatives: the token itself first (the
+/// provider answers greedily), then made-up others. The first token has `bytes: null`, as
+/// OpenAI sends for tokens without a byte form.
+pub fn token_logprob(piece: &str, i: usize, k: usize) -> Value {
+    let logprob = -0.125 * (i as f64 + 1.0);
+    let bytes = |t: &str| {
+        if i == 0 {
+            Value::Null
+        } else {
+            json!(t.as_bytes())
+        }
+    };
+    let top: Vec<Value> = (0..k)
+        .map(|j| {
+            let token = if j == 0 {
+                piece.to_owned()
+            } else {
+                format!("alt{j}")
+            };
+            json!({"token": token, "logprob": logprob - j as f64, "bytes": bytes(&token)})
+        })
+        .collect();
+    json!({"token": piece, "logprob": logprob, "bytes": bytes(piece), "top_logprobs": top})
 }

@@ -100,7 +100,10 @@ impl Inference for Echo {
                 format!(" {word}")
             };
             events.push(GenerateStreamResponse {
-                event: Some(Event::Delta(TextDelta { text })),
+                event: Some(Event::Delta(TextDelta {
+                    text,
+                    ..Default::default()
+                })),
             });
         }
         events.push(GenerateStreamResponse {

@@ -34,6 +34,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
             top_p: args.top_p,
             seed: args.seed,
             stop: args.stop.clone(),
+            logprobs: None,
         },
         deadline: args
             .deadline_ms

@@ -14,7 +14,7 @@ use crate::node::{
     CacheStatus, NodeApi, NodeError, NodeRequest, StreamEvent, constraint_for_model,
 };
 use crate::shell::{REQUEST_ID, fresh_request_id, is_fit_request_id};
-use tiergate_api::wire::{answer_to_pb, request_from_pb, routing_to_pb};
+use tiergate_api::wire::{answer_to_pb, logprobs_to_pb, request_from_pb, routing_to_pb};
 
 /// The gRPC face of a node.
 pub struct InferenceService {
@@ -127,8 +127,11 @@ impl pb::inference_server::Inference for InferenceService {
                 StreamEvent::Routed(routing) => {
                     pb::generate_stream_response::Event::Routed(routing_to_pb(&routing))
                 }
-                StreamEvent::Delta(text) => {
-                    pb::generate_stream_response::Event::Delta(pb::TextDelta { text })
+                StreamEvent::Delta { text, logprobs } => {
+                    pb::generate_stream_response::Event::Delta(pb::TextDelta {
+                        text,
+                        logprobs: logprobs_to_pb(&logprobs),
+                    })
                 }
                 StreamEvent::Done(answer) => {
                     // The deltas carried the text; the closing message carries the rest.

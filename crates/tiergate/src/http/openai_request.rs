@@ -10,7 +10,9 @@ use tiergate_router::tier::TierConstraint;
 use tiergate_upstream::TraceContext;
 
 use super::openai_unsupported::refuse_unsupported;
-use crate::node::{Forwarding, Input, Limits, Message, NodeError, NodeRequest, Role, Sampling};
+use crate::node::{
+    Forwarding, Input, Limits, MAX_TOP_LOGPROBS, Message, NodeError, NodeRequest, Role, Sampling,
+};
 use crate::node::{ModelCard, constraint_for_model};
 
 /// The tiergate extension object a client may add to a request body.
@@ -93,6 +95,10 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionBody {
     pub messages: Vec<ChatMessageBody>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
 }
 
 /// `prompt` of the completions API: one string (a list of one string is accepted too).
@@ -170,9 +176,43 @@ pub fn parse_chat(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, 
 pub fn parse_completion(body: &[u8], ctx: &ParseContext<'_>) -> Result<ParsedRequest, NodeError> {
     let value = parse_body(body)?;
     refuse_unsupported(&value)?;
+    refuse_legacy_logprobs(&value)?;
     let completion: CompletionBody = from_value(&value)?;
     let common: CommonFields = from_value(&value)?;
     completion_request(completion, common, ctx)
+}
+
+/// What the chat endpoint's `logprobs` and `top_logprobs` ask for, checked as OpenAI checks
+/// them: `top_logprobs` needs `logprobs: true` and is at most 20.
+fn chat_logprobs(body: &ChatCompletionBody) -> Result<Option<u32>, NodeError> {
+    let asked = body.logprobs == Some(true);
+    match body.top_logprobs {
+        Some(k) if !asked => Err(invalid(format!(
+            "`top_logprobs` = {k} requires `logprobs` = true"
+        ))),
+        Some(k) if k > MAX_TOP_LOGPROBS => Err(invalid(format!(
+            "`top_logprobs` = {k} is outside [0, {MAX_TOP_LOGPROBS}]"
+        ))),
+        top => Ok(asked.then(|| top.unwrap_or(0))),
+    }
+}
+
+/// `/v1/completions` does not serve the legacy logprobs form (`logprobs`: an integer, answered
+/// with `tokens`/`token_logprobs`/`text_offset`): asking for it is refused, naming the chat
+/// endpoint that serves them. `null`, `false` and `0` (SDK defaults) ask for nothing.
+fn refuse_legacy_logprobs(body: &serde_json::Value) -> Result<(), NodeError> {
+    for field in ["logprobs", "top_logprobs"] {
+        if let Some(value) = body.get(field)
+            && !value.is_null()
+            && value != &serde_json::Value::Bool(false)
+            && value.as_f64() != Some(0.0)
+        {
+            return Err(invalid(format!(
+                "`{field}` = {value} is not served on /v1/completions; /v1/chat/completions serves `logprobs` and `top_logprobs`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn chat_request(
@@ -180,6 +220,7 @@ fn chat_request(
     common: CommonFields,
     ctx: &ParseContext<'_>,
 ) -> Result<ParsedRequest, NodeError> {
+    let logprobs = chat_logprobs(&body)?;
     if body.messages.is_empty() {
         return Err(invalid(
             "`messages` is empty; at least one message is required",
@@ -204,7 +245,7 @@ fn chat_request(
     {
         return Err(invalid("`messages` has no non-empty user message"));
     }
-    finish(Input::Chat(messages), common, ctx)
+    finish(Input::Chat(messages), common, logprobs, ctx)
 }
 
 fn completion_request(
@@ -225,7 +266,7 @@ fn completion_request(
     if prompt.trim().is_empty() {
         return Err(invalid("`prompt` is empty"));
     }
-    finish(Input::Text(prompt), common, ctx)
+    finish(Input::Text(prompt), common, None, ctx)
 }
 
 fn chat_message(index: usize, message: ChatMessageBody) -> Result<Message, NodeError> {
@@ -263,6 +304,7 @@ fn chat_message(index: usize, message: ChatMessageBody) -> Result<Message, NodeE
 fn finish(
     input: Input,
     common: CommonFields,
+    logprobs: Option<u32>,
     ctx: &ParseContext<'_>,
 ) -> Result<ParsedRequest, NodeError> {
     let model = common
@@ -297,6 +339,7 @@ fn finish(
         top_p: common.top_p,
         seed: common.seed,
         stop,
+        logprobs,
     })?;
 
     let body_constraint = common.tiergate.and_then(|t| t.tier_constraint);

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::node::{Answer, FinishReason, NodeError, RoutingInfo};
+use crate::node::{Answer, FinishReason, NodeError, RoutingInfo, TokenLogprob};
 
 /// Which endpoint a response belongs to; the two differ only in object names and text fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct ResponseMeta {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// The request asked for log-probabilities (chat only): choices carry `logprobs.content`.
+    pub logprobs: bool,
 }
 
 impl ResponseMeta {
@@ -54,6 +56,7 @@ impl ResponseMeta {
             id: format!("{}{request_id}", endpoint.id_prefix()),
             created,
             model,
+            logprobs: false,
         }
     }
 }
@@ -100,6 +103,28 @@ fn usage_field(answer: &Answer) -> Value {
     })
 }
 
+/// OpenAI's `choices[].logprobs` of a chat answer: `{"content": [{token, logprob, bytes,
+/// top_logprobs}]}` when the request asked, `null` otherwise.
+fn logprobs_field(meta: &ResponseMeta, tokens: &[TokenLogprob]) -> Value {
+    if !meta.logprobs {
+        return Value::Null;
+    }
+    let entry =
+        |t: &TokenLogprob| json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut value = entry(t);
+            if let Value::Object(map) = &mut value {
+                let top: Vec<Value> = t.top_logprobs.iter().map(entry).collect();
+                map.insert("top_logprobs".into(), Value::Array(top));
+            }
+            value
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
 /// The whole non-streamed response body.
 pub fn completion(meta: &ResponseMeta, answer: &Answer) -> Value {
     let finish = openai_finish_reason(answer.finish_reason);
@@ -107,7 +132,7 @@ pub fn completion(meta: &ResponseMeta, answer: &Answer) -> Value {
         Endpoint::Chat => json!({
             "index": 0,
             "message": {"role": "assistant", "content": answer.text},
-            "logprobs": null,
+            "logprobs": logprobs_field(meta, &answer.logprobs),
             "finish_reason": finish,
         }),
         Endpoint::Completions => json!({
@@ -155,12 +180,17 @@ pub fn role_chunk(meta: &ResponseMeta, routing: &RoutingInfo) -> Option<Value> {
     }
 }
 
-/// A chunk carrying new text.
-pub fn delta_chunk(meta: &ResponseMeta, text: &str) -> Value {
+/// A chunk carrying new text (and its tokens' log-probabilities, when asked for).
+pub fn delta_chunk(meta: &ResponseMeta, text: &str, logprobs: &[TokenLogprob]) -> Value {
     match meta.endpoint {
         Endpoint::Chat => chunk(
             meta,
-            json!({"index": 0, "delta": {"content": text}, "finish_reason": null}),
+            json!({
+                "index": 0,
+                "delta": {"content": text},
+                "logprobs": logprobs_field(meta, logprobs),
+                "finish_reason": null,
+            }),
         ),
         Endpoint::Completions => chunk(
             meta,

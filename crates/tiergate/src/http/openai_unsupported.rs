@@ -56,16 +56,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         why: "only {\"type\": \"text\"}; JSON modes and schemas are not enforced",
     },
     Unsupported {
-        name: "logprobs",
-        neutral: |v| is_false(v) || is_zero(v),
-        why: "log probabilities are not returned",
-    },
-    Unsupported {
-        name: "top_logprobs",
-        neutral: is_zero,
-        why: "log probabilities are not returned",
-    },
-    Unsupported {
         name: "echo",
         neutral: is_false,
         why: "the prompt is not echoed",
@@ -156,9 +146,6 @@ mod tests {
     fn fields_that_ask_for_something_are_refused_by_name() {
         for (field, value) in [
             ("response_format", json!({"type": "json_object"})),
-            ("logprobs", json!(true)),
-            ("logprobs", json!(5)),
-            ("top_logprobs", json!(3)),
             ("echo", json!(true)),
             ("best_of", json!(2)),
             ("suffix", json!("end")),
@@ -179,8 +166,6 @@ mod tests {
     fn neutral_values_and_harmless_fields_are_accepted() {
         let body = json!({
             "response_format": {"type": "text"},
-            "logprobs": false,
-            "top_logprobs": 0,
             "echo": false,
             "best_of": 1,
             "suffix": "",

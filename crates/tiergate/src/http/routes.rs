@@ -145,7 +145,8 @@ async fn unary_response(
     endpoint: Endpoint,
     parsed: ParsedRequest,
 ) -> Response<HttpBody> {
-    let meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    let mut meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    meta.logprobs = parsed.request.sampling.logprobs.is_some();
     match state.node.generate(parsed.request).await {
         Ok(answer) => {
             let body = wire::completion(&meta, &answer);
@@ -167,7 +168,8 @@ async fn stream_response(
     endpoint: Endpoint,
     parsed: ParsedRequest,
 ) -> Response<HttpBody> {
-    let meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    let mut meta = ResponseMeta::new(endpoint, &parsed.request.request_id, parsed.model);
+    meta.logprobs = parsed.request.sampling.logprobs.is_some();
     let include_usage = parsed.include_usage;
     let mut events = match state.node.generate_stream(parsed.request).await {
         Ok(events) => events,
@@ -185,7 +187,9 @@ async fn stream_response(
     let first = wire::role_chunk(&meta, &routing).map(|chunk| sse_data(&chunk));
     let frames = events
         .map(move |event| match event {
-            Ok(StreamEvent::Delta(text)) => sse_data(&wire::delta_chunk(&meta, &text)),
+            Ok(StreamEvent::Delta { text, logprobs }) => {
+                sse_data(&wire::delta_chunk(&meta, &text, &logprobs))
+            }
             Ok(StreamEvent::Done(answer)) => {
                 let mut out = sse_data(&wire::final_chunk(&meta, &answer)).to_vec();
                 if include_usage {

@@ -4,6 +4,7 @@
 use futures::stream::BoxStream;
 
 use super::{FinishReason, NodeError, RoutingInfo, Usage};
+use tiergate_api::TokenLogprob;
 
 /// What an attempt yields.
 #[derive(Debug, Clone)]
@@ -11,10 +12,12 @@ pub enum AttemptEvent {
     /// The local model read the prompt: its mean token NLL (nats) from the prefill, when the
     /// prompt had more than one token. Sent before the first delta.
     LocalPrefilled { prompt_nll: Option<f64> },
-    /// New text, with the token's confidence when the local engine made it.
+    /// New text, with the token's confidence when the local engine made it, and the tokens'
+    /// log-probabilities when the request asked (a token may come with empty text).
     Delta {
         text: String,
         confidence: Option<TokenConfidence>,
+        logprobs: Vec<TokenLogprob>,
     },
     /// An upstream tiergate node settled where it answers (sent before its first delta).
     UpstreamRouted(RoutingInfo),

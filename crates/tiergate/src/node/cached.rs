@@ -52,6 +52,8 @@ impl Walk<'_> {
             AttemptEvent::Delta {
                 text: hit.text.clone(),
                 confidence: None,
+                // A request asking for logprobs never reaches the cache (`RequestCache::new`).
+                logprobs: Vec::new(),
             },
             AttemptEvent::Done(AttemptSummary {
                 finish_reason: hit.finish_reason(),

@@ -28,25 +28,42 @@ impl Walk<'_> {
             return 0;
         }
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         let mut deltas = 0_u64;
         let mut first_token_at: Option<Duration> = None;
         let mut events = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
         while let Some(event) = events.next().await {
             match event {
-                Ok(AttemptEvent::Delta { text: piece, .. }) => {
+                Ok(AttemptEvent::Delta {
+                    text: piece,
+                    logprobs: tokens,
+                    ..
+                }) => {
                     deltas += 1;
                     first_token_at.get_or_insert_with(|| self.started.elapsed());
-                    if piece.is_empty() {
+                    if piece.is_empty() && tokens.is_empty() {
                         continue;
                     }
                     text.push_str(&piece);
-                    if tx.send(Ok(StreamEvent::Delta(piece))).await.is_err() {
+                    // A whole answer gets them all in `Done`; a stream sends them with the text.
+                    let sent = if self.whole_answer {
+                        logprobs.extend(tokens);
+                        Vec::new()
+                    } else {
+                        tokens
+                    };
+                    let delta = StreamEvent::Delta {
+                        text: piece,
+                        logprobs: sent,
+                    };
+                    if tx.send(Ok(delta)).await.is_err() {
                         return deltas;
                     }
                 }
                 Ok(AttemptEvent::UpstreamRouted(_) | AttemptEvent::LocalPrefilled { .. }) => {}
                 Ok(AttemptEvent::Done(summary)) => {
-                    let answer = self.answer(routing, text, summary, first_token_at);
+                    let mut answer = self.answer(routing, text, summary, first_token_at);
+                    answer.logprobs = logprobs;
                     self.record_answer(&answer);
                     if let Some(cache) = self.cache {
                         cache.answered(&answer);
@@ -91,6 +108,7 @@ impl Walk<'_> {
             usage: summary.usage,
             finish_reason: summary.finish_reason,
             model: summary.model,
+            logprobs: Vec::new(),
             time_to_first_token: first_token.unwrap_or(total_time),
             total_time,
         }

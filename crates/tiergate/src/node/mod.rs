@@ -19,9 +19,9 @@ pub use hedge::{HedgeConfig, HedgeDelay};
 pub use service::{Node, NodeParts};
 pub use tiergate_api::request as api;
 pub use tiergate_api::{
-    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Limits, Message, ModelCard,
-    NodeError, NodeRequest, Role, RoutingInfo, Sampling, StreamEvent, Usage, constraint_for_model,
-    error, limits,
+    Answer, AnswerStream, CacheStatus, FinishReason, Forwarding, Input, Limits, MAX_TOP_LOGPROBS,
+    Message, ModelCard, NodeError, NodeRequest, Role, RoutingInfo, Sampling, StreamEvent,
+    TokenLogprob, Usage, constraint_for_model, error, limits,
 };
 
 /// The routing decision for a request, without generating.

@@ -179,7 +179,10 @@ impl Node {
         let decision = self.decision(&request);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let node = Arc::clone(&self);
+        // The cache keeps text, not log-probabilities: a request asking for them neither reads
+        // nor writes it.
         let cache = (node.parts.cache.as_ref())
+            .filter(|_| request.sampling.logprobs.is_none())
             .and_then(|cache| RequestCache::new(cache, &request, node.parts.tier));
         // The walk runs in the request's span, so its log lines carry the request id.
         let span = tracing::Span::current();
@@ -444,5 +447,6 @@ fn engine_sampling(sampling: &super::Sampling) -> tiergate_engine::SamplingParam
         top_p: sampling.top_p.unwrap_or(1.0),
         seed: sampling.seed,
         stop: sampling.stop.clone(),
+        logprobs: sampling.logprobs.map(|k| k as usize),
     }
 }

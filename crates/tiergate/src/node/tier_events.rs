@@ -3,7 +3,10 @@
 //! events the executor walks; and their errors as the node's.
 
 use futures::StreamExt;
-use tiergate_api::wire::{answer_from_pb, finish_reason_from_str, routing_from_pb};
+use tiergate_api::TokenLogprob;
+use tiergate_api::wire::{
+    answer_from_pb, finish_reason_from_str, logprobs_from_pb, routing_from_pb,
+};
 use tiergate_engine::{EngineError, ErrorClass, GenerationEvent};
 use tiergate_upstream::{CloudEvent, UpstreamError};
 
@@ -49,6 +52,24 @@ fn finish_from_engine(reason: tiergate_engine::FinishReason) -> FinishReason {
     }
 }
 
+/// The engine's log-probabilities of one token in the node's terms (the alternatives carry
+/// no alternatives of their own).
+fn local_logprobs(logprobs: Option<tiergate_engine::TokenLogprobs>) -> Vec<TokenLogprob> {
+    let entry = |t: tiergate_engine::TokenLogprob, top_logprobs| TokenLogprob {
+        token: t.text(),
+        logprob: t.logprob,
+        bytes: t.bytes,
+        top_logprobs,
+    };
+    logprobs
+        .map(|l| {
+            let top = l.top.into_iter().map(|t| entry(t, Vec::new())).collect();
+            entry(l.chosen, top)
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The local engine's events as an attempt's. With `budget_first`, a deadline stop was the
 /// device's latency budget, not the request's deadline.
 pub(super) fn local_attempt(
@@ -74,6 +95,7 @@ pub(super) fn local_attempt(
                         top1_prob: token.top1_prob,
                         entropy: token.entropy,
                     }),
+                    logprobs: local_logprobs(token.logprobs),
                 })),
                 Ok(GenerationEvent::Finished(summary)) => {
                     Some(Ok(AttemptEvent::Done(AttemptSummary {
@@ -113,6 +135,7 @@ pub(super) fn regional_attempt(
                     Some(Event::Delta(delta)) => Some(Ok(AttemptEvent::Delta {
                         text: delta.text,
                         confidence: None,
+                        logprobs: logprobs_from_pb(delta.logprobs),
                     })),
                     Some(Event::Done(done)) => Some(
                         answer_from_pb(done)
@@ -132,9 +155,10 @@ pub(super) fn cloud_attempt(
     events
         .map(move |item| match item {
             Err(err) => Err(upstream_error(err)),
-            Ok(CloudEvent::Delta(text)) => Ok(AttemptEvent::Delta {
+            Ok(CloudEvent::Delta { text, logprobs }) => Ok(AttemptEvent::Delta {
                 text,
                 confidence: None,
+                logprobs,
             }),
             Ok(CloudEvent::Done(done)) => {
                 Ok(AttemptEvent::Done(cloud_answer(done, &model).summary))
@@ -146,6 +170,7 @@ pub(super) fn cloud_attempt(
 /// A whole cloud answer, in the attempt's terms.
 pub(super) struct WholeAnswer {
     text: String,
+    logprobs: Vec<TokenLogprob>,
     summary: AttemptSummary,
 }
 
@@ -161,6 +186,7 @@ pub(super) fn cloud_answer(done: tiergate_upstream::CloudCompletion, model: &str
             },
         },
         text: done.text,
+        logprobs: done.logprobs,
     }
 }
 
@@ -168,6 +194,7 @@ impl From<Answer> for WholeAnswer {
     fn from(answer: Answer) -> Self {
         WholeAnswer {
             text: answer.text,
+            logprobs: answer.logprobs,
             summary: AttemptSummary {
                 finish_reason: answer.finish_reason,
                 usage: answer.usage,
@@ -190,6 +217,7 @@ pub(super) fn whole_attempt(
             AttemptEvent::Delta {
                 text: answer.text,
                 confidence: None,
+                logprobs: answer.logprobs,
             },
             AttemptEvent::Done(answer.summary),
         ])

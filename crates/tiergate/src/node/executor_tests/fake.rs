@@ -137,6 +137,7 @@ pub(super) fn delta(text: &str) -> Result<AttemptEvent, NodeError> {
     Ok(AttemptEvent::Delta {
         text: text.to_owned(),
         confidence: None,
+        logprobs: Vec::new(),
     })
 }
 
@@ -148,6 +149,7 @@ pub(super) fn token(text: &str, top1_prob: f32) -> Result<AttemptEvent, NodeErro
             top1_prob,
             entropy: 0.1,
         }),
+        logprobs: Vec::new(),
     })
 }
 
