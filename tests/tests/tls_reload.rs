@@ -2,7 +2,7 @@
 //! and on a schedule; new connections on both listeners get the new certificate, connections
 //! already open keep working, and a broken new pair is refused (the old one keeps serving, a
 //! metric counts the failure). And a TCP peer that connects and never speaks is closed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -169,6 +169,7 @@ async fn wait_for_certificate(connector: &TlsConnector, addr: SocketAddr, expect
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("{addr}: new certificate after {:?}", started.elapsed());
 }
 
 /// One HTTP/1.1 request on an open connection; returns the response head.
@@ -357,6 +358,7 @@ async fn a_peer_that_connects_and_never_speaks_is_closed() {
     let node = NodeProcess::start("plain", &toml).await.unwrap();
     for addr in [node.grpc, node.http] {
         let closed_after = silent_peer(addr).await;
+        eprintln!("plaintext {addr}: silent peer closed after {closed_after:?}");
         assert!(
             closed_after >= Duration::from_secs(1),
             "{addr}: {closed_after:?}"
@@ -380,6 +382,7 @@ async fn a_peer_that_connects_and_never_speaks_is_closed() {
     let node = NodeProcess::start("tls", &files.toml("1h")).await.unwrap();
     for addr in [node.grpc, node.http] {
         let closed_after = silent_peer(addr).await;
+        eprintln!("TLS {addr}: silent peer closed after {closed_after:?}");
         assert!(
             closed_after >= Duration::from_secs(1),
             "{addr}: {closed_after:?}"
