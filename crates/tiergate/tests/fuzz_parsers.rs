@@ -157,7 +157,10 @@ fn check_request(
             prop_assert!(s.max_new_tokens >= 1 && s.max_new_tokens <= limits.max_new_tokens);
             prop_assert!(s.temperature.is_none_or(|t| (0.0..=2.0).contains(&t)));
             prop_assert!(s.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
-            prop_assert!(s.logprobs.is_none_or(|k| k <= tiergate_api::MAX_TOP_LOGPROBS));
+            prop_assert!(
+                s.logprobs
+                    .is_none_or(|k| k <= tiergate_api::MAX_TOP_LOGPROBS)
+            );
             prop_assert!(converted.deadline <= now + limits.max_timeout);
             if let Input::Chat(messages) = &converted.input {
                 prop_assert!(messages.len() <= limits.max_messages);
