@@ -15,4 +15,5 @@ pub mod node;
 pub mod privacy;
 pub mod serve;
 pub mod shell;
+pub mod telemetry;
 pub mod tls;
