@@ -1,4 +1,4 @@
-//! The gRPC listener: Inference, Health and reflection (v1 and v1alpha) on one port, inside the
+//! The gRPC listener: Inference, Admin, Health and reflection (v1 and v1alpha) on one port, inside the
 //! serving stack; TCP_NODELAY on each accepted connection, TLS (mutual when configured) in front
 //! when configured. Health follows the node's lifecycle.
 
@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tiergate_proto::v1::admin_server::AdminServer;
 use tiergate_proto::v1::inference_server::InferenceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -14,7 +15,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::InferenceService;
+use super::{AdminService, InferenceService};
+use crate::device::DeviceReporter;
 use crate::node::NodeApi;
 use crate::shell::{Api, Lifecycle, Phase, StackSettings, serving_stack};
 
@@ -28,6 +30,8 @@ pub struct GrpcListenerSettings {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub stack: StackSettings,
     pub lifecycle: Lifecycle,
+    /// The node's report (`tiergate.v1.Admin/Report`), shared with HTTP `GET /v1/report`.
+    pub device: Arc<DeviceReporter>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
@@ -55,7 +59,10 @@ pub async fn serve_grpc(
     ));
     let inference =
         InferenceServer::new(InferenceService::new(node)).max_decoding_message_size(max_message);
-    let mut routes = Routes::new(health_service).add_service(inference);
+    let admin = AdminServer::new(AdminService::new(Arc::clone(&settings.device)));
+    let mut routes = Routes::new(health_service)
+        .add_service(inference)
+        .add_service(admin);
     // Reflection is a convenience for grpcurl and friends; a node serves without it. Both
     // versions: grpcurl before 1.9 and Python's grpcio-reflection speak only v1alpha.
     let reflection = || {
