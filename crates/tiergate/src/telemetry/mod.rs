@@ -178,3 +178,53 @@ pub fn adopt(span: &tracing::Span, trace: &TraceContext) {
         let _ = span.context();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn with(toml: &str) -> Result<(), &'static str> {
+        let config: TelemetryConfig = toml::from_str(toml).map_err(|_| "parse")?;
+        config.validate().map_err(|(path, _)| path)
+    }
+
+    #[test]
+    fn the_default_exports_nothing_and_is_valid() {
+        let config = TelemetryConfig::default();
+        assert_eq!(config.otlp_endpoint, None);
+        assert!(config.validate().is_ok());
+        assert!(start(&config).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert_eq!(
+            with("sampling_ratio = 1.5"),
+            Err("telemetry.sampling_ratio")
+        );
+        assert_eq!(
+            with("sampling_ratio = -0.1"),
+            Err("telemetry.sampling_ratio")
+        );
+        assert_eq!(with("service_name = \" \""), Err("telemetry.service_name"));
+        assert_eq!(
+            with("otlp_endpoint = \"collector:4317\""),
+            Err("telemetry.otlp_endpoint")
+        );
+        assert_eq!(
+            with("otlp_endpoint = \"ftp://c:4317\""),
+            Err("telemetry.otlp_endpoint")
+        );
+        assert_eq!(
+            with("export_timeout = \"0s\""),
+            Err("telemetry.export_timeout")
+        );
+        assert_eq!(with("unknown = 1"), Err("parse"));
+        assert_eq!(
+            with("otlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25"),
+            Ok(())
+        );
+    }
+}
