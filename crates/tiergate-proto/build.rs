@@ -4,10 +4,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = proto_root.join("tiergate/v1/inference.proto");
+    let files = [
+        proto_root.join("tiergate/v1/inference.proto"),
+        proto_root.join("tiergate/v1/admin.proto"),
+    ];
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
-    let fds = protox::compile([&file], [&proto_root])?;
+    let fds = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // The encoded descriptor set serves gRPC server reflection.
     std::fs::write(

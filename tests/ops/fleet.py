@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
+# The edge's one tenant (its key's SHA-256 is in EDGE_TOML); the regional node has no tenants.
+TENANT_KEY = "tg_ops-fleet-key-0123456789abcdef"
 
 
 def tiergate_bin() -> Path:
@@ -109,7 +111,9 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def chat(node: Node, prompt: str, *, stream: bool = False, max_tokens: int = 8) -> int:
+def chat(
+    node: Node, prompt: str, *, stream: bool = False, max_tokens: int = 8, key: str | None = TENANT_KEY
+) -> int:
     body = json.dumps(
         {
             "model": "tiergate",
@@ -124,6 +128,8 @@ def chat(node: Node, prompt: str, *, stream: bool = False, max_tokens: int = 8) 
         data=body,
         headers={"content-type": "application/json"},
     )
+    if key is not None:
+        req.add_header("authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             resp.read()
@@ -167,6 +173,9 @@ mode = "always"
 [device]
 memory_budget_mb = 8192
 latency_budget_ms = 60000
+[[tenants]]
+name = "ops"
+key_sha256 = ["ff2c88a4ab37962005f4d0a6bcf33f40eaf7c4ce2e62882adc91d908f871a69c"]
 """
 
 
@@ -200,12 +209,15 @@ def start_fleet() -> Fleet:
 def drive_traffic(fleet: Fleet) -> None:
     """Requests that make every metric family appear: an escalated answer (abandon at the edge,
     regional answers), the same again (a cache hit), a streamed one, a committed local answer at
-    the regional node, and a refused one (an error outcome)."""
+    the regional node, a refused one (an error outcome) and one with a wrong key (the edge's
+    tenant counts the others)."""
     assert chat(fleet.edge, "What is the capital of France?") == 200
     assert chat(fleet.edge, "What is the capital of France?") == 200
     assert chat(fleet.edge, "Name a colour.", stream=True) == 200
     assert chat(fleet.regional, "Name a fruit.") == 200
     assert chat(fleet.edge, "too many tokens", max_tokens=10**6) == 400
+    # A wrong key: an authentication failure.
+    assert chat(fleet.edge, "Name a colour.", key="tg_not-a-key-0123456789abcdef") == 401
 
 
 def metric_names(exposition: str) -> set[str]:

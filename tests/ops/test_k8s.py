@@ -195,3 +195,61 @@ def test_node_configs_pass_config_validate(cm):
             capture_output=True, text=True, timeout=60,
         )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+ADAPTER = K8S / "prometheus-adapter" / "config.yaml"
+
+
+def adapter_rules() -> list[dict]:
+    return yaml.safe_load(ADAPTER.read_text())["rules"]
+
+
+def test_regional_hpa_scales_on_the_adapter_metric_with_cpu_as_fallback():
+    hpa = find("HorizontalPodAutoscaler", "tiergate-regional")
+    metrics = hpa["spec"]["metrics"]
+    pods = [m["pods"] for m in metrics if m["type"] == "Pods"]
+    assert pods, "no custom (Pods) metric"
+    served = {rule["name"]["as"] for rule in adapter_rules()}
+    for metric in pods:
+        assert metric["metric"]["name"] in served, f"{metric} is not served by {ADAPTER}"
+        assert metric["target"]["type"] == "AverageValue"
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics)
+
+
+def test_adapter_rules_name_exported_series_and_labels_the_scrape_sets(scraped_names):
+    """Each rule's series is one a real node exports; the labels it maps to Kubernetes objects
+    are the node's `node` (its pod name in regional.yaml) and the scrape config's `namespace`."""
+    scrape = (K8S / "prometheus-scrape.yml").read_text()
+    regional = find("Deployment", "tiergate-regional")
+    env = regional["spec"]["template"]["spec"]["containers"][0]["env"]
+    name_env = next(e for e in env if e["name"] == "TIERGATE__NODE__NAME")
+    assert name_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for rule in adapter_rules():
+        series = re.match(r"[a-z_:]+", rule["seriesQuery"]).group(0)
+        assert series in scraped_names, series
+        overrides = rule["resources"]["overrides"]
+        assert overrides["node"] == {"resource": "pod"}
+        assert overrides["namespace"] == {"resource": "namespace"}
+        assert "target_label: namespace" in scrape
+
+
+def test_adapter_queries_are_valid_promql():
+    """The adapter's templates, filled as the adapter fills them, pass promtool as recording rules."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed: `make ops-deps`"
+    rules = []
+    for i, rule in enumerate(adapter_rules()):
+        series = re.match(r"[a-z_:]+", rule["seriesQuery"]).group(0)
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", 'namespace="tiergate",node=~"tiergate-regional-a|tiergate-regional-b"')
+            .replace("<<.GroupBy>>", "node")
+        )
+        assert "<<" not in query, query
+        rules.append({"record": f"adapter:rule{i}", "expr": query})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adapter-rules.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+        out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -82,3 +82,15 @@ def test_operations_doc_lists_every_exported_family(scraped_names):
         if f"`{f}`" not in doc and not (f.startswith("tiergate_process_") and "`tiergate_process_*`" in doc)
     )
     assert not missing, f"exported but not in docs/operations.md: {missing}"
+
+
+def test_every_exported_family_has_a_panel(scraped_names):
+    """Each tiergate family a real node exports is queried by some dashboard panel."""
+    queried = set()
+    for _, expr in promql.dashboard_exprs():
+        queried |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in promql.metric_names(expr)}
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in scraped_names if n.startswith("tiergate_")}
+    # The process collector's families: memory, CPU and fds have panels; the rest are the
+    # collector's detail (start time, virtual memory, thread count).
+    missing = sorted(f for f in families - queried if not f.startswith("tiergate_process_"))
+    assert not missing, f"exported but on no dashboard panel: {missing}"

@@ -259,6 +259,11 @@ impl NodeProcess {
         Ok(())
     }
 
+    /// The node's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
     }

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use tiergate_bench::fake_upstream::Fault;
+use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml};
 use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text, node_toml};
 
 const BREACH_WARNING: &str = "device budget breached";
@@ -164,4 +166,67 @@ async fn generation_stops_at_the_latency_budget_and_says_so() {
     assert_eq!(body["tiergate"]["budget_stop"], "latency", "{body}");
     let tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(tokens > 0 && tokens < 400, "{tokens}");
+}
+
+/// The latency budget counts from the request's arrival at the node, not from the start of the
+/// local step: when the cloud step first stalls until its first-token timeout (1.5 s) and the
+/// node falls back to its own model, local generation gets only what is left of the 4 s budget,
+/// so the whole answer comes within about 4 s (counted from the local step, it took 5.5 s).
+/// Streamed, since a streamed upstream step is the one cut at its first-token timeout. Real
+/// model only, as above.
+#[tokio::test]
+async fn the_latency_budget_counts_from_arrival_not_from_the_local_step() {
+    let Some(model) = tiergate_e2e::real_model_dir() else {
+        return;
+    };
+    let cloud = FakeCloud::start().await.unwrap();
+    cloud.faults.set(Fault::StallBeforeHeaders);
+    let links = EdgeLinks {
+        cloud: Some(cloud.url.clone()),
+        cloud_first_token: Some(Duration::from_millis(1500)),
+        extra: "[limits]\nmax_new_tokens = 400\n\
+                [device]\nprofile = \"raspberry_pi\"\nlatency_budget_ms = 4000\nstop_at_budget_share = 1.0\n"
+            .to_owned(),
+        ..EdgeLinks::default()
+    };
+    let config = edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)).replace(
+        "model_dir = \"models/edge\"",
+        &format!("model_dir = \"{}\"", model.display()),
+    );
+    let node = NodeProcess::start("edge", &config).await.unwrap();
+    let started = Instant::now();
+    let reply = tiergate_e2e::post_json(
+        &format!("{}/v1/chat/completions", node.http_url()),
+        &serde_json::json!({
+            "model": "tiergate",
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": true,
+            "messages": [{"role": "user", "content": "Write a long, detailed story about a dragon who learns to bake bread."}],
+        }),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "after {took:?}: {}", reply.text());
+    assert_eq!(cloud.faults.calls(), 1, "the cloud step was tried first");
+    let chunks: Vec<serde_json::Value> = reply
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty(), "after {took:?}: {}", reply.text());
+    let last = chunks.iter().rev().find(|c| c.get("tiergate").is_some());
+    let tiergate = &last.unwrap()["tiergate"];
+    assert_eq!(tiergate["tier"], "edge", "{tiergate}");
+    assert_eq!(tiergate["budget_stop"], "latency", "{tiergate}");
+    // 4 s of budget plus the answer's own overhead; the local step's full 4 s after the 1.5 s
+    // stall would be 5.5 s.
+    assert!(took < Duration::from_millis(4800), "took {took:?}");
 }

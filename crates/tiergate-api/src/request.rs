@@ -122,6 +122,9 @@ pub struct NodeRequest {
     pub forwarding: Forwarding,
     /// Generation stops here and says so.
     pub deadline: Instant,
+    /// When the request reached this node (its front end read it): the device's latency
+    /// budget counts from here, as the user's latency does.
+    pub arrived: Instant,
     pub request_id: String,
     /// The caller's tenant (`[[tenants]]`), resolved from its API key by the serving stack;
     /// `None` when authentication is off, or for a request forwarded by a peer node.
@@ -154,6 +157,7 @@ impl NodeRequest {
             constraint: TierConstraint::None,
             forwarding: Forwarding::default(),
             deadline,
+            arrived: Instant::now(),
             request_id: String::new(),
             tenant: None,
             trace: TraceContext::fresh(),

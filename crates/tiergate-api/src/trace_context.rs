@@ -156,6 +156,24 @@ impl TraceContext {
         )
     }
 
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Whether the trace came from a caller (else this node started it).
+    pub fn has_caller(&self) -> bool {
+        self.parent_id.is_some()
+    }
+
+    /// Sets the sampled flag of a trace this node started (its exporter decided to record it),
+    /// so the tiers above record their spans of it too. A caller's flags are never changed.
+    pub fn mark_sampled(&mut self) {
+        if self.parent_id.is_none() {
+            self.flags |= 0x01;
+        }
+    }
+
     /// The caller's `tracestate`, passed on unchanged.
     pub fn tracestate(&self) -> Option<&str> {
         self.tracestate.as_deref()
@@ -185,6 +203,17 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn only_a_trace_this_node_started_can_be_marked_sampled() {
+        let mut fresh = TraceContext::fresh();
+        fresh.mark_sampled();
+        assert!(fresh.traceparent().ends_with("-01"));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let (mut called, _) = TraceContext::from_incoming(Some(unsampled), None);
+        called.mark_sampled();
+        assert_eq!(called.flags(), 0);
+    }
 
     #[test]
     fn a_valid_traceparent_is_read() {

@@ -158,6 +158,7 @@ pub fn request_from_pb(
         constraint: constraint_from_pb(request.tier_constraint)?,
         forwarding,
         deadline: limits.deadline(now, timeout),
+        arrived: now,
         request_id: request.request_id,
         tenant: None,
         // The front end puts the stack's trace context here.

@@ -16,6 +16,7 @@ pub mod node;
 pub mod privacy;
 pub mod serve;
 pub mod shell;
+pub mod telemetry;
 pub mod tls;
 
 /// An error and its sources on one line, for logs.

@@ -380,6 +380,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             handshake_timeout: server.handshake_timeout,
             stack: stack.clone(),
             lifecycle: lifecycle.clone(),
+            device: Arc::clone(&device),
             max_concurrent_streams: server.max_concurrent_streams,
             keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,

@@ -115,6 +115,7 @@ mod tests {
             constraint: TierConstraint::None,
             forwarding: Forwarding::default(),
             deadline: Instant::now() + Duration::from_secs(5),
+            arrived: Instant::now(),
             request_id: "a".into(),
             tenant: None,
             trace: tiergate_upstream::TraceContext::fresh(),

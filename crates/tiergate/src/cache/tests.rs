@@ -18,6 +18,7 @@ fn request(text: &str) -> NodeRequest {
         constraint: TierConstraint::None,
         forwarding: Forwarding::default(),
         deadline: Instant::now() + Duration::from_secs(5),
+        arrived: Instant::now(),
         request_id: "r".into(),
         tenant: None,
         trace: tiergate_upstream::TraceContext::fresh(),

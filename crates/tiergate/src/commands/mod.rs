@@ -10,11 +10,25 @@ pub mod model;
 pub mod route;
 pub mod serve;
 
+use anyhow::Context;
+use tiergate::telemetry::{BoxedLayer, Telemetry};
+
 use crate::cli::{Command, ConfigCommand, EvalCommand, KeysCommand, ModelCommand, RouteCommand};
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Trace export for the commands that have it (`serve`, as its `[telemetry]` says); the
+/// configuration is read again by the command itself.
+pub fn start_telemetry(command: &Command) -> anyhow::Result<Option<(Telemetry, BoxedLayer)>> {
+    let Command::Serve(args) = command else {
+        return Ok(None);
+    };
+    let config = tiergate::config::Config::load(args.config.as_deref())
+        .context("loading the configuration")?;
+    tiergate::telemetry::start(&config.telemetry).context("starting trace export ([telemetry])")
+}
+
+pub async fn run(command: Command, telemetry: Option<Telemetry>) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(args, telemetry).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Generate(args) => generate::run(args).await,
         Command::Route(RouteCommand::Explain(args)) => route::explain(args).await,

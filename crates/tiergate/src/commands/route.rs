@@ -30,6 +30,7 @@ pub async fn explain(args: RouteExplainArgs) -> anyhow::Result<()> {
         constraint,
         forwarding: Forwarding::default(),
         deadline: node.limits().deadline(Instant::now(), None),
+        arrived: Instant::now(),
         request_id: String::new(),
         tenant: None,
         trace: tiergate_upstream::TraceContext::fresh(),

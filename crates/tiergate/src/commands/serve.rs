@@ -7,11 +7,15 @@ use anyhow::Context;
 use serde_json::json;
 use tiergate::config::Config;
 use tiergate::serve::start_node;
+use tiergate::telemetry::Telemetry;
 
 use crate::cli::ServeArgs;
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs, telemetry: Option<Telemetry>) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP");
+    }
     let node = start_node(config).await?;
     // One JSON line on stdout says where the node listens (ports may have been 0): scripts and
     // the end-to-end tests read it. Logs go to stderr.
@@ -38,6 +42,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         () = shutdown_signal() => tracing::warn!("second signal: exiting without draining"),
+    }
+    // The last spans (the drain's) go out before the process ends; the flush blocks, so it
+    // runs off the runtime's workers.
+    if let Some(telemetry) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::model_trust::ModelTrustConfig;
 use crate::node::{HedgeConfig, Limits};
 use crate::privacy::PrivacyConfig;
 use crate::shell::CorsConfig;
+use crate::telemetry::TelemetryConfig;
 use crate::tls::ServerTls;
 
 /// The whole configuration of one node.
@@ -47,6 +48,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// The device profile: budgets (monitored) and engine settings (defaults).
     pub device: DeviceSection,
+    /// Trace export over OTLP (off by default).
+    pub telemetry: TelemetryConfig,
 }
 
 /// Who this node is.
@@ -186,6 +189,9 @@ impl Config {
         }
         if self.node.routed_model.trim().is_empty() {
             return Err(invalid("node.routed_model", "must not be empty"));
+        }
+        if let Err((path, message)) = self.telemetry.validate() {
+            return Err(invalid(path, &message));
         }
         if self.server.max_concurrent_requests == 0 {
             return Err(invalid(

@@ -1,12 +1,13 @@
-//! The gRPC listener: Inference, Health and reflection (v1 and v1alpha) on one port, inside the
-//! serving stack, over the node's own accept loop ([`crate::accept`]: socket options, a bounded
-//! handshake or first bytes, TLS (mutual when configured) with certificates that reload).
-//! Health follows the node's lifecycle.
+//! The gRPC listener: Inference, Admin, Health and reflection (v1 and v1alpha) on one port,
+//! inside the serving stack, over the node's own accept loop ([`crate::accept`]: socket options,
+//! a bounded handshake or first bytes, TLS (mutual when configured) with certificates that
+//! reload). Health follows the node's lifecycle.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tiergate_proto::v1::admin_server::AdminServer;
 use tiergate_proto::v1::inference_server::InferenceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -14,8 +15,9 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::InferenceService;
+use super::{AdminService, InferenceService};
 use crate::accept::{IntakeSettings, grpc_plain_incoming, grpc_tls_incoming};
+use crate::device::DeviceReporter;
 use crate::node::NodeApi;
 use crate::shell::{Api, Lifecycle, Phase, StackSettings, serving_stack};
 
@@ -32,6 +34,8 @@ pub struct GrpcListenerSettings {
     pub handshake_timeout: Duration,
     pub stack: StackSettings,
     pub lifecycle: Lifecycle,
+    /// The node's report (`tiergate.v1.Admin/Report`), shared with HTTP `GET /v1/report`.
+    pub device: Arc<DeviceReporter>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
@@ -59,7 +63,10 @@ pub async fn serve_grpc(
     ));
     let inference =
         InferenceServer::new(InferenceService::new(node)).max_decoding_message_size(max_message);
-    let mut routes = Routes::new(health_service).add_service(inference);
+    let admin = AdminServer::new(AdminService::new(Arc::clone(&settings.device)));
+    let mut routes = Routes::new(health_service)
+        .add_service(inference)
+        .add_service(admin);
     // Reflection is a convenience for grpcurl and friends; a node serves without it. Both
     // versions: grpcurl before 1.9 and Python's grpcio-reflection speak only v1alpha.
     let reflection = || {

@@ -363,6 +363,7 @@ fn finish(
             constraint,
             forwarding: Forwarding::default(),
             deadline: ctx.limits.deadline(ctx.now, None),
+            arrived: ctx.now,
             request_id: ctx.request_id.clone(),
             tenant: None,
             trace: ctx.trace.clone(),

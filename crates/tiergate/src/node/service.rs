@@ -332,9 +332,11 @@ impl TierStarter for Node {
         &self,
         request: &NodeRequest,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
-        // The device's latency budget (counted from the start of the local step) ends
-        // generation when it comes before the request's deadline; the answer says so.
-        let budget_at = (self.parts.generation_budget).map(|budget| Instant::now() + budget);
+        // The device's latency budget ends generation when it comes before the request's
+        // deadline; the answer says so. It counts from the request's arrival at this node, as
+        // the user's latency does: a local step after a failed upstream attempt, or after the
+        // prompt scoring, has only what is left of it.
+        let budget_at = (self.parts.generation_budget).map(|budget| request.arrived + budget);
         let budget_first = budget_at.is_some_and(|at| at < request.deadline);
         let generation = GenerationRequest {
             prompt: engine_prompt(&request.input),

@@ -5,7 +5,8 @@
 //! 429 + `Retry-After` / RESOURCE_EXHAUSTED + `retry-after`. Before admission, so that a flood
 //! of bad keys or an over-limit tenant takes no concurrency slot from anyone.
 //!
-//! Only the API routes are guarded (HTTP `/v1/…`, gRPC `tiergate.v1.Inference`): probes,
+//! Only the API routes are guarded (HTTP `/v1/…`, gRPC `tiergate.v1.Inference` and
+//! `tiergate.v1.Admin`, the gRPC twin of `GET /v1/report`, with the same rule): probes,
 //! metrics, gRPC health and reflection stay open. A gRPC call from a peer node (the deployment's
 //! peer key, or a verified client certificate) passes without a tenant: its own node
 //! authenticated and limited the client. The credential headers are removed once read, so no
@@ -106,11 +107,14 @@ where
     }
 }
 
-/// The routes that need a key: the HTTP API (`/v1/…`, models included) and gRPC inference.
+/// The routes that need a key: the HTTP API (`/v1/…`, models and report included), gRPC
+/// inference and admin (any tenant's key or a peer, as `GET /v1/report`).
 fn is_guarded(api: Api, path: &str) -> bool {
     match api {
         Api::Http => path.starts_with("/v1/"),
-        Api::Grpc => path.starts_with("/tiergate.v1.Inference/"),
+        Api::Grpc => {
+            path.starts_with("/tiergate.v1.Inference/") || path.starts_with("/tiergate.v1.Admin/")
+        }
     }
 }
 

@@ -180,7 +180,7 @@ impl<B> MakeSpan<B> for RequestSpan {
             Api::Grpc => None,
         };
         let trace = request.extensions().get::<TraceContext>();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
             request_id = id,
             trace_id = trace.map(|t| tracing::field::display(t.trace_id())),
@@ -189,7 +189,12 @@ impl<B> MakeSpan<B> for RequestSpan {
             method = %request.method(),
             path = request.uri().path(),
             tenant = tracing::field::Empty,
-        )
+        );
+        // With trace export on, this span is exported as the node's span of the trace.
+        if let Some(trace) = trace {
+            crate::telemetry::adopt(&span, trace);
+        }
+        span
     }
 }
 

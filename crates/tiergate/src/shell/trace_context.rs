@@ -62,9 +62,15 @@ where
 /// invalid one, which is logged at debug: a client bug, not the node's).
 fn incoming_context(headers: &http::HeaderMap) -> TraceContext {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (context, invalid) = TraceContext::from_incoming(header(TRACEPARENT), header(TRACESTATE));
+    let (mut context, invalid) =
+        TraceContext::from_incoming(header(TRACEPARENT), header(TRACESTATE));
     if let Some(reason) = invalid {
         tracing::debug!(%reason, "invalid traceparent replaced by a new trace");
+    }
+    // A trace this node starts is flagged sampled when its exporter records it, so that the
+    // tiers above (which follow the flag) record their spans of it too.
+    if !context.has_caller() && crate::telemetry::sample_new_trace(&context.trace_id()) {
+        context.mark_sampled();
     }
     context
 }
