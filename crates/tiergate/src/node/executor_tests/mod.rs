@@ -157,7 +157,7 @@ async fn walk(decision: &Decision, tiers: &FakeTiers, setup: Setup) -> Received 
                     received.reason = Some(routing.reason);
                     received.degraded = routing.degraded;
                 }
-                Ok(StreamEvent::Delta(text)) => received.text.push_str(&text),
+                Ok(StreamEvent::Delta { text, .. }) => received.text.push_str(&text),
                 Ok(StreamEvent::Done(answer)) => {
                     assert_eq!(answer.text, received.text, "Done carries the whole text");
                     received.done = true;
