@@ -314,6 +314,7 @@ mod tests {
                 top_p: Some(0.9),
                 seed: Some(7),
                 stop: vec!["\n".into()],
+                logprobs: None,
             },
         );
         let body = serde_json::to_value(ChatRequest::from_node(&request, "gpt-x", true)).unwrap();

@@ -63,17 +63,21 @@ fn generate_request() -> impl Strategy<Value = pb::GenerateRequest> {
             prop::option::of(prop_oneof![-0.5f32..1.5, any::<f32>()]),
             prop::option::of(any::<u64>()),
             prop::collection::vec(text(), 0..6),
+            prop::option::of(prop_oneof![0u32..=20, any::<u32>()]),
         )
-            .prop_map(|(max_new_tokens, temperature, top_k, top_p, seed, stop)| {
-                pb::GenerationParams {
-                    max_new_tokens,
-                    temperature,
-                    top_k,
-                    top_p,
-                    seed,
-                    stop,
-                }
-            }),
+            .prop_map(
+                |(max_new_tokens, temperature, top_k, top_p, seed, stop, top_logprobs)| {
+                    pb::GenerationParams {
+                        max_new_tokens,
+                        temperature,
+                        top_k,
+                        top_p,
+                        seed,
+                        stop,
+                        top_logprobs,
+                    }
+                },
+            ),
     );
     let forwarding = prop::option::of(
         (
