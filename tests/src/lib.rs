@@ -221,14 +221,23 @@ impl NodeProcess {
 
     /// Sends SIGTERM, as systemd and Kubernetes do (through `kill`, no libc in the tests).
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends SIGHUP: the node reloads its TLS certificate and its model.
+    pub fn hang_up(&self) -> anyhow::Result<()> {
+        self.signal("HUP")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self.child.id().context("the node already exited")?;
         let status = std::process::Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(pid.to_string())
             .status()
             .context("running kill")?;
         if !status.success() {
-            bail!("kill -TERM {pid} failed: {status}");
+            bail!("kill -{name} {pid} failed: {status}");
         }
         Ok(())
     }

@@ -96,11 +96,18 @@ async fn regional_link_is_mutual_tls() {
         ),
         1,
     );
+    // Tenants on the regional node: a caller needs a key, except a peer node, which the
+    // client certificate its TLS handshake verified identifies (the edge sends no key).
+    regional_toml.push_str(&format!(
+        "[[tenants]]\nname = \"someone\"\nkey_sha256 = [\"{}\"]\n",
+        "ab".repeat(32)
+    ));
     let regional = NodeProcess::start("regional", &regional_toml)
         .await
         .unwrap();
 
-    // An edge with a client certificate escalates over mTLS and gets the regional answer.
+    // An edge with a client certificate escalates over mTLS and gets the regional answer: the
+    // regional node took it for a peer by its certificate.
     let edge = NodeProcess::start("edge", &edge_toml(&regional, &pki, true))
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use crate::events::{
     FinishReason, GenerationEvent, GenerationSummary, PromptScore, Timings, TokenEvent,
     TokenLogprob, TokenLogprobs,
 };
-use crate::prefill::prefill;
+use crate::prefill::{prefill, prefill_all};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, TextCodec};
@@ -81,6 +81,22 @@ pub(crate) enum Started<C> {
     Done(Outcome),
 }
 
+/// The deadline passed before the first token: `Started` without a score, then the end.
+fn out_of_time<C>(sink: &mut dyn EventSink, prompt_tokens: usize, timings: Timings) -> Started<C> {
+    let started = GenerationEvent::Started {
+        prompt_tokens,
+        prompt_score: None,
+    };
+    if !sink.emit(started) {
+        return Started::Done(Outcome::Cancelled);
+    }
+    Started::Done(Outcome::Finished(GenerationSummary {
+        finish_reason: FinishReason::Deadline,
+        completion_tokens: 0,
+        timings,
+    }))
+}
+
 /// Prefills `job`'s prompt (one row), emits `Started` with the prompt's NLL.
 pub(crate) fn start_generation<B: Backend>(
     backend: &mut B,
@@ -96,23 +112,20 @@ pub(crate) fn start_generation<B: Backend>(
         return Ok(Started::Done(Outcome::Cancelled));
     }
     if deadline_passed(job.deadline) {
-        let started = GenerationEvent::Started {
-            prompt_tokens,
-            prompt_score: None,
-        };
-        if !sink.emit(started) {
-            return Ok(Started::Done(Outcome::Cancelled));
-        }
-        return Ok(Started::Done(Outcome::Finished(GenerationSummary {
-            finish_reason: FinishReason::Deadline,
-            completion_tokens: 0,
-            timings,
-        })));
+        return Ok(out_of_time(sink, prompt_tokens, timings));
     }
 
     let prefill_started = Instant::now();
     let mut cache = backend.empty_cache()?;
-    let prefilled = prefill(backend, &job.prompt_ids, &mut cache, true)?;
+    let mut keep_going = || !sink.is_closed() && !deadline_passed(job.deadline);
+    let Some(prefilled) = prefill(backend, &job.prompt_ids, &mut cache, true, &mut keep_going)?
+    else {
+        timings.prefill = prefill_started.elapsed();
+        if sink.is_closed() {
+            return Ok(Started::Done(Outcome::Cancelled));
+        }
+        return Ok(out_of_time(sink, prompt_tokens, timings));
+    };
     timings.session_run += prefilled.run_time;
     let prompt_score = prefilled.mean_nll;
     let logits = prefilled.last;
@@ -275,7 +288,7 @@ pub(crate) fn score_prompt<B: Backend>(
 ) -> Result<PromptScore, EngineError> {
     let started = Instant::now();
     let mut cache = backend.empty_cache()?;
-    let prefilled = prefill(backend, prompt_ids, &mut cache, true)?;
+    let prefilled = prefill_all(backend, prompt_ids, &mut cache, true)?;
     let mean_nll = prefilled.mean_nll;
     let (next_top1_prob, next_entropy) = token_confidence(&prefilled.last);
     Ok(PromptScore {
@@ -293,7 +306,7 @@ pub(crate) fn next_token_logits<B: Backend>(
     prompt_ids: &[u32],
 ) -> Result<Vec<f32>, EngineError> {
     let mut cache = backend.empty_cache()?;
-    Ok(prefill(backend, prompt_ids, &mut cache, false)?.last)
+    Ok(prefill_all(backend, prompt_ids, &mut cache, false)?.last)
 }
 
 #[cfg(test)]
@@ -390,6 +403,46 @@ mod tests {
         assert_eq!(closing.tokens(), 2);
     }
 
+    /// Open for the first `open_for` questions, then closed: a client that left mid-prefill.
+    struct LeavesDuringPrefill {
+        events: Vec<GenerationEvent>,
+        open_for: usize,
+        asked: std::cell::Cell<usize>,
+    }
+
+    impl EventSink for LeavesDuringPrefill {
+        fn emit(&mut self, event: GenerationEvent) -> bool {
+            self.events.push(event);
+            !self.is_closed()
+        }
+
+        fn is_closed(&self) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            self.asked.get() > self.open_for
+        }
+    }
+
+    #[test]
+    fn a_caller_that_leaves_during_a_chunked_prefill_stops_it_between_chunks() {
+        let (mut session, _, ids) = edge_chunked(1);
+        assert!(
+            ids.len() > 4,
+            "one chunk per token, more chunks than the sink allows"
+        );
+        // Open for the check before the prefill and before chunks 2 and 3, gone before chunk 4.
+        let mut sink = LeavesDuringPrefill {
+            events: Vec::new(),
+            open_for: 3,
+            asked: std::cell::Cell::new(0),
+        };
+        let started = start_generation(&mut session, &job(&ids), &mut sink).unwrap();
+        assert!(matches!(started, Started::Done(Outcome::Cancelled)));
+        // Stopped inside the prefill: no `Started` (it follows a whole prefill), and nobody
+        // was asked again after the answer was "closed" (one more to tell cancel from deadline).
+        assert!(sink.events.is_empty(), "{:?}", sink.events);
+        assert_eq!(sink.asked.get(), 5);
+    }
+
     #[test]
     fn a_prompt_prefilled_in_chunks_scores_and_continues_like_one_run() {
         let (mut whole, _, ids) = edge();
@@ -399,8 +452,8 @@ mod tests {
             assert!(ids.len() > 2 * chunk);
             let (mut cache_a, mut cache_b) =
                 (whole.empty_cache().unwrap(), chunked.empty_cache().unwrap());
-            let a = prefill(&mut whole, &ids, &mut cache_a, true).unwrap();
-            let b = prefill(&mut chunked, &ids, &mut cache_b, true).unwrap();
+            let a = prefill_all(&mut whole, &ids, &mut cache_a, true).unwrap();
+            let b = prefill_all(&mut chunked, &ids, &mut cache_b, true).unwrap();
             let (nll_a, nll_b) = (a.mean_nll.unwrap(), b.mean_nll.unwrap());
             assert!((nll_a - nll_b).abs() < 1e-5, "{nll_a} vs {nll_b}");
             let diff = |x: &[f32], y: &[f32]| {
@@ -417,7 +470,7 @@ mod tests {
             assert!(diff(&step_a.data, &step_b.data) < 1e-4);
             // Without scoring, only the last row is kept, the same one.
             let mut cache_c = chunked.empty_cache().unwrap();
-            let c = prefill(&mut chunked, &ids, &mut cache_c, false).unwrap();
+            let c = prefill_all(&mut chunked, &ids, &mut cache_c, false).unwrap();
             assert_eq!(c.mean_nll, None);
             assert!(diff(&a.last, &c.last) < 1e-4);
         }

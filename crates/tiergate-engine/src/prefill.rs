@@ -25,12 +25,17 @@ pub(crate) struct Prefilled {
 /// Runs `ids` after the (empty or not) one-row `cache`, chunk by chunk. With `score`, every
 /// position's logits come back from each run and the mean NLL of `ids[1..]` is accumulated
 /// (row `i` of a chunk starting at `start` predicts `ids[start + i + 1]`).
+///
+/// `keep_going` is asked before every chunk after the first: a caller that left or a deadline
+/// that passed stops a long prompt there (`Ok(None)`) instead of after all its chunks (an
+/// 892-token prompt is seconds of CPU on an edge box).
 pub(crate) fn prefill<B: Backend>(
     backend: &mut B,
     ids: &[u32],
     cache: &mut B::Cache,
     score: bool,
-) -> Result<Prefilled, EngineError> {
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Result<Option<Prefilled>, EngineError> {
     if ids.is_empty() {
         return Err(EngineError::Runtime(
             "a prefill needs at least one token".into(),
@@ -44,6 +49,9 @@ pub(crate) fn prefill<B: Backend>(
     let mut last = Vec::new();
     let mut total = Some(0.0f64);
     for (index, part) in ids.chunks(chunk).enumerate() {
+        if index > 0 && !keep_going() {
+            return Ok(None);
+        }
         let (logits, time) = backend.forward(part, cache, score)?;
         run_time += time;
         if score {
@@ -66,9 +74,20 @@ pub(crate) fn prefill<B: Backend>(
     } else {
         None
     };
-    Ok(Prefilled {
+    Ok(Some(Prefilled {
         last,
         mean_nll,
         run_time,
-    })
+    }))
+}
+
+/// A prefill nobody abandons (scoring a prompt, the first token's logits).
+pub(crate) fn prefill_all<B: Backend>(
+    backend: &mut B,
+    ids: &[u32],
+    cache: &mut B::Cache,
+    score: bool,
+) -> Result<Prefilled, EngineError> {
+    prefill(backend, ids, cache, score, &mut || true)?
+        .ok_or_else(|| EngineError::Runtime("a prefill that nothing stops stopped".into()))
 }

@@ -18,11 +18,13 @@ use crate::device::{BudgetMonitor, DeviceReporter, EffectiveProfile, Performance
 use crate::grpc::GrpcListenerSettings;
 use crate::http::{HttpListenerSettings, HttpState, handle, serve_http};
 use crate::metrics::NodeMetrics;
-use crate::node::{Node, NodeApi, NodeParts};
+use crate::model_trust::{ModelReloadOutcome, ModelReloader};
+use crate::node::{EngineSlot, Node, NodeApi, NodeParts};
 use crate::shell::{
     Api, CorsConfig, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts, StackSettings,
     serving_stack,
 };
+use crate::tls::{ReloadOutcome, ReloadingTls, TlsMetrics};
 
 /// Above `limits.max_timeout`: how long an inference route may take to start its response
 /// before the stack answers for it.
@@ -67,6 +69,56 @@ pub struct RunningNode {
     drain: DrainSettings,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    reloader: Reloader,
+}
+
+/// What SIGHUP reloads, in this order: the TLS certificate (quick; new connections use it at
+/// once), then the local model (seconds; see [`Reloader::reload`]).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    tls: Option<Arc<ReloadingTls>>,
+    model: Arc<ModelReloader>,
+}
+
+/// What one [`Reloader::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// None: the node serves without TLS.
+    pub tls: Option<ReloadOutcome>,
+    pub model: ModelReloadOutcome,
+}
+
+impl Reloader {
+    /// Re-reads the certificate files now (a set that failed before is tried and reported
+    /// again), then re-verifies the model folder and swaps in a changed model that passes.
+    pub async fn reload(&self) -> ReloadReport {
+        let tls = match &self.tls {
+            Some(tls) => Some(reload_tls(Arc::clone(tls), true).await),
+            None => None,
+        };
+        let model = self.model.reload().await;
+        ReloadReport { tls, model }
+    }
+}
+
+async fn reload_tls(tls: Arc<ReloadingTls>, forced: bool) -> ReloadOutcome {
+    // Reading files blocks.
+    tokio::task::spawn_blocking(move || tls.reload(forced))
+        .await
+        .unwrap_or(ReloadOutcome::Failed)
+}
+
+/// The periodic check of `[server.tls] reload_interval`: picks up rotated files without a signal
+/// (cert-manager, certbot hooks that do not signal).
+async fn watch_tls_files(tls: Arc<ReloadingTls>) {
+    let mut ticks = tokio::time::interval(tls.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: the files were just loaded.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        reload_tls(Arc::clone(&tls), false).await;
+    }
 }
 
 /// How a node drains (`[server] drain_delay`, `drain_timeout`).
@@ -137,6 +189,11 @@ impl RunningNode {
         }
     }
 
+    /// The handle SIGHUP uses.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// A handle that makes the listeners stop at once (no drain) when `true` is sent.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
@@ -146,12 +203,21 @@ impl RunningNode {
 /// Loads the engine and builds the upstream clients: a node ready to answer, not yet listening
 /// (`route explain` uses it as is).
 pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), StartError> {
-    let (node, metrics, _engine) = build_parts(config).await?;
-    Ok((node, metrics))
+    let parts = build_parts(config).await?;
+    Ok((parts.node, parts.metrics))
 }
 
-/// The node, its metrics, and a handle on its engine (readiness watches the workers).
-async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine), StartError> {
+/// What [`build_parts`] makes.
+struct Parts {
+    node: Arc<Node>,
+    metrics: NodeMetrics,
+    /// The engine's slot (readiness watches the workers of the engine in it).
+    engine: EngineSlot,
+    model: ModelReloader,
+}
+
+/// The node, its metrics, its engine slot and the model reloader.
+async fn build_parts(config: &Config) -> Result<Parts, StartError> {
     // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
     let (engine, loaded) =
         crate::model_trust::load_engine(&config.engine, &config.model_trust).await?;
@@ -184,6 +250,7 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         )),
         None => None,
     };
+    let slot = EngineSlot::new(engine);
     let mut metrics = NodeMetrics::new(&config.node.name)?;
     metrics.performance = Arc::new(Performance::new(config.device.latency_window));
     let cache = ResponseCache::open(&config.cache, &metrics);
@@ -192,7 +259,7 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         name: config.node.name.clone(),
         tier: config.node.tier,
         routed_model: config.node.routed_model.clone(),
-        engine: engine.clone(),
+        engine: slot.clone(),
         router: config.router,
         budget: config.budget,
         retry: config.retry,
@@ -205,22 +272,33 @@ async fn build_parts(config: &Config) -> Result<(Arc<Node>, NodeMetrics, Engine)
         privacy: config.privacy.clone(),
         generation_budget: config.device.effective().generation_budget(),
     });
-    crate::model_trust::watch(
-        &config.node.name,
-        &config.model_trust,
-        loaded,
-        &node,
-        &metrics,
-    )?;
-    Ok((node, metrics, engine))
+    let watched = crate::model_trust::Watched {
+        node_name: &config.node.name,
+        engine: &config.engine,
+        trust: &config.model_trust,
+        model: loaded,
+        slot: slot.clone(),
+    };
+    let model = crate::model_trust::watch(watched, &node, &metrics)?;
+    Ok(Parts {
+        node,
+        metrics,
+        engine: slot,
+        model,
+    })
 }
 
 /// Loads everything and starts serving; returns once both listeners are bound and the node
 /// reports itself ready.
 pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
-    let (node, metrics, engine) = build_parts(&config).await?;
+    let Parts {
+        node,
+        metrics,
+        engine,
+        model,
+    } = build_parts(&config).await?;
     let profile = config.device.effective();
-    log_profile(&profile, &config, &engine);
+    log_profile(&profile, &config, &engine.current());
     let monitor = BudgetMonitor::new(
         profile,
         Arc::clone(&metrics.performance),
@@ -247,12 +325,15 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     let grpc_addr = local_addr(&grpc_listener, config.server.grpc_listen);
     let http_addr = local_addr(&http_listener, config.server.http_listen);
 
-    let (grpc_tls, http_tls) = match &config.server.tls {
-        Some(tls) => (Some(tls.grpc_config()?), Some(tls.http_acceptor()?)),
-        None => (None, None),
+    let tls = match &config.server.tls {
+        Some(tls) => {
+            let gauges = TlsMetrics::register(metrics.registry(), &config.node.name)?;
+            Some(ReloadingTls::load(tls.clone(), gauges)?)
+        }
+        None => None,
     };
     // Ready means: serving, and the engine still has live workers to generate with.
-    let probe: ReadinessProbe = Arc::new(move || engine.workers_alive() > 0);
+    let probe: ReadinessProbe = Arc::new(move || engine.current().workers_alive() > 0);
     let lifecycle = Lifecycle::new(probe, metrics.ready.clone());
     let server = &config.server;
     let gate = Gate::new(
@@ -295,7 +376,8 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     let grpc_task = {
         let api = Arc::clone(&api);
         let settings = GrpcListenerSettings {
-            tls: grpc_tls,
+            tls: tls.clone(),
+            handshake_timeout: server.handshake_timeout,
             stack: stack.clone(),
             lifecycle: lifecycle.clone(),
             max_concurrent_streams: server.max_concurrent_streams,
@@ -322,6 +404,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         let service = serving_stack(Api::Http, &stack, routes);
         let settings = HttpListenerSettings {
             header_read_timeout: server.header_read_timeout,
+            handshake_timeout: server.handshake_timeout,
             max_concurrent_streams: server.max_concurrent_streams,
             keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,
@@ -329,11 +412,25 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(serve_http(
             http_listener,
             service,
-            http_tls,
+            tls.clone(),
             settings,
-            wait_for_stop(stopped),
+            wait_for_stop(stopped.clone()),
         ))
     };
+    let reloader = Reloader {
+        tls,
+        model: Arc::new(model),
+    };
+    let mut tasks = vec![grpc_task, http_task, monitor_task];
+    if let Some(tls) = &reloader.tls {
+        let tls = Arc::clone(tls);
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                () = watch_tls_files(tls) => {}
+                () = wait_for_stop(stopped) => {}
+            }
+        }));
+    }
     lifecycle.set(Phase::Serving);
     tracing::info!(
         node = %config.node.name,
@@ -354,7 +451,8 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             timeout: config.server.drain_timeout,
         },
         stop,
-        tasks: vec![grpc_task, http_task, monitor_task],
+        tasks,
+        reloader,
     })
 }
 

@@ -63,7 +63,7 @@ fn generate_request() -> impl Strategy<Value = pb::GenerateRequest> {
             prop::option::of(prop_oneof![-0.5f32..1.5, any::<f32>()]),
             prop::option::of(any::<u64>()),
             prop::collection::vec(text(), 0..6),
-            prop::option::of(prop_oneof![0u32..=20, any::<u32>()]),
+            prop::option::of(prop_oneof![0u32..=21, any::<u32>()]),
         )
             .prop_map(
                 |(max_new_tokens, temperature, top_k, top_p, seed, stop, top_logprobs)| {
@@ -157,6 +157,10 @@ fn check_request(
             prop_assert!(s.max_new_tokens >= 1 && s.max_new_tokens <= limits.max_new_tokens);
             prop_assert!(s.temperature.is_none_or(|t| (0.0..=2.0).contains(&t)));
             prop_assert!(s.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
+            prop_assert!(
+                s.logprobs
+                    .is_none_or(|k| k <= tiergate_api::MAX_TOP_LOGPROBS)
+            );
             prop_assert!(converted.deadline <= now + limits.max_timeout);
             if let Input::Chat(messages) = &converted.input {
                 prop_assert!(messages.len() <= limits.max_messages);

@@ -294,3 +294,107 @@ async fn a_file_changed_after_load_drops_the_gauge_and_the_loaded_model_keeps_an
     );
     node.shutdown().await;
 }
+
+async fn local_model_id(addr: std::net::SocketAddr) -> String {
+    let response = http(
+        addr,
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let body = serde_json::from_str::<serde_json::Value>(body).unwrap();
+    let local = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|card| card["id"] != "tiergate")
+        .unwrap();
+    local["id"].as_str().unwrap().to_owned()
+}
+
+/// The value of `tiergate_model_reloads_total{result}` in `text` (0 when absent).
+fn reload_count(text: &str, result: &str) -> u64 {
+    let series = format!("tiergate_model_reloads_total{{node=\"trust-test\",result=\"{result}\"}}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_a_tampered_model_and_swaps_in_a_signed_one() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = copy_edge_model(temp.path());
+    let (key, public) = keygen(temp.path(), "release");
+    sign(&key, &model);
+    let node = tiergate::serve::start_node(node_config(&model, &public, "off"))
+        .await
+        .unwrap();
+    let reloader = node.reloader();
+    let edge_answer = "Turning on the kitchen lights.";
+    assert_eq!(local_model_id(node.http_addr).await, "tiergate-edge");
+
+    // Nothing changed: nothing to do.
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Unchanged
+    );
+
+    // A file changed under the same manifest: refused, the loaded model keeps answering.
+    let original_tokenizer = std::fs::read(model.join("tokenizer.json")).unwrap();
+    flip_a_byte(&model.join("tokenizer.json"));
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Refused
+    );
+    std::fs::write(model.join("tokenizer.json"), original_tokenizer).unwrap();
+
+    // Another model's files over this one, not signed: a bad signature, refused.
+    for name in [
+        "manifest.json",
+        "model.onnx",
+        "model.int8.onnx",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(
+            repo_root().join("models/regional").join(name),
+            model.join(name),
+        )
+        .unwrap();
+    }
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Refused
+    );
+    let text = metrics(node.http_addr).await;
+    assert_eq!(reload_count(&text, "refused"), 2, "{text}");
+    assert_eq!(local_model_id(node.http_addr).await, "tiergate-edge");
+    let response = ask(node.http_addr, "turn on the kitchen lights").await;
+    assert!(response.contains(edge_answer), "{response}");
+
+    // Signed by the trusted key: swapped in; new requests use it.
+    sign(&key, &model);
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Reloaded
+    );
+    assert_eq!(local_model_id(node.http_addr).await, "tiergate-regional");
+    let response = ask(node.http_addr, "turn on the kitchen lights").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Both toy models answer this prompt with the same words; /v1/models above names the
+    // engine the node generates with.
+    assert!(response.contains(edge_answer), "{response}");
+    let text = metrics(node.http_addr).await;
+    assert_eq!(reload_count(&text, "reloaded"), 1, "{text}");
+    assert!(
+        text.contains(
+            "tiergate_model_signature_verified{model=\"tiergate-regional\",node=\"trust-test\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("model=\"tiergate-edge\""), "{text}");
+    node.shutdown().await;
+}

@@ -26,9 +26,14 @@ pub struct CloudConfig {
     /// Extra PEM CA bundle to trust besides the public roots (private providers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Upper bound of one call, streamed answers included.
-    #[serde(default = "default_timeout", with = "duration_text")]
-    pub timeout: Duration,
+    /// Upper bound of one call, streamed answers included. Named as the regional tier's twin;
+    /// `timeout`, its name before, is still read (both at once is an error).
+    #[serde(
+        default = "default_request_timeout",
+        alias = "timeout",
+        with = "duration_text"
+    )]
+    pub request_timeout: Duration,
     /// Upper bound of one connect: TCP and TLS.
     #[serde(default = "default_connect_timeout", with = "duration_text")]
     pub connect_timeout: Duration,
@@ -44,7 +49,7 @@ pub struct CloudConfig {
     pub health: LinkHealthConfig,
 }
 
-fn default_timeout() -> Duration {
+fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -69,7 +74,7 @@ impl CloudConfig {
             ("connect_timeout", self.connect_timeout),
             ("first_token_timeout", self.first_token_timeout),
             ("stall_timeout", self.stall_timeout),
-            ("timeout", self.timeout),
+            ("request_timeout", self.request_timeout),
         ])?;
         self.health.validate().map_err(|e| format!("health.{e}"))
     }
@@ -82,7 +87,7 @@ impl CloudConfig {
             api_key_env: None,
             api_key_file: None,
             ca_file: None,
-            timeout: default_timeout(),
+            request_timeout: default_request_timeout(),
             connect_timeout: default_connect_timeout(),
             first_token_timeout: default_first_token_timeout(),
             stall_timeout: default_stall_timeout(),
@@ -145,8 +150,18 @@ mod tests {
             "health": {"consecutive_failures": 2}
         }))
         .unwrap();
-        assert_eq!(config.timeout, Duration::from_secs(30));
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!(config.connect_timeout, default_connect_timeout());
+        let renamed: CloudConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "x", "model": "m", "request_timeout": "20s"
+        }))
+        .unwrap();
+        assert_eq!(renamed.request_timeout, Duration::from_secs(20));
+        let both = serde_json::from_value::<CloudConfig>(serde_json::json!({
+            "base_url": "x", "model": "m", "request_timeout": "20s", "timeout": "30s"
+        }))
+        .unwrap_err();
+        assert!(both.to_string().contains("duplicate"), "{both}");
         assert_eq!(config.health.consecutive_failures, 2);
         let err = serde_json::from_value::<CloudConfig>(serde_json::json!({
             "base_url": "x", "model": "m", "api_key": "sk-oops"

@@ -156,7 +156,7 @@ impl CloudClient {
                 timeouts: TierTimeouts {
                     first_token: config.first_token_timeout,
                     stall: config.stall_timeout,
-                    total: config.timeout,
+                    total: config.request_timeout,
                 },
                 link: Link::new(base_url, LinkHealth::new(config.health.clone())),
             }),

@@ -378,7 +378,7 @@ async fn the_configured_timeout_caps_a_call_without_a_deadline() {
     let pki = TestPki::new();
     let provider = Provider::start(Some(&pki)).await;
     let config = CloudConfig {
-        timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(300),
         ..provider.https_config(&pki)
     };
     let client = CloudClient::new(&config).unwrap();

@@ -1,4 +1,5 @@
-//! `tiergate serve --config FILE`: one node, until SIGINT or SIGTERM.
+//! `tiergate serve --config FILE`: one node, until SIGINT or SIGTERM; SIGHUP reloads the TLS
+//! certificate and the local model.
 
 use std::io::Write;
 
@@ -25,7 +26,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(out, "{ready}")?;
         out.flush()?;
     }
+    let reloads = tokio::spawn(reload_on_hangup(node.reloader()));
     shutdown_signal().await;
+    reloads.abort();
     tracing::info!("shutdown signal: draining");
     // A second signal during the drain means "now": the process exits without waiting.
     tokio::select! {
@@ -37,6 +40,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = shutdown_signal() => tracing::warn!("second signal: exiting without draining"),
     }
     Ok(())
+}
+
+/// Each SIGHUP runs one reload; signals that arrive during it are merged into the next one.
+async fn reload_on_hangup(reloader: tiergate::serve::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP: reloads only on schedule");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let report = reloader.reload().await;
+            tracing::info!(?report, "reload done");
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes).

@@ -105,6 +105,10 @@ pub struct ServerSection {
     /// is closed (slow-header clients hold no connection for long).
     #[serde(with = "crate::config::duration")]
     pub header_read_timeout: Duration,
+    /// A new connection must finish its TLS handshake (or, in plaintext, send its first bytes)
+    /// within this, or it is closed: a peer that connects and never speaks holds nothing.
+    #[serde(with = "crate::config::duration")]
+    pub handshake_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection (gRPC and HTTP/2 clients).
     pub max_concurrent_streams: u32,
     /// A client that vanished without closing its connection (a half-open connection: power
@@ -131,6 +135,7 @@ impl Default for ServerSection {
             max_concurrent_requests: 256,
             retry_after: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
@@ -199,7 +204,15 @@ impl Config {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.handshake_timeout", self.server.handshake_timeout),
             ("server.keepalive_interval", self.server.keepalive_interval),
+            (
+                "server.tls.reload_interval",
+                self.server
+                    .tls
+                    .as_ref()
+                    .map_or(Duration::MAX, |tls| tls.reload_interval),
+            ),
             ("server.keepalive_timeout", self.server.keepalive_timeout),
         ] {
             if value.is_zero() {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tiergate_engine::Engine;
 use tiergate_router::tier::Tier;
 
 use super::monitor::{BudgetMonitor, Compliance};
@@ -57,7 +56,7 @@ pub struct DeviceReporter {
     pub node: String,
     pub tier: Tier,
     pub profile: EffectiveProfile,
-    pub engine: Engine,
+    pub engine: crate::node::EngineSlot,
     pub limits: Limits,
     pub metrics: NodeMetrics,
     pub monitor: Arc<BudgetMonitor>,
@@ -66,7 +65,8 @@ pub struct DeviceReporter {
 impl DeviceReporter {
     /// The report now. Compliance is the monitor's last check (every `device.check_interval`).
     pub fn report(&self) -> Report {
-        let model = self.engine.model();
+        let engine = self.engine.current();
+        let model = engine.model();
         Report {
             node: self.node.clone(),
             tier: self.tier,
@@ -81,7 +81,7 @@ impl DeviceReporter {
             performance: Live {
                 window: self.metrics.performance.snapshot(),
                 rss_bytes: super::resident_bytes(),
-                engine_queue_depth: self.engine.queue_depth(),
+                engine_queue_depth: engine.queue_depth(),
             },
             compliance: self.monitor.compliance(),
         }

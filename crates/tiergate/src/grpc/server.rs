@@ -1,6 +1,7 @@
 //! The gRPC listener: Inference, Health and reflection (v1 and v1alpha) on one port, inside the
-//! serving stack; TCP_NODELAY on each accepted connection, TLS (mutual when configured) in front
-//! when configured. Health follows the node's lifecycle.
+//! serving stack, over the node's own accept loop ([`crate::accept`]: socket options, a bounded
+//! handshake or first bytes, TLS (mutual when configured) with certificates that reload).
+//! Health follows the node's lifecycle.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,11 +11,11 @@ use tiergate_proto::v1::inference_server::InferenceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::InferenceService;
+use crate::accept::{IntakeSettings, grpc_plain_incoming, grpc_tls_incoming};
 use crate::node::NodeApi;
 use crate::shell::{Api, Lifecycle, Phase, StackSettings, serving_stack};
 
@@ -25,7 +26,10 @@ const READINESS_POLL: Duration = Duration::from_secs(1);
 /// What the gRPC listener needs besides its socket.
 #[derive(Debug, Clone)]
 pub struct GrpcListenerSettings {
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub tls: Option<Arc<crate::tls::ReloadingTls>>,
+    /// The TLS handshake (or, in plaintext, the HTTP/2 preface's first bytes) must arrive
+    /// within this.
+    pub handshake_timeout: Duration,
     pub stack: StackSettings,
     pub lifecycle: Lifecycle,
     /// Concurrent HTTP/2 streams per connection.
@@ -72,12 +76,9 @@ pub async fn serve_grpc(
         Err(err) => tracing::error!(error = %err, "reflection descriptors are invalid"),
     }
     let service = serving_stack(Api::Grpc, &settings.stack, routes.prepare());
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(settings.keepalive_interval));
-    let server = match settings.tls {
-        Some(tls) => tonic::transport::Server::builder().tls_config(tls)?,
-        None => tonic::transport::Server::builder(),
+    let intake = IntakeSettings {
+        handshake_timeout: settings.handshake_timeout,
+        keepalive_interval: settings.keepalive_interval,
     };
     // Health watches are streams that never end by themselves: tonic's graceful shutdown would
     // wait for them for ever (a stopped regional node stayed alive, SERVING, for minutes while
@@ -94,12 +95,26 @@ pub async fn serve_grpc(
     };
     // A peer that vanished (half-open connection) would hold its streams, and the generations
     // behind them, until TCP gave up (many minutes): PINGs find it within interval + timeout.
-    server
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(settings.keepalive_interval))
-        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
-        .serve_with_incoming_shutdown(service, incoming, stop)
-        .await
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout));
+    // Two instantiations: tonic puts the connection's info (for TLS the verified client
+    // certificate the auth layer looks for) in each request by the stream's type.
+    match settings.tls {
+        Some(tls) => {
+            let incoming = grpc_tls_incoming(listener, tls, intake);
+            server
+                .serve_with_incoming_shutdown(service, incoming, stop)
+                .await
+        }
+        None => {
+            let incoming = grpc_plain_incoming(listener, intake);
+            server
+                .serve_with_incoming_shutdown(service, incoming, stop)
+                .await
+        }
+    }
 }
 
 fn inference_name() -> &'static str {

@@ -1,8 +1,10 @@
-//! The HTTP listener: accepts connections (TCP_NODELAY on each), optionally TLS, serves HTTP/1.1
+//! The HTTP listener: accepts connections ([`crate::accept`]: socket options, a bounded
+//! handshake or first bytes), optionally TLS with certificates that reload, serves HTTP/1.1
 //! and HTTP/2 with hyper through the serving stack, and drains connections on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,22 +15,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::Service;
+
+use crate::accept::{first_bytes, handshake, tune};
+use crate::tls::ReloadingTls;
 
 /// How long open connections may take to close once the listener stops. The node drained its
 /// admitted requests before this point; what is left is idle keep-alive and probe traffic.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Transport settings of the HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpListenerSettings {
     /// An HTTP/1 request head must arrive whole within this time, or the connection closes.
     pub header_read_timeout: Duration,
+    /// The TLS handshake, or in plaintext the first bytes, must arrive within this.
+    pub handshake_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
@@ -42,7 +45,7 @@ pub struct HttpListenerSettings {
 pub async fn serve_http<S, E>(
     listener: TcpListener,
     service: S,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadingTls>>,
     settings: HttpListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -81,40 +84,29 @@ pub async fn serve_http<S, E>(
                         continue;
                     }
                 };
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %err, %peer, "set_nodelay failed");
-                }
-                let keepalive = TcpKeepalive::new()
-                    .with_time(settings.keepalive_interval)
-                    .with_interval(settings.keepalive_interval);
-                if let Err(err) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-                    tracing::debug!(error = %err, %peer, "TCP keepalive not set");
-                }
+                tune(&stream, peer, settings.keepalive_interval);
                 let service = TowerToHyperService::new(service.clone());
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                let tls = tls.clone();
+                // Read per connection: a reloaded certificate is used from the next one on.
+                let acceptor = tls.as_ref().map(|tls| tls.http_acceptor());
+                let timeout = settings.handshake_timeout;
                 tokio::spawn(async move {
-                    let served = match tls {
+                    let served = match acceptor {
                         None => {
+                            // hyper sniffs the HTTP version before its header timer starts.
+                            if !first_bytes(&stream, peer, timeout).await {
+                                return;
+                            }
                             let connection = builder
                                 .serve_connection(TokioIo::new(stream), service)
                                 .into_owned();
                             watcher.watch(connection).await
                         }
                         Some(acceptor) => {
-                            // The handshake is bounded so a silent client cannot hold a task.
-                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                            let stream = match handshake.await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(err)) => {
-                                    tracing::debug!(error = %err, %peer, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
+                            let Some(stream) = handshake(acceptor, stream, peer, timeout).await
+                            else {
+                                return;
                             };
                             let connection = builder
                                 .serve_connection(TokioIo::new(stream), service)

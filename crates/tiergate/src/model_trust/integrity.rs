@@ -5,9 +5,10 @@
 //! A mismatch changes nothing in what the node serves: ONNX Runtime and the tokenizer hold the
 //! model in memory since load, so the node keeps answering with the model it verified. The
 //! gauge and the error log are for the operator (something wrote into the model folder).
+//! After a model reload the check compares against the newly loaded model.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -25,6 +26,24 @@ pub struct LoadedModel {
     pub manifest_bytes: Vec<u8>,
     /// The key id whose signature was verified at load (None: no trusted keys configured).
     pub signed_by: Option<String>,
+}
+
+/// The model the node serves now, shared by the integrity check and the reload.
+#[derive(Debug, Clone)]
+pub struct CurrentModel(Arc<RwLock<Arc<LoadedModel>>>);
+
+impl CurrentModel {
+    pub fn new(model: LoadedModel) -> Self {
+        CurrentModel(Arc::new(RwLock::new(Arc::new(model))))
+    }
+
+    pub fn get(&self) -> Arc<LoadedModel> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn set(&self, model: LoadedModel) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(model);
+    }
 }
 
 /// Why a check failed; `as_str` is the metric's `result` label.
@@ -118,6 +137,13 @@ impl IntegrityMetrics {
             .set(i64::from(model.signed_by.is_some()));
     }
 
+    /// A model no longer served: its series go (the next one has its own label).
+    pub fn unloaded(&self, model: &LoadedModel) {
+        let name = model.manifest.name.as_str();
+        let _ = self.ok.remove_label_values(&[name]);
+        let _ = self.signed.remove_label_values(&[name]);
+    }
+
     fn record(&self, model: &str, result: &Result<(), Mismatch>) {
         let label = match result {
             Ok(()) => "ok",
@@ -133,18 +159,18 @@ impl IntegrityMetrics {
 /// Checks every `interval` until the node is dropped. The first check runs one interval after
 /// load (the engine has just verified every file).
 pub fn spawn_integrity_check(
-    model: LoadedModel,
+    current: CurrentModel,
     metrics: IntegrityMetrics,
     interval: Duration,
     node: Weak<Node>,
 ) {
-    let model = Arc::new(model);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
             if node.strong_count() == 0 {
                 return;
             }
+            let model = current.get();
             let target = Arc::clone(&model);
             let Ok(result) = tokio::task::spawn_blocking(move || check(&target)).await else {
                 // The runtime is shutting down.

@@ -4,12 +4,14 @@
 //! - `keys`: ed25519 key files (`tiergate model keygen`).
 //! - `signature`: the detached `manifest.json.sig` (`tiergate model sign` / `verify`).
 //! - `integrity`: the periodic re-hash of the loaded files, exported as a gauge.
+//! - `reload`: SIGHUP re-verifies the folder and swaps in a changed model that passes.
 //!
 //! A node with `[model_trust] trusted_keys` refuses, at start, a model whose manifest is not
 //! signed by one of those keys (the engine then checks every file against the signed manifest).
 
 mod integrity;
 pub mod keys;
+mod reload;
 pub mod signature;
 
 use std::path::PathBuf;
@@ -19,12 +21,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use tiergate_engine::{Engine, EngineConfig, EngineError, Manifest};
 
-pub use integrity::{IntegrityMetrics, LoadedModel, spawn_integrity_check};
+pub use integrity::{CurrentModel, IntegrityMetrics, LoadedModel, spawn_integrity_check};
 pub use keys::TrustedKeys;
+pub use reload::{ModelReloadOutcome, ModelReloader, ReloaderParts};
 pub use signature::{SIGNATURE_FILE, Verified, sign_model, verify_model, verify_signature};
 
 use crate::metrics::NodeMetrics;
-use crate::node::Node;
+use crate::node::{EngineSlot, Node};
 
 /// `[model_trust]`: model signatures and the periodic integrity check.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -175,21 +178,42 @@ pub enum LoadError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Registers the trust metrics on the node's registry and, when an interval is set, starts the
-/// periodic integrity check (it ends when the node is dropped).
+/// What [`watch`] needs.
+#[derive(Debug)]
+pub struct Watched<'a> {
+    pub node_name: &'a str,
+    pub engine: &'a EngineConfig,
+    pub trust: &'a ModelTrustConfig,
+    pub model: LoadedModel,
+    pub slot: EngineSlot,
+}
+
+/// Registers the trust metrics on the node's registry, starts the periodic integrity check when
+/// an interval is set (it ends when the node is dropped), and returns the model reloader.
 pub fn watch(
-    node_name: &str,
-    trust: &ModelTrustConfig,
-    model: LoadedModel,
+    watched: Watched<'_>,
     node: &Arc<Node>,
     metrics: &NodeMetrics,
-) -> Result<(), prometheus::Error> {
-    let gauges = IntegrityMetrics::register(metrics.registry(), node_name)?;
-    gauges.loaded(&model);
-    if let Some(interval) = trust.integrity_check_interval {
-        spawn_integrity_check(model, gauges, interval, Arc::downgrade(node));
+) -> Result<ModelReloader, prometheus::Error> {
+    let gauges = IntegrityMetrics::register(metrics.registry(), watched.node_name)?;
+    gauges.loaded(&watched.model);
+    let current = CurrentModel::new(watched.model);
+    if let Some(interval) = watched.trust.integrity_check_interval {
+        spawn_integrity_check(
+            current.clone(),
+            gauges.clone(),
+            interval,
+            Arc::downgrade(node),
+        );
     }
-    Ok(())
+    let parts = ReloaderParts {
+        engine: watched.engine.clone(),
+        trust: watched.trust.clone(),
+        slot: watched.slot,
+        current,
+        gauges,
+    };
+    ModelReloader::new(parts, metrics.registry(), watched.node_name)
 }
 
 #[cfg(test)]

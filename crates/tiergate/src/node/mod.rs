@@ -3,6 +3,7 @@
 mod attempt;
 mod cached;
 mod deliver;
+mod engine_slot;
 mod executor;
 #[cfg(test)]
 mod executor_tests;
@@ -15,6 +16,7 @@ mod tier_events;
 use futures::future::BoxFuture;
 
 // The node's request/answer model lives in its own crate, shared with the upstream clients.
+pub use engine_slot::EngineSlot;
 pub use hedge::{HedgeConfig, HedgeDelay};
 pub use service::{Node, NodeParts};
 pub use tiergate_api::request as api;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tiergate_engine::{Engine, GenerationRequest};
+use tiergate_engine::GenerationRequest;
 use tiergate_router::features::PromptFeatures;
 use tiergate_router::tier::{Tier, TierConstraint};
 use tiergate_router::{
@@ -45,7 +45,8 @@ pub struct NodeParts {
     pub name: String,
     pub tier: Tier,
     pub routed_model: String,
-    pub engine: Engine,
+    /// The local engine; a model reload swaps it.
+    pub engine: super::EngineSlot,
     pub router: RouterConfig,
     /// How a request's deadline is split across the steps of its plan.
     pub budget: BudgetConfig,
@@ -289,7 +290,7 @@ impl NodeApi for Arc<Node> {
                 local: false,
             },
             ModelCard {
-                id: self.parts.engine.model().name.clone(),
+                id: self.parts.engine.current().model().name.clone(),
                 tier: self.parts.tier,
                 local: true,
             },
@@ -306,7 +307,7 @@ impl NodeApi for Arc<Node> {
 
     fn refresh_metrics(&self) {
         self.upstream_views(Instant::now());
-        let queued = self.parts.engine.queue_depth();
+        let queued = self.parts.engine.current().queue_depth();
         (self.parts.metrics.engine_queue_depth).set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 
@@ -340,10 +341,10 @@ impl TierStarter for Node {
             sampling: engine_sampling(&request.sampling),
             deadline: Some(budget_at.map_or(request.deadline, |at| at.min(request.deadline))),
         };
-        let model = self.parts.engine.model().name.clone();
-        let result = self
-            .parts
-            .engine
+        // This request keeps this handle: a model swap does not touch it.
+        let engine = self.parts.engine.current();
+        let model = engine.model().name.clone();
+        let result = engine
             .generate_stream(generation)
             .map_err(engine_error)
             .map(|events| local_attempt(events, model, budget_first));
