@@ -204,6 +204,24 @@ async fn in_always_mode_a_hit_saves_the_upstream_call() {
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.header("x-tiergate-cache"), None);
     }
+    // Asking for logprobs (greedy, the stored prompt): the cache has text only, so the request
+    // neither reads nor writes it, and the answer carries them.
+    let with_logprobs = serde_json::json!({
+        "model": "tiergate",
+        "max_tokens": 16,
+        "logprobs": true,
+        "messages": [{"role": "user", "content": SEEN}],
+    });
+    for _ in 0..2 {
+        let reply = tiergate_e2e::post_json(&url, &with_logprobs).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-tiergate-cache"), None);
+        let content = &reply.json().unwrap()["choices"][0]["logprobs"]["content"];
+        assert!(
+            content.as_array().is_some_and(|c| !c.is_empty()),
+            "{content}"
+        );
+    }
     let text = metrics_text(&edge).await.unwrap();
     assert_eq!(
         metric(
@@ -211,7 +229,7 @@ async fn in_always_mode_a_hit_saves_the_upstream_call() {
             "tiergate_upstream_requests_total",
             &[("upstream", "regional"), ("outcome", "ok")]
         ),
-        Some(3.0),
+        Some(5.0),
         "the hit made no upstream call: {text}"
     );
     assert_eq!(
