@@ -158,6 +158,10 @@ pub fn sample_new_trace(trace_id_hex: &str) -> bool {
 /// and this node's span id, the caller's span as the remote parent. Does nothing while export
 /// is off (the span has no OpenTelemetry data then).
 pub fn adopt(span: &tracing::Span, trace: &TraceContext) {
+    // Export off (the default): skip the per-request id parsing and contexts entirely.
+    if ROOT_SAMPLER.get().is_none() {
+        return;
+    }
     let (Ok(trace_id), Ok(span_id)) = (
         TraceId::from_hex(&trace.trace_id()),
         SpanId::from_hex(&trace.span_id()),
