@@ -28,7 +28,7 @@ pub struct IntakeSettings {
 
 /// TCP_NODELAY (see DESIGN: a peer stalled 44 ms per request without it) and TCP keepalive
 /// (finds HTTP/1 peers that vanished).
-pub fn tune(stream: &TcpStream, peer: SocketAddr, keepalive_interval: Duration) {
+fn tune(stream: &TcpStream, peer: SocketAddr, keepalive_interval: Duration) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, %peer, "set_nodelay failed");
     }
@@ -37,6 +37,25 @@ pub fn tune(stream: &TcpStream, peer: SocketAddr, keepalive_interval: Duration) 
         .with_interval(keepalive_interval);
     if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %err, %peer, "TCP keepalive not set");
+    }
+}
+
+/// The next connection on `listener`, tuned; `None` after a failed accept (out of file
+/// descriptors and the like), which backs off first instead of spinning. Cancel-safe.
+pub async fn accept_tuned(
+    listener: &TcpListener,
+    keepalive_interval: Duration,
+) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            tune(&stream, peer, keepalive_interval);
+            Some((stream, peer))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
     }
 }
 
@@ -117,19 +136,12 @@ where
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = accept_tuned(&listener, settings.keepalive_interval) => accepted,
                 () = ready.closed() => return,
             };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((stream, peer)) = accepted else {
+                continue;
             };
-            tune(&stream, peer, settings.keepalive_interval);
             let prepared = prepare(stream, peer);
             let ready = ready.clone();
             tokio::spawn(async move {

@@ -18,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
-use crate::accept::{first_bytes, handshake, tune};
+use crate::accept::{accept_tuned, first_bytes, handshake};
 use crate::tls::ReloadingTls;
 
 /// How long open connections may take to close once the listener stops. The node drained its
@@ -74,17 +74,10 @@ pub async fn serve_http<S, E>(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+            accepted = accept_tuned(&listener, settings.keepalive_interval) => {
+                let Some((stream, peer)) = accepted else {
+                    continue;
                 };
-                tune(&stream, peer, settings.keepalive_interval);
                 let service = TowerToHyperService::new(service.clone());
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
