@@ -108,7 +108,7 @@ fn main() {
     let load = |max_batch: usize| {
         Engine::load(&EngineConfig {
             model_dir: args.model.clone(),
-            variant: args.variant,
+            variant: args.variant.into(),
             workers: 1,
             intra_op_threads: args.threads,
             queue_capacity: 64,

@@ -120,7 +120,7 @@ fn main() {
     let args = parse_args();
     let config = EngineConfig {
         model_dir: args.model.clone(),
-        variant: args.variant,
+        variant: args.variant.into(),
         workers: 1,
         intra_op_threads: args.threads,
         intra_op_spinning: args.spinning,

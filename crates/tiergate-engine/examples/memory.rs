@@ -114,7 +114,7 @@ fn main() {
         .sum();
     let config = EngineConfig {
         model_dir: args.model.clone(),
-        variant: args.variant,
+        variant: args.variant.into(),
         workers: args.workers,
         intra_op_threads: args.threads,
         trim_heap_after_load: args.trim,

@@ -18,6 +18,7 @@ use crate::prompt::{ChatRenderer, Prompt};
 use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
 use crate::tokenizer::TextCodec;
+use crate::variant::{CpuKind, VariantChoice, resolve_variant};
 use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
 
 /// How to load and run the local model. Sits in the node's TOML config as is.
@@ -26,8 +27,13 @@ use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
 pub struct EngineConfig {
     /// Model directory with `manifest.json`, the ONNX graphs and `tokenizer.json`.
     pub model_dir: PathBuf,
-    /// Which graph of the manifest to run.
-    pub variant: ModelVariant,
+    /// Which graph of the manifest to run, or `auto`: the faster exact graph on this CPU that
+    /// fits `memory_budget_mb` (crate::variant).
+    pub variant: VariantChoice,
+    /// The node's resident-memory budget (`[device] memory_budget_mb`), which `auto` keeps to.
+    /// Not an `[engine]` key: the node sets it from its device section.
+    #[serde(skip)]
+    pub memory_budget_mb: Option<u64>,
     /// The ONNX Runtime library; when unset, `ORT_DYLIB_PATH`, then `.tools/onnxruntime/`.
     pub ort_library: Option<PathBuf>,
     /// Worker threads, each with its own session (concurrent generations).
@@ -73,7 +79,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             model_dir: PathBuf::from("models/edge"),
-            variant: ModelVariant::Fp32,
+            variant: VariantChoice::default(),
+            memory_budget_mb: None,
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
@@ -159,7 +166,10 @@ impl Engine {
         record(&mut load_memory, "before load");
         let dir = &config.model_dir;
         let mut manifest = Manifest::load(dir)?;
-        manifest.verify_variant(dir, config.variant)?;
+        let cpu = CpuKind::detect();
+        let resolved = resolve_variant(config.variant, &manifest, cpu, config.memory_budget_mb);
+        let variant = resolved.variant;
+        manifest.verify_variant(dir, variant)?;
         if let Some(cap) = config.context_length {
             if cap < 2 {
                 return Err(EngineError::ConfigInvalid(
@@ -170,10 +180,10 @@ impl Engine {
         }
         let model_file =
             manifest
-                .model_file(config.variant)
+                .model_file(variant)
                 .ok_or_else(|| EngineError::VariantMissing {
                     model_dir: dir.clone(),
-                    variant: config.variant.to_string(),
+                    variant: variant.to_string(),
                 })?;
         let model_path = dir.join(&model_file.path);
         let optimized_model = config
@@ -204,7 +214,7 @@ impl Engine {
             version: manifest.version.clone(),
             architecture: manifest.architecture,
             context_length: manifest.context_length,
-            variant: config.variant,
+            variant,
             vocab_size: manifest.vocab_size,
             model_dir: dir.clone(),
         };
@@ -229,7 +239,7 @@ impl Engine {
             workers: config.workers,
             queue_capacity: config.queue_capacity,
             max_batch: config.max_batch,
-            shared_batch_from: shared_batch_from(config.variant),
+            shared_batch_from: shared_batch_from(variant, cpu),
         })?;
         record(&mut load_memory, "sessions created");
         if config.trim_heap_after_load {
@@ -240,6 +250,8 @@ impl Engine {
             model = %info.name,
             version = %info.version,
             variant = %info.variant,
+            chosen = %resolved.reason,
+            cpu = cpu.as_str(),
             workers = config.workers,
             "engine loaded"
         );
@@ -394,16 +406,19 @@ impl Engine {
     }
 }
 
-/// The smallest batch whose shared decode step beats one-row steps, per graph variant
+/// The smallest batch whose shared decode step beats one-row steps, per graph variant and CPU
 /// (`scripts/bench-batch-step.py` on SmolLM2-135M, 1 thread): fp32 one row 55-71 ms, two rows
-/// 60-64 ms; int4 one row 31-45 ms, but 104-123 ms for 2 to 8 rows (`MatMulNBits` with fp32
-/// activations dequantizes the weights for a multi-row product), so int4 shares from 4 rows.
+/// 60-64 ms; int4 with AVX-512 one row 31-45 ms, but 104-123 ms for 2 to 8 rows (`MatMulNBits`
+/// with fp32 activations dequantizes the weights for a multi-row product), so int4 shares from
+/// 4 rows there. Without AVX-512 the one-row int4 kernel is slow too (2 rows cost 1.06x and
+/// 2.05x one row in two runs, 8 rows 4-6x the rows per second), so int4 shares from 2.
 /// int4-fast: its int8-activation products batch well, the fp32-activation ones do not (see
-/// docs/benchmarks.md); it shares from the same size as int4.
-fn shared_batch_from(variant: ModelVariant) -> usize {
-    match variant {
-        ModelVariant::Int4 | ModelVariant::Int4Fast => 4,
-        ModelVariant::Fp32 | ModelVariant::Int8 => 2,
+/// docs/benchmarks.md); it shares from the same size as int4 with AVX-512 (not measured without).
+fn shared_batch_from(variant: ModelVariant, cpu: CpuKind) -> usize {
+    match (variant, cpu) {
+        (ModelVariant::Int4, CpuKind::X86WithoutAvx512) => 2,
+        (ModelVariant::Int4 | ModelVariant::Int4Fast, _) => 4,
+        (ModelVariant::Fp32 | ModelVariant::Int8, _) => 2,
     }
 }
 

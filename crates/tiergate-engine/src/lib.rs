@@ -37,6 +37,7 @@ mod sampling;
 mod session;
 mod stop;
 mod tokenizer;
+mod variant;
 mod worker;
 
 pub use engine::{Engine, EngineConfig, GenerationStream, LoadStage, ModelInfo};
@@ -50,4 +51,5 @@ pub use prompt::{ChatMessage, Prompt, Role};
 pub use runtime::{BUNDLED_LIBRARY, ORT_DYLIB_ENV, resolve_library};
 pub use sampling::{MAX_TOP_LOGPROBS, SamplingParams};
 pub use session::GraphOptimization;
+pub use variant::{CpuKind, ResolvedVariant, VariantChoice, resolve_variant};
 pub use worker::EngineStats;

@@ -26,7 +26,7 @@ const PROMPTS: [&str; 5] = [
 fn load(model_dir: PathBuf, variant: ModelVariant, max_batch: usize) -> Engine {
     Engine::load(&EngineConfig {
         model_dir,
-        variant,
+        variant: variant.into(),
         max_batch,
         queue_capacity: 16,
         ..EngineConfig::default()

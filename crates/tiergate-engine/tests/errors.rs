@@ -155,7 +155,7 @@ fn only_the_loaded_variant_is_hashed_but_it_always_is() {
     load(dir.path()).unwrap();
     // ...and is refused when it is the variant asked for.
     let error = Engine::load(&EngineConfig {
-        variant: ModelVariant::Int8,
+        variant: ModelVariant::Int8.into(),
         ..EngineConfig::for_model(dir.path())
     })
     .unwrap_err();
@@ -214,7 +214,7 @@ fn variant_not_in_the_manifest_is_named() {
         files.retain(|f| f["variant"] != "int8");
     });
     let config = EngineConfig {
-        variant: ModelVariant::Int8,
+        variant: ModelVariant::Int8.into(),
         ..EngineConfig::for_model(dir.path())
     };
     let error = Engine::load(&config).unwrap_err();
@@ -269,7 +269,7 @@ fn config_rejects_unknown_fields_by_name() {
         r#"{"model_dir": "m", "variant": "int8", "graph_optimization": "basic"}"#,
     )
     .unwrap();
-    assert_eq!(config.variant, ModelVariant::Int8);
+    assert_eq!(config.variant, ModelVariant::Int8.into());
     assert_eq!(config.workers, EngineConfig::default().workers);
 }
 
@@ -340,7 +340,7 @@ fn weights_file_is_checked_for_its_variant_only() {
         "fp32 must not read int8's weights"
     );
     let error = Engine::load(&EngineConfig {
-        variant: ModelVariant::Int8,
+        variant: ModelVariant::Int8.into(),
         ..EngineConfig::for_model(dir.path())
     })
     .unwrap_err();

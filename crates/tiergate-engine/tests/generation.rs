@@ -329,7 +329,7 @@ async fn a_full_queue_is_overloaded_and_accepted_requests_still_finish() {
 #[tokio::test]
 async fn the_int8_variant_loads_and_answers() {
     let config = EngineConfig {
-        variant: tiergate_engine::ModelVariant::Int8,
+        variant: tiergate_engine::ModelVariant::Int8.into(),
         ..common::config("edge")
     };
     let engine = Engine::load(&config).unwrap();

@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use tiergate_engine::{
-    ChatMessage, Engine, EngineConfig, GenerationRequest, ModelVariant, Prompt, Role,
-    SamplingParams,
+    ChatMessage, CpuKind, Engine, EngineConfig, GenerationRequest, Manifest, ModelVariant, Prompt,
+    Role, SamplingParams, VariantChoice, resolve_variant,
 };
 
 /// fp32 logits of the ONNX graph vs transformers' float32 forward of the same weights.
@@ -62,7 +62,7 @@ fn engine(variant: ModelVariant) -> Option<&'static Engine> {
     };
     Some(cell.get_or_init(|| {
         Engine::load(&EngineConfig {
-            variant,
+            variant: variant.into(),
             intra_op_threads: 2,
             ..EngineConfig::for_model(dir)
         })
@@ -366,6 +366,49 @@ async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
     assert!(generation.text.contains("Paris"), "{}", generation.text);
 }
 
+/// `variant = "auto"` loads the exact graph this CPU runs faster (fp32 on x86-64 without AVX-512,
+/// int4 elsewhere; docs/benchmarks.md), answers as that graph does, and keeps to a memory budget
+/// the fp32 graph would not fit.
+#[tokio::test]
+async fn auto_loads_the_faster_exact_graph_for_this_cpu() {
+    let Some(dir) = real_model_dir() else {
+        return;
+    };
+    let expected = match CpuKind::detect() {
+        CpuKind::X86WithoutAvx512 => ModelVariant::Fp32,
+        CpuKind::X86Avx512 | CpuKind::Other => ModelVariant::Int4,
+    };
+    let auto = Engine::load(&EngineConfig {
+        variant: VariantChoice::Auto,
+        intra_op_threads: 2,
+        ..EngineConfig::for_model(&dir)
+    })
+    .unwrap();
+    assert_eq!(auto.model().variant, expected);
+    let request = || {
+        GenerationRequest::new(
+            Prompt::user("What is the capital of France?"),
+            SamplingParams::greedy(16),
+        )
+    };
+    let named = engine(expected).unwrap();
+    let (a, b) = (
+        auto.generate(request()).await.unwrap(),
+        named.generate(request()).await.unwrap(),
+    );
+    assert_eq!(a.text, b.text);
+
+    // ~980 MiB estimated for fp32 at its peak: a 512 MB budget keeps int4.
+    let manifest = Manifest::load(&dir).unwrap();
+    let small = resolve_variant(
+        VariantChoice::Auto,
+        &manifest,
+        CpuKind::X86WithoutAvx512,
+        Some(512),
+    );
+    assert_eq!(small.variant, ModelVariant::Int4, "{}", small.reason);
+}
+
 /// A prompt longer than a prefill chunk (the default 128 positions) scores and continues like
 /// the same prompt in one run; and the heap trim after load gave memory back.
 #[tokio::test]
@@ -374,7 +417,7 @@ async fn int4_chunked_prefill_keeps_the_logits_and_the_load_trims_the_heap() {
         return;
     };
     let whole = Engine::load(&EngineConfig {
-        variant: ModelVariant::Int4,
+        variant: ModelVariant::Int4.into(),
         intra_op_threads: 2,
         prefill_chunk: 0,
         trim_heap_after_load: false,

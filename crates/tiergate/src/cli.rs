@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use tiergate_engine::ModelVariant;
+use tiergate_engine::{ModelVariant, VariantChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,9 +55,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "models/edge")]
     pub model: PathBuf,
 
-    /// Which graph of the manifest to run.
-    #[arg(long, default_value_t = ModelVariant::Fp32)]
-    pub variant: ModelVariant,
+    /// Which graph of the manifest to run, or `auto` (the faster exact graph on this CPU).
+    #[arg(long, default_value_t = VariantChoice::Named(ModelVariant::Fp32))]
+    pub variant: VariantChoice,
 
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then .tools/onnxruntime/ from `make setup`).
     #[arg(long)]

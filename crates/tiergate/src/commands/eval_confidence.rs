@@ -51,7 +51,7 @@ async fn answer_all(
         .context("--model is required with --data")?;
     let engine = super::generate::load_engine(
         model_dir,
-        args.variant,
+        args.variant.into(),
         args.ort_library.clone(),
         args.threads,
     )

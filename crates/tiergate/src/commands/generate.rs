@@ -55,7 +55,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
 /// how the single-model commands (`generate`, `eval confidence`) run the engine.
 pub(crate) async fn load_engine(
     model_dir: std::path::PathBuf,
-    variant: tiergate_engine::ModelVariant,
+    variant: tiergate_engine::VariantChoice,
     ort_library: Option<std::path::PathBuf>,
     intra_op_threads: usize,
 ) -> anyhow::Result<Engine> {

@@ -8,7 +8,7 @@ mod workload;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiergate_engine::ModelVariant;
+use tiergate_engine::{ModelVariant, VariantChoice};
 use tiergate_proto::v1 as pb;
 use tiergate_proto::v1::inference_client::InferenceClient;
 use tiergate_router::tier::Tier;
@@ -25,8 +25,9 @@ use crate::serve::{RunningNode, StartError, start_node};
 pub struct DemoOptions {
     /// The toy models' folder (`edge`, `regional`): the fast test fixtures.
     pub models_dir: PathBuf,
-    /// The real model folder (SmolLM2-135M-Instruct): when set, the edge runs its int4 graph with
-    /// the gate of `edge_config`, and the regional tier and the cloud stand-in its fp32 graph.
+    /// The real model folder (SmolLM2-135M-Instruct): when set, the edge runs the exact graph this
+    /// CPU runs faster (`auto`: int4, or fp32 on x86-64 without AVX-512) with the gate of
+    /// `edge_config`, and the regional tier and the cloud stand-in its fp32 graph.
     pub real_model: Option<PathBuf>,
     /// The edge node's config file for the real model (its calibrated `[router]`), e.g.
     /// deploy/edge.toml; node name, ports, model and upstreams are set by the demo.
@@ -59,7 +60,7 @@ fn port(base: u16, offset: u16) -> u16 {
 /// Which model and graph a demo node runs.
 struct NodeModel {
     dir: PathBuf,
-    variant: ModelVariant,
+    variant: VariantChoice,
 }
 
 impl DemoOptions {
@@ -67,19 +68,19 @@ impl DemoOptions {
         match (&self.real_model, tier) {
             (Some(dir), Tier::Edge) => NodeModel {
                 dir: dir.clone(),
-                variant: ModelVariant::Int4,
+                variant: VariantChoice::Auto,
             },
             (Some(dir), _) => NodeModel {
                 dir: dir.clone(),
-                variant: ModelVariant::Fp32,
+                variant: ModelVariant::Fp32.into(),
             },
             (None, Tier::Edge) => NodeModel {
                 dir: self.models_dir.join("edge"),
-                variant: ModelVariant::Fp32,
+                variant: ModelVariant::Fp32.into(),
             },
             (None, _) => NodeModel {
                 dir: self.models_dir.join("regional"),
-                variant: ModelVariant::Fp32,
+                variant: ModelVariant::Fp32.into(),
             },
         }
     }

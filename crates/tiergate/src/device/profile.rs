@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tiergate_engine::ModelVariant;
+use tiergate_engine::{ModelVariant, VariantChoice};
 
 /// The device classes a node can be told it runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -52,14 +52,17 @@ impl DeviceProfile {
         // A Pi 4/5: 4 slow cores, a few GB shared with the OS; the int4 graph.
         // A Jetson (Orin Nano class) runs the CPU graph here (no CUDA provider is built in),
         // with more memory and cores to spare. A phone: two big cores to use, little memory,
-        // short answers. An edge server: cores and memory, the fp32 graph, long answers.
+        // short answers. An edge server: cores and memory, long answers, and `auto` for the
+        // graph (fp32 on x86-64 without AVX-512, where it is the faster one; int4 elsewhere).
+        let (int4, int8) = (
+            VariantChoice::Named(ModelVariant::Int4),
+            VariantChoice::Named(ModelVariant::Int8),
+        );
         match self {
-            DeviceProfile::RaspberryPi => values(1024, 8000, 0.6, 4, ModelVariant::Int4, 1024, 128),
-            DeviceProfile::NvidiaJetson => {
-                values(2048, 4000, 0.7, 6, ModelVariant::Int8, 2048, 256)
-            }
-            DeviceProfile::MobileDevice => values(512, 5000, 0.6, 2, ModelVariant::Int4, 512, 96),
-            DeviceProfile::EdgeServer => values(8192, 2000, 0.8, 8, ModelVariant::Fp32, 2048, 512),
+            DeviceProfile::RaspberryPi => values(1024, 8000, 0.6, 4, int4, 1024, 128),
+            DeviceProfile::NvidiaJetson => values(2048, 4000, 0.7, 6, int8, 2048, 256),
+            DeviceProfile::MobileDevice => values(512, 5000, 0.6, 2, int4, 512, 96),
+            DeviceProfile::EdgeServer => values(8192, 2000, 0.8, 8, VariantChoice::Auto, 2048, 512),
         }
     }
 }
@@ -76,8 +79,8 @@ pub struct ProfileValues {
     pub accuracy_target: Option<f64>,
     /// ONNX Runtime intra-op threads per session (`engine.intra_op_threads`).
     pub threads: Option<usize>,
-    /// The model graph (`engine.variant`).
-    pub variant: Option<ModelVariant>,
+    /// The model graph (`engine.variant`), or `auto`.
+    pub variant: Option<VariantChoice>,
     /// The context cap (`engine.context_length`).
     pub context_length: Option<usize>,
     /// Largest `max_tokens` a request may ask for (`limits.max_new_tokens`).
@@ -115,7 +118,7 @@ pub struct DeviceSection {
     pub latency_budget_ms: Option<u64>,
     pub accuracy_target: Option<f64>,
     pub threads: Option<usize>,
-    pub variant: Option<ModelVariant>,
+    pub variant: Option<VariantChoice>,
     pub context_length: Option<usize>,
     pub max_tokens: Option<u32>,
     pub stop_at_budget_share: Option<f64>,
@@ -290,7 +293,7 @@ mod tests {
         let pi = DeviceProfile::RaspberryPi.defaults();
         assert_eq!(effective.values.latency_budget_ms, Some(1234));
         assert_eq!(effective.values.memory_budget_mb, pi.memory_budget_mb);
-        assert_eq!(effective.values.variant, Some(ModelVariant::Int4));
+        assert_eq!(effective.values.variant, Some(ModelVariant::Int4.into()));
         assert_eq!(effective.values.threads, pi.threads);
     }
 

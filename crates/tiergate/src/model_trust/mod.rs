@@ -159,7 +159,7 @@ pub async fn load_engine(
     }
     let model = LoadedModel {
         dir,
-        variant: engine.variant,
+        variant: loaded.model().variant,
         manifest,
         manifest_bytes: after,
         signed_by: verified.map(|v| v.key_id),

@@ -1,0 +1,347 @@
+//! `engine.variant`: a graph the manifest names, or `auto`, which picks the faster exact graph
+//! for this CPU within the node's memory budget.
+//!
+//! Why the CPU decides: ONNX Runtime's one-row kernel for 4-bit weights with fp32 activations
+//! (`MatMulNBits`, accuracy level 0, what the exact int4 graph uses) is fast with AVX-512 and
+//! slow without it. Measured on SmolLM2-135M (docs/benchmarks.md): with AVX-512 an int4 decode
+//! step took 45 ms against fp32's 71 ms; on an AVX2-only EPYC int4 took 248-375 ms against
+//! fp32's 127 ms (the AVX2 kernel widens every weight to fp32 before its FMA), and the importer's
+//! speed check gave fp32 28.9 tok/s, int4 17.5. Both graphs compute the same function (logits
+//! within ~3e-4), so `auto` changes speed and memory, never answers. The fp32 graph costs ~3x
+//! the memory, hence the budget check.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::manifest::{FileKind, Manifest, ModelVariant};
+
+/// The fp32 graph's resident memory over the bytes of its files, measured on SmolLM2 (739-752
+/// MB for 539 MB: 1.37-1.39x; docs/benchmarks.md "Memory (RSS)").
+const FP32_RESIDENT_OVER_FILES: f64 = 1.4;
+/// On top of that: a long prompt's prefill peak (+230 MB for 892 tokens with the int4 graph, in
+/// chunks of 128) and the node's own servers.
+const PEAK_MARGIN_MB: f64 = 256.0;
+
+/// What `engine.variant` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VariantChoice {
+    /// The faster exact graph on this CPU that fits the memory budget (see the module docs).
+    Auto,
+    /// This graph, or the load fails when the manifest does not list it.
+    Named(ModelVariant),
+}
+
+/// fp32, as before `auto` existed: a config without the key keeps its graph.
+impl Default for VariantChoice {
+    fn default() -> Self {
+        VariantChoice::Named(ModelVariant::Fp32)
+    }
+}
+
+impl VariantChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VariantChoice::Auto => "auto",
+            VariantChoice::Named(variant) => variant.as_str(),
+        }
+    }
+}
+
+impl From<ModelVariant> for VariantChoice {
+    fn from(variant: ModelVariant) -> Self {
+        VariantChoice::Named(variant)
+    }
+}
+
+impl fmt::Display for VariantChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VariantChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(VariantChoice::Auto),
+            other => other.parse().map(VariantChoice::Named).map_err(|_| {
+                format!(
+                    "unknown model variant `{other}` (expected auto, fp32, int8, int4 or int4-fast)"
+                )
+            }),
+        }
+    }
+}
+
+impl Serialize for VariantChoice {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for VariantChoice {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The CPU facts `auto` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKind {
+    /// x86-64 with AVX-512F: the int4 graph's one-row kernel is the fast one.
+    X86Avx512,
+    /// x86-64 without AVX-512F (AVX2 machines): the int4 one-row kernel is 2-3x slower than fp32.
+    X86WithoutAvx512,
+    /// Anything else (aarch64 edge boards): not measured; int4, the smaller graph.
+    Other,
+}
+
+impl CpuKind {
+    /// This machine's.
+    pub fn detect() -> CpuKind {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                CpuKind::X86Avx512
+            } else {
+                CpuKind::X86WithoutAvx512
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuKind::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuKind::X86Avx512 => "x86-64 with AVX-512",
+            CpuKind::X86WithoutAvx512 => "x86-64 without AVX-512",
+            CpuKind::Other => "not x86-64",
+        }
+    }
+}
+
+/// The graph to load, and why (for the load's log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedVariant {
+    pub variant: ModelVariant,
+    pub reason: String,
+}
+
+/// Resolves `choice` against the graphs `manifest` lists. `memory_budget_mb` is the node's
+/// resident budget (`[device] memory_budget_mb`), if any. A named variant is returned as is (the
+/// load then fails clearly when the manifest lacks it).
+pub fn resolve_variant(
+    choice: VariantChoice,
+    manifest: &Manifest,
+    cpu: CpuKind,
+    memory_budget_mb: Option<u64>,
+) -> ResolvedVariant {
+    let named = |variant: ModelVariant, reason: &str| ResolvedVariant {
+        variant,
+        reason: reason.to_owned(),
+    };
+    if let VariantChoice::Named(variant) = choice {
+        return named(variant, "configured");
+    }
+    let listed = |variant: ModelVariant| manifest.model_file(variant).is_some();
+    let fp32_fits = match (memory_budget_mb, fp32_peak_mb(manifest)) {
+        (Some(budget), Some(needed)) => needed <= budget as f64,
+        _ => true,
+    };
+    let prefer_fp32 = cpu == CpuKind::X86WithoutAvx512 && fp32_fits;
+    let order = if prefer_fp32 {
+        [ModelVariant::Fp32, ModelVariant::Int4]
+    } else {
+        [ModelVariant::Int4, ModelVariant::Fp32]
+    };
+    let why = match (cpu, prefer_fp32) {
+        (CpuKind::X86WithoutAvx512, true) => {
+            "auto: fp32 first on x86-64 without AVX-512, where the int4 one-row kernel is slower"
+        }
+        (CpuKind::X86WithoutAvx512, false) => {
+            "auto: int4 first, the fp32 graph would not fit the memory budget"
+        }
+        (CpuKind::X86Avx512, _) => "auto: int4 first on x86-64 with AVX-512 (faster and smaller)",
+        (CpuKind::Other, _) => {
+            "auto: int4 first (the smaller graph; speed not measured on this CPU)"
+        }
+    };
+    if let Some(variant) = order.into_iter().find(|v| listed(*v)) {
+        return named(variant, why);
+    }
+    // Neither exact graph: whatever the manifest lists first (the load verifies it).
+    let first = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Model)
+        .find_map(|f| f.variant)
+        .unwrap_or(ModelVariant::Fp32);
+    named(
+        first,
+        "auto: the manifest lists neither int4 nor fp32; its first graph",
+    )
+}
+
+/// Resident memory the fp32 graph would take at its peak, from the bytes of the files it loads.
+fn fp32_peak_mb(manifest: &Manifest) -> Option<f64> {
+    let model = manifest.model_file(ModelVariant::Fp32)?;
+    // The graph's external weights sit beside it as `<graph>.data`.
+    let weights = format!("{}.data", model.path);
+    let bytes: u64 = manifest
+        .files
+        .iter()
+        .filter(|f| f.path == model.path || f.path == weights || f.kind == FileKind::Tokenizer)
+        .map(|f| f.bytes)
+        .sum();
+    Some(bytes as f64 * FP32_RESIDENT_OVER_FILES / (1024.0 * 1024.0) + PEAK_MARGIN_MB)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn manifest(variants: &[(&str, ModelVariant, u64)]) -> Manifest {
+        let mut files = vec![serde_json::json!({
+            "path": "tokenizer.json", "kind": "tokenizer", "sha256": "0".repeat(64), "bytes": 2_000_000
+        })];
+        for (path, variant, bytes) in variants {
+            files.push(serde_json::json!({
+                "path": path, "kind": "model", "variant": variant.as_str(),
+                "sha256": "0".repeat(64), "bytes": 400_000
+            }));
+            files.push(serde_json::json!({
+                "path": format!("{path}.data"), "kind": "weights", "variant": variant.as_str(),
+                "sha256": "0".repeat(64), "bytes": bytes
+            }));
+        }
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "name": "m", "version": "1", "architecture": "llama",
+            "context_length": 2048, "num_layers": 30, "num_kv_heads": 3, "head_dim": 64,
+            "vocab_size": 49152,
+            "io": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                   "logits": "logits", "past_key": "past.{layer}.key", "past_value": "past.{layer}.value",
+                   "present_key": "present.{layer}.key", "present_value": "present.{layer}.value"},
+            "special_tokens": {"eos": "<|im_end|>"},
+            "chat_template": {"jinja": "{{ messages }}"},
+            "files": files
+        }))
+        .expect("manifest")
+    }
+
+    /// SmolLM2's files: fp32 539 MB, int4 127 MB.
+    fn smollm2() -> Manifest {
+        manifest(&[
+            ("model.int4.onnx", ModelVariant::Int4, 127_000_000),
+            ("model.onnx", ModelVariant::Fp32, 539_000_000),
+        ])
+    }
+
+    fn pick(
+        choice: VariantChoice,
+        m: &Manifest,
+        cpu: CpuKind,
+        budget: Option<u64>,
+    ) -> ModelVariant {
+        resolve_variant(choice, m, cpu, budget).variant
+    }
+
+    #[test]
+    fn auto_runs_fp32_without_avx512_and_int4_elsewhere() {
+        let m = smollm2();
+        assert_eq!(
+            pick(VariantChoice::Auto, &m, CpuKind::X86WithoutAvx512, None),
+            ModelVariant::Fp32
+        );
+        assert_eq!(
+            pick(VariantChoice::Auto, &m, CpuKind::X86Avx512, None),
+            ModelVariant::Int4
+        );
+        assert_eq!(
+            pick(VariantChoice::Auto, &m, CpuKind::Other, None),
+            ModelVariant::Int4
+        );
+    }
+
+    #[test]
+    fn auto_keeps_int4_when_fp32_would_not_fit_the_memory_budget() {
+        let m = smollm2();
+        // fp32: (539 + 0.4 + 2) MB of files x 1.4 + 256 = ~979 MiB.
+        assert_eq!(
+            pick(
+                VariantChoice::Auto,
+                &m,
+                CpuKind::X86WithoutAvx512,
+                Some(900)
+            ),
+            ModelVariant::Int4
+        );
+        assert_eq!(
+            pick(
+                VariantChoice::Auto,
+                &m,
+                CpuKind::X86WithoutAvx512,
+                Some(2048)
+            ),
+            ModelVariant::Fp32
+        );
+    }
+
+    #[test]
+    fn auto_takes_what_the_manifest_lists() {
+        let int4_only = manifest(&[("model.int4.onnx", ModelVariant::Int4, 127_000_000)]);
+        assert_eq!(
+            pick(
+                VariantChoice::Auto,
+                &int4_only,
+                CpuKind::X86WithoutAvx512,
+                None
+            ),
+            ModelVariant::Int4
+        );
+        let toy = manifest(&[
+            ("model.onnx", ModelVariant::Fp32, 4_000_000),
+            ("model.int8.onnx", ModelVariant::Int8, 1_000_000),
+        ]);
+        assert_eq!(
+            pick(VariantChoice::Auto, &toy, CpuKind::X86Avx512, None),
+            ModelVariant::Fp32
+        );
+        let int8_only = manifest(&[("model.int8.onnx", ModelVariant::Int8, 1_000_000)]);
+        assert_eq!(
+            pick(VariantChoice::Auto, &int8_only, CpuKind::X86Avx512, None),
+            ModelVariant::Int8
+        );
+    }
+
+    #[test]
+    fn a_named_variant_or_the_default_is_never_second_guessed() {
+        let m = smollm2();
+        let int4 = VariantChoice::Named(ModelVariant::Int4);
+        assert_eq!(
+            pick(int4, &m, CpuKind::X86WithoutAvx512, None),
+            ModelVariant::Int4
+        );
+        let default = VariantChoice::default();
+        assert_eq!(
+            pick(default, &m, CpuKind::X86Avx512, None),
+            ModelVariant::Fp32
+        );
+    }
+
+    #[test]
+    fn the_config_spells_it_auto_or_a_variant_name() {
+        assert_eq!("auto".parse(), Ok(VariantChoice::Auto));
+        assert_eq!(
+            "int4-fast".parse(),
+            Ok(VariantChoice::Named(ModelVariant::Int4Fast))
+        );
+        let error = "fastest".parse::<VariantChoice>().unwrap_err();
+        assert!(error.contains("expected auto, fp32"), "{error}");
+    }
+}
