@@ -330,9 +330,11 @@ async fn int4_answers_a_simple_question_right() {
     assert!(generation.text.contains("Paris"), "{}", generation.text);
 }
 
-/// The opt-in int4-fast graph (int8 activations in some products) is not bit-close to fp32; the
+/// The opt-in int4-fast graph (int8 activations in every product) is not bit-close to fp32; the
 /// importer checks its parity budget over whole generations. Here, through the engine: the first
-/// token of every reference prompt whose reference top-2 gap is clear, and a right answer.
+/// token of every reference prompt whose reference top-2 gap is clear, and a right answer to a
+/// question whose first step is clear (not the France one: the exact model's first step there is a
+/// 0.08 near-tie that llama.cpp on the same GGUF also breaks the other way; models/smollm2/README.md).
 #[tokio::test]
 async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
     if !int4_fast_imported() {
@@ -359,11 +361,11 @@ async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
     }
     assert!(clear >= 3, "only {clear} clear first steps compared");
     let request = GenerationRequest::new(
-        Prompt::user("What is the capital of France?"),
+        Prompt::user("What is the capital of Japan?"),
         SamplingParams::greedy(24),
     );
     let generation = engine.generate(request).await.unwrap();
-    assert!(generation.text.contains("Paris"), "{}", generation.text);
+    assert!(generation.text.contains("Tokyo"), "{}", generation.text);
 }
 
 /// `variant = "auto"` loads the exact graph this CPU runs faster (fp32 on x86-64 without AVX-512,
