@@ -41,8 +41,9 @@ pub enum ModelVariant {
     Int8,
     /// 4-bit block-quantized weights (ONNX Runtime `MatMulNBits`), e.g. a GGUF's own Q4 blocks.
     Int4,
-    /// The int4 weights with int8 activations in some products (`MatMulNBits` accuracy level
-    /// 4): faster, not bit-close to fp32; opt-in, the importer checks it against a parity budget.
+    /// The int4 weights with int8 activations (`MatMulNBits` accuracy level 4, llama.cpp's
+    /// scheme): faster, not bit-close to fp32; opt-in, the importer checks it against a parity
+    /// budget and leaves it out on a CPU where it misses.
     #[serde(rename = "int4-fast")]
     Int4Fast,
 }
