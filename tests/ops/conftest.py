@@ -30,4 +30,6 @@ def scraped_names(fleet) -> set[str]:
         status, body = fleet_mod.http_get(f"{node.base}/metrics")
         assert status == 200, body
         names |= fleet_mod.metric_names(body)
-    return names
+    status, body = fleet_mod.http_get(f"{fleet.tls.base}/metrics", ca_file=fleet.ca_file)
+    assert status == 200, body
+    return names | fleet_mod.metric_names(body)

@@ -1,21 +1,26 @@
 """Real `tiergate serve` processes and a real Prometheus on 127.0.0.1 for the ops tests.
 
-Two nodes, both on the bundled toy models (they load in about a second):
+Three nodes, all on the bundled toy models (they load in about a second):
 - `regional-1` (tier regional, models/regional): its early-exit gate always commits;
 - `edge-1` (tier edge, models/edge): its gate always abandons, so every local attempt escalates
   to regional-1 over gRPC; regional-1's HTTP API also stands in for the cloud tier; the response
-  cache is on (mode `always`), so a repeated request is a hit.
+  cache is on (mode `always`), so a repeated request is a hit;
+- `tls-1` (tier regional, TLS on both listeners with a fresh self-signed certificate): the families
+  only a TLS node exports.
 A few requests then make every metric family the dashboard and the alert rules use appear in a
 scrape (a labelled family with no series yet is not exported at all).
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -47,9 +52,11 @@ class Node:
     http: str
     workdir: tempfile.TemporaryDirectory = field(repr=False)
 
+    scheme: str = "http"
+
     @property
     def base(self) -> str:
-        return f"http://{self.http}"
+        return f"{self.scheme}://{self.http}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -103,9 +110,10 @@ def start_node(name: str, config_toml: str) -> Node:
     raise RuntimeError(f"node {name} did not print its listening line (exit code {proc.poll()})")
 
 
-def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 10.0, ca_file: Path | None = None) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -179,31 +187,94 @@ key_sha256 = ["ff2c88a4ab37962005f4d0a6bcf33f40eaf7c4ce2e62882adc91d908f871a69c"
 """
 
 
+# A node with TLS on its listeners: the families only such a node exports (its certificate's expiry,
+# its reloads) must be in the scrape the alert rules are checked against. Not in `Fleet.nodes`: the
+# Prometheus of the live test scrapes plain HTTP.
+TLS_TOML = """
+[node]
+name = "tls-1"
+tier = "regional"
+[engine]
+model_dir = "models/regional"
+[server.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+"""
+
+
+def write_self_signed(directory: Path, days: int = 90) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 valid for `days`, and its key (PEM files in `directory`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tiergate-ops")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "node.crt", directory / "node.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
 @dataclass
 class Fleet:
     regional: Node
     edge: Node
+    tls: Node
+    tls_files: tempfile.TemporaryDirectory = field(repr=False)
 
     @property
     def nodes(self) -> list[Node]:
         return [self.edge, self.regional]
 
+    @property
+    def ca_file(self) -> Path:
+        return Path(self.tls_files.name) / "node.crt"
+
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, self.tls]:
             node.stop()
+        self.tls_files.cleanup()
 
 
 def start_fleet() -> Fleet:
-    regional = start_node("regional-1", REGIONAL_TOML)
+    started: list[Node] = []
+    tls_files = tempfile.TemporaryDirectory(prefix="tiergate-ops-tls-")
     try:
+        regional = start_node("regional-1", REGIONAL_TOML)
+        started.append(regional)
         edge = start_node(
             "edge-1",
             EDGE_TOML.format(regional_grpc=regional.grpc, regional_http=regional.http),
         )
+        started.append(edge)
+        cert, key = write_self_signed(Path(tls_files.name))
+        tls = start_node("tls-1", TLS_TOML.format(cert=cert, key=key))
+        tls.scheme = "https"
     except Exception:
-        regional.stop()
+        for node in started:
+            node.stop()
+        tls_files.cleanup()
         raise
-    return Fleet(regional, edge)
+    return Fleet(regional, edge, tls, tls_files)
 
 
 def drive_traffic(fleet: Fleet) -> None:
