@@ -130,10 +130,8 @@ class Int4Linear:
         # int8 activations everywhere 294/320 teacher-forced top-1 with zero point 0 (docs/benchmarks.md).
         zp = np.where(self.d != 0, np.clip(np.round(-m / np.where(self.d != 0, self.d, 1)), 0, 15), 0)
         self.m = (m + zp.astype(np.float32) * self.d).astype(np.float32)  # offsets left after the zero points
-        zp = zp.astype(np.uint8)
-        if self.nb % 2:
-            zp = np.concatenate([zp, np.zeros((self.n, 1), np.uint8)], axis=1)
-        self.zero_points = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)  # packed 4-bit, 2 blocks a byte
+        zp = np.pad(zp.astype(np.uint8), ((0, 0), (0, self.nb % 2)))  # each row to whole bytes
+        self.zero_points = pack_nibbles(zp)  # [N, ceil(nb / 2)], 2 blocks a byte, as the kernel reads them
 
     def dequantize_as_ort(self) -> np.ndarray:
         """What the graph multiplies by: (q - zero_point) * scale from the MatMulNBits tensors (nibble order,

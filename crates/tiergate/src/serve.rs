@@ -218,9 +218,14 @@ struct Parts {
 
 /// The node, its metrics, its engine slot and the model reloader.
 async fn build_parts(config: &Config) -> Result<Parts, StartError> {
+    // `engine.variant = "auto"` keeps to the device's memory budget, at start and on reload.
+    let engine_config = tiergate_engine::EngineConfig {
+        memory_budget_mb: config.device.effective().values.memory_budget_mb,
+        ..config.engine.clone()
+    };
     // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
     let (engine, loaded) =
-        crate::model_trust::load_engine(&config.engine, &config.model_trust).await?;
+        crate::model_trust::load_engine(&engine_config, &config.model_trust).await?;
     let regional = match &config.upstreams.regional {
         Some(regional) => {
             Some(
@@ -274,7 +279,7 @@ async fn build_parts(config: &Config) -> Result<Parts, StartError> {
     });
     let watched = crate::model_trust::Watched {
         node_name: &config.node.name,
-        engine: &config.engine,
+        engine: &engine_config,
         trust: &config.model_trust,
         model: loaded,
         slot: slot.clone(),

@@ -173,9 +173,7 @@ fn apply_device_profile(table: &mut toml::Table) -> Result<(), ConfigError> {
 impl Config {
     /// Defaults, then `file`, then `TIERGATE__…` variables from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut config: Config = load_with(file, process_env()?, apply_device_profile)?;
-        // `engine.variant = "auto"` keeps to the device's memory budget.
-        config.engine.memory_budget_mb = config.device.effective().values.memory_budget_mb;
+        let config: Config = load_with(file, process_env()?, apply_device_profile)?;
         config.validate()?;
         Ok(config)
     }
