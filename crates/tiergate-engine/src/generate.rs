@@ -182,8 +182,8 @@ impl SequenceState {
         if self.at_limit() {
             return Ok(Step::Done(self.finish(FinishReason::Length)));
         }
-        // One pass over the vocabulary gives the confidence, the normaliser of the logprobs
-        // and the alternatives (when asked).
+        // The confidence, the normaliser of the logprobs and the alternatives (when asked), from
+        // one exponential pass over the vocabulary (confidence.rs).
         let stats = token_stats(logits, self.logprobs.unwrap_or(0), &mut self.best);
         let id = self.sampler.next_token(logits);
         let logprobs = self.logprobs.map(|_| {
