@@ -153,8 +153,8 @@ def run_cargo_bench(bench, arguments):
 def run_tiergate(args, variant, threads, prompts_file):
     return run_cargo_bench("engine", [
         "--model", str(args.model), "--variant", variant, "--threads", str(threads),
-        "--spinning", str(args.spinning), "--prompts", str(prompts_file), "--repeat", str(args.repeat),
-        "--max-new-tokens", str(args.max_new_tokens)])
+        "--spinning", str(args.spinning), "--spin-us", str(args.spin_us), "--prompts", str(prompts_file),
+        "--repeat", str(args.repeat), "--max-new-tokens", str(args.max_new_tokens)])
 
 
 def timed_runs(generate, prompt_ids, steps, repeat):
@@ -187,6 +187,8 @@ def run_python_ort(args, manifest, variant, threads, prompt_ids, steps):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", str(args.spinning))
+    if args.spinning and args.spin_us:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(args.spin_us))
     options.enable_cpu_mem_arena = False  # as the engine
     session = ort.InferenceSession(str(args.model / model_file), options,
                                    providers=["CPUExecutionProvider"])
@@ -268,9 +270,12 @@ def main():
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
-    parser.add_argument("--spinning", type=int, default=0, choices=[0, 1],
+    parser.add_argument("--spinning", type=int, default=1, choices=[0, 1],
                         help="ONNX Runtime intra-op spinning, for tiergate and Python alike "
-                             "(the engine's default is 0)")
+                             "(the engine's default is 1)")
+    parser.add_argument("--spin-us", type=int, default=20,
+                        help="how long an idle intra-op thread spins, in microseconds, for both "
+                             "(the engine's default is 20; 0: ONNX Runtime's own)")
     parser.add_argument("--streams", default="1,2,4,8",
                         help="concurrent streams of the batching bench ('' skips it)")
     parser.add_argument("--batch-threads", type=int, default=1,
@@ -337,7 +342,8 @@ def print_table(args, manifest, rows, load_before, load_after):
     print(f"model {manifest['name']} {manifest['version']} ({args.model}); {len(PROMPTS)} chat prompts "
           f"of {', '.join(str(len(p)) for p in first['prompt_ids'])} tokens, "
           f"{sum(len(o) - 1 for o in first['outputs'])} decode steps per pass, {args.repeat} passes "
-          f"(+1 warm-up); ONNX Runtime intra-op spinning {'on' if args.spinning else 'off'}; "
+          f"(+1 warm-up); ONNX Runtime intra-op spinning "
+          f"{(f'on ({args.spin_us} us)' if args.spin_us else 'on (its own length)') if args.spinning else 'off'}; "
           f"load average {load_before} before, {load_after} after; {os.cpu_count()} cpus")
     header = (f"{'threads':>7}  {'engine':<20}{'weights':<11}{'decode tok/s':>13}{'vs llama.cpp':>13}"
               f"{'prefill ms':>11}{'vs llama.cpp':>13}{'outside run':>12}{'RSS MB':>8}{'x files':>8}")

@@ -3,7 +3,7 @@
 //! outside `Session::run`, and the process's resident memory.
 //!
 //! `cargo bench -p tiergate-engine --bench engine -- [--model DIR] [--variant fp32|int8|int4]
-//!  [--threads N] [--spinning 0|1] [--arena 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
+//!  [--threads N] [--spinning 0|1] [--spin-us N] [--arena 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
 //!
 //! Prompts are user messages rendered with the model's chat template: from `--prompts FILE` (a
 //! JSON array of strings), else the model's `reference.json` cases. With `--json` the output also
@@ -25,6 +25,7 @@ struct Args {
     variant: ModelVariant,
     threads: usize,
     spinning: bool,
+    spin_duration_us: u32,
     arena: bool,
     prompts: Option<PathBuf>,
     repeat: usize,
@@ -38,8 +39,9 @@ fn parse_args() -> Args {
         model: root.join("models/edge"),
         variant: ModelVariant::Fp32,
         threads: 1,
-        spinning: false,
-        // The node's defaults, so the RSS column is the node's (the arena off since a783628).
+        // The node's defaults, so the columns are the node's (the arena off since a783628).
+        spinning: EngineConfig::default().intra_op_spinning,
+        spin_duration_us: EngineConfig::default().intra_op_spin_duration_us,
         arena: EngineConfig::default().memory_arena,
         prompts: None,
         repeat: 20,
@@ -65,6 +67,10 @@ fn parse_args() -> Args {
             }
             "--threads" => args.threads = number(iter.next(), "--threads"),
             "--spinning" => args.spinning = number(iter.next(), "--spinning") != 0,
+            "--spin-us" => {
+                args.spin_duration_us =
+                    u32::try_from(number(iter.next(), "--spin-us")).expect("--spin-us fits u32")
+            }
             "--arena" => args.arena = number(iter.next(), "--arena") != 0,
             "--prompts" => args.prompts = Some(PathBuf::from(iter.next().expect("--prompts FILE"))),
             "--repeat" => args.repeat = number(iter.next(), "--repeat"),
@@ -124,6 +130,7 @@ fn main() {
         workers: 1,
         intra_op_threads: args.threads,
         intra_op_spinning: args.spinning,
+        intra_op_spin_duration_us: args.spin_duration_us,
         memory_arena: args.arena,
         ..EngineConfig::default()
     };
@@ -186,6 +193,7 @@ fn main() {
             "variant": model.variant,
             "threads": args.threads,
             "intra_op_spinning": args.spinning,
+            "intra_op_spin_duration_us": args.spin_duration_us,
             "memory_arena": args.arena,
             "generations": generations,
             "decode_tokens": decode_tokens,

@@ -40,12 +40,16 @@ pub struct EngineConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
-    /// Whether idle intra-op threads spin before sleeping (ONNX Runtime's own default is on).
-    /// Spinning shaves the wake-up off every parallel section on an otherwise idle machine; on a
-    /// shared one (an edge box also running the gateway, or other jobs) the spinning threads
-    /// steal the cores the work needs (int4, 2 threads, loaded 2-core machine: 22-38 tok/s off,
-    /// 15-18 on; docs/benchmarks.md).
+    /// Whether idle intra-op threads spin before sleeping. A decode step is ~500 small operators,
+    /// each parallel section waking the pool: asleep, a worker takes tens of microseconds to wake
+    /// on a VM, and at 2 threads int4-fast then runs no faster than at 1 (docs/benchmarks.md,
+    /// "Intra-op spinning"). Matters only with `intra_op_threads` > 1.
     pub intra_op_spinning: bool,
+    /// How long an idle intra-op thread spins before it sleeps, in microseconds (ONNX Runtime's
+    /// `session.intra_op.spin_duration_us`): long enough to span the gaps between a step's
+    /// parallel operators, short enough that an idle node burns no CPU between requests. 0 keeps
+    /// ONNX Runtime's own spin (2^20 polls, ~40 ms of one core after every run).
+    pub intra_op_spin_duration_us: u32,
     /// ONNX Runtime's CPU memory arena. Off, activations and outputs come from malloc and are
     /// returned after each run: a smaller resident set for the same speed (docs/benchmarks.md).
     pub memory_arena: bool,
@@ -84,7 +88,8 @@ impl Default for EngineConfig {
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
-            intra_op_spinning: false,
+            intra_op_spinning: true,
+            intra_op_spin_duration_us: 20,
             memory_arena: false,
             graph_optimization: GraphOptimization::All,
             optimized_model_cache: None,
@@ -233,6 +238,7 @@ impl Engine {
                 graph_optimization: config.graph_optimization,
                 optimized_model,
                 intra_op_spinning: config.intra_op_spinning,
+                intra_op_spin_duration_us: config.intra_op_spin_duration_us,
                 memory_arena: config.memory_arena,
                 prefill_chunk: config.prefill_chunk,
             },

@@ -333,6 +333,7 @@ mod tests {
             graph_optimization: GraphOptimization::All,
             optimized_model: None,
             intra_op_spinning: true,
+            intra_op_spin_duration_us: 20,
             memory_arena: true,
             prefill_chunk,
         };

@@ -58,6 +58,8 @@ pub(crate) struct SessionOptions {
     pub optimized_model: Option<PathBuf>,
     /// Let idle intra-op threads spin before sleeping (ONNX Runtime's default).
     pub intra_op_spinning: bool,
+    /// The spin's length in microseconds (0: ONNX Runtime's own).
+    pub intra_op_spin_duration_us: u32,
     /// ONNX Runtime's CPU arena for activations and outputs (its default) or plain malloc.
     pub memory_arena: bool,
     /// Prompt positions per prefill run (0: the whole prompt in one run).
@@ -166,7 +168,16 @@ impl ModelSession {
             .with_inter_threads(1)
             .map_err(EngineError::runtime)?
             .with_intra_op_spinning(options.intra_op_spinning)
-            .map_err(EngineError::runtime)?
+            .map_err(EngineError::runtime)?;
+        if options.intra_op_spinning && options.intra_op_spin_duration_us > 0 {
+            builder = builder
+                .with_config_entry(
+                    "session.intra_op.spin_duration_us",
+                    options.intra_op_spin_duration_us.to_string(),
+                )
+                .map_err(EngineError::runtime)?;
+        }
+        builder = builder
             .with_execution_providers([ep::CPU::default()
                 .with_arena_allocator(options.memory_arena)
                 .build()])
