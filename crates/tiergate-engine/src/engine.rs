@@ -40,10 +40,10 @@ pub struct EngineConfig {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per session (0: ONNX Runtime's default, one per core).
     pub intra_op_threads: usize,
-    /// Whether idle intra-op threads spin before sleeping. A decode step is ~500 small operators,
-    /// each parallel section waking the pool: asleep, a worker takes tens of microseconds to wake
-    /// on a VM, and at 2 threads int4-fast then runs no faster than at 1 (docs/benchmarks.md,
-    /// "Intra-op spinning"). Matters only with `intra_op_threads` > 1.
+    /// Whether idle intra-op threads spin before sleeping. A decode step is ~800 small operators,
+    /// each parallel one waking the pool: asleep, a worker takes tens of microseconds to wake on
+    /// a VM, and at 2 threads int4-fast then runs no faster than at 1 (docs/benchmarks.md,
+    /// "Intra-op spinning, bounded"). Matters only with `intra_op_threads` > 1.
     pub intra_op_spinning: bool,
     /// How long an idle intra-op thread spins before it sleeps, in microseconds (ONNX Runtime's
     /// `session.intra_op.spin_duration_us`): long enough to span the gaps between a step's
