@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::confidence::nll_sum;
 use crate::error::EngineError;
 
 /// Logits of a forward pass: `rows` rows of `vocab` scores, row-major.
@@ -58,6 +59,26 @@ pub(crate) trait Backend {
         cache: &mut Self::Cache,
         all_rows: bool,
     ) -> Result<(Logits, Duration), EngineError>;
+
+    /// Runs `ids` like [`Backend::forward`] and scores them: returns the last position's logits
+    /// and the summed negative log-likelihood of `targets` (row `i` predicting `targets[i + 1]`;
+    /// `None` when a target is out of the vocabulary). The default asks `forward` for every row;
+    /// a backend that can read its output in place overrides it (the ONNX session: a prompt's
+    /// rows are 196 KB each, copied for nothing but this sum).
+    fn forward_scored(
+        &mut self,
+        ids: &[u32],
+        cache: &mut Self::Cache,
+        targets: &[u32],
+    ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
+        let (all, run_time) = self.forward(ids, cache, true)?;
+        let nll = nll_sum(&all.data, all.vocab, targets);
+        let last = Logits {
+            data: all.last().to_vec(),
+            vocab: all.vocab,
+        };
+        Ok((last, nll, run_time))
+    }
 
     /// One decode step for every row of `cache`: `tokens[i]` extends row `i`. Returns one logits
     /// row per cache row, in order.

@@ -476,4 +476,27 @@ mod tests {
             assert!(diff(&a.last, &c.last) < 1e-4);
         }
     }
+
+    #[test]
+    fn the_session_scores_a_prompt_in_place_as_from_a_copy_of_every_row() {
+        let (mut session, _, ids) = edge();
+        let (mut cache_a, mut cache_b) = (
+            session.empty_cache().unwrap(),
+            session.empty_cache().unwrap(),
+        );
+        let (last, nll, _) = session.forward_scored(&ids, &mut cache_a, &ids).unwrap();
+        let (all, _) = session.forward(&ids, &mut cache_b, true).unwrap();
+        assert_eq!(all.rows(), ids.len());
+        assert_eq!(last.rows(), 1);
+        assert_eq!(last.data, all.last());
+        let copied = crate::confidence::nll_sum(&all.data, all.vocab, &ids);
+        assert_eq!(nll, copied);
+        assert!(nll.unwrap() > 0.0);
+        // A target outside the vocabulary gives no score, not a wrong one.
+        let mut cache_c = session.empty_cache().unwrap();
+        let mut bad = ids.clone();
+        bad[1] = u32::MAX;
+        let (_, nll, _) = session.forward_scored(&ids, &mut cache_c, &bad).unwrap();
+        assert_eq!(nll, None);
+    }
 }

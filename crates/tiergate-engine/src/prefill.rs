@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::confidence::nll_sum;
 use crate::error::EngineError;
 use crate::memory::trim_heap;
 
@@ -52,15 +51,18 @@ pub(crate) fn prefill<B: Backend>(
         if index > 0 && !keep_going() {
             return Ok(None);
         }
-        let (logits, time) = backend.forward(part, cache, score)?;
-        run_time += time;
-        if score {
+        let logits = if score {
             let start = index * chunk;
             let targets = &ids[start..(start + part.len() + 1).min(ids.len())];
-            total = total
-                .zip(nll_sum(&logits.data, logits.vocab, targets))
-                .map(|(a, b)| a + b);
-        }
+            let (logits, nll, time) = backend.forward_scored(part, cache, targets)?;
+            total = total.zip(nll).map(|(a, b)| a + b);
+            run_time += time;
+            logits
+        } else {
+            let (logits, time) = backend.forward(part, cache, false)?;
+            run_time += time;
+            logits
+        };
         last = logits.last().to_vec();
     }
     if ids.len() > chunk {

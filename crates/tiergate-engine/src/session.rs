@@ -16,6 +16,7 @@ use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Logits};
+use crate::confidence::nll_sum;
 use crate::error::EngineError;
 use crate::manifest::Manifest;
 
@@ -64,6 +65,17 @@ pub(crate) struct SessionOptions {
     pub memory_arena: bool,
     /// Prompt positions per prefill run (0: the whole prompt in one run).
     pub prefill_chunk: usize,
+}
+
+/// Which logits a run hands back.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    /// The last position of every batch row.
+    Last,
+    /// Every position of every row.
+    All,
+    /// The last position, plus the NLL sum of these targets over every position (one-row runs).
+    Scored(&'a [u32]),
 }
 
 /// Graph IO names resolved per layer.
@@ -271,15 +283,16 @@ impl ModelSession {
     }
 
     /// Runs the graph: `ids` is `[batch, seq]` row-major; the cache's past goes in and the
-    /// presents come back into it. Returns the raw outputs' logits (all rows when `all_rows`,
-    /// else the last position of every batch row) and the time inside `Session::run`.
+    /// presents come back into it. Returns the logits `rows` asks for, the NLL sum of its
+    /// targets (`Rows::Scored`) read from ONNX Runtime's buffer in place, and the time inside
+    /// `Session::run`.
     fn run(
         &mut self,
         ids: &[u32],
         seq: usize,
         cache: &mut KvCache,
-        all_rows: bool,
-    ) -> Result<(Logits, Duration), EngineError> {
+        rows: Rows<'_>,
+    ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
         let batch = cache.batch_size();
         if seq == 0 || ids.len() != batch * seq {
             return Err(EngineError::Runtime(format!(
@@ -342,7 +355,11 @@ impl ModelSession {
                 "logits have shape {dims:?}, expected [{batch}, {seq}, {vocab}]"
             )));
         }
-        let data = if all_rows || seq == 1 {
+        let nll = match rows {
+            Rows::Scored(targets) => nll_sum(data, vocab, targets),
+            Rows::All | Rows::Last => None,
+        };
+        let data = if matches!(rows, Rows::All) || seq == 1 {
             data.to_vec()
         } else {
             let mut last = Vec::with_capacity(batch * vocab);
@@ -375,7 +392,7 @@ impl ModelSession {
         for length in &mut cache.lengths {
             *length += seq;
         }
-        Ok((logits, run_time))
+        Ok((logits, nll, run_time))
     }
 
     /// Copies rows of several caches into a new one, each row right-aligned (left-padded with
@@ -471,7 +488,24 @@ impl Backend for ModelSession {
                 cache.batch_size()
             )));
         }
-        self.run(ids, ids.len(), cache, all_rows)
+        let rows = if all_rows { Rows::All } else { Rows::Last };
+        let (logits, _, run_time) = self.run(ids, ids.len(), cache, rows)?;
+        Ok((logits, run_time))
+    }
+
+    fn forward_scored(
+        &mut self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        targets: &[u32],
+    ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
+        if cache.batch_size() != 1 {
+            return Err(EngineError::Runtime(format!(
+                "forward takes a one-row cache, this one has {} rows",
+                cache.batch_size()
+            )));
+        }
+        self.run(ids, ids.len(), cache, Rows::Scored(targets))
     }
 
     fn decode_batch(
@@ -479,7 +513,8 @@ impl Backend for ModelSession {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<(Logits, Duration), EngineError> {
-        self.run(tokens, 1, cache, false)
+        let (logits, _, run_time) = self.run(tokens, 1, cache, Rows::Last)?;
+        Ok((logits, run_time))
     }
 
     fn batch_size(cache: &KvCache) -> usize {
