@@ -3,8 +3,9 @@
 //!
 //! The graph returns one vocabulary-wide logits row per input position (49,152 floats, 196 KB
 //! for SmolLM2), and ONNX Runtime holds several such buffers during a run (the lm_head's
-//! products and their sum) besides the engine's copy: an 892-token prompt in one run took the
-//! int4 node's resident set from 248 MB to a 903 MB peak (docs/benchmarks.md).
+//! products and their sum): an 892-token prompt in one run took the int4 node's resident set
+//! from 248 MB to a 903 MB peak (docs/benchmarks.md). Scoring reads the rows where ONNX Runtime
+//! left them (`Backend::forward_scored`); only the last row is copied out.
 
 use std::time::Duration;
 
