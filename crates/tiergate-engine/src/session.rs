@@ -482,12 +482,7 @@ impl Backend for ModelSession {
         cache: &mut KvCache,
         all_rows: bool,
     ) -> Result<(Logits, Duration), EngineError> {
-        if cache.batch_size() != 1 {
-            return Err(EngineError::Runtime(format!(
-                "forward takes a one-row cache, this one has {} rows",
-                cache.batch_size()
-            )));
-        }
+        one_row(cache)?;
         let rows = if all_rows { Rows::All } else { Rows::Last };
         let (logits, _, run_time) = self.run(ids, ids.len(), cache, rows)?;
         Ok((logits, run_time))
@@ -499,12 +494,7 @@ impl Backend for ModelSession {
         cache: &mut KvCache,
         targets: &[u32],
     ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
-        if cache.batch_size() != 1 {
-            return Err(EngineError::Runtime(format!(
-                "forward takes a one-row cache, this one has {} rows",
-                cache.batch_size()
-            )));
-        }
+        one_row(cache)?;
         self.run(ids, ids.len(), cache, Rows::Scored(targets))
     }
 
@@ -527,6 +517,16 @@ impl Backend for ModelSession {
         rows: &[(usize, usize)],
     ) -> Result<KvCache, EngineError> {
         self.gather_rows(caches, rows)
+    }
+}
+
+/// `forward` and `forward_scored` run one sequence; the batch scheduler uses `decode_batch`.
+fn one_row(cache: &KvCache) -> Result<(), EngineError> {
+    match cache.batch_size() {
+        1 => Ok(()),
+        rows => Err(EngineError::Runtime(format!(
+            "forward takes a one-row cache, this one has {rows} rows"
+        ))),
     }
 }
 
