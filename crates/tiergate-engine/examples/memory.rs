@@ -4,9 +4,10 @@
 //!
 //! `cargo run --release -p tiergate-engine --example memory -- [--model DIR] [--variant int4]
 //!  [--workers N] [--threads N] [--requests N] [--max-new-tokens N] [--temperature T]
-//!  [--long-prompt WORDS] [--prefill-chunk N] [--trim 0|1] [--json]`
+//!  [--long-prompt WORDS] [--prefill-chunk N] [--trim 0|1] [--idle-trim 0|1] [--json]`
 //!
-//! `--trim 0` turns off `EngineConfig::trim_heap_after_load`, `--prefill-chunk 0` prefills every
+//! `--trim 0` turns off `EngineConfig::trim_heap_after_load`, `--idle-trim 0`
+//! `trim_heap_when_idle`, `--prefill-chunk 0` prefills every
 //! prompt in one run (the two before/after comparisons of docs/benchmarks.md). The model defaults to
 //! `TIERGATE_REAL_MODEL`, else `models/edge`. `--temperature` above 0 samples the requests (a
 //! seed per request) so a long run reads many different embedding rows, as a node's does. docs/benchmarks.md ("Memory (RSS)") has the numbers.
@@ -27,6 +28,7 @@ struct Args {
     requests: usize,
     max_new_tokens: usize,
     trim: bool,
+    idle_trim: bool,
     temperature: f32,
     long_prompt: usize,
     prefill_chunk: usize,
@@ -45,6 +47,7 @@ fn parse_args() -> Args {
         requests: 8,
         max_new_tokens: 64,
         trim: true,
+        idle_trim: true,
         temperature: 0.0,
         long_prompt: 0,
         prefill_chunk: EngineConfig::default().prefill_chunk,
@@ -71,6 +74,7 @@ fn parse_args() -> Args {
             "--requests" => args.requests = number("--requests", iter.next()),
             "--max-new-tokens" => args.max_new_tokens = number("--max-new-tokens", iter.next()),
             "--trim" => args.trim = number("--trim", iter.next()) != 0,
+            "--idle-trim" => args.idle_trim = number("--idle-trim", iter.next()) != 0,
             "--temperature" => {
                 args.temperature = iter
                     .next()
@@ -118,6 +122,7 @@ fn main() {
         workers: args.workers,
         intra_op_threads: args.threads,
         trim_heap_after_load: args.trim,
+        trim_heap_when_idle: args.idle_trim,
         prefill_chunk: args.prefill_chunk,
         ..EngineConfig::default()
     };
@@ -166,6 +171,9 @@ fn main() {
     );
     // Page faults per generated token: what a malloc setting or a dropped page costs each step.
     let faults_per_token = (minor_faults() - faults_before) as f64 / tokens.max(1) as f64;
+    // What the node holds at rest: the worker trims (when on) once it finds its queue empty.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    record(&mut stages, "at rest (200 ms idle)");
     if args.long_prompt > 0 {
         // A long prompt: prefill logits are one vocabulary-wide row per prompt position.
         let text = PROMPTS.join(" ").repeat(args.long_prompt / 60 + 1);
@@ -180,6 +188,8 @@ fn main() {
                 long.token_ids()
             ),
         );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        record(&mut stages, "at rest after it (200 ms idle)");
     }
     let mappings = resident_by_mapping();
 
@@ -188,6 +198,7 @@ fn main() {
             "variant": args.variant,
             "workers": args.workers,
             "trim_heap_after_load": args.trim,
+            "trim_heap_when_idle": args.idle_trim,
             "prefill_chunk": args.prefill_chunk,
             "model_file_bytes": file_bytes,
             "minor_faults_per_token": faults_per_token,
@@ -206,13 +217,14 @@ fn main() {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     println!(
         "{} {} ({:.1} MB of model files), {} worker(s), {} thread(s), heap trim after load {}, \
-         prefill chunk {}",
+         when idle {}, prefill chunk {}",
         manifest.name,
         args.variant,
         mb(file_bytes),
         args.workers,
         args.threads,
         if args.trim { "on" } else { "off" },
+        if args.idle_trim { "on" } else { "off" },
         args.prefill_chunk
     );
     println!(

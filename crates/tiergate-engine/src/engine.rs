@@ -72,6 +72,11 @@ pub struct EngineConfig {
     /// loading allocated and freed: -14.6 MB after load with the int4 SmolLM2, -6 MB after 40
     /// requests; docs/benchmarks.md).
     pub trim_heap_after_load: bool,
+    /// A worker idle for 100 ms after running something returns the allocator's free memory to
+    /// the system, once per idle spell: the node's resident set at rest is then not the
+    /// high-water mark of its last requests (docs/benchmarks.md, "Memory (RSS)"). A request
+    /// arriving during the trim waits for it.
+    pub trim_heap_when_idle: bool,
     /// Prompt positions per prefill run; longer prompts run in several, the KV cache carrying
     /// over. Each position's logits row is vocabulary-wide (196 KB for SmolLM2) and the whole
     /// prompt's rows are held at once several times over, so this bounds a long prompt's memory
@@ -97,6 +102,7 @@ impl Default for EngineConfig {
             max_batch: 1,
             context_length: None,
             trim_heap_after_load: true,
+            trim_heap_when_idle: true,
             prefill_chunk: 128,
         }
     }
@@ -246,6 +252,7 @@ impl Engine {
             queue_capacity: config.queue_capacity,
             max_batch: config.max_batch,
             shared_batch_from: shared_batch_from(variant, cpu),
+            trim_heap_when_idle: config.trim_heap_when_idle,
         })?;
         record(&mut load_memory, "sessions created");
         if config.trim_heap_after_load {

@@ -364,3 +364,42 @@ async fn the_optimised_model_cache_is_written_then_reused() {
         expected
     );
 }
+
+/// Polls the engine's stats until `done` holds, for at most 5 s (a loaded test machine).
+async fn stats_reach(engine: &Engine, done: impl Fn(&tiergate_engine::EngineStats) -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while !done(&engine.stats()) && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_worker_gives_the_heap_back_once_per_idle_spell() {
+    let engine = common::engine("edge");
+    assert!(EngineConfig::default().trim_heap_when_idle, "on by default");
+    // Never before the worker has run anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(engine.stats().heap_trims_when_idle, 0);
+
+    engine.generate(greedy(LIGHTS, 4)).await.unwrap();
+    stats_reach(&engine, |s| s.heap_trims_when_idle >= 1).await;
+    assert_eq!(engine.stats().heap_trims_when_idle, 1);
+    // Still idle: no second trim until the worker has run something again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(engine.stats().heap_trims_when_idle, 1);
+
+    // The trimmed worker answers as before.
+    let again = engine.generate(greedy(LIGHTS, 4)).await.unwrap();
+    assert!(!again.tokens.is_empty());
+    stats_reach(&engine, |s| s.heap_trims_when_idle >= 2).await;
+    assert_eq!(engine.stats().heap_trims_when_idle, 2);
+
+    let untrimmed = Engine::load(&EngineConfig {
+        trim_heap_when_idle: false,
+        ..common::config("edge")
+    })
+    .unwrap();
+    untrimmed.generate(greedy(LIGHTS, 4)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(untrimmed.stats().heap_trims_when_idle, 0);
+}
