@@ -10,10 +10,9 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import onnxruntime as ort
 
-LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # SmolLM2-135M
+from decode_feeds import decode_feeds
 
 
 def main():
@@ -28,13 +27,7 @@ def main():
         options.intra_op_num_threads = args.threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[path] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, args.past + 1), np.int64),
-             "position_ids": np.full((1, 1), args.past, np.int64)}
-    for layer in range(LAYERS):
-        for kind in ("key", "value"):
-            feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
-                (1, KV_HEADS, args.past, HEAD_DIM), dtype=np.float32)
+    feeds = decode_feeds(args.past)
     rounds = {path: [] for path in sessions}
     for _ in range(4):
         for path, session in sessions.items():

@@ -16,10 +16,10 @@ import multiprocessing
 import statistics
 import time
 
-import numpy as np
 import onnxruntime as ort
 
-LAYERS, KV_HEADS, HEAD_DIM = 30, 3, 64  # SmolLM2-135M
+from decode_feeds import decode_feeds
+
 PAST = 60
 ROUND_SECONDS = 1.5
 
@@ -45,17 +45,6 @@ def open_session(path, threads, entries):
     for key, value in entries.items():
         options.add_session_config_entry(key, value)
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def decode_feeds():
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, PAST + 1), np.int64),
-             "position_ids": np.full((1, 1), PAST, np.int64)}
-    for layer in range(LAYERS):
-        for kind in ("key", "value"):
-            feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
-                (1, KV_HEADS, PAST, HEAD_DIM), dtype=np.float32)
-    return feeds
 
 
 def busy_loop(counter, stop):
@@ -116,7 +105,7 @@ def main():
     parser.add_argument("--spin-us", default="20,50", help="bounded spin lengths to compare")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    feeds = decode_feeds()
+    feeds = decode_feeds(PAST)
     chosen = settings([int(us) for us in args.spin_us.split(",") if us])
     for path in args.graphs:
         sessions = {name: open_session(path, threads, entries) for name, (threads, entries) in chosen.items()}
