@@ -27,8 +27,12 @@ impl Logits {
         &self.data[start..end]
     }
 
-    pub(crate) fn last(&self) -> &[f32] {
-        self.row(self.rows().saturating_sub(1))
+    /// The last row, keeping the buffer (no copy when it holds one row, as a decode step's does).
+    pub(crate) fn into_last(mut self) -> Vec<f32> {
+        let start = (self.rows().saturating_sub(1) * self.vocab).min(self.data.len());
+        self.data.drain(..start);
+        self.data.truncate(self.vocab);
+        self.data
     }
 }
 
@@ -73,9 +77,10 @@ pub(crate) trait Backend {
     ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
         let (all, run_time) = self.forward(ids, cache, true)?;
         let nll = nll_sum(&all.data, all.vocab, targets);
+        let vocab = all.vocab;
         let last = Logits {
-            data: all.last().to_vec(),
-            vocab: all.vocab,
+            data: all.into_last(),
+            vocab,
         };
         Ok((last, nll, run_time))
     }

@@ -64,7 +64,7 @@ pub(crate) fn prefill<B: Backend>(
             run_time += time;
             logits
         };
-        last = logits.last().to_vec();
+        last = logits.into_last();
     }
     if ids.len() > chunk {
         // The chunks' logits buffers (tens of MB each) stay in malloc's free lists after the
