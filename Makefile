@@ -112,14 +112,19 @@ bench-engine: setup
 bench-gateway: setup
 	./scripts/bench-gateway.sh
 
-## Calibrate the real edge model's early-exit gate: answer the labelled prompts, record the signals in
-## models/smollm2/calibration.jsonl (committed) and print AUROCs and the chosen gate (docs/routing.md).
+## Calibrate the real edge model's early-exit gates, one per graph: answer the labelled prompts, record the
+## signals in models/smollm2/calibration.jsonl (int4, also fp32's gate) and calibration-int4-fast.jsonl
+## (committed), and print AUROCs and the chosen gates (docs/routing.md; deploy/edge.toml ships them).
 .PHONY: calibrate-edge
 calibrate-edge: setup real-model build
 	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \
 		--model $(TIERGATE_REAL_MODEL) --variant int4 --out models/smollm2/calibration.jsonl --json \
 		> models/smollm2/calibration-report.json
 	./target/debug/tiergate eval confidence --results models/smollm2/calibration.jsonl
+	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \
+		--model $(TIERGATE_REAL_MODEL) --variant int4-fast --out models/smollm2/calibration-int4-fast.jsonl \
+		--json > models/smollm2/calibration-int4-fast-report.json
+	./target/debug/tiergate eval confidence --results models/smollm2/calibration-int4-fast.jsonl
 
 ## Regenerate every model artifact under models/ (needs only PyPI).
 models:

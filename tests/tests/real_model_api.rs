@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use tiergate_e2e::{NodeProcess, post_json, real_model_dir};
+use tiergate_e2e::{NodeProcess, post_json, real_model_dir, repo_root};
+use tiergate_proto::v1 as pb;
 
 #[tokio::test]
 async fn completions_continue_raw_text_and_chat_renders_the_template() {
@@ -60,4 +61,85 @@ async fn completions_continue_raw_text_and_chat_renders_the_template() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// deploy/edge.toml as shipped (`variant = "auto"`, a gate per graph), pointed at the real model:
+/// the decision names the graph the engine loaded and carries the gate calibrated on it. On
+/// x86-64 without AVX-512, `auto` runs int4-fast when the import kept it, with its own gate.
+#[tokio::test]
+async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
+    let Some(model) = real_model_dir() else {
+        return;
+    };
+    let shipped = std::fs::read_to_string(repo_root().join("deploy/edge.toml")).unwrap();
+    // The node alone: the upstreams' addresses are the deployment's, not this test's.
+    let (node_part, _upstreams) = shipped.split_once("[upstreams.regional]").unwrap();
+    let toml: String = node_part
+        .lines()
+        .map(|line| {
+            if line.starts_with("model_dir = ") {
+                format!("model_dir = \"{}\"", model.display())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let edge = NodeProcess::start("edge", &toml).await.unwrap();
+
+    let mut client = edge.grpc_client().await.unwrap();
+    let explained = client
+        .explain(pb::GenerateRequest {
+            prompt: "What is the capital of Japan?".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decision: serde_json::Value = serde_json::from_str(&explained.decision_json).unwrap();
+    let variant = decision["local_variant"].as_str().unwrap();
+    let gate = &decision["thresholds"]["confidence"];
+    // The values deploy/edge.toml ships (tests/calibrated_gate.rs ties them to the calibrations).
+    let (mean, floor) = if variant == "int4-fast" {
+        (0.5, 0.5)
+    } else {
+        (0.875, 0.45)
+    };
+    assert!(
+        (gate["min_mean_top1"].as_f64().unwrap() - mean).abs() < 1e-6,
+        "{variant}: {gate}"
+    );
+    assert!(
+        (gate["min_token_top1"].as_f64().unwrap() - floor).abs() < 1e-6,
+        "{variant}: {gate}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+                .unwrap();
+        let imported_fast = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|file| file["variant"] == "int4-fast");
+        if imported_fast {
+            assert_eq!(variant, "int4-fast");
+        }
+    }
+
+    // And it answers over the OpenAI API with that graph.
+    let reply = post_json(
+        &format!("{}/v1/chat/completions", edge.http_url()),
+        &json!({
+            "model": "tiergate", "max_tokens": 12, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of Japan?"}],
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json().unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Tokyo"), "{answer:?}");
 }

@@ -22,6 +22,7 @@ fn bench(c: &mut Criterion) {
     let config = RouterConfig::default();
     let node = NodeView {
         local_tier: Tier::Edge,
+        local_variant: None,
         upstreams: vec![
             UpstreamView {
                 tier: Tier::Regional,

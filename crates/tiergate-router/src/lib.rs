@@ -20,6 +20,7 @@
 //! let config = RouterConfig::default();
 //! let node = NodeView {
 //!     local_tier: Tier::Edge,
+//!     local_variant: None,
 //!     upstreams: vec![UpstreamView { tier: Tier::Regional, available: true }],
 //! };
 //! // The request's last user turn is scored; the client gives constraint and forwarding.

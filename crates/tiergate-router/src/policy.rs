@@ -16,6 +16,7 @@
 //! Plans from rules 4-6 end with an ungated local step: the answer of last resort when every
 //! upstream call fails at run time (degraded).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -26,11 +27,17 @@ use crate::features::PromptFeatures;
 use crate::tier::{Tier, TierConstraint};
 
 /// The router's configuration (`[router]` in the node's TOML).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
     pub complexity: ComplexityConfig,
+    /// The early-exit gate, for a local graph `confidence_by_variant` does not name.
     pub confidence: ConfidenceConfig,
+    /// Gates calibrated on particular local model graphs, by `engine.variant` name (e.g.
+    /// `int4-fast`, whose int8 activations make it confident on other answers than the exact
+    /// graphs). Each is a whole gate: a field it leaves out takes the built-in default, not
+    /// `confidence`'s value.
+    pub confidence_by_variant: BTreeMap<String, ConfidenceConfig>,
     /// Below this complexity the local model is tried first, with early exit.
     pub local_max_complexity: f64,
     /// At or above this complexity the cloud is tried before the regional tier.
@@ -47,6 +54,7 @@ impl Default for RouterConfig {
         RouterConfig {
             complexity: ComplexityConfig::default(),
             confidence: ConfidenceConfig::default(),
+            confidence_by_variant: BTreeMap::new(),
             local_max_complexity: 0.567,
             cloud_min_complexity: 0.633,
             max_hops: 3,
@@ -59,6 +67,16 @@ impl RouterConfig {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         self.complexity.validate()?;
         self.confidence.validate()?;
+        for (variant, gate) in &self.confidence_by_variant {
+            gate.validate().map_err(|err| {
+                // `confidence.min_mean_top1` -> `confidence_by_variant.<variant>.min_mean_top1`.
+                let field = err.field.strip_prefix("confidence.").unwrap_or(&err.field);
+                InvalidConfig::new(
+                    format!("confidence_by_variant.{variant}.{field}"),
+                    err.problem,
+                )
+            })?;
+        }
         for (field, value) in [
             ("local_max_complexity", self.local_max_complexity),
             ("cloud_min_complexity", self.cloud_min_complexity),
@@ -71,6 +89,14 @@ impl RouterConfig {
             }
         }
         Ok(())
+    }
+
+    /// The early-exit gate for the local model graph `variant` (`None`: not known).
+    pub fn confidence_for(&self, variant: Option<&str>) -> ConfidenceConfig {
+        variant
+            .and_then(|name| self.confidence_by_variant.get(name))
+            .copied()
+            .unwrap_or(self.confidence)
     }
 }
 
@@ -119,6 +145,8 @@ pub struct UpstreamView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeView {
     pub local_tier: Tier,
+    /// The local model graph's `engine.variant` name, which picks its early-exit gate.
+    pub local_variant: Option<&'static str>,
     pub upstreams: Vec<UpstreamView>,
 }
 
@@ -250,6 +278,8 @@ pub struct Decision {
     pub thresholds: Thresholds,
     pub constraint: TierConstraint,
     pub local_tier: Tier,
+    /// The local graph whose early-exit gate `thresholds.confidence` is.
+    pub local_variant: Option<&'static str>,
     pub forwarding: Forwarding,
     pub skipped: Vec<SkippedUpstream>,
 }
@@ -304,10 +334,11 @@ pub fn decide(
             local_max_complexity: config.local_max_complexity,
             cloud_min_complexity: config.cloud_min_complexity,
             max_hops: config.max_hops,
-            confidence: config.confidence,
+            confidence: config.confidence_for(node.local_variant),
         },
         constraint,
         local_tier: node.local_tier,
+        local_variant: node.local_variant,
         forwarding: forwarding.clone(),
         skipped,
     }

@@ -264,6 +264,7 @@ fn each_rule_of_decide() {
             &Signals::from_prompt("a prompt"),
             &NodeView {
                 local_tier: c.local,
+                local_variant: None,
                 upstreams: c.upstreams.clone(),
             },
             c.constraint,
@@ -295,6 +296,7 @@ fn skipped_upstreams_say_why() {
         &Signals::from_prompt("x"),
         &NodeView {
             local_tier: Regional,
+            local_variant: None,
             upstreams: vec![up(Edge, true), up(Cloud, false)],
         },
         TierConstraint::None,
@@ -315,6 +317,7 @@ fn skipped_upstreams_say_why() {
         &Signals::from_prompt("x"),
         &NodeView {
             local_tier: Edge,
+            local_variant: None,
             upstreams: both(),
         },
         TierConstraint::None,
@@ -339,6 +342,7 @@ fn decision_json_carries_signals_thresholds_plan_and_reason() {
         &Signals::from_prompt("Explain step by step why 17 * 23 = 391."),
         &NodeView {
             local_tier: Edge,
+            local_variant: None,
             upstreams: both(),
         },
         TierConstraint::AtMostRegional,
@@ -430,6 +434,7 @@ fn router_config_from_toml_rejects_unknown_fields_and_validates() {
 fn default_config_routes_demo_like_prompts() {
     let node = NodeView {
         local_tier: Edge,
+        local_variant: None,
         upstreams: both(),
     };
     let route = |signals: &Signals| {
@@ -464,4 +469,49 @@ fn default_config_routes_demo_like_prompts() {
     let d = route(&Signals::from_prompt(essay));
     assert!(matches!(d.plan[0], Upstream(_)), "{}", d.complexity.score);
     assert_eq!(d.reason, Reason::Complexity);
+}
+
+/// A gate calibrated on one local graph applies when the node runs that graph; any other graph
+/// (or an unknown one) takes `[confidence]`. The decision says which graph and which gate.
+#[test]
+fn the_local_graph_picks_its_own_early_exit_gate() {
+    let c: RouterConfig = toml::from_str(
+        "[confidence]\nmin_mean_top1 = 0.875\nmin_token_top1 = 0.45\n\
+         [confidence_by_variant.int4-fast]\nmin_mean_top1 = 0.5\nmin_token_top1 = 0.5\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let route = |variant: Option<&'static str>| {
+        decide(
+            &c,
+            &Signals::from_prompt("turn on the kitchen lights"),
+            &NodeView {
+                local_tier: Edge,
+                local_variant: variant,
+                upstreams: both(),
+            },
+            TierConstraint::None,
+            &Forwarding::default(),
+        )
+    };
+    let fast = route(Some("int4-fast"));
+    assert_eq!(fast.thresholds.confidence.min_mean_top1, 0.5);
+    assert_eq!(fast.thresholds.confidence.min_token_top1, 0.5);
+    // A whole gate: what it leaves out is the built-in default, not `[confidence]`'s.
+    assert_eq!(fast.thresholds.confidence.commit_window, 8);
+    let json = serde_json::to_value(&fast).unwrap();
+    assert_eq!(json["local_variant"], "int4-fast");
+    assert_eq!(json["thresholds"]["confidence"]["min_mean_top1"], 0.5);
+    for other in [Some("int4"), Some("fp32"), None] {
+        let d = route(other);
+        assert_eq!(d.thresholds.confidence, c.confidence, "{other:?}");
+    }
+
+    // Each graph's gate is validated, and the error names it.
+    let bad: RouterConfig =
+        toml::from_str("[confidence_by_variant.int4-fast]\nmin_token_top1 = 1.5\n").unwrap();
+    assert_eq!(
+        bad.validate().unwrap_err().field,
+        "confidence_by_variant.int4-fast.min_token_top1"
+    );
 }

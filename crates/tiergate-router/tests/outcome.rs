@@ -20,6 +20,7 @@ fn decision(low_complexity: bool, regional_up: bool) -> Decision {
         &Signals::from_prompt("p"),
         &NodeView {
             local_tier: Tier::Edge,
+            local_variant: None,
             upstreams: vec![
                 UpstreamView {
                     tier: Tier::Regional,

@@ -20,6 +20,7 @@ fn node() -> impl Strategy<Value = NodeView> {
     (tier(), prop::collection::vec((tier(), any::<bool>()), 0..5)).prop_map(|(local_tier, ups)| {
         NodeView {
             local_tier,
+            local_variant: None,
             upstreams: ups
                 .into_iter()
                 .map(|(tier, available)| UpstreamView { tier, available })

@@ -265,7 +265,7 @@ async fn build_parts(config: &Config) -> Result<Parts, StartError> {
         tier: config.node.tier,
         routed_model: config.node.routed_model.clone(),
         engine: slot.clone(),
-        router: config.router,
+        router: config.router.clone(),
         budget: config.budget,
         retry: config.retry,
         hedge: config.hedge,

@@ -1,24 +1,19 @@
-//! The early-exit gate that deploy/edge.toml ships for the real edge model is the one
-//! `tiergate eval confidence` chooses on the committed calibration answers
-//! (models/smollm2/calibration.jsonl): recalibrating without updating the config fails here.
+//! The early-exit gates that deploy/edge.toml ships for the real edge model are the ones
+//! `tiergate eval confidence` chooses on the committed calibration answers, one per graph
+//! (models/smollm2/calibration.jsonl for the exact graphs, calibration-int4-fast.jsonl for
+//! int4-fast): recalibrating without updating the config fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Command;
 
 use tiergate::config::Config;
+use tiergate_router::ConfidenceConfig;
 
-#[test]
-fn shipped_edge_gate_is_the_calibrated_one() {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+/// `tiergate eval confidence --results FILE --json`: the gate it chooses on those answers.
+fn chosen_gate(root: &Path, results: &str) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args([
-            "eval",
-            "confidence",
-            "--results",
-            "models/smollm2/calibration.jsonl",
-            "--json",
-        ])
+        .args(["eval", "confidence", "--results", results, "--json"])
         .current_dir(root)
         .output()
         .unwrap();
@@ -28,41 +23,73 @@ fn shipped_edge_gate_is_the_calibrated_one() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let chosen = &report["chosen"];
-    let gate = &chosen["gate"];
+    let chosen = report["chosen"].clone();
     // The budget the gate was chosen for holds on the data.
     assert!(
         chosen["error_rate_kept"].as_f64().unwrap() <= 0.1,
-        "{chosen}"
+        "{results}: {chosen}"
     );
     assert!(
         chosen["must_not_kept_share"].as_f64().unwrap() <= 0.1,
-        "{chosen}"
+        "{results}: {chosen}"
     );
-    assert!(chosen["kept_share"].as_f64().unwrap() > 0.0, "{chosen}");
+    assert!(
+        chosen["kept_share"].as_f64().unwrap() > 0.0,
+        "{results}: {chosen}"
+    );
+    chosen["gate"].clone()
+}
 
-    // The config may not name a model folder that exists here: check only the router part.
-    let config = Config::load(Some(&root.join("deploy/edge.toml"))).unwrap();
-    let shipped = config.router.confidence;
+fn assert_same_gate(shipped: &ConfidenceConfig, gate: &serde_json::Value, which: &str) {
     assert_eq!(
         shipped.commit_window as u64,
-        gate["commit_window"].as_u64().unwrap()
+        gate["commit_window"].as_u64().unwrap(),
+        "{which}"
     );
     let close = |a: f32, b: &serde_json::Value| (f64::from(a) - b.as_f64().unwrap()).abs() < 1e-6;
     assert!(
         close(shipped.min_mean_top1, &gate["min_mean_top1"]),
-        "{gate}"
+        "{which}: {gate}"
     );
     assert!(
         close(shipped.min_token_top1, &gate["min_token_top1"]),
-        "{gate}"
+        "{which}: {gate}"
     );
     assert_eq!(
         shipped.max_prompt_nll.is_none(),
-        gate["max_prompt_nll"].is_null()
+        gate["max_prompt_nll"].is_null(),
+        "{which}"
     );
     assert_eq!(
         shipped.max_mean_entropy.is_none(),
-        gate["max_mean_entropy"].is_null()
+        gate["max_mean_entropy"].is_null(),
+        "{which}"
+    );
+}
+
+#[test]
+fn shipped_edge_gates_are_the_calibrated_ones() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    // The config may not name a model folder that exists here: check only the router part.
+    let config = Config::load(Some(&root.join("deploy/edge.toml"))).unwrap();
+    let router = &config.router;
+
+    // The exact graphs (fp32, int4 and any graph without a gate of its own).
+    let exact = chosen_gate(root, "models/smollm2/calibration.jsonl");
+    assert_same_gate(&router.confidence, &exact, "[router.confidence]");
+    for variant in ["fp32", "int4"] {
+        assert_eq!(router.confidence_for(Some(variant)), router.confidence);
+    }
+
+    // int4-fast, which `auto` runs on x86-64 without AVX-512: the gate calibrated on its answers.
+    let fast = chosen_gate(root, "models/smollm2/calibration-int4-fast.jsonl");
+    assert_same_gate(
+        &router.confidence_for(Some("int4-fast")),
+        &fast,
+        "[router.confidence_by_variant.int4-fast]",
+    );
+    assert_eq!(
+        router.confidence_by_variant.keys().collect::<Vec<_>>(),
+        ["int4-fast"]
     );
 }

@@ -45,6 +45,15 @@ fn mistakes_are_named_by_their_path() {
             "router.confidence.min_mean_top1",
         ),
         (
+            "[router.confidence_by_variant.int4-fast]\nmin_token_top1 = 2.0\n",
+            "router.confidence_by_variant.int4-fast.min_token_top1",
+        ),
+        // A misspelt graph name would leave its gate unused.
+        (
+            "[router.confidence_by_variant.int4_fast]\nmin_token_top1 = 0.5\n",
+            "router.confidence_by_variant.int4_fast",
+        ),
+        (
             "[limits]\nmax_new_tokens = \"many\"\n",
             "limits.max_new_tokens",
         ),

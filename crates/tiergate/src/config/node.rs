@@ -235,6 +235,14 @@ impl Config {
             path: format!("router.{}", err.field),
             message: err.problem,
         })?;
+        for variant in self.router.confidence_by_variant.keys() {
+            // A misspelt graph name would leave its gate unused without a word.
+            variant
+                .parse::<tiergate_engine::ModelVariant>()
+                .map_err(|message| {
+                    invalid(&format!("router.confidence_by_variant.{variant}"), &message)
+                })?;
+        }
         self.budget
             .validate()
             .map_err(|message| invalid("budget", &message))?;

@@ -105,6 +105,8 @@ impl Node {
         let upstreams = self.upstream_views(Instant::now());
         let view = NodeView {
             local_tier: self.parts.tier,
+            // The gate calibrated on the graph the engine runs now (a reload may change it).
+            local_variant: Some(self.parts.engine.current().model().variant.as_str()),
             upstreams,
         };
         let forwarding = tiergate_router::Forwarding {

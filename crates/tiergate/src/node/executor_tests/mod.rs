@@ -44,6 +44,7 @@ fn router(local_max_complexity: f64, cloud_min_complexity: f64) -> RouterConfig 
 fn decision(config: &RouterConfig) -> Decision {
     let view = NodeView {
         local_tier: Tier::Edge,
+        local_variant: None,
         upstreams: [Tier::Regional, Tier::Cloud]
             .map(|tier| UpstreamView {
                 tier,
