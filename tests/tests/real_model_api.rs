@@ -101,7 +101,7 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
     let gate = &decision["thresholds"]["confidence"];
     // The values deploy/edge.toml ships (tests/calibrated_gate.rs ties them to the calibrations).
     let (mean, floor) = if variant == "int4-fast" {
-        (0.5, 0.5)
+        (0.8, 0.5)
     } else {
         (0.875, 0.45)
     };

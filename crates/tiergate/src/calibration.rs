@@ -246,9 +246,10 @@ pub fn candidate_gates(window: usize) -> Vec<ConfidenceConfig> {
 
 /// The gate that keeps the most `attempt` prompts at the edge while its error rate among kept
 /// answers stays at or below `max_error` and it keeps at most `max_must_not` of the
-/// `must_not_attempt` prompts. Ties go to the gate with fewer wrong answers, then to the
-/// simplest one (the grid lists no NLL bound first and lower floors first), so a check that
-/// changes nothing on the data is not switched on.
+/// `must_not_attempt` prompts. Ties go to the gate with fewer wrong answers, then to the one
+/// that keeps fewer must-not prompts (a stricter mean threshold that costs no kept answer is
+/// taken), then to the simplest one (the grid lists no NLL bound first, lower floors and lower
+/// means first), so a check that changes nothing on the data is not switched on.
 pub fn choose_gate(
     results: &[CalibrationResult],
     window: usize,
@@ -265,8 +266,11 @@ pub fn choose_gate(
             continue;
         }
         let better = best.as_ref().is_none_or(|b| {
+            let fewer_must_not =
+                o.wrong_share == b.wrong_share && o.must_not_kept_share < b.must_not_kept_share;
             o.kept_share > b.kept_share
-                || (o.kept_share == b.kept_share && o.wrong_share < b.wrong_share)
+                || (o.kept_share == b.kept_share
+                    && (o.wrong_share < b.wrong_share || fewer_must_not))
         });
         if better {
             best = Some(o);
@@ -362,6 +366,27 @@ mod tests {
         let chosen = choose_gate(&results, 2, 0.0, 0.0).unwrap();
         assert_eq!(chosen.error_rate_kept, 0.0);
         assert!((chosen.kept_share - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn among_gates_keeping_the_same_answers_the_one_keeping_fewer_must_not_prompts_wins() {
+        // Every mean threshold up to 0.9 keeps the same two right answers; the must-not prompt's
+        // mean is 0.8, so thresholds above it keep it out at no cost.
+        let results = vec![
+            result(PromptKind::Attempt, Some(true), &[0.95, 0.95], 2.0),
+            result(PromptKind::Attempt, Some(true), &[0.92, 0.92], 2.0),
+            result(PromptKind::MustNotAttempt, None, &[0.8, 0.8], 2.0),
+        ];
+        let chosen = choose_gate(&results, 2, 0.1, 1.0).unwrap();
+        assert_eq!(chosen.kept_share, 1.0);
+        assert_eq!(chosen.must_not_kept_share, 0.0);
+        // The lowest mean that does so (the simplest of the tied gates): 0.825, floor 0.
+        assert!(
+            (chosen.gate.min_mean_top1 - 0.825).abs() < 1e-6,
+            "{chosen:?}"
+        );
+        assert_eq!(chosen.gate.min_token_top1, 0.0);
+        assert_eq!(chosen.gate.max_prompt_nll, None);
     }
 
     #[test]
