@@ -27,8 +27,8 @@ use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
 pub struct EngineConfig {
     /// Model directory with `manifest.json`, the ONNX graphs and `tokenizer.json`.
     pub model_dir: PathBuf,
-    /// Which graph of the manifest to run, or `auto`: the faster exact graph on this CPU that
-    /// fits `memory_budget_mb` (crate::variant).
+    /// Which graph of the manifest to run, or `auto`: the fastest graph on this CPU that fits
+    /// `memory_budget_mb` (crate::variant).
     pub variant: VariantChoice,
     /// The node's resident-memory budget (`[device] memory_budget_mb`), which `auto` keeps to.
     /// Not an `[engine]` key: the node sets it from its device section.

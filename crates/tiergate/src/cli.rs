@@ -55,7 +55,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "models/edge")]
     pub model: PathBuf,
 
-    /// Which graph of the manifest to run, or `auto` (the faster exact graph on this CPU).
+    /// Which graph of the manifest to run, or `auto` (the fastest graph on this CPU).
     #[arg(long, default_value_t = VariantChoice::Named(ModelVariant::Fp32))]
     pub variant: VariantChoice,
 
