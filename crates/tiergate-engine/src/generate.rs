@@ -336,6 +336,7 @@ mod tests {
             intra_op_spin_duration_us: 20,
             memory_arena: true,
             prefill_chunk,
+            share_kv_buffer: true,
         };
         let session =
             ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();

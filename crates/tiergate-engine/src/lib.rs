@@ -28,6 +28,7 @@ mod engine;
 mod error;
 mod events;
 mod generate;
+mod kv_cache;
 mod manifest;
 pub mod memory;
 mod prefill;
@@ -46,7 +47,7 @@ pub use events::{
     FinishReason, Generation, GenerationEvent, GenerationRequest, GenerationSummary, PromptScore,
     Timings, TokenEvent, TokenLogprob, TokenLogprobs,
 };
-pub use manifest::{Architecture, Manifest, ModelVariant};
+pub use manifest::{Architecture, KvCacheLayout, Manifest, ModelVariant};
 pub use prompt::{ChatMessage, Prompt, Role};
 pub use runtime::{BUNDLED_LIBRARY, ORT_DYLIB_ENV, resolve_library};
 pub use sampling::{MAX_TOP_LOGPROBS, SamplingParams};

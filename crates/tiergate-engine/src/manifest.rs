@@ -134,6 +134,19 @@ pub struct FileEntry {
     pub bytes: u64,
 }
 
+/// How a graph takes its KV cache (`kv_cache` in the manifest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheLayout {
+    /// Past in, a new present (past and new positions) out: what every graph of the contract does.
+    #[default]
+    Concat,
+    /// The graph's attention (com.microsoft `GroupQueryAttention`) also writes the new positions
+    /// into the past tensor itself when past and present are bound to one buffer with room for
+    /// them, instead of copying the whole cache into a new present every run.
+    SharedBuffer,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,
@@ -146,6 +159,9 @@ pub struct Manifest {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub io: IoNames,
+    /// Absent in older manifests: `concat`, which every graph supports.
+    #[serde(default)]
+    pub kv_cache: KvCacheLayout,
     pub special_tokens: SpecialTokens,
     pub chat_template: ChatTemplate,
     pub files: Vec<FileEntry>,

@@ -10,15 +10,18 @@ use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Logits};
 use crate::confidence::nll_sum;
 use crate::error::EngineError;
-use crate::manifest::Manifest;
+pub(crate) use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvShape, SharedBuffers};
+use crate::manifest::{KvCacheLayout, Manifest};
 
 /// ONNX Runtime graph optimisation level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,8 @@ pub(crate) struct SessionOptions {
     pub memory_arena: bool,
     /// Prompt positions per prefill run (0: the whole prompt in one run).
     pub prefill_chunk: usize,
+    /// Bind past and present to one buffer when the graph allows it (`KvCacheLayout`).
+    pub share_kv_buffer: bool,
 }
 
 /// Which logits a run hands back.
@@ -111,6 +116,18 @@ impl ResolvedIo {
         }
     }
 
+    /// A run's non-cache inputs with their graph names.
+    fn named(&self, inputs: StepInputs) -> Vec<(&str, DynValue)> {
+        let mut named = vec![
+            (self.input_ids.as_str(), inputs.input_ids),
+            (self.attention_mask.as_str(), inputs.attention_mask),
+        ];
+        if let (Some(name), Some(value)) = (&self.position_ids, inputs.position_ids) {
+            named.push((name.as_str(), value));
+        }
+        named
+    }
+
     fn inputs(&self) -> BTreeSet<String> {
         let mut names: BTreeSet<String> = [&self.input_ids, &self.attention_mask]
             .into_iter()
@@ -132,30 +149,15 @@ impl ResolvedIo {
     }
 }
 
-/// Past keys and values per layer, `[batch, kv_heads, len, head_dim]` each.
-///
-/// Rows are left-padded to a common `len`: row `i` holds `lengths[i]` real positions in its
-/// last slots; the padding before them is zeros, masked out (`attention_mask` 0).
-#[derive(Debug)]
-pub(crate) struct KvCache {
-    keys: Vec<DynValue>,
-    values: Vec<DynValue>,
-    len: usize,
-    lengths: Vec<usize>,
-}
-
-impl KvCache {
-    pub(crate) fn batch_size(&self) -> usize {
-        self.lengths.len()
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct ModelSession {
     session: Session,
     io: ResolvedIo,
-    num_kv_heads: usize,
-    head_dim: usize,
+    kv: KvShape,
+    /// Past and present bound to one buffer (the graph writes new positions in place).
+    shared_kv: bool,
+    /// Where a shared-buffer run's logits go.
+    cpu_memory: MemoryInfo<'static>,
     vocab_size: usize,
     context_length: usize,
     prefill_chunk: usize,
@@ -217,8 +219,19 @@ impl ModelSession {
         let model = ModelSession {
             session,
             io: ResolvedIo::new(manifest),
-            num_kv_heads: manifest.num_kv_heads,
-            head_dim: manifest.head_dim,
+            kv: KvShape {
+                layers: manifest.num_layers,
+                heads: manifest.num_kv_heads,
+                dim: manifest.head_dim,
+            },
+            shared_kv: options.share_kv_buffer && manifest.kv_cache == KvCacheLayout::SharedBuffer,
+            cpu_memory: MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(EngineError::runtime)?,
             vocab_size: manifest.vocab_size,
             context_length: manifest.context_length,
             prefill_chunk: options.prefill_chunk,
@@ -275,13 +288,6 @@ impl ModelSession {
         })
     }
 
-    fn tensor(&self, batch: usize, len: usize, data: Vec<f32>) -> Result<DynValue, EngineError> {
-        let shape = [batch, self.num_kv_heads, len, self.head_dim];
-        Ok(Tensor::<f32>::from_array((shape, data))
-            .map_err(EngineError::runtime)?
-            .into_dyn())
-    }
-
     /// Runs the graph: `ids` is `[batch, seq]` row-major; the cache's past goes in and the
     /// presents come back into it. Returns the logits `rows` asks for, the NLL sum of its
     /// targets (`Rows::Scored`) read from ONNX Runtime's buffer in place, and the time inside
@@ -311,66 +317,70 @@ impl ModelSession {
             mask.extend(std::iter::repeat_n(1i64, total - padding));
             positions.extend((length..length + seq).map(|p| p as i64));
         }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + 2 * self.io.past_keys.len());
-        inputs.push((
-            Cow::Borrowed(self.io.input_ids.as_str()),
-            tensor_i64([batch, seq], input_ids)?,
-        ));
-        inputs.push((
-            Cow::Borrowed(self.io.attention_mask.as_str()),
-            tensor_i64([batch, total], mask)?,
-        ));
-        if let Some(position_ids) = &self.io.position_ids {
-            inputs.push((
-                Cow::Borrowed(position_ids.as_str()),
-                tensor_i64([batch, seq], positions)?,
-            ));
+        let inputs = StepInputs {
+            input_ids: tensor_i64([batch, seq], input_ids)?,
+            attention_mask: tensor_i64([batch, total], mask)?,
+            position_ids: match self.io.position_ids {
+                Some(_) => Some(tensor_i64([batch, seq], positions)?),
+                None => None,
+            },
+        };
+        let shape = LogitsShape {
+            batch,
+            seq,
+            vocab: self.vocab_size,
+        };
+        let result = if self.shared_kv {
+            let buffers = SharedBuffers {
+                allocator: self.session.allocator(),
+                limit: self.context_length,
+            };
+            self.kv.reserve(buffers, cache, total)?;
+            self.run_shared(inputs, cache, shape, rows)?
+        } else {
+            self.run_concat(inputs, cache, shape, rows)?
+        };
+        cache.len = total;
+        if !self.shared_kv {
+            cache.capacity = total;
         }
-        // The cache's tensors move into the run and the presents move back: no copies here
-        // (the graph itself concatenates past and new positions).
+        for length in &mut cache.lengths {
+            *length += seq;
+        }
+        Ok(result)
+    }
+
+    /// A concat graph: the cache's tensors move into the run and the presents move back (no
+    /// copies here; the graph itself concatenates past and new positions).
+    fn run_concat(
+        &mut self,
+        inputs: StepInputs,
+        cache: &mut KvCache,
+        shape: LogitsShape,
+        rows: Rows<'_>,
+    ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
+        let mut feeds: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + 2 * self.io.past_keys.len());
+        for (name, value) in self.io.named(inputs) {
+            feeds.push((Cow::Borrowed(name), value.into()));
+        }
         let keys = std::mem::take(&mut cache.keys);
         let values = std::mem::take(&mut cache.values);
         for (name, value) in self.io.past_keys.iter().zip(keys) {
-            inputs.push((Cow::Borrowed(name.as_str()), value.into()));
+            feeds.push((Cow::Borrowed(name.as_str()), value.into()));
         }
         for (name, value) in self.io.past_values.iter().zip(values) {
-            inputs.push((Cow::Borrowed(name.as_str()), value.into()));
+            feeds.push((Cow::Borrowed(name.as_str()), value.into()));
         }
 
         let started = Instant::now();
-        let mut outputs = self.session.run(inputs).map_err(EngineError::runtime)?;
+        let mut outputs = self.session.run(feeds).map_err(EngineError::runtime)?;
         let run_time = started.elapsed();
 
         let logits_value = outputs
             .get(&self.io.logits)
             .ok_or_else(|| EngineError::Runtime(format!("no `{}` output", self.io.logits)))?;
-        let (shape, data) = logits_value
-            .try_extract_tensor::<f32>()
-            .map_err(EngineError::runtime)?;
-        let vocab = self.vocab_size;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims != [batch as i64, seq as i64, vocab as i64] {
-            return Err(EngineError::Runtime(format!(
-                "logits have shape {dims:?}, expected [{batch}, {seq}, {vocab}]"
-            )));
-        }
-        let nll = match rows {
-            Rows::Scored(targets) => nll_sum(data, vocab, targets),
-            Rows::All | Rows::Last => None,
-        };
-        let data = if matches!(rows, Rows::All) || seq == 1 {
-            data.to_vec()
-        } else {
-            let mut last = Vec::with_capacity(batch * vocab);
-            for row in 0..batch {
-                let start = (row * seq + seq - 1) * vocab;
-                last.extend_from_slice(&data[start..start + vocab]);
-            }
-            last
-        };
-        let logits = Logits { data, vocab };
-
+        let (logits, nll) = read_logits(logits_value, shape, rows)?;
         let mut take = |name: &str| {
             outputs
                 .remove(name)
@@ -388,64 +398,80 @@ impl ModelSession {
             .iter()
             .map(|name| take(name))
             .collect::<Result<_, _>>()?;
-        cache.len = total;
-        for length in &mut cache.lengths {
-            *length += seq;
-        }
         Ok((logits, nll, run_time))
     }
 
-    /// Copies rows of several caches into a new one, each row right-aligned (left-padded with
-    /// zeros) to the longest picked row; padding no picked row needs is dropped.
-    fn gather_rows(
-        &self,
-        caches: &[&KvCache],
-        rows: &[(usize, usize)],
-    ) -> Result<KvCache, EngineError> {
-        let mut lengths = Vec::with_capacity(rows.len());
-        for &(cache, row) in rows {
-            let length = caches
-                .get(cache)
-                .and_then(|c| c.lengths.get(row))
-                .ok_or_else(|| EngineError::Runtime(format!("no cache row {cache}.{row}")))?;
-            lengths.push(*length);
-        }
-        let len = lengths.iter().copied().max().unwrap_or(0);
-        let heads = self.num_kv_heads;
-        let dim = self.head_dim;
-        let layers = self.io.past_keys.len();
-        let pick = |layer: usize, keys: bool| -> Result<DynValue, EngineError> {
-            let mut data = vec![0.0f32; rows.len() * heads * len * dim];
-            for (out_row, &(cache, row)) in rows.iter().enumerate() {
-                let source = caches[cache];
-                let value = if keys {
-                    &source.keys[layer]
-                } else {
-                    &source.values[layer]
-                };
-                let (_, src) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(EngineError::runtime)?;
-                let length = source.lengths[row];
-                for head in 0..heads {
-                    // The real positions are the last `length` slots of the source row.
-                    let src_start = ((row * heads + head) * source.len + source.len - length) * dim;
-                    let dst_start = ((out_row * heads + head) * len + len - length) * dim;
-                    data[dst_start..dst_start + length * dim]
-                        .copy_from_slice(&src[src_start..src_start + length * dim]);
-                }
-            }
-            self.tensor(rows.len(), len, data)
+    /// A shared-buffer graph: each past tensor is bound as its layer's present too, so the
+    /// graph writes the new positions into the room `reserve` made and copies nothing else.
+    /// The cache keeps that binding; a run binds only its own inputs and the logits.
+    fn run_shared(
+        &mut self,
+        inputs: StepInputs,
+        cache: &mut KvCache,
+        shape: LogitsShape,
+        rows: Rows<'_>,
+    ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
+        let binding = match &mut cache.binding {
+            Some(binding) => binding,
+            empty => empty.insert(self.bind_cache(&mut cache.keys, &mut cache.values)?),
         };
-        Ok(KvCache {
-            keys: (0..layers)
-                .map(|layer| pick(layer, true))
-                .collect::<Result<_, _>>()?,
-            values: (0..layers)
-                .map(|layer| pick(layer, false))
-                .collect::<Result<_, _>>()?,
-            len,
-            lengths,
+        for (name, value) in self.io.named(inputs) {
+            binding
+                .bind_input(name, &value)
+                .map_err(EngineError::runtime)?;
+        }
+        // Bound anew every run: a bound output keeps its first run's shape, and the logits'
+        // shape changes (a prefill chunk, then one position).
+        binding
+            .bind_output_to_device(self.io.logits.as_str(), &self.cpu_memory)
+            .map_err(EngineError::runtime)?;
+
+        let started = Instant::now();
+        let outputs = self
+            .session
+            .run_binding(binding)
+            .map_err(EngineError::runtime)?;
+        let run_time = started.elapsed();
+
+        let logits_value = outputs
+            .get(&self.io.logits)
+            .ok_or_else(|| EngineError::Runtime(format!("no `{}` output", self.io.logits)))?;
+        let (logits, nll) = read_logits(logits_value, shape, rows)?;
+        Ok((logits, nll, run_time))
+    }
+
+    /// A binding with every layer's cache tensor as its past input and its present output.
+    fn bind_cache(
+        &self,
+        keys: &mut [DynValue],
+        values: &mut [DynValue],
+    ) -> Result<IoBinding, EngineError> {
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(EngineError::runtime)?;
+        let layers = [
+            (&self.io.past_keys, &self.io.present_keys, keys),
+            (&self.io.past_values, &self.io.present_values, values),
+        ];
+        for (past_names, present_names, tensors) in layers {
+            for ((past, present), tensor) in past_names.iter().zip(present_names).zip(tensors) {
+                binding
+                    .bind_input(past.as_str(), &*tensor)
+                    .map_err(EngineError::runtime)?;
+                binding
+                    .bind_output(present.as_str(), tensor)
+                    .map_err(EngineError::runtime)?;
+            }
+        }
+        Ok(binding)
+    }
+
+    /// Where a shared-buffer cache's tensors come from (`None`: a concat graph).
+    fn shared_buffers(&self) -> Option<SharedBuffers<'_>> {
+        self.shared_kv.then(|| SharedBuffers {
+            allocator: self.session.allocator(),
+            limit: self.context_length,
         })
     }
 }
@@ -463,17 +489,7 @@ impl Backend for ModelSession {
 
     /// A cache holding nothing: zero-length past tensors, as the graph expects for prefill.
     fn empty_cache(&self) -> Result<KvCache, EngineError> {
-        let layers = self.io.past_keys.len();
-        Ok(KvCache {
-            keys: (0..layers)
-                .map(|_| self.tensor(1, 0, Vec::new()))
-                .collect::<Result<_, _>>()?,
-            values: (0..layers)
-                .map(|_| self.tensor(1, 0, Vec::new()))
-                .collect::<Result<_, _>>()?,
-            len: 0,
-            lengths: vec![0],
-        })
+        self.kv.empty()
     }
 
     fn forward(
@@ -516,7 +532,7 @@ impl Backend for ModelSession {
         caches: &[&KvCache],
         rows: &[(usize, usize)],
     ) -> Result<KvCache, EngineError> {
-        self.gather_rows(caches, rows)
+        self.kv.gather(caches, rows, self.shared_buffers())
     }
 }
 
@@ -530,12 +546,57 @@ fn one_row(cache: &KvCache) -> Result<(), EngineError> {
     }
 }
 
-fn tensor_i64(
-    shape: [usize; 2],
-    data: Vec<i64>,
-) -> Result<SessionInputValue<'static>, EngineError> {
+fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, EngineError> {
     Ok(Tensor::<i64>::from_array((shape, data))
         .map_err(EngineError::runtime)?
-        .into_dyn()
-        .into())
+        .into_dyn())
+}
+
+/// A run's inputs besides the cache.
+struct StepInputs {
+    input_ids: DynValue,
+    attention_mask: DynValue,
+    position_ids: Option<DynValue>,
+}
+
+/// The logits a run should return: `[batch, seq, vocab]`.
+#[derive(Debug, Clone, Copy)]
+struct LogitsShape {
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+}
+
+/// The logits `rows` asks for out of ONNX Runtime's output, and the NLL sum of its targets
+/// (`Rows::Scored`) read in place.
+fn read_logits(
+    value: &DynValue,
+    shape: LogitsShape,
+    rows: Rows<'_>,
+) -> Result<(Logits, Option<f64>), EngineError> {
+    let LogitsShape { batch, seq, vocab } = shape;
+    let (dims, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(EngineError::runtime)?;
+    let dims: Vec<i64> = dims.iter().copied().collect();
+    if dims != [batch as i64, seq as i64, vocab as i64] {
+        return Err(EngineError::Runtime(format!(
+            "logits have shape {dims:?}, expected [{batch}, {seq}, {vocab}]"
+        )));
+    }
+    let nll = match rows {
+        Rows::Scored(targets) => nll_sum(data, vocab, targets),
+        Rows::All | Rows::Last => None,
+    };
+    let data = if matches!(rows, Rows::All) || seq == 1 {
+        data.to_vec()
+    } else {
+        let mut last = Vec::with_capacity(batch * vocab);
+        for row in 0..batch {
+            let start = (row * seq + seq - 1) * vocab;
+            last.extend_from_slice(&data[start..start + vocab]);
+        }
+        last
+    };
+    Ok((Logits { data, vocab }, nll))
 }

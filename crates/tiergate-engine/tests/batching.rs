@@ -23,15 +23,18 @@ const PROMPTS: [&str; 5] = [
     "hi",
 ];
 
-fn load(model_dir: PathBuf, variant: ModelVariant, max_batch: usize) -> Engine {
-    Engine::load(&EngineConfig {
+fn config_for(model_dir: PathBuf, variant: ModelVariant, max_batch: usize) -> EngineConfig {
+    EngineConfig {
         model_dir,
         variant: variant.into(),
         max_batch,
         queue_capacity: 16,
         ..EngineConfig::default()
-    })
-    .unwrap()
+    }
+}
+
+fn load(model_dir: PathBuf, variant: ModelVariant, max_batch: usize) -> Engine {
+    Engine::load(&config_for(model_dir, variant, max_batch)).unwrap()
 }
 
 /// Greedy, with each token's log-probability and 3 alternatives.
@@ -171,4 +174,66 @@ async fn two_batching_workers_finish_every_stream_with_the_same_tokens() {
     .await
     .unwrap();
     assert_eq!(alone, batched);
+}
+
+/// Past and present bound to one buffer (what the real model's manifest allows, the default)
+/// give the tokens and log-probabilities of ONNX Runtime's concat mode, alone and batched,
+/// through buffer regrowths (64 -> 128 positions) and a prompt of several prefill chunks
+/// (128 -> 256 -> 512).
+#[tokio::test]
+async fn a_shared_kv_buffer_answers_as_the_concat_mode_on_the_real_model() {
+    let Some(dir) = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from) else {
+        eprintln!("TIERGATE_REAL_MODEL unset: the shared-buffer check is skipped");
+        return;
+    };
+    let manifest = tiergate_engine::Manifest::load(&dir).unwrap();
+    assert_eq!(
+        manifest.kv_cache,
+        tiergate_engine::KvCacheLayout::SharedBuffer
+    );
+    let engine = |share_kv_buffer: bool, max_batch: usize| {
+        Engine::load(&EngineConfig {
+            share_kv_buffer,
+            ..config_for(dir.clone(), ModelVariant::Fp32, max_batch)
+        })
+        .unwrap()
+    };
+    let long = "Tell me about the history of the bicycle, from the draisine to modern road bikes. "
+        .repeat(12);
+    let prompts: Vec<&str> = PROMPTS.iter().copied().chain([long.as_str()]).collect();
+    let concat = engine(false, 1);
+    let tokens = concat.tokenize(&Prompt::user(long.as_str())).unwrap().len();
+    assert!(tokens > 256, "{tokens} prompt tokens: three buffer growths");
+    let run_alone = |engine: Engine| {
+        let prompts = prompts.clone();
+        async move {
+            let mut all = Vec::new();
+            for prompt in prompts {
+                all.push(engine.generate(request(prompt, 80)).await.unwrap());
+            }
+            all
+        }
+    };
+    let expected = run_alone(concat).await;
+    let shared = run_alone(engine(true, 1)).await;
+    let batched_engine = engine(true, prompts.len());
+    let batched = join_all(prompts.iter().map(|prompt| {
+        let request = request(prompt, 80);
+        let engine = batched_engine.clone();
+        async move { engine.generate(request).await.unwrap() }
+    }))
+    .await;
+    for (index, want) in expected.iter().enumerate() {
+        for (got, how) in [
+            (&shared[index], "shared"),
+            (&batched[index], "shared, batched"),
+        ] {
+            assert_eq!(want.token_ids(), got.token_ids(), "prompt {index} ({how})");
+            same_logprobs(want, got, &format!("prompt {index} ({how})"));
+        }
+    }
+    assert!(
+        expected.iter().any(|g| g.tokens.len() > 64),
+        "past the first regrowth"
+    );
 }
