@@ -21,7 +21,7 @@ CMake flags below (the native build segfaults on these CPUs) and its wheel kept 
 ~/.cache/tiergate/wheels; when the build fails, llama.cpp is skipped with a message.
 
     python3 scripts/bench-engine.py [--model DIR] [--threads 1,2] [--variants fp32,int4,int4-fast]
-        [--repeat 2] [--max-new-tokens 64] [--no-llama] [--streams 1,2,4,8]
+        [--repeat 2] [--max-new-tokens 64] [--no-llama] [--streams 1,2,4,8] [--prompts FILE]
 """
 
 import argparse
@@ -268,6 +268,9 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--variants", default="fp32,int4,int4-fast")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--prompts", type=Path,
+                        help="a JSON array of user messages instead of the three short built-in ones "
+                             "(e.g. long ones, to compare at longer contexts)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     parser.add_argument("--spinning", type=int, default=1, choices=[0, 1],
@@ -308,8 +311,9 @@ def main():
                    check=True)
     load_before = load_average()
     rows = []
+    prompts = json.loads(args.prompts.read_text()) if args.prompts else PROMPTS
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(PROMPTS, f)
+        json.dump(prompts, f)
         prompts_file = f.name
     for t in threads:
         anchor = None
@@ -339,7 +343,7 @@ def main():
 
 def print_table(args, manifest, rows, load_before, load_after):
     first = rows[0][3]
-    print(f"model {manifest['name']} {manifest['version']} ({args.model}); {len(PROMPTS)} chat prompts "
+    print(f"model {manifest['name']} {manifest['version']} ({args.model}); {len(first['prompt_ids'])} chat prompts "
           f"of {', '.join(str(len(p)) for p in first['prompt_ids'])} tokens, "
           f"{sum(len(o) - 1 for o in first['outputs'])} decode steps per pass, {args.repeat} passes "
           f"(+1 warm-up); ONNX Runtime intra-op spinning "
