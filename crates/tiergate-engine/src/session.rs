@@ -5,16 +5,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::ep;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Logits};
 use crate::confidence::nll_sum;
@@ -22,55 +20,7 @@ use crate::error::EngineError;
 pub(crate) use crate::kv_cache::KvCache;
 use crate::kv_cache::{KvShape, SharedBuffers};
 use crate::manifest::{KvCacheLayout, Manifest};
-
-/// ONNX Runtime graph optimisation level.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GraphOptimization {
-    Disable,
-    Basic,
-    Extended,
-    #[default]
-    All,
-}
-
-impl GraphOptimization {
-    fn level(self) -> GraphOptimizationLevel {
-        match self {
-            Self::Disable => GraphOptimizationLevel::Disable,
-            Self::Basic => GraphOptimizationLevel::Level1,
-            Self::Extended => GraphOptimizationLevel::Level2,
-            Self::All => GraphOptimizationLevel::All,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Basic => "basic",
-            Self::Extended => "extended",
-            Self::All => "all",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct SessionOptions {
-    pub intra_op_threads: usize,
-    pub graph_optimization: GraphOptimization,
-    /// Write the optimised graph here (first worker only) / load it from here when present.
-    pub optimized_model: Option<PathBuf>,
-    /// Let idle intra-op threads spin before sleeping (ONNX Runtime's default).
-    pub intra_op_spinning: bool,
-    /// The spin's length in microseconds (0: ONNX Runtime's own).
-    pub intra_op_spin_duration_us: u32,
-    /// ONNX Runtime's CPU arena for activations and outputs (its default) or plain malloc.
-    pub memory_arena: bool,
-    /// Prompt positions per prefill run (0: the whole prompt in one run).
-    pub prefill_chunk: usize,
-    /// Bind past and present to one buffer when the graph allows it (`KvCacheLayout`).
-    pub share_kv_buffer: bool,
-}
+pub(crate) use crate::session_options::{GraphOptimization, SessionOptions};
 
 /// Which logits a run hands back.
 #[derive(Debug, Clone, Copy)]
