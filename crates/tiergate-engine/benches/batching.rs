@@ -2,7 +2,7 @@
 //! one worker (`max_batch` = the largest N), and the same N streams with batching off.
 //!
 //! `cargo bench -p tiergate-engine --bench batching -- [--model DIR] [--variant int4]
-//!  [--threads N] [--streams 1,2,4,8] [--max-new-tokens N] [--json]`
+//!  [--threads N] [--streams 1,2,4,8] [--max-new-tokens N] [--share-kv 0|1] [--json]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
@@ -31,6 +31,7 @@ struct Args {
     threads: usize,
     streams: Vec<usize>,
     max_new_tokens: usize,
+    share_kv_buffer: bool,
     json: bool,
 }
 
@@ -41,6 +42,7 @@ fn parse_args() -> Args {
         threads: 2,
         streams: vec![1, 2, 4, 8],
         max_new_tokens: 64,
+        share_kv_buffer: EngineConfig::default().share_kv_buffer,
         json: false,
     };
     let mut iter = std::env::args().skip(1);
@@ -59,6 +61,9 @@ fn parse_args() -> Args {
             }
             "--max-new-tokens" => {
                 args.max_new_tokens = iter.next().expect("N").parse().expect("number")
+            }
+            "--share-kv" => {
+                args.share_kv_buffer = iter.next().expect("0|1").parse::<u8>().expect("0|1") != 0
             }
             "--json" => args.json = true,
             _ => {}
@@ -113,6 +118,7 @@ fn main() {
             intra_op_threads: args.threads,
             queue_capacity: 64,
             max_batch,
+            share_kv_buffer: args.share_kv_buffer,
             ..EngineConfig::default()
         })
         .expect("load the model")
