@@ -280,15 +280,12 @@ impl ModelSession {
             seq,
             vocab: self.vocab_size,
         };
-        let result = if self.shared_kv {
-            let buffers = SharedBuffers {
-                allocator: self.session.allocator(),
-                limit: self.context_length,
-            };
-            self.kv.reserve(buffers, cache, total)?;
-            self.run_shared(inputs, cache, shape, rows)?
-        } else {
-            self.run_concat(inputs, cache, shape, rows)?
+        let result = match self.shared_buffers() {
+            Some(buffers) => {
+                self.kv.reserve(buffers, cache, total)?;
+                self.run_shared(inputs, cache, shape, rows)?
+            }
+            None => self.run_concat(inputs, cache, shape, rows)?,
         };
         cache.len = total;
         if !self.shared_kv {
