@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +19,9 @@ pub enum ProxyMode {
     Refuse,
     /// Connections are accepted and held; nothing flows either way (a peer that hangs).
     Blackhole,
+    /// Bytes flow both ways, but each read from the target reaches the client this much later
+    /// (a slow link: every call through it takes at least this long).
+    Delay(Duration),
 }
 
 /// A TCP proxy to `target` on 127.0.0.1:0; stops when dropped.
@@ -70,8 +74,9 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
             hold(client, mode).await;
             return;
         }
-        ProxyMode::Pass => {}
+        ProxyMode::Pass | ProxyMode::Delay(_) => {}
     }
+    let mut delay = delay_of(current);
     let Ok(mut upstream) = TcpStream::connect(target).await else {
         return;
     };
@@ -88,14 +93,19 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
             },
             read = upstream_read.read(&mut down) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => if client_write.write_all(&down[..n]).await.is_err() { return },
+                Ok(n) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if client_write.write_all(&down[..n]).await.is_err() { return }
+                }
             },
             changed = mode.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 match *mode.borrow_and_update() {
-                    ProxyMode::Pass => {}
+                    next @ (ProxyMode::Pass | ProxyMode::Delay(_)) => delay = delay_of(next),
                     ProxyMode::Refuse => return,
                     ProxyMode::Blackhole => break,
                 }
@@ -105,6 +115,13 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
     // Stop relaying but keep both ends open: a peer that hangs mid-call.
     let _held_upstream = upstream;
     hold(client, mode).await;
+}
+
+fn delay_of(mode: ProxyMode) -> Duration {
+    match mode {
+        ProxyMode::Delay(delay) => delay,
+        _ => Duration::ZERO,
+    }
 }
 
 /// Keeps a connection open and silent until the mode becomes `Refuse` or the proxy stops.
