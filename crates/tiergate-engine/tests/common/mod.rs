@@ -62,3 +62,24 @@ pub fn copy_model(name: &str) -> tempfile::TempDir {
     }
     temp
 }
+
+/// The real edge model's folder from `TIERGATE_REAL_MODEL`, or `None` (the test then says so
+/// and passes) unless `TIERGATE_REQUIRE_REAL_MODEL=1` asks for it.
+#[allow(clippy::print_stderr)]
+pub fn real_model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from);
+    let required = std::env::var("TIERGATE_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1");
+    match dir {
+        Some(dir) if dir.join("manifest.json").is_file() => Some(dir),
+        other => {
+            assert!(
+                !required,
+                "TIERGATE_REQUIRE_REAL_MODEL=1 but no model at {other:?}: run scripts/import-real-model.sh"
+            );
+            eprintln!(
+                "skipped: TIERGATE_REAL_MODEL is not a model folder ({other:?}); `make test` builds and sets it"
+            );
+            None
+        }
+    }
+}
