@@ -51,7 +51,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// The largest logit (NaNs skipped, as `f32::max` does; -inf for an empty row).
-fn max_logit(logits: &[f32]) -> f32 {
+pub(crate) fn max_logit(logits: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
     let rest = chunks.remainder();
