@@ -169,7 +169,7 @@ const ARGMAX_BLOCK: usize = 64;
 /// Every greedy token runs this over the whole vocabulary, so it is two passes that vectorise
 /// (the maximum in eight lanes, then the first block holding it, without an early exit inside
 /// the block) rather than one loop that carries the best index from element to element:
-/// 4-12 us instead of 27-61 us for 49,152 logits (docs/benchmarks.md).
+/// 4-12 us instead of 27-61 us for 49,152 logits, in isolation (docs/benchmarks.md).
 pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let max = max_logit(logits);
     let mut offset = 0;
