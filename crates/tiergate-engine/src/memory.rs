@@ -1,8 +1,8 @@
 //! The process's resident memory as Linux reports it, and giving memory back after a load.
 //!
 //! Reading is plain `/proc` parsing (`smaps_rollup` and `status` for the totals, `smaps` per
-//! mapping); on other systems every reading is `None` / empty. Giving back (`release`) is the
-//! one place in the engine with `unsafe`: glibc's `malloc_trim`.
+//! mapping); on other systems every reading is `None` / empty. Giving back (`release`) needs
+//! `unsafe` (glibc's `malloc_trim`), as only the AVX2 confidence pass does elsewhere.
 
 mod release;
 

@@ -1,4 +1,5 @@
-//! Giving free heap back to the system: the only `unsafe` in the engine (glibc's allocator).
+//! Giving free heap back to the system: one of the engine's two `unsafe` modules (glibc's
+//! allocator; the other is confidence/avx2.rs).
 #![allow(unsafe_code)]
 
 /// Returns the allocator's free memory to the system (every arena, not only the caller's):
