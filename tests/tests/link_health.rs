@@ -130,7 +130,8 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
             }
         } else {
             let answer = grpc_stream(&edge, PROMPT, short).await.unwrap();
-            (answer.status.clone(), answer.tier().map(|t| t as i32))
+            let tier = answer.tier().map(|t| t as i32);
+            (answer.status, tier)
         };
         match status {
             Some(status) => {

@@ -84,21 +84,22 @@ fn exp_sums_portable(logits: &[f32], max: f32) -> (f64, f64) {
     for block in logits.chunks(BLOCK) {
         let mut sums = [0.0f32; LANES];
         let mut weighted_sums = [0.0f32; LANES];
-        let chunks = block.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for chunk in chunks {
-            for (lane, &l) in chunk.iter().enumerate() {
-                let shifted = l - max;
-                let e = exp_nonpositive(shifted);
-                sums[lane] += e;
-                weighted_sums[lane] += e * shifted;
-            }
-        }
-        for (lane, &l) in rest.iter().enumerate() {
+        let mut add = |lane: usize, l: f32| {
             let shifted = l - max;
             let e = exp_nonpositive(shifted);
             sums[lane] += e;
             weighted_sums[lane] += e * shifted;
+        };
+        // Whole lanes-wide chunks, then the rest: `chunks(LANES)` alone vectorises worse.
+        let chunks = block.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for (lane, &l) in chunk.iter().enumerate() {
+                add(lane, l);
+            }
+        }
+        for (lane, &l) in rest.iter().enumerate() {
+            add(lane, l);
         }
         sum += sums.iter().map(|&s| f64::from(s)).sum::<f64>();
         weighted += weighted_sums.iter().map(|&s| f64::from(s)).sum::<f64>();

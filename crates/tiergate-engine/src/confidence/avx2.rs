@@ -14,6 +14,7 @@ pub(super) fn exp_sums(logits: &[f32], max: f32) -> Option<(f64, f64)> {
         // have it (the check is a cached load after the first call).
         return Some(unsafe { exp_sums_avx2(logits, max) });
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = (logits, max);
     None
 }
