@@ -121,17 +121,23 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
     let (mut failed, mut from_edge) = (0, 0);
     for i in 0..20 {
         let short = Duration::from_millis(15);
-        let (status, tier) = if i % 2 == 0 {
+        // (error, serving tier, text, finish reason) as the client saw them.
+        let (status, tier, text, finish) = if i % 2 == 0 {
             let mut req = tonic::Request::new(request(PROMPT));
             req.set_timeout(short);
             match client.generate(req).await {
-                Ok(answer) => (None, answer.into_inner().routing.map(|r| r.tier)),
-                Err(status) => (Some(status), None),
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    let tier = answer.routing.map(|r| r.tier);
+                    (None, tier, answer.text, answer.finish_reason)
+                }
+                Err(status) => (Some(status), None, String::new(), String::new()),
             }
         } else {
             let answer = grpc_stream(&edge, PROMPT, short).await.unwrap();
             let tier = answer.tier().map(|t| t as i32);
-            (answer.status, tier)
+            let finish = answer.done.map(|d| d.finish_reason).unwrap_or_default();
+            (answer.status, tier, answer.text, finish)
         };
         match status {
             Some(status) => {
@@ -145,7 +151,14 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
                 failed += 1;
             }
             None => {
+                // Never an empty success: the edge's answer has text, and one cut short by the
+                // deadline says so (seen: "deadline" with a partial sentence, or "length").
                 assert_eq!(tier, Some(pb::Tier::Edge as i32), "call {i}");
+                assert!(!text.is_empty(), "call {i}: an empty answer ({finish:?})");
+                assert!(
+                    ["deadline", "length", "stop", "eos"].contains(&finish.as_str()),
+                    "call {i}: finish reason {finish:?}"
+                );
                 from_edge += 1;
             }
         }
