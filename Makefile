@@ -91,7 +91,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	TIERGATE_REQUIRE_REAL_MODEL=1 $(CARGO) test --workspace --locked
+	TIERGATE_REQUIRE_REAL_MODEL=1 $(CARGO) test --workspace --locked --no-fail-fast
 
 ## Benchmarks (release profile; not part of `make test`).
 bench: setup
