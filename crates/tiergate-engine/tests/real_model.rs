@@ -350,9 +350,9 @@ async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
     assert!(generation.text.contains("Tokyo"), "{}", generation.text);
 }
 
-/// `variant = "auto"` loads the graph this CPU runs fastest (on x86-64 int4-fast when the import
-/// kept it, else fp32 without AVX-512 and int4 with it; int4 off x86; docs/benchmarks.md), answers
-/// as that graph does, and keeps to a memory budget the fp32 graph would not fit.
+/// `variant = "auto"` loads the graph this CPU runs fastest (on x86-64 without AVX-512 int4-fast
+/// when the import kept it, else fp32; int4 elsewhere; docs/benchmarks.md), answers as that graph
+/// does, and keeps to a memory budget the fp32 graph would not fit.
 #[tokio::test]
 async fn auto_loads_the_fastest_graph_for_this_cpu() {
     let Some(dir) = real_model_dir() else {
@@ -361,7 +361,7 @@ async fn auto_loads_the_fastest_graph_for_this_cpu() {
     let manifest = Manifest::load(&dir).unwrap();
     let has_int4_fast = manifest.model_file(ModelVariant::Int4Fast).is_some();
     let expected = match CpuKind::detect() {
-        CpuKind::X86WithoutAvx512 | CpuKind::X86Avx512 if has_int4_fast => ModelVariant::Int4Fast,
+        CpuKind::X86WithoutAvx512 if has_int4_fast => ModelVariant::Int4Fast,
         CpuKind::X86WithoutAvx512 => ModelVariant::Fp32,
         CpuKind::X86Avx512 | CpuKind::Other => ModelVariant::Int4,
     };

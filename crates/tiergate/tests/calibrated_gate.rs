@@ -81,8 +81,7 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
         assert_eq!(router.confidence_for(Some(variant)), router.confidence);
     }
 
-    // int4-fast, which `auto` runs on x86-64 when the import kept it: the gate calibrated on its
-    // answers.
+    // int4-fast, which `auto` runs on x86-64 without AVX-512: the gate calibrated on its answers.
     let fast = chosen_gate(root, "models/smollm2/calibration-int4-fast.jsonl");
     assert_same_gate(
         &router.confidence_for(Some("int4-fast")),
