@@ -495,3 +495,21 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 pub async fn metrics_text(node: &NodeProcess) -> anyhow::Result<String> {
     Ok(get(&format!("{}/metrics", node.http_url())).await?.text())
 }
+
+/// The node's `/metrics` text once `settled` holds on it, for counts a node updates off the
+/// request path; read every 20 ms. After `within` the last text is returned as it is, for the
+/// caller's assertions to judge.
+pub async fn metrics_text_once(
+    node: &NodeProcess,
+    within: Duration,
+    settled: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let give_up = tokio::time::Instant::now() + within;
+    loop {
+        let text = metrics_text(node).await?;
+        if settled(&text) || tokio::time::Instant::now() >= give_up {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

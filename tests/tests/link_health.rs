@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tiergate_e2e::faults::{FaultProxy, ProxyMode};
 use tiergate_e2e::scenario::{EdgeLinks, edge_toml, grpc_stream, regional_node, request};
-use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
+use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text, metrics_text_once};
 use tiergate_proto::v1 as pb;
 
 const PROMPT: &str = "what is the capital of france";
@@ -171,37 +171,20 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
     // client's own timer beat the edge's, seen once in CI under load) is dropped uncounted. The
     // counter is read until it settles: the edge may count the last attempt just after the
     // caller's own timer fired.
-    let settle_by = Instant::now() + Duration::from_secs(2);
-    let text = loop {
-        let text = metrics_text(&edge).await.unwrap();
-        let counted = metric(
-            &text,
-            "tiergate_upstream_requests_total",
-            &[("upstream", "regional")],
-        );
-        if counted == Some(21.0) || Instant::now() > settle_by {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let regional = |text: &str, outcome: Option<&str>| {
+        let mut labels = vec![("upstream", "regional")];
+        labels.extend(outcome.map(|outcome| ("outcome", outcome)));
+        metric(text, "tiergate_upstream_requests_total", &labels).unwrap_or(0.0)
     };
-    let regional_calls = |outcome: &str| {
-        metric(
-            &text,
-            "tiergate_upstream_requests_total",
-            &[("upstream", "regional"), ("outcome", outcome)],
-        )
-        .unwrap_or(0.0)
-    };
-    let all_outcomes = metric(
-        &text,
-        "tiergate_upstream_requests_total",
-        &[("upstream", "regional")],
-    )
-    .unwrap_or(0.0);
-    let exceeded = regional_calls("deadline_exceeded");
+    let text = metrics_text_once(&edge, Duration::from_secs(2), |text| {
+        regional(text, None) == 21.0
+    })
+    .await
+    .unwrap();
+    let exceeded = regional(&text, Some("deadline_exceeded"));
     eprintln!("the edge counted {exceeded} regional attempts out of time");
-    assert_eq!(regional_calls("ok"), 1.0);
-    assert_eq!(all_outcomes, 1.0 + exceeded, "{text}");
+    assert_eq!(regional(&text, Some("ok")), 1.0);
+    assert_eq!(regional(&text, None), 1.0 + exceeded, "{text}");
     // Every call the edge answered itself first saw its regional attempt run out; and at least
     // twice the breaker's threshold ran out, so counting them as failures would have opened it.
     assert!(exceeded >= from_edge as f64, "{exceeded} < {from_edge}");
