@@ -113,18 +113,21 @@ bench-gateway: setup
 	./scripts/bench-gateway.sh
 
 ## Calibrate the real edge model's early-exit gates, one per graph: answer the labelled prompts, record the
-## signals in models/smollm2/calibration.jsonl (int4, also fp32's gate) and calibration-int4-fast.jsonl
-## (committed), and print AUROCs and the chosen gates (docs/routing.md; deploy/edge.toml ships them).
+## signals in models/smollm2/calibration.jsonl (int4, also fp32's gate: the exact graphs answer alike on every
+## CPU) and calibration-int4-fast-<cpu kind>.jsonl (int4-fast's answers depend on the CPU's int8 kernels;
+## `tiergate model cpu` names the kind), and print AUROCs and the chosen gates (docs/routing.md; deploy/edge.toml
+## ships them, [router.confidence_by_cpu.<cpu kind>.int4-fast]).
 .PHONY: calibrate-edge
 calibrate-edge: setup real-model build
 	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \
 		--model $(TIERGATE_REAL_MODEL) --variant int4 --out models/smollm2/calibration.jsonl --json \
 		> models/smollm2/calibration-report.json
 	./target/debug/tiergate eval confidence --results models/smollm2/calibration.jsonl
+	cpu=$$(./target/debug/tiergate model cpu) && \
 	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \
-		--model $(TIERGATE_REAL_MODEL) --variant int4-fast --out models/smollm2/calibration-int4-fast.jsonl \
-		--json > models/smollm2/calibration-int4-fast-report.json
-	./target/debug/tiergate eval confidence --results models/smollm2/calibration-int4-fast.jsonl
+		--model $(TIERGATE_REAL_MODEL) --variant int4-fast --out models/smollm2/calibration-int4-fast-$$cpu.jsonl \
+		--json > models/smollm2/calibration-int4-fast-$$cpu-report.json && \
+	./target/debug/tiergate eval confidence --results models/smollm2/calibration-int4-fast-$$cpu.jsonl
 
 ## Regenerate every model artifact under models/ (needs only PyPI).
 models:

@@ -63,9 +63,10 @@ async fn completions_continue_raw_text_and_chat_renders_the_template() {
     );
 }
 
-/// deploy/edge.toml as shipped (`variant = "auto"`, a gate per graph), pointed at the real model:
-/// the decision names the graph the engine loaded and carries the gate calibrated on it. On
-/// x86-64 without AVX-512, `auto` runs int4-fast when the import kept it, with its own gate.
+/// deploy/edge.toml as shipped (`variant = "auto"`, a gate per graph and for int4-fast per CPU
+/// kind), pointed at the real model: the decision names the graph the engine loaded and the CPU
+/// kind, and carries the gate calibrated on both. `auto` runs int4-fast when the import kept it on
+/// x86-64 without AVX-512, and with AVX-512 VNNI (the kind deploy/edge.toml has a gate for).
 #[tokio::test]
 async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
     let Some(model) = real_model_dir() else {
@@ -98,23 +99,24 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
         .into_inner();
     let decision: serde_json::Value = serde_json::from_str(&explained.decision_json).unwrap();
     let variant = decision["local_variant"].as_str().unwrap();
+    let cpu = decision["local_cpu"].as_str().unwrap();
     let gate = &decision["thresholds"]["confidence"];
     // The values deploy/edge.toml ships (tests/calibrated_gate.rs ties them to the calibrations).
-    let (mean, floor) = if variant == "int4-fast" {
-        (0.8, 0.5)
-    } else {
-        (0.875, 0.45)
+    let (mean, floor) = match (variant, cpu) {
+        ("int4-fast", "x86-64-avx512-vnni") => (0.9, 0.0),
+        ("int4-fast", _) => (0.8, 0.5),
+        _ => (0.875, 0.45),
     };
     assert!(
         (gate["min_mean_top1"].as_f64().unwrap() - mean).abs() < 1e-6,
-        "{variant}: {gate}"
+        "{variant} on {cpu}: {gate}"
     );
     assert!(
         (gate["min_token_top1"].as_f64().unwrap() - floor).abs() < 1e-6,
-        "{variant}: {gate}"
+        "{variant} on {cpu}: {gate}"
     );
     #[cfg(target_arch = "x86_64")]
-    if !std::arch::is_x86_feature_detected!("avx512f") {
+    {
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
                 .unwrap();
@@ -123,9 +125,13 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
             .unwrap()
             .iter()
             .any(|file| file["variant"] == "int4-fast");
-        if imported_fast {
-            assert_eq!(variant, "int4-fast");
-        }
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        let expected = match (imported_fast, avx512, cpu) {
+            (true, false, _) | (true, true, "x86-64-avx512-vnni") => "int4-fast",
+            (_, true, _) => "int4",
+            (false, false, _) => "fp32",
+        };
+        assert_eq!(variant, expected, "on {cpu}");
     }
 
     // And it answers over the OpenAI API with that graph.

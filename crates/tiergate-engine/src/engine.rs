@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cpu::CpuKind;
 use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
@@ -18,7 +19,7 @@ use crate::prompt::{ChatRenderer, Prompt};
 use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
 use crate::tokenizer::TextCodec;
-use crate::variant::{CpuKind, VariantChoice, resolve_variant};
+use crate::variant::{VariantChoice, resolve_variant};
 use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
 
 /// How to load and run the local model. Sits in the node's TOML config as is.
@@ -34,6 +35,12 @@ pub struct EngineConfig {
     /// Not an `[engine]` key: the node sets it from its device section.
     #[serde(skip)]
     pub memory_budget_mb: Option<u64>,
+    /// Whether the router has an early-exit gate calibrated on int4-fast's answers on this CPU's
+    /// int8 kernels (`router.confidence_by_cpu.<kernels>.int4-fast`): with AVX-512, `auto` runs
+    /// int4-fast only then (crate::variant). Not an `[engine]` key: the node sets it from its
+    /// router section.
+    #[serde(skip)]
+    pub int4_fast_gated_here: bool,
     /// The ONNX Runtime library; when unset, `ORT_DYLIB_PATH`, then `.tools/onnxruntime/`.
     pub ort_library: Option<PathBuf>,
     /// Worker threads, each with its own session (concurrent generations).
@@ -96,6 +103,7 @@ impl Default for EngineConfig {
             model_dir: PathBuf::from("models/edge"),
             variant: VariantChoice::default(),
             memory_budget_mb: None,
+            int4_fast_gated_here: false,
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
@@ -185,7 +193,13 @@ impl Engine {
         let dir = &config.model_dir;
         let mut manifest = Manifest::load(dir)?;
         let cpu = CpuKind::detect();
-        let resolved = resolve_variant(config.variant, &manifest, cpu, config.memory_budget_mb);
+        let resolved = resolve_variant(
+            config.variant,
+            &manifest,
+            cpu,
+            config.memory_budget_mb,
+            config.int4_fast_gated_here,
+        );
         let variant = resolved.variant;
         manifest.verify_variant(dir, variant)?;
         if let Some(cap) = config.context_length {
@@ -273,6 +287,7 @@ impl Engine {
             variant = %info.variant,
             chosen = %resolved.reason,
             cpu = cpu.as_str(),
+            int8_kernels = crate::cpu::Int8Kernels::detect().as_str(),
             workers = config.workers,
             "engine loaded"
         );

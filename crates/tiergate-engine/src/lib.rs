@@ -24,6 +24,7 @@
 mod backend;
 mod batch;
 mod confidence;
+mod cpu;
 mod engine;
 mod error;
 mod events;
@@ -42,6 +43,7 @@ mod tokenizer;
 mod variant;
 mod worker;
 
+pub use cpu::{CpuKind, Int8Kernels};
 pub use engine::{Engine, EngineConfig, GenerationStream, LoadStage, ModelInfo};
 pub use error::{EngineError, ErrorClass};
 pub use events::{
@@ -53,5 +55,5 @@ pub use prompt::{ChatMessage, Prompt, Role};
 pub use runtime::{BUNDLED_LIBRARY, ORT_DYLIB_ENV, resolve_library};
 pub use sampling::{MAX_TOP_LOGPROBS, SamplingParams};
 pub use session_options::GraphOptimization;
-pub use variant::{CpuKind, ResolvedVariant, VariantChoice, resolve_variant};
+pub use variant::{ResolvedVariant, VariantChoice, resolve_variant};
 pub use worker::EngineStats;

@@ -12,8 +12,10 @@
 //! top-1 against fp32 309/320 each) but not bit-close to the exact graphs, so its confidence
 //! differs: the router takes the gate calibrated on it (`router.confidence_by_variant`). With
 //! AVX-512 (VNNI) int4-fast is faster than int4 too (1.25-1.8x its decode), but its answers there
-//! are not AVX2's, and the gate calibrated on AVX2 keeps 17% wrong answers on them (budget 10%;
-//! docs/benchmarks.md, Run R): `auto` stays on int4 there until int4-fast has a gate per CPU kind.
+//! are not AVX2's: the gate calibrated on AVX2 keeps 17% wrong answers on them (budget 10%;
+//! docs/benchmarks.md, Run R). So with AVX-512 `auto` runs int4-fast only when the router has a
+//! gate calibrated on this CPU's int8 kernels (`router.confidence_by_cpu.<kernels>.int4-fast`,
+//! crate::cpu::Int8Kernels), and int4 otherwise.
 //! fp32 and int4 compute the same function (logits within ~3e-4); the fp32 graph costs ~3x the
 //! memory, hence the budget check.
 
@@ -22,6 +24,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cpu::CpuKind;
 use crate::manifest::{FileKind, Manifest, ModelVariant};
 
 /// The fp32 graph's resident memory over the bytes of its files, measured on SmolLM2 (739-752
@@ -95,44 +98,6 @@ impl<'de> Deserialize<'de> for VariantChoice {
     }
 }
 
-/// The CPU facts `auto` looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CpuKind {
-    /// x86-64 with AVX-512F: the int4 graph's one-row kernel is the fast one.
-    X86Avx512,
-    /// x86-64 without AVX-512F (AVX2 machines): the int4 one-row kernel is 2-3x slower than fp32,
-    /// int4-fast's int8 one 2-2.5x faster.
-    X86WithoutAvx512,
-    /// Anything else (aarch64 edge boards): not measured; int4, the smaller graph.
-    Other,
-}
-
-impl CpuKind {
-    /// This machine's.
-    pub fn detect() -> CpuKind {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                CpuKind::X86Avx512
-            } else {
-                CpuKind::X86WithoutAvx512
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            CpuKind::Other
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CpuKind::X86Avx512 => "x86-64 with AVX-512",
-            CpuKind::X86WithoutAvx512 => "x86-64 without AVX-512",
-            CpuKind::Other => "not x86-64",
-        }
-    }
-}
-
 /// The graph to load, and why (for the load's log line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedVariant {
@@ -141,13 +106,16 @@ pub struct ResolvedVariant {
 }
 
 /// Resolves `choice` against the graphs `manifest` lists. `memory_budget_mb` is the node's
-/// resident budget (`[device] memory_budget_mb`), if any. A named variant is returned as is (the
-/// load then fails clearly when the manifest lacks it).
+/// resident budget (`[device] memory_budget_mb`), if any; `int4_fast_gated_here` says whether
+/// the router has an early-exit gate calibrated on int4-fast's answers on this CPU's int8
+/// kernels. A named variant is returned as is (the load then fails clearly when the manifest
+/// lacks it).
 pub fn resolve_variant(
     choice: VariantChoice,
     manifest: &Manifest,
     cpu: CpuKind,
     memory_budget_mb: Option<u64>,
+    int4_fast_gated_here: bool,
 ) -> ResolvedVariant {
     let named = |variant: ModelVariant, reason: &str| ResolvedVariant {
         variant,
@@ -161,6 +129,12 @@ pub fn resolve_variant(
         return named(
             ModelVariant::Int4Fast,
             "auto: int4-fast on x86-64 without AVX-512 (int8 activations, as llama.cpp; the fastest graph here)",
+        );
+    }
+    if cpu == CpuKind::X86Avx512 && listed(ModelVariant::Int4Fast) && int4_fast_gated_here {
+        return named(
+            ModelVariant::Int4Fast,
+            "auto: int4-fast on x86-64 with AVX-512 (the fastest graph here; the router has a gate calibrated on this CPU's int8 kernels)",
         );
     }
     let fp32_fits = match (memory_budget_mb, fp32_peak_mb(manifest)) {
@@ -180,7 +154,9 @@ pub fn resolve_variant(
         (CpuKind::X86WithoutAvx512, false) => {
             "auto: int4 first, the fp32 graph would not fit the memory budget"
         }
-        (CpuKind::X86Avx512, _) => "auto: int4 first on x86-64 with AVX-512 (faster and smaller)",
+        (CpuKind::X86Avx512, _) => {
+            "auto: int4 first on x86-64 with AVX-512 (int4-fast has no gate calibrated on this CPU, or is not listed)"
+        }
         (CpuKind::Other, _) => {
             "auto: int4 first (the smaller graph; speed not measured on this CPU)"
         }
@@ -272,15 +248,20 @@ mod tests {
         cpu: CpuKind,
         budget: Option<u64>,
     ) -> ModelVariant {
-        resolve_variant(choice, m, cpu, budget).variant
+        resolve_variant(choice, m, cpu, budget, false).variant
     }
 
     #[test]
     fn auto_runs_int4_fast_without_avx512_when_listed_and_int4_elsewhere() {
         let m = smollm2_with_int4_fast();
         for budget in [None, Some(512)] {
-            let resolved =
-                resolve_variant(VariantChoice::Auto, &m, CpuKind::X86WithoutAvx512, budget);
+            let resolved = resolve_variant(
+                VariantChoice::Auto,
+                &m,
+                CpuKind::X86WithoutAvx512,
+                budget,
+                false,
+            );
             assert_eq!(resolved.variant, ModelVariant::Int4Fast);
             assert!(
                 resolved.reason.contains("int8 activations"),
@@ -288,13 +269,28 @@ mod tests {
                 resolved.reason
             );
         }
-        // With AVX-512 int4-fast's gate does not hold (calibrated on AVX2's answers), off x86 it
-        // was not measured since int4-fast changed: the exact int4 there, listed or not.
-        for m in [m, smollm2()] {
+        // With AVX-512 the gate calibrated on AVX2's answers does not hold, off x86 int4-fast was
+        // not measured since it changed: the exact int4 there, listed or not.
+        for m in [m.clone(), smollm2()] {
             for cpu in [CpuKind::X86Avx512, CpuKind::Other] {
                 assert_eq!(pick(VariantChoice::Auto, &m, cpu, None), ModelVariant::Int4);
             }
         }
+        // With AVX-512 and a gate calibrated on this CPU's answers: int4-fast, the faster graph;
+        // off x86 the gate changes nothing; and it cannot conjure a graph the import left out.
+        let gated = |m: &Manifest, cpu| resolve_variant(VariantChoice::Auto, m, cpu, None, true);
+        let resolved = gated(&m, CpuKind::X86Avx512);
+        assert_eq!(resolved.variant, ModelVariant::Int4Fast);
+        assert!(
+            resolved.reason.contains("calibrated"),
+            "{}",
+            resolved.reason
+        );
+        assert_eq!(gated(&m, CpuKind::Other).variant, ModelVariant::Int4);
+        assert_eq!(
+            gated(&smollm2(), CpuKind::X86Avx512).variant,
+            ModelVariant::Int4
+        );
     }
 
     #[test]

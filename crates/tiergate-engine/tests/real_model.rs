@@ -351,8 +351,9 @@ async fn int4_fast_keeps_the_clear_first_tokens_and_answers_right() {
 }
 
 /// `variant = "auto"` loads the graph this CPU runs fastest (on x86-64 without AVX-512 int4-fast
-/// when the import kept it, else fp32; int4 elsewhere; docs/benchmarks.md), answers as that graph
-/// does, and keeps to a memory budget the fp32 graph would not fit.
+/// when the import kept it, else fp32; with AVX-512 int4-fast when the router has a gate
+/// calibrated on this CPU's answers, else int4; int4 elsewhere; docs/benchmarks.md), answers as
+/// that graph does, and keeps to a memory budget the fp32 graph would not fit.
 #[tokio::test]
 async fn auto_loads_the_fastest_graph_for_this_cpu() {
     let Some(dir) = real_model_dir() else {
@@ -360,30 +361,34 @@ async fn auto_loads_the_fastest_graph_for_this_cpu() {
     };
     let manifest = Manifest::load(&dir).unwrap();
     let has_int4_fast = manifest.model_file(ModelVariant::Int4Fast).is_some();
-    let expected = match CpuKind::detect() {
-        CpuKind::X86WithoutAvx512 if has_int4_fast => ModelVariant::Int4Fast,
-        CpuKind::X86WithoutAvx512 => ModelVariant::Fp32,
-        CpuKind::X86Avx512 | CpuKind::Other => ModelVariant::Int4,
-    };
-    let auto = Engine::load(&EngineConfig {
-        variant: VariantChoice::Auto,
-        intra_op_threads: 2,
-        ..EngineConfig::for_model(&dir)
-    })
-    .unwrap();
-    assert_eq!(auto.model().variant, expected);
-    let request = || {
-        GenerationRequest::new(
-            Prompt::user("What is the capital of France?"),
-            SamplingParams::greedy(16),
-        )
-    };
-    let named = engine(expected).unwrap();
-    let (a, b) = (
-        auto.generate(request()).await.unwrap(),
-        named.generate(request()).await.unwrap(),
-    );
-    assert_eq!(a.text, b.text);
+    for gated_here in [false, true] {
+        let expected = match CpuKind::detect() {
+            CpuKind::X86WithoutAvx512 if has_int4_fast => ModelVariant::Int4Fast,
+            CpuKind::X86WithoutAvx512 => ModelVariant::Fp32,
+            CpuKind::X86Avx512 if has_int4_fast && gated_here => ModelVariant::Int4Fast,
+            CpuKind::X86Avx512 | CpuKind::Other => ModelVariant::Int4,
+        };
+        let auto = Engine::load(&EngineConfig {
+            variant: VariantChoice::Auto,
+            intra_op_threads: 2,
+            int4_fast_gated_here: gated_here,
+            ..EngineConfig::for_model(&dir)
+        })
+        .unwrap();
+        assert_eq!(auto.model().variant, expected, "gated here: {gated_here}");
+        let request = || {
+            GenerationRequest::new(
+                Prompt::user("What is the capital of France?"),
+                SamplingParams::greedy(16),
+            )
+        };
+        let named = engine(expected).unwrap();
+        let (a, b) = (
+            auto.generate(request()).await.unwrap(),
+            named.generate(request()).await.unwrap(),
+        );
+        assert_eq!(a.text, b.text);
+    }
 
     // ~980 MiB estimated for fp32 at its peak: a 512 MB budget keeps a 4-bit graph.
     let small = resolve_variant(
@@ -391,6 +396,7 @@ async fn auto_loads_the_fastest_graph_for_this_cpu() {
         &manifest,
         CpuKind::X86WithoutAvx512,
         Some(512),
+        false,
     );
     let small_expected = if has_int4_fast {
         ModelVariant::Int4Fast

@@ -23,6 +23,7 @@ fn bench(c: &mut Criterion) {
     let node = NodeView {
         local_tier: Tier::Edge,
         local_variant: None,
+        local_cpu: None,
         upstreams: vec![
             UpstreamView {
                 tier: Tier::Regional,

@@ -21,6 +21,7 @@
 //! let node = NodeView {
 //!     local_tier: Tier::Edge,
 //!     local_variant: None,
+//!     local_cpu: None,
 //!     upstreams: vec![UpstreamView { tier: Tier::Regional, available: true }],
 //! };
 //! // The request's last user turn is scored; the client gives constraint and forwarding.

@@ -38,6 +38,10 @@ pub struct RouterConfig {
     /// graphs). Each is a whole gate: a field it leaves out takes the built-in default, not
     /// `confidence`'s value.
     pub confidence_by_variant: BTreeMap<String, ConfidenceConfig>,
+    /// Gates calibrated on a graph's answers on one kind of CPU, by the CPU's int8 kernel family
+    /// (`x86-64-avx512-vnni`, `x86-64-avx2`, ...) then the variant: int4-fast's answers differ
+    /// between families. Wins over `confidence_by_variant`; also a whole gate.
+    pub confidence_by_cpu: BTreeMap<String, BTreeMap<String, ConfidenceConfig>>,
     /// Below this complexity the local model is tried first, with early exit.
     pub local_max_complexity: f64,
     /// At or above this complexity the cloud is tried before the regional tier.
@@ -55,6 +59,7 @@ impl Default for RouterConfig {
             complexity: ComplexityConfig::default(),
             confidence: ConfidenceConfig::default(),
             confidence_by_variant: BTreeMap::new(),
+            confidence_by_cpu: BTreeMap::new(),
             local_max_complexity: 0.567,
             cloud_min_complexity: 0.633,
             max_hops: 3,
@@ -67,14 +72,20 @@ impl RouterConfig {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         self.complexity.validate()?;
         self.confidence.validate()?;
-        for (variant, gate) in &self.confidence_by_variant {
+        let by_cpu = self.confidence_by_cpu.iter().flat_map(|(cpu, gates)| {
+            gates
+                .iter()
+                .map(move |(variant, gate)| (format!("confidence_by_cpu.{cpu}.{variant}"), gate))
+        });
+        let by_variant = self
+            .confidence_by_variant
+            .iter()
+            .map(|(variant, gate)| (format!("confidence_by_variant.{variant}"), gate));
+        for (name, gate) in by_variant.chain(by_cpu) {
             gate.validate().map_err(|err| {
-                // `confidence.min_mean_top1` -> `confidence_by_variant.<variant>.min_mean_top1`.
+                // `confidence.min_mean_top1` -> `<name>.min_mean_top1`.
                 let field = err.field.strip_prefix("confidence.").unwrap_or(&err.field);
-                InvalidConfig::new(
-                    format!("confidence_by_variant.{variant}.{field}"),
-                    err.problem,
-                )
+                InvalidConfig::new(format!("{name}.{field}"), err.problem)
             })?;
         }
         for (field, value) in [
@@ -91,10 +102,15 @@ impl RouterConfig {
         Ok(())
     }
 
-    /// The early-exit gate for the local model graph `variant` (`None`: not known).
-    pub fn confidence_for(&self, variant: Option<&str>) -> ConfidenceConfig {
-        variant
-            .and_then(|name| self.confidence_by_variant.get(name))
+    /// The early-exit gate for the local model graph `variant` running on a CPU of kind `cpu`
+    /// (`None`: not known): the gate calibrated on both, else on the graph, else `confidence`.
+    pub fn confidence_for(&self, variant: Option<&str>, cpu: Option<&str>) -> ConfidenceConfig {
+        let Some(variant) = variant else {
+            return self.confidence;
+        };
+        cpu.and_then(|cpu| self.confidence_by_cpu.get(cpu))
+            .and_then(|gates| gates.get(variant))
+            .or_else(|| self.confidence_by_variant.get(variant))
             .copied()
             .unwrap_or(self.confidence)
     }
@@ -147,6 +163,8 @@ pub struct NodeView {
     pub local_tier: Tier,
     /// The local model graph's `engine.variant` name, which picks its early-exit gate.
     pub local_variant: Option<&'static str>,
+    /// The node's CPU kind (its int8 kernel family), which picks the gate with the graph.
+    pub local_cpu: Option<&'static str>,
     pub upstreams: Vec<UpstreamView>,
 }
 
@@ -280,6 +298,8 @@ pub struct Decision {
     pub local_tier: Tier,
     /// The local graph whose early-exit gate `thresholds.confidence` is.
     pub local_variant: Option<&'static str>,
+    /// The CPU kind that gate was chosen for.
+    pub local_cpu: Option<&'static str>,
     pub forwarding: Forwarding,
     pub skipped: Vec<SkippedUpstream>,
 }
@@ -334,11 +354,12 @@ pub fn decide(
             local_max_complexity: config.local_max_complexity,
             cloud_min_complexity: config.cloud_min_complexity,
             max_hops: config.max_hops,
-            confidence: config.confidence_for(node.local_variant),
+            confidence: config.confidence_for(node.local_variant, node.local_cpu),
         },
         constraint,
         local_tier: node.local_tier,
         local_variant: node.local_variant,
+        local_cpu: node.local_cpu,
         forwarding: forwarding.clone(),
         skipped,
     }

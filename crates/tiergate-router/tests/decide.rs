@@ -265,6 +265,7 @@ fn each_rule_of_decide() {
             &NodeView {
                 local_tier: c.local,
                 local_variant: None,
+                local_cpu: None,
                 upstreams: c.upstreams.clone(),
             },
             c.constraint,
@@ -297,6 +298,7 @@ fn skipped_upstreams_say_why() {
         &NodeView {
             local_tier: Regional,
             local_variant: None,
+            local_cpu: None,
             upstreams: vec![up(Edge, true), up(Cloud, false)],
         },
         TierConstraint::None,
@@ -318,6 +320,7 @@ fn skipped_upstreams_say_why() {
         &NodeView {
             local_tier: Edge,
             local_variant: None,
+            local_cpu: None,
             upstreams: both(),
         },
         TierConstraint::None,
@@ -343,6 +346,7 @@ fn decision_json_carries_signals_thresholds_plan_and_reason() {
         &NodeView {
             local_tier: Edge,
             local_variant: None,
+            local_cpu: None,
             upstreams: both(),
         },
         TierConstraint::AtMostRegional,
@@ -435,6 +439,7 @@ fn default_config_routes_demo_like_prompts() {
     let node = NodeView {
         local_tier: Edge,
         local_variant: None,
+        local_cpu: None,
         upstreams: both(),
     };
     let route = |signals: &Signals| {
@@ -488,6 +493,7 @@ fn the_local_graph_picks_its_own_early_exit_gate() {
             &NodeView {
                 local_tier: Edge,
                 local_variant: variant,
+                local_cpu: None,
                 upstreams: both(),
             },
             TierConstraint::None,
@@ -513,5 +519,57 @@ fn the_local_graph_picks_its_own_early_exit_gate() {
     assert_eq!(
         bad.validate().unwrap_err().field,
         "confidence_by_variant.int4-fast.min_token_top1"
+    );
+}
+
+/// A gate calibrated on a graph's answers on one kind of CPU wins on that kind only; elsewhere
+/// the graph's own gate, then `[confidence]`. The decision says which CPU kind it chose for.
+#[test]
+fn the_cpu_kind_picks_the_gate_calibrated_on_its_answers() {
+    let c: RouterConfig = toml::from_str(
+        "[confidence]\nmin_mean_top1 = 0.875\nmin_token_top1 = 0.45\n\
+         [confidence_by_variant.int4-fast]\nmin_mean_top1 = 0.8\nmin_token_top1 = 0.5\n\
+         [confidence_by_cpu.x86-64-avx512-vnni.int4-fast]\nmin_mean_top1 = 0.9\nmin_token_top1 = 0.0\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let route = |variant: Option<&'static str>, cpu: Option<&'static str>| {
+        decide(
+            &c,
+            &Signals::from_prompt("turn on the kitchen lights"),
+            &NodeView {
+                local_tier: Edge,
+                local_variant: variant,
+                local_cpu: cpu,
+                upstreams: both(),
+            },
+            TierConstraint::None,
+            &Forwarding::default(),
+        )
+    };
+    let gate = |variant, cpu| {
+        let d = route(variant, cpu);
+        (
+            d.thresholds.confidence.min_mean_top1,
+            d.thresholds.confidence.min_token_top1,
+        )
+    };
+    let avx512 = Some("x86-64-avx512-vnni");
+    assert_eq!(gate(Some("int4-fast"), avx512), (0.9, 0.0));
+    assert_eq!(gate(Some("int4-fast"), Some("x86-64-avx2")), (0.8, 0.5));
+    assert_eq!(gate(Some("int4-fast"), None), (0.8, 0.5));
+    // The exact graphs have no gate of their own on that CPU: `[confidence]`.
+    assert_eq!(gate(Some("int4"), avx512), (0.875, 0.45));
+    assert_eq!(gate(None, avx512), (0.875, 0.45));
+    let json = serde_json::to_value(route(Some("int4-fast"), avx512)).unwrap();
+    assert_eq!(json["local_cpu"], "x86-64-avx512-vnni");
+    let mean = json["thresholds"]["confidence"]["min_mean_top1"].as_f64().unwrap();
+    assert!((mean - 0.9).abs() < 1e-6, "{mean}");
+
+    let bad: RouterConfig =
+        toml::from_str("[confidence_by_cpu.x86-64-avx2.int4-fast]\nmin_mean_top1 = -1\n").unwrap();
+    assert_eq!(
+        bad.validate().unwrap_err().field,
+        "confidence_by_cpu.x86-64-avx2.int4-fast.min_mean_top1"
     );
 }

@@ -21,6 +21,7 @@ fn decision(low_complexity: bool, regional_up: bool) -> Decision {
         &NodeView {
             local_tier: Tier::Edge,
             local_variant: None,
+            local_cpu: None,
             upstreams: vec![
                 UpstreamView {
                     tier: Tier::Regional,

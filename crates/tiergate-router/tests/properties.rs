@@ -21,6 +21,7 @@ fn node() -> impl Strategy<Value = NodeView> {
         NodeView {
             local_tier,
             local_variant: None,
+            local_cpu: None,
             upstreams: ups
                 .into_iter()
                 .map(|(tier, available)| UpstreamView { tier, available })

@@ -281,6 +281,15 @@ pub enum ModelCommand {
     Sign(ModelSignArgs),
     /// Check a model folder's signature against trusted keys and every file's sha256.
     Verify(ModelVerifyArgs),
+    /// Print this CPU's kind as the engine sees it: the key of `[router.confidence_by_cpu]`
+    /// under which a gate calibrated on this machine's int4-fast answers belongs.
+    Cpu(ModelCpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelCpuArgs {
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -207,6 +207,14 @@ pub async fn build_node(config: &Config) -> Result<(Arc<Node>, NodeMetrics), Sta
     Ok((parts.node, parts.metrics))
 }
 
+/// Whether `[router.confidence_by_cpu.<this CPU's kind>.int4-fast]` is configured.
+fn int4_fast_gated_here(router: &tiergate_router::RouterConfig) -> bool {
+    router
+        .confidence_by_cpu
+        .get(tiergate_engine::Int8Kernels::detect().as_str())
+        .is_some_and(|gates| gates.contains_key(tiergate_engine::ModelVariant::Int4Fast.as_str()))
+}
+
 /// What [`build_parts`] makes.
 struct Parts {
     node: Arc<Node>,
@@ -218,9 +226,11 @@ struct Parts {
 
 /// The node, its metrics, its engine slot and the model reloader.
 async fn build_parts(config: &Config) -> Result<Parts, StartError> {
-    // `engine.variant = "auto"` keeps to the device's memory budget, at start and on reload.
+    // `engine.variant = "auto"` keeps to the device's memory budget, at start and on reload, and
+    // runs int4-fast with AVX-512 only under a gate calibrated on this CPU's answers.
     let engine_config = tiergate_engine::EngineConfig {
         memory_budget_mb: config.device.effective().values.memory_budget_mb,
+        int4_fast_gated_here: int4_fast_gated_here(&config.router),
         ..config.engine.clone()
     };
     // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.

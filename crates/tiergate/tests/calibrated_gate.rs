@@ -1,7 +1,8 @@
 //! The early-exit gates that deploy/edge.toml ships for the real edge model are the ones
-//! `tiergate eval confidence` chooses on the committed calibration answers, one per graph
-//! (models/smollm2/calibration.jsonl for the exact graphs, calibration-int4-fast.jsonl for
-//! int4-fast): recalibrating without updating the config fails here.
+//! `tiergate eval confidence` chooses on the committed calibration answers: one for the exact
+//! graphs (models/smollm2/calibration.jsonl), and for int4-fast one per CPU kind it was answered
+//! on (calibration-int4-fast-<cpu kind>.jsonl; the AVX2 one is also its gate on other CPUs).
+//! Recalibrating without updating the config fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -78,13 +79,20 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
     let exact = chosen_gate(root, "models/smollm2/calibration.jsonl");
     assert_same_gate(&router.confidence, &exact, "[router.confidence]");
     for variant in ["fp32", "int4"] {
-        assert_eq!(router.confidence_for(Some(variant)), router.confidence);
+        assert_eq!(
+            router.confidence_for(Some(variant), None),
+            router.confidence
+        );
     }
 
-    // int4-fast, which `auto` runs on x86-64 without AVX-512: the gate calibrated on its answers.
-    let fast = chosen_gate(root, "models/smollm2/calibration-int4-fast.jsonl");
+    // int4-fast, which `auto` runs on x86-64 without AVX-512: the gate calibrated on its answers
+    // there, also its gate on a CPU kind without one of its own.
+    let fast = chosen_gate(
+        root,
+        "models/smollm2/calibration-int4-fast-x86-64-avx2.jsonl",
+    );
     assert_same_gate(
-        &router.confidence_for(Some("int4-fast")),
+        &router.confidence_for(Some("int4-fast"), None),
         &fast,
         "[router.confidence_by_variant.int4-fast]",
     );
@@ -92,4 +100,24 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
         router.confidence_by_variant.keys().collect::<Vec<_>>(),
         ["int4-fast"]
     );
+
+    // Every CPU kind's own int4-fast gate is the one chosen on its answers (with AVX-512 VNNI,
+    // `auto` runs int4-fast because this gate exists).
+    assert!(
+        router.confidence_by_cpu.contains_key("x86-64-avx512-vnni"),
+        "{:?}",
+        router.confidence_by_cpu.keys()
+    );
+    for (cpu, gates) in &router.confidence_by_cpu {
+        assert_eq!(gates.keys().collect::<Vec<_>>(), ["int4-fast"], "{cpu}");
+        let chosen = chosen_gate(
+            root,
+            &format!("models/smollm2/calibration-int4-fast-{cpu}.jsonl"),
+        );
+        assert_same_gate(
+            &router.confidence_for(Some("int4-fast"), Some(cpu)),
+            &chosen,
+            &format!("[router.confidence_by_cpu.{cpu}.int4-fast]"),
+        );
+    }
 }

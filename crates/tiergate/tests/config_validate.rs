@@ -53,6 +53,19 @@ fn mistakes_are_named_by_their_path() {
             "[router.confidence_by_variant.int4_fast]\nmin_token_top1 = 0.5\n",
             "router.confidence_by_variant.int4_fast",
         ),
+        // Likewise a misspelt CPU kind, or graph under it; and its gate's thresholds.
+        (
+            "[router.confidence_by_cpu.x86-64-avx512vnni.int4-fast]\nmin_token_top1 = 0.5\n",
+            "router.confidence_by_cpu.x86-64-avx512vnni",
+        ),
+        (
+            "[router.confidence_by_cpu.x86-64-avx2.int4fast]\nmin_token_top1 = 0.5\n",
+            "router.confidence_by_cpu.x86-64-avx2.int4fast",
+        ),
+        (
+            "[router.confidence_by_cpu.x86-64-avx2.int4-fast]\nmin_mean_top1 = 1.5\n",
+            "router.confidence_by_cpu.x86-64-avx2.int4-fast.min_mean_top1",
+        ),
         (
             "[limits]\nmax_new_tokens = \"many\"\n",
             "limits.max_new_tokens",

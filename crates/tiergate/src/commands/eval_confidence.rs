@@ -17,9 +17,16 @@ use tiergate_router::ConfidenceConfig;
 use crate::cli::EvalConfidenceArgs;
 
 pub async fn run(args: EvalConfidenceArgs) -> anyhow::Result<()> {
+    // Answers recorded before do not say where they were answered.
+    let mut answered_on = None;
     let results = match (&args.results, &args.data, &args.model) {
         (Some(path), None, None) => read_jsonl::<CalibrationResult>(path)?,
         (None, Some(data), Some(_)) => {
+            answered_on = Some(json!({
+                "variant": args.variant.as_str(),
+                // int4-fast's answers (and so its gate) depend on it: `router.confidence_by_cpu`.
+                "cpu_kind": tiergate_engine::Int8Kernels::detect().as_str(),
+            }));
             let prompts = read_jsonl::<CalibrationPrompt>(data)?;
             let results = answer_all(&args, &prompts).await?;
             if let Some(out) = &args.out {
@@ -31,7 +38,10 @@ pub async fn run(args: EvalConfidenceArgs) -> anyhow::Result<()> {
             "give either --results FILE (answers recorded before) or --data FILE with --model DIR"
         ),
     };
-    let report = report(&results, &args);
+    let mut report = report(&results, &args);
+    if let Some(answered_on) = answered_on {
+        report["answered_on"] = answered_on;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -158,6 +168,14 @@ fn write_human(out: &mut impl Write, report: &serde_json::Value) -> anyhow::Resu
         report["accuracy"].as_f64().unwrap_or(0.0),
         report["window"]
     )?;
+    if let Some(on) = report.get("answered_on") {
+        writeln!(
+            out,
+            "answered by the {} graph on a {} CPU",
+            on["variant"].as_str().unwrap_or("?"),
+            on["cpu_kind"].as_str().unwrap_or("?")
+        )?;
+    }
     writeln!(
         out,
         "AUROC right vs wrong: {}",

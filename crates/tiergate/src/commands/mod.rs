@@ -39,6 +39,7 @@ pub async fn run(command: Command, telemetry: Option<Telemetry>) -> anyhow::Resu
         Command::Model(ModelCommand::Keygen(args)) => model::keygen(&args),
         Command::Model(ModelCommand::Sign(args)) => model::sign(&args),
         Command::Model(ModelCommand::Verify(args)) => model::verify(&args),
+        Command::Model(ModelCommand::Cpu(args)) => model::cpu(&args),
         Command::Keys(KeysCommand::New(args)) => keys::new(&args),
         Command::Keys(KeysCommand::Hash(args)) => keys::hash(&args),
     }

@@ -1,12 +1,13 @@
 //! `tiergate model keygen | sign | verify`: the publisher's and the operator's side of signed
 //! models (docs/security.md). Errors name what failed: unsigned, bad signature, untrusted key,
-//! or the file whose hash does not match.
+//! or the file whose hash does not match. `tiergate model cpu`: which calibrated gate this
+//! machine's int4-fast answers need (docs/routing.md).
 
 use std::io::Write;
 
 use tiergate::model_trust::{TrustedKeys, keys, sign_model, verify_model};
 
-use crate::cli::{ModelKeygenArgs, ModelSignArgs, ModelVerifyArgs};
+use crate::cli::{ModelCpuArgs, ModelKeygenArgs, ModelSignArgs, ModelVerifyArgs};
 
 pub fn keygen(args: &ModelKeygenArgs) -> anyhow::Result<()> {
     let public = keys::generate(&args.out)?;
@@ -68,6 +69,24 @@ pub fn verify(args: &ModelVerifyArgs) -> anyhow::Result<()> {
             args.dir.display(),
             verified.key_id
         )?;
+    }
+    Ok(())
+}
+
+/// One line, the kind's name, so scripts can use it (`make calibrate-edge` names its answers
+/// file after it); `--json` adds what `auto` sees and the config section.
+pub fn cpu(args: &ModelCpuArgs) -> anyhow::Result<()> {
+    let kernels = tiergate_engine::Int8Kernels::detect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = serde_json::json!({
+            "cpu_kind": kernels.as_str(),
+            "auto_sees": tiergate_engine::CpuKind::detect().as_str(),
+            "int4_fast_gate_section": format!("[router.confidence_by_cpu.{kernels}.int4-fast]"),
+        });
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(out, "{kernels}")?;
     }
     Ok(())
 }

@@ -243,6 +243,21 @@ impl Config {
                     invalid(&format!("router.confidence_by_variant.{variant}"), &message)
                 })?;
         }
+        for (cpu, gates) in &self.router.confidence_by_cpu {
+            // Likewise a misspelt CPU kind (`tiergate model cpu` prints this machine's).
+            cpu.parse::<tiergate_engine::Int8Kernels>()
+                .map_err(|message| invalid(&format!("router.confidence_by_cpu.{cpu}"), &message))?;
+            for variant in gates.keys() {
+                variant
+                    .parse::<tiergate_engine::ModelVariant>()
+                    .map_err(|message| {
+                        invalid(
+                            &format!("router.confidence_by_cpu.{cpu}.{variant}"),
+                            &message,
+                        )
+                    })?;
+            }
+        }
         self.budget
             .validate()
             .map_err(|message| invalid("budget", &message))?;

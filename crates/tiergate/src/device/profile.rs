@@ -53,7 +53,8 @@ impl DeviceProfile {
         // A Jetson (Orin Nano class) runs the CPU graph here (no CUDA provider is built in),
         // with more memory and cores to spare. A phone: two big cores to use, little memory,
         // short answers. An edge server: cores and memory, long answers, and `auto` for the
-        // graph (int4-fast on x86-64 without AVX-512, where it is the fastest; int4 elsewhere).
+        // graph (int4-fast on x86-64 without AVX-512, where it is the fastest, and with AVX-512
+        // under a gate calibrated on that CPU kind; int4 elsewhere).
         let (int4, int8) = (
             VariantChoice::Named(ModelVariant::Int4),
             VariantChoice::Named(ModelVariant::Int8),

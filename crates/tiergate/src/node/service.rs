@@ -107,6 +107,7 @@ impl Node {
             local_tier: self.parts.tier,
             // The gate calibrated on the graph the engine runs now (a reload may change it).
             local_variant: Some(self.parts.engine.current().model().variant.as_str()),
+            local_cpu: Some(tiergate_engine::Int8Kernels::detect().as_str()),
             upstreams,
         };
         let forwarding = tiergate_router::Forwarding {

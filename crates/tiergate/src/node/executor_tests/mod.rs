@@ -45,6 +45,7 @@ fn decision(config: &RouterConfig) -> Decision {
     let view = NodeView {
         local_tier: Tier::Edge,
         local_variant: None,
+        local_cpu: None,
         upstreams: [Tier::Regional, Tier::Cloud]
             .map(|tier| UpstreamView {
                 tier,
