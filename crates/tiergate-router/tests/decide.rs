@@ -476,6 +476,26 @@ fn default_config_routes_demo_like_prompts() {
     assert_eq!(d.reason, Reason::Complexity);
 }
 
+/// The decision for an easy prompt at an edge node running graph `variant` on CPU kind `cpu`.
+fn easy_prompt_on(
+    c: &RouterConfig,
+    variant: Option<&'static str>,
+    cpu: Option<&'static str>,
+) -> tiergate_router::Decision {
+    decide(
+        c,
+        &Signals::from_prompt("turn on the kitchen lights"),
+        &NodeView {
+            local_tier: Edge,
+            local_variant: variant,
+            local_cpu: cpu,
+            upstreams: both(),
+        },
+        TierConstraint::None,
+        &Forwarding::default(),
+    )
+}
+
 /// A gate calibrated on one local graph applies when the node runs that graph; any other graph
 /// (or an unknown one) takes `[confidence]`. The decision says which graph and which gate.
 #[test]
@@ -486,20 +506,7 @@ fn the_local_graph_picks_its_own_early_exit_gate() {
     )
     .unwrap();
     c.validate().unwrap();
-    let route = |variant: Option<&'static str>| {
-        decide(
-            &c,
-            &Signals::from_prompt("turn on the kitchen lights"),
-            &NodeView {
-                local_tier: Edge,
-                local_variant: variant,
-                local_cpu: None,
-                upstreams: both(),
-            },
-            TierConstraint::None,
-            &Forwarding::default(),
-        )
-    };
+    let route = |variant: Option<&'static str>| easy_prompt_on(&c, variant, None);
     let fast = route(Some("int4-fast"));
     assert_eq!(fast.thresholds.confidence.min_mean_top1, 0.5);
     assert_eq!(fast.thresholds.confidence.min_token_top1, 0.5);
@@ -533,20 +540,7 @@ fn the_cpu_kind_picks_the_gate_calibrated_on_its_answers() {
     )
     .unwrap();
     c.validate().unwrap();
-    let route = |variant: Option<&'static str>, cpu: Option<&'static str>| {
-        decide(
-            &c,
-            &Signals::from_prompt("turn on the kitchen lights"),
-            &NodeView {
-                local_tier: Edge,
-                local_variant: variant,
-                local_cpu: cpu,
-                upstreams: both(),
-            },
-            TierConstraint::None,
-            &Forwarding::default(),
-        )
-    };
+    let route = |variant, cpu| easy_prompt_on(&c, variant, cpu);
     let gate = |variant, cpu| {
         let d = route(variant, cpu);
         (
@@ -563,7 +557,9 @@ fn the_cpu_kind_picks_the_gate_calibrated_on_its_answers() {
     assert_eq!(gate(None, avx512), (0.875, 0.45));
     let json = serde_json::to_value(route(Some("int4-fast"), avx512)).unwrap();
     assert_eq!(json["local_cpu"], "x86-64-avx512-vnni");
-    let mean = json["thresholds"]["confidence"]["min_mean_top1"].as_f64().unwrap();
+    let mean = json["thresholds"]["confidence"]["min_mean_top1"]
+        .as_f64()
+        .unwrap();
     assert!((mean - 0.9).abs() < 1e-6, "{mean}");
 
     let bad: RouterConfig =
