@@ -47,7 +47,7 @@ def main():
             profile(args, manifest, file)
             continue
         session = make_session(args, file)
-        for batch in (1, 2, 4, 8):
+        for batch in (1, 2, 3, 4, 8):
             feeds = decode_feeds(args.past, batch, manifest)
             session.run([io["logits"]], feeds)
             started = time.perf_counter()

@@ -448,13 +448,13 @@ impl Engine {
 /// with fp32 activations dequantizes the weights for a multi-row product), so int4 shares from
 /// 4 rows there. Without AVX-512 the one-row int4 kernel is slow too (2 rows cost 1.06x and
 /// 2.05x one row in two runs, 8 rows 4-6x the rows per second), so int4 shares from 2.
-/// int4-fast: its int8-activation products batch well, the fp32-activation ones do not (see
-/// docs/benchmarks.md); it shares from the same size as int4 with AVX-512 (not measured without).
+/// int4-fast, int8 activations in every product: two rows cost 0.95-1.15x one row with AVX-512
+/// VNNI (three runs, 1 and 2 threads), so it shares from 2 (docs/benchmarks.md, "Batching").
 fn shared_batch_from(variant: ModelVariant, cpu: CpuKind) -> usize {
     match (variant, cpu) {
         (ModelVariant::Int4, CpuKind::X86WithoutAvx512) => 2,
-        (ModelVariant::Int4 | ModelVariant::Int4Fast, _) => 4,
-        (ModelVariant::Fp32 | ModelVariant::Int8, _) => 2,
+        (ModelVariant::Int4, _) => 4,
+        (ModelVariant::Int4Fast | ModelVariant::Fp32 | ModelVariant::Int8, _) => 2,
     }
 }
 
