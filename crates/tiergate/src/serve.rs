@@ -503,6 +503,20 @@ fn log_profile(profile: &EffectiveProfile, config: &Config, engine: &Engine) {
         max_tokens = config.limits.max_new_tokens,
         "device profile"
     );
+    // Which calibrated gate the loaded graph gets on this CPU (a reload may change the graph;
+    // the explain JSON always shows the current one).
+    let cpu = tiergate_engine::Int8Kernels::detect().as_str();
+    let gate = config
+        .router
+        .confidence_for(Some(model.variant.as_str()), Some(cpu));
+    tracing::info!(
+        variant = %model.variant,
+        cpu_kind = cpu,
+        commit_window = gate.commit_window,
+        min_mean_top1 = %gate.min_mean_top1,
+        min_token_top1 = %gate.min_token_top1,
+        "early-exit gate"
+    );
 }
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
