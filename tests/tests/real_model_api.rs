@@ -3,8 +3,10 @@
 //! template. Skips without `TIERGATE_REAL_MODEL` unless `TIERGATE_REQUIRE_REAL_MODEL=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
+
 use serde_json::json;
-use tiergate_e2e::{NodeProcess, post_json, real_model_dir, repo_root};
+use tiergate_e2e::{NodeProcess, post_json, real_model_dir, repo_root, tiergate_bin};
 use tiergate_proto::v1 as pb;
 
 #[tokio::test]
@@ -117,14 +119,7 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-                .unwrap();
-        let imported_fast = manifest["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|file| file["variant"] == "int4-fast");
+        let imported_fast = imported_int4_fast(&model);
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         let expected = match (imported_fast, avx512, cpu) {
             (true, false, _) | (true, true, "x86-64-avx512-vnni") => "int4-fast",
@@ -148,4 +143,46 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
     let body = reply.json().unwrap();
     let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.contains("Tokyo"), "{answer:?}");
+}
+
+/// Whether the import kept the int4-fast graph (where it met its parity budget on that CPU).
+fn imported_int4_fast(model: &Path) -> bool {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|file| file["variant"] == "int4-fast")
+}
+
+/// `tiergate generate --variant auto`, the engine alone, gates nothing: it runs the fastest graph
+/// on this CPU, int4-fast on x86-64 wherever the import kept it, with AVX-512 too.
+#[test]
+fn generate_auto_runs_the_fastest_graph_here() {
+    let Some(model) = real_model_dir() else {
+        return;
+    };
+    let output = std::process::Command::new(tiergate_bin())
+        .current_dir(repo_root())
+        .args(["generate", "--model", model.to_str().unwrap()])
+        .args(["--variant", "auto", "--max-tokens", "8", "--json"])
+        .arg("What is the capital of Japan?")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let variant = json["model"]["variant"].as_str().unwrap();
+    if cfg!(target_arch = "x86_64") && imported_int4_fast(&model) {
+        assert_eq!(variant, "int4-fast");
+    } else {
+        // Without int4-fast: fp32 without AVX-512, int4 with it and off x86-64.
+        assert!(["fp32", "int4"].contains(&variant), "{variant}");
+    }
+    assert!(json["text"].as_str().unwrap().contains("Tokyo"), "{json}");
 }

@@ -35,12 +35,13 @@ pub struct EngineConfig {
     /// Not an `[engine]` key: the node sets it from its device section.
     #[serde(skip)]
     pub memory_budget_mb: Option<u64>,
-    /// Whether the router has an early-exit gate calibrated on int4-fast's answers on this CPU's
-    /// int8 kernels (`router.confidence_by_cpu.<kernels>.int4-fast`): with AVX-512, `auto` runs
-    /// int4-fast only then (crate::variant). Not an `[engine]` key: the node sets it from its
-    /// router section.
+    /// Whether `auto` may run int4-fast on x86-64 with AVX-512 (crate::variant). It is faster
+    /// there, but its answers are not AVX2's, so a node allows it only when its router has a gate
+    /// calibrated on this CPU's kind (`router.confidence_by_cpu.<kind>.int4-fast`); the
+    /// single-model commands (`tiergate generate`), which gate nothing, allow it. Not an
+    /// `[engine]` key.
     #[serde(skip)]
-    pub int4_fast_gated_here: bool,
+    pub int4_fast_with_avx512: bool,
     /// The ONNX Runtime library; when unset, `ORT_DYLIB_PATH`, then `.tools/onnxruntime/`.
     pub ort_library: Option<PathBuf>,
     /// Worker threads, each with its own session (concurrent generations).
@@ -103,7 +104,7 @@ impl Default for EngineConfig {
             model_dir: PathBuf::from("models/edge"),
             variant: VariantChoice::default(),
             memory_budget_mb: None,
-            int4_fast_gated_here: false,
+            int4_fast_with_avx512: false,
             ort_library: None,
             workers: 1,
             intra_op_threads: 1,
@@ -198,7 +199,7 @@ impl Engine {
             &manifest,
             cpu,
             config.memory_budget_mb,
-            config.int4_fast_gated_here,
+            config.int4_fast_with_avx512,
         );
         let variant = resolved.variant;
         manifest.verify_variant(dir, variant)?;

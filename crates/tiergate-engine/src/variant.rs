@@ -13,9 +13,10 @@
 //! differs: the router takes the gate calibrated on it (`router.confidence_by_variant`). With
 //! AVX-512 (VNNI) int4-fast is faster than int4 too (1.25-1.8x its decode), but its answers there
 //! are not AVX2's: the gate calibrated on AVX2 keeps 17% wrong answers on them (budget 10%;
-//! docs/benchmarks.md, Run R). So with AVX-512 `auto` runs int4-fast only when the router has a
-//! gate calibrated on this CPU's int8 kernels (`router.confidence_by_cpu.<kernels>.int4-fast`,
-//! crate::cpu::Int8Kernels), and int4 otherwise.
+//! docs/benchmarks.md, Run R). So with AVX-512 a node's `auto` runs int4-fast only when its router
+//! has a gate calibrated on this CPU's int8 kernels (`router.confidence_by_cpu.<kernels>.int4-fast`,
+//! crate::cpu::Int8Kernels), and int4 otherwise; `tiergate generate`, which gates nothing, runs
+//! int4-fast (`EngineConfig::int4_fast_with_avx512`).
 //! fp32 and int4 compute the same function (logits within ~3e-4); the fp32 graph costs ~3x the
 //! memory, hence the budget check.
 
@@ -106,16 +107,16 @@ pub struct ResolvedVariant {
 }
 
 /// Resolves `choice` against the graphs `manifest` lists. `memory_budget_mb` is the node's
-/// resident budget (`[device] memory_budget_mb`), if any; `int4_fast_gated_here` says whether
-/// the router has an early-exit gate calibrated on int4-fast's answers on this CPU's int8
-/// kernels. A named variant is returned as is (the load then fails clearly when the manifest
+/// resident budget (`[device] memory_budget_mb`), if any; `int4_fast_with_avx512` whether int4-fast
+/// may run with AVX-512 (a node: when its router has a gate calibrated on int4-fast's answers on
+/// this CPU's int8 kernels). A named variant is returned as is (the load then fails clearly when the manifest
 /// lacks it).
 pub fn resolve_variant(
     choice: VariantChoice,
     manifest: &Manifest,
     cpu: CpuKind,
     memory_budget_mb: Option<u64>,
-    int4_fast_gated_here: bool,
+    int4_fast_with_avx512: bool,
 ) -> ResolvedVariant {
     let named = |variant: ModelVariant, reason: &str| ResolvedVariant {
         variant,
@@ -131,10 +132,10 @@ pub fn resolve_variant(
             "auto: int4-fast on x86-64 without AVX-512 (int8 activations, as llama.cpp; the fastest graph here)",
         );
     }
-    if cpu == CpuKind::X86Avx512 && listed(ModelVariant::Int4Fast) && int4_fast_gated_here {
+    if cpu == CpuKind::X86Avx512 && listed(ModelVariant::Int4Fast) && int4_fast_with_avx512 {
         return named(
             ModelVariant::Int4Fast,
-            "auto: int4-fast on x86-64 with AVX-512 (the fastest graph here; the router has a gate calibrated on this CPU's int8 kernels)",
+            "auto: int4-fast on x86-64 with AVX-512 (the fastest graph here; allowed: a gate calibrated on this CPU kind, or nothing gated)",
         );
     }
     let fp32_fits = match (memory_budget_mb, fp32_peak_mb(manifest)) {
@@ -155,7 +156,7 @@ pub fn resolve_variant(
             "auto: int4 first, the fp32 graph would not fit the memory budget"
         }
         (CpuKind::X86Avx512, _) => {
-            "auto: int4 first on x86-64 with AVX-512 (int4-fast has no gate calibrated on this CPU, or is not listed)"
+            "auto: int4 first on x86-64 with AVX-512 (int4-fast is not listed, or has no gate calibrated on this CPU kind)"
         }
         (CpuKind::Other, _) => {
             "auto: int4 first (the smaller graph; speed not measured on this CPU)"

@@ -371,7 +371,7 @@ async fn auto_loads_the_fastest_graph_for_this_cpu() {
         let auto = Engine::load(&EngineConfig {
             variant: VariantChoice::Auto,
             intra_op_threads: 2,
-            int4_fast_gated_here: gated_here,
+            int4_fast_with_avx512: gated_here,
             ..EngineConfig::for_model(&dir)
         })
         .unwrap();

@@ -230,7 +230,7 @@ async fn build_parts(config: &Config) -> Result<Parts, StartError> {
     // runs int4-fast with AVX-512 only under a gate calibrated on this CPU's answers.
     let engine_config = tiergate_engine::EngineConfig {
         memory_budget_mb: config.device.effective().values.memory_budget_mb,
-        int4_fast_gated_here: int4_fast_gated_here(&config.router),
+        int4_fast_with_avx512: int4_fast_gated_here(&config.router),
         ..config.engine.clone()
     };
     // Loading checks the signature (with trusted keys), verifies hashes and builds ort sessions.
