@@ -68,7 +68,7 @@ pub enum Int8Kernels {
 }
 
 impl Int8Kernels {
-    /// Every family, in the order MLAS prefers them.
+    /// Every kind: x86-64's from the richest instruction set down, then other architectures.
     pub const ALL: [Int8Kernels; 7] = [
         Int8Kernels::X86Avx512Vnni,
         Int8Kernels::X86Avx512,

@@ -107,10 +107,10 @@ pub struct ResolvedVariant {
 }
 
 /// Resolves `choice` against the graphs `manifest` lists. `memory_budget_mb` is the node's
-/// resident budget (`[device] memory_budget_mb`), if any; `int4_fast_with_avx512` whether int4-fast
-/// may run with AVX-512 (a node: when its router has a gate calibrated on int4-fast's answers on
-/// this CPU's int8 kernels). A named variant is returned as is (the load then fails clearly when the manifest
-/// lacks it).
+/// resident budget (`[device] memory_budget_mb`), if any; `int4_fast_with_avx512` whether
+/// int4-fast may run with AVX-512 (a node: when its router has a gate calibrated on int4-fast's
+/// answers on this CPU's int8 kernels). A named variant is returned as is (the load then fails
+/// clearly when the manifest lacks it).
 pub fn resolve_variant(
     choice: VariantChoice,
     manifest: &Manifest,

@@ -27,7 +27,8 @@ pub struct DemoOptions {
     pub models_dir: PathBuf,
     /// The real model folder (SmolLM2-135M-Instruct): when set, the edge runs the graph `auto`
     /// picks for this CPU (`auto`: int4-fast on x86-64 without AVX-512, and with AVX-512 where
-    /// `edge_config` has a gate for this CPU kind; int4 elsewhere) with the gates of `edge_config`, and the regional tier and the cloud stand-in its fp32 graph.
+    /// `edge_config` has a gate for this CPU kind; int4 elsewhere) with the gates of
+    /// `edge_config`, and the regional tier and the cloud stand-in its fp32 graph.
     pub real_model: Option<PathBuf>,
     /// The edge node's config file for the real model (its calibrated `[router]`), e.g.
     /// deploy/edge.toml; node name, ports, model and upstreams are set by the demo.
