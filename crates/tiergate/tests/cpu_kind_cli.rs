@@ -4,23 +4,15 @@
 //! filed under the kind its answers came from. Run on the bundled toy model (a few prompts).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
+mod common;
 
+use common::repo_root;
+
+/// `tiergate ARGS`, which must succeed.
 fn tiergate(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .unwrap();
+    let output = common::tiergate(args);
     assert!(
         output.status.success(),
         "{args:?}: {}",

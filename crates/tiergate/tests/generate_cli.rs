@@ -2,24 +2,9 @@
 //! ONNX Runtime library (found by the engine: ORT_DYLIB_PATH or `.tools/` above the cwd).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn tiergate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{repo_root, tiergate};
 
 /// The reference case for `prompt` on the edge model (Python onnxruntime, greedy).
 fn reference_case(prompt: &str) -> serde_json::Value {

@@ -5,26 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
+mod common;
 
-fn tiergate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{repo_root, tiergate};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
