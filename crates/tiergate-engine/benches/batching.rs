@@ -1,5 +1,7 @@
 //! Continuous batching: aggregate and per-stream decode tokens/s with N concurrent streams on
-//! one worker (`max_batch` = the largest N), and the same N streams with batching off.
+//! one worker (`max_batch` = the largest N), and the same N streams with batching off. Also the
+//! share of the wall time the worker spent prefilling (one prompt after the other), and the
+//! aggregate over the rest: what the batched decode steps alone deliver.
 //!
 //! `cargo bench -p tiergate-engine --bench batching -- [--model DIR] [--variant int4]
 //!  [--threads N] [--streams 1,2,4,8] [--max-new-tokens N] [--share-kv 0|1] [--json]`
@@ -78,6 +80,18 @@ struct Row {
     tokens: usize,
     seconds: f64,
     per_stream: f64,
+    /// Summed prefill time: the worker prefills one prompt at a time, so this much of the wall
+    /// time decoded nothing.
+    prefill_seconds: f64,
+}
+
+impl Row {
+    /// Tokens from decode steps (each stream's first token comes from its prefill) per second of
+    /// wall time not spent prefilling.
+    fn decode_aggregate(&self) -> f64 {
+        let decoded = self.tokens.saturating_sub(self.streams) as f64;
+        decoded / (self.seconds - self.prefill_seconds).max(f64::EPSILON)
+    }
 }
 
 /// Runs `streams` generations at once; total tokens, wall seconds, mean per-stream tokens/s.
@@ -92,7 +106,11 @@ fn run(runtime: &tokio::runtime::Runtime, engine: &Engine, streams: usize, max: 
             );
             let begun = Instant::now();
             let generation = engine.generate(request).await.expect("generate");
-            (generation.tokens.len(), begun.elapsed().as_secs_f64())
+            (
+                generation.tokens.len(),
+                begun.elapsed().as_secs_f64(),
+                generation.timings.prefill.as_secs_f64(),
+            )
         }
     })));
     let seconds = started.elapsed().as_secs_f64();
@@ -104,6 +122,7 @@ fn run(runtime: &tokio::runtime::Runtime, engine: &Engine, streams: usize, max: 
         tokens,
         seconds,
         per_stream,
+        prefill_seconds: results.iter().map(|r| r.2).sum(),
     }
 }
 
@@ -152,6 +171,8 @@ fn main() {
                 "seconds": r.seconds,
                 "aggregate_tokens_per_second": r.tokens as f64 / r.seconds,
                 "per_stream_tokens_per_second": r.per_stream,
+                "prefill_seconds": r.prefill_seconds,
+                "decode_aggregate_tokens_per_second": r.decode_aggregate(),
             })
         })
         .collect();
@@ -167,13 +188,16 @@ fn main() {
         for r in &rows {
             writeln!(
                 out,
-                "{} streams{}: {} tokens in {:.2} s, aggregate {:.1} tok/s, per stream {:.1} tok/s",
+                "{} streams{}: {} tokens in {:.2} s, aggregate {:.1} tok/s, per stream {:.1} tok/s, \
+                 prefills {:.0}% of the wall time, decode-only aggregate {:.1} tok/s",
                 r.streams,
                 if r.batched { "" } else { " (batching off)" },
                 r.tokens,
                 r.seconds,
                 r.tokens as f64 / r.seconds,
-                r.per_stream
+                r.per_stream,
+                100.0 * r.prefill_seconds / r.seconds,
+                r.decode_aggregate()
             )
             .expect("stdout");
         }
