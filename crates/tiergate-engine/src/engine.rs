@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cpu::CpuKind;
+use crate::cpu::{CpuKind, Int8Kernels};
 use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
@@ -141,6 +141,9 @@ pub struct ModelInfo {
     pub architecture: Architecture,
     pub context_length: usize,
     pub variant: ModelVariant,
+    /// The CPU kind it runs on (the int8 kernel family), detected once at load: with `variant`
+    /// it picks the router's early-exit gate (`router.confidence_by_cpu`).
+    pub cpu_kind: Int8Kernels,
     pub vocab_size: usize,
     pub model_dir: PathBuf,
 }
@@ -248,6 +251,7 @@ impl Engine {
             architecture: manifest.architecture,
             context_length: manifest.context_length,
             variant,
+            cpu_kind: Int8Kernels::detect(),
             vocab_size: manifest.vocab_size,
             model_dir: dir.clone(),
         };
@@ -288,7 +292,7 @@ impl Engine {
             variant = %info.variant,
             chosen = %resolved.reason,
             cpu = cpu.as_str(),
-            int8_kernels = crate::cpu::Int8Kernels::detect().as_str(),
+            int8_kernels = info.cpu_kind.as_str(),
             workers = config.workers,
             "engine loaded"
         );

@@ -505,7 +505,7 @@ fn log_profile(profile: &EffectiveProfile, config: &Config, engine: &Engine) {
     );
     // Which calibrated gate the loaded graph gets on this CPU (a reload may change the graph;
     // the explain JSON always shows the current one).
-    let cpu = tiergate_engine::Int8Kernels::detect().as_str();
+    let cpu = model.cpu_kind.as_str();
     let gate = config
         .router
         .confidence_for(Some(model.variant.as_str()), Some(cpu));

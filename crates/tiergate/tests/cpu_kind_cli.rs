@@ -101,21 +101,21 @@ fn answers_record_the_graph_and_cpu_kind_they_came_from() {
     let data = dir.path().join("prompts.jsonl");
     std::fs::write(&data, some.join("\n")).unwrap();
     let answers = dir.path().join("answers.jsonl");
-    let report = tiergate(&[
-        "eval",
-        "confidence",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "models/edge",
-        "--variant",
-        "fp32",
-        "--max-tokens",
-        "8",
-        "--out",
-        answers.to_str().unwrap(),
-        "--json",
-    ]);
+    // The bundled edge model's fp32 graph answers the prompts, up to 8 tokens each.
+    let answer = |more: &[&str]| {
+        let mut args = vec!["eval", "confidence", "--data", data.to_str().unwrap()];
+        args.extend([
+            "--model",
+            "models/edge",
+            "--variant",
+            "fp32",
+            "--max-tokens",
+            "8",
+        ]);
+        args.extend(more);
+        tiergate(&args)
+    };
+    let report = answer(&["--out", answers.to_str().unwrap(), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     let kind = String::from_utf8(tiergate(&["model", "cpu"]).stdout).unwrap();
     assert_eq!(report["answered_on"]["variant"], "fp32");
@@ -140,19 +140,7 @@ fn answers_record_the_graph_and_cpu_kind_they_came_from() {
     assert_eq!(again, report);
 
     // The human summary says it too.
-    let text = tiergate(&[
-        "eval",
-        "confidence",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "models/edge",
-        "--variant",
-        "fp32",
-        "--max-tokens",
-        "8",
-    ]);
-    let text = String::from_utf8(text.stdout).unwrap();
+    let text = String::from_utf8(answer(&[]).stdout).unwrap();
     assert!(
         text.contains(&format!(
             "answered by the fp32 graph on a {} CPU",

@@ -235,27 +235,21 @@ impl Config {
             path: format!("router.{}", err.field),
             message: err.problem,
         })?;
+        // A misspelt graph name or CPU kind would leave its gate unused without a word
+        // (`tiergate model cpu` prints this machine's kind).
+        let graph = |path: String, name: &str| {
+            name.parse::<tiergate_engine::ModelVariant>()
+                .map(drop)
+                .map_err(|message| invalid(&path, &message))
+        };
         for variant in self.router.confidence_by_variant.keys() {
-            // A misspelt graph name would leave its gate unused without a word.
-            variant
-                .parse::<tiergate_engine::ModelVariant>()
-                .map_err(|message| {
-                    invalid(&format!("router.confidence_by_variant.{variant}"), &message)
-                })?;
+            graph(format!("router.confidence_by_variant.{variant}"), variant)?;
         }
         for (cpu, gates) in &self.router.confidence_by_cpu {
-            // Likewise a misspelt CPU kind (`tiergate model cpu` prints this machine's).
             cpu.parse::<tiergate_engine::Int8Kernels>()
                 .map_err(|message| invalid(&format!("router.confidence_by_cpu.{cpu}"), &message))?;
             for variant in gates.keys() {
-                variant
-                    .parse::<tiergate_engine::ModelVariant>()
-                    .map_err(|message| {
-                        invalid(
-                            &format!("router.confidence_by_cpu.{cpu}.{variant}"),
-                            &message,
-                        )
-                    })?;
+                graph(format!("router.confidence_by_cpu.{cpu}.{variant}"), variant)?;
             }
         }
         self.budget

@@ -103,11 +103,13 @@ impl Node {
     /// from its own prefill.
     fn decision(&self, request: &NodeRequest) -> Decision {
         let upstreams = self.upstream_views(Instant::now());
+        // The gate calibrated on the graph the engine runs now (a reload may change it) and the
+        // CPU kind it runs on.
+        let engine = self.parts.engine.current();
         let view = NodeView {
             local_tier: self.parts.tier,
-            // The gate calibrated on the graph the engine runs now (a reload may change it).
-            local_variant: Some(self.parts.engine.current().model().variant.as_str()),
-            local_cpu: Some(tiergate_engine::Int8Kernels::detect().as_str()),
+            local_variant: Some(engine.model().variant.as_str()),
+            local_cpu: Some(engine.model().cpu_kind.as_str()),
             upstreams,
         };
         let forwarding = tiergate_router::Forwarding {
