@@ -279,6 +279,9 @@ def main():
     parser.add_argument("--spin-us", type=int, default=20,
                         help="how long an idle intra-op thread spins, in microseconds, for both "
                              "(the engine's default is 20; 0: ONNX Runtime's own)")
+    parser.add_argument("--join-prompt", type=int, default=1000,
+                        help="tokens of the prompt that joins three decoding streams in the batching "
+                             "bench's stall measurement (0 skips it)")
     parser.add_argument("--streams", default="1,2,4,8",
                         help="concurrent streams of the batching bench ('' skips it)")
     parser.add_argument("--batch-threads", type=int, default=1,
@@ -387,27 +390,41 @@ def batching(args, variant, streams):
     try:
         result = run_cargo_bench("batching", [
             "--model", str(args.model), "--variant", variant, "--threads", str(args.batch_threads),
-            "--streams", ",".join(map(str, streams)), "--max-new-tokens", str(args.max_new_tokens)])
+            "--streams", ",".join(map(str, streams)), "--max-new-tokens", str(args.max_new_tokens)]
+            + (["--join-prompt", str(args.join_prompt)] if args.join_prompt else []))
     except subprocess.CalledProcessError as error:
         print(f"batching bench failed: {error}")
         return
     print(f"batching ({variant}, one worker, {result['threads']} intra-op threads, up to "
           f"{args.max_new_tokens} greedy tokens per stream, load average {load_average()}):")
-    # Prefills run one prompt after the other on the worker: their share of the wall time, and the
-    # aggregate over the rest (what the shared decode steps alone deliver).
-    print(f"{'streams':>7}  {'decoding':<14}{'aggregate tok/s':>16}{'per stream tok/s':>18}"
+    # Where the prefills never overlap a decode step (one stream, whole prompts first, batching off):
+    # their share of the wall time, and the aggregate over the rest (what the decode steps alone
+    # deliver). With a prefill budget per step they interleave with the steps: '-'.
+    print(f"{'streams':>7}  {'decoding':<22}{'aggregate tok/s':>16}{'per stream tok/s':>18}"
           f"{'vs 1 stream':>13}{'prefills':>10}{'decode-only tok/s':>19}{'vs 1 stream':>13}")
     base = decode_base = None
     for row in result["rows"]:
         base = base or row["aggregate_tokens_per_second"]
         decode_base = decode_base or row["decode_aggregate_tokens_per_second"]
-        mode = "batched" if row["batched"] else "one at a time"
-        print(f"{row['streams']:>7}  {mode:<14}{row['aggregate_tokens_per_second']:>16.1f}"
+        if not row["batched"]:
+            mode = "one at a time"
+        elif row["prefill_per_step"] == 0:
+            mode = "batched, whole first"
+        else:
+            mode = f"batched, {row['prefill_per_step']}/step"
+        share, decode = row["prefill_share"], row["decode_aggregate_tokens_per_second"]
+        print(f"{row['streams']:>7}  {mode:<22}{row['aggregate_tokens_per_second']:>16.1f}"
               f"{row['per_stream_tokens_per_second']:>18.1f}"
               f"{row['aggregate_tokens_per_second'] / base:>12.2f}x"
-              f"{100 * row['prefill_seconds'] / row['seconds']:>9.0f}%"
-              f"{row['decode_aggregate_tokens_per_second']:>19.1f}"
-              f"{row['decode_aggregate_tokens_per_second'] / decode_base:>12.2f}x")
+              + (f"{100 * share:>9.0f}%" if share is not None else f"{'-':>10}")
+              + (f"{decode:>19.1f}{decode / decode_base:>12.2f}x"
+                 if decode is not None and decode_base else f"{'-':>19}{'-':>13}"))
+    for stall in result.get("join_stall") or []:
+        print(f"a {stall['prompt_tokens']}-token prompt joins 3 decoding streams, {stall['mode']}: "
+              f"longest gap between a running stream's tokens {stall['longest_gap_ms']:.0f} ms "
+              f"(usual {stall['usual_gap_ms']:.0f} ms), its first token after "
+              f"{stall['time_to_first_token_ms']:.0f} ms")
+
 
 if __name__ == "__main__":
     main()

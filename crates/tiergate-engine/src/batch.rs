@@ -5,11 +5,18 @@
 //! `Backend::decode_batch` for all members; a member that finishes (or whose caller went away)
 //! leaves at once and its rows are dropped from the cache. Sampling, stop sequences and limits
 //! are each member's own `SequenceState`, exactly as when it runs alone.
+//!
+//! Prefills wait in line (`enqueue`) and run between decode steps within a budget of prompt
+//! positions per step (`prefill_round`): a long prompt is prefilled a piece at a time, and the
+//! members keep streaming in between instead of stalling for the whole prompt.
+
+use std::collections::VecDeque;
 
 use crate::backend::Backend;
 use crate::error::EngineError;
 use crate::generate::{
-    EventSink, GenerationJob, Outcome, SequenceState, Started, Step, start_generation,
+    Advanced, EventSink, GenerationJob, Outcome, Prefilling, SequenceState, Started, Step,
+    begin_generation,
 };
 use crate::tokenizer::TextCodec;
 
@@ -23,7 +30,14 @@ struct Member<S> {
     next: u32,
 }
 
-/// The active generations of one worker and their KV caches.
+/// A generation waiting for (the rest of) its prefill.
+struct Joining<C, S> {
+    job: GenerationJob,
+    sink: S,
+    prefill: Prefilling<C>,
+}
+
+/// The active generations of one worker and their KV caches, and the ones in line to join.
 ///
 /// With fewer than `shared_from` members each keeps its own one-row cache and steps alone (on
 /// some graphs a multi-row step costs several one-row steps: the int4 graph's `MatMulNBits`
@@ -31,6 +45,7 @@ struct Member<S> {
 /// one cache (one row each, in order) and one session run per step.
 pub(crate) struct Batch<B: Backend, S> {
     members: Vec<Member<S>>,
+    joining: VecDeque<Joining<B::Cache, S>>,
     cache: Option<B::Cache>,
     solo: Vec<B::Cache>,
     shared_from: usize,
@@ -40,39 +55,106 @@ impl<B: Backend, S: EventSink> Batch<B, S> {
     pub(crate) fn new(shared_from: usize) -> Self {
         Batch {
             members: Vec::new(),
+            joining: VecDeque::new(),
             cache: None,
             solo: Vec::new(),
             shared_from: shared_from.max(1),
         }
     }
 
+    /// Members and generations in line to join: what counts against `max_batch`.
     pub(crate) fn len(&self) -> usize {
-        self.members.len()
+        self.members.len() + self.joining.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members.is_empty() && self.joining.is_empty()
     }
 
-    /// Prefills `job` and emits its first token. Returns the completion when it already ended
-    /// (one token, a cancelled caller, an error); otherwise it joins the batch.
-    pub(crate) fn admit(
+    /// Whether there is anything to decode.
+    pub(crate) fn has_members(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    /// Puts `job` in line for its prefill. Returns its completion when it ends at once (its
+    /// caller left, its deadline passed, no cache).
+    pub(crate) fn enqueue(
+        &mut self,
+        backend: &B,
+        job: GenerationJob,
+        mut sink: S,
+    ) -> Option<Completion<S>> {
+        match begin_generation(backend, &job, &mut sink) {
+            Ok(Advanced::Prefilling(prefill)) => {
+                self.joining.push_back(Joining { job, sink, prefill });
+                None
+            }
+            Ok(Advanced::Started(started)) => Some(ended(sink, started)),
+            Err(error) => Some((sink, Err(error))),
+        }
+    }
+
+    /// Prefills generations in line, oldest first, until `budget` prompt positions ran (0: all
+    /// of them, whole); each one finished takes its first token and joins. The first piece always
+    /// runs, so a budget smaller than a chunk still makes progress; a long prompt runs in pieces
+    /// of at most the budget. A generation whose caller left while it waited leaves the line here.
+    pub(crate) fn prefill_round(
         &mut self,
         backend: &mut B,
         codec: &TextCodec,
-        job: &GenerationJob,
+        budget: usize,
+    ) -> Vec<Completion<S>> {
+        let mut done = Vec::new();
+        let mut waiting = VecDeque::with_capacity(self.joining.len());
+        for mut joining in self.joining.drain(..) {
+            match joining.prefill.abandoned(&joining.job, &mut joining.sink) {
+                None => waiting.push_back(joining),
+                Some(end) => done.push(ended(joining.sink, end)),
+            }
+        }
+        self.joining = waiting;
+        let mut spent = 0;
+        while let Some(front) = self.joining.front() {
+            let piece = front.prefill.next_piece(backend, &front.job, budget);
+            if spent > 0 && budget > 0 && spent + piece > budget {
+                break;
+            }
+            let Some(Joining {
+                job,
+                mut sink,
+                prefill,
+            }) = self.joining.pop_front()
+            else {
+                break;
+            };
+            spent += piece;
+            match prefill.advance(backend, &job, &mut sink, piece) {
+                Ok(Advanced::Prefilling(prefill)) => {
+                    self.joining.push_front(Joining { job, sink, prefill })
+                }
+                Ok(Advanced::Started(Started::Running {
+                    state,
+                    logits,
+                    cache,
+                })) => done.extend(self.join(backend, codec, state, &logits, cache, sink)),
+                Ok(Advanced::Started(Started::Done(outcome))) => done.push((sink, Ok(outcome))),
+                Err(error) => done.push((sink, Err(error))),
+            }
+        }
+        done
+    }
+
+    /// Takes a prefilled generation's first token and adds it to the members.
+    fn join(
+        &mut self,
+        backend: &mut B,
+        codec: &TextCodec,
+        mut state: Box<SequenceState>,
+        logits: &[f32],
+        cache: B::Cache,
         mut sink: S,
     ) -> Option<Completion<S>> {
-        let (mut state, logits, cache) = match start_generation(backend, job, &mut sink) {
-            Ok(Started::Running {
-                state,
-                logits,
-                cache,
-            }) => (state, logits, cache),
-            Ok(Started::Done(outcome)) => return Some((sink, Ok(outcome))),
-            Err(error) => return Some((sink, Err(error))),
-        };
-        let next = match state.accept(codec, &logits, &mut sink) {
+        let next = match state.accept(codec, logits, &mut sink) {
             Ok(Step::Next(id)) => id,
             Ok(Step::Done(outcome)) => return Some((sink, Ok(outcome))),
             Err(error) => return Some((sink, Err(error))),
@@ -205,7 +287,8 @@ impl<B: Backend, S: EventSink> Batch<B, S> {
         done
     }
 
-    /// Ends every member with `error` (a failed step leaves the shared cache unusable).
+    /// Ends every member with `error` (a failed step leaves the shared cache unusable); the
+    /// generations in line keep their own caches and stay.
     fn fail_all(&mut self, error: &EngineError) -> Vec<Completion<S>> {
         self.cache = None;
         self.solo.clear();
@@ -217,6 +300,19 @@ impl<B: Backend, S: EventSink> Batch<B, S> {
             })
             .collect()
     }
+}
+
+/// A generation that ended before joining (a running one here would be a bug: a generation
+/// starts running only after a piece of prefill).
+fn ended<C, S>(sink: S, end: Started<C>) -> Completion<S> {
+    match end {
+        Started::Done(outcome) => (sink, Ok(outcome)),
+        Started::Running { .. } => (sink, Err(unexpected_start())),
+    }
+}
+
+fn unexpected_start() -> EngineError {
+    EngineError::Runtime("a generation started without its prefill".into())
 }
 
 #[cfg(test)]

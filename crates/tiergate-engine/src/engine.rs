@@ -20,7 +20,7 @@ use crate::runtime;
 use crate::session::{GraphOptimization, SessionOptions};
 use crate::tokenizer::TextCodec;
 use crate::variant::{VariantChoice, resolve_variant};
-use crate::worker::{EngineStats, Job, PoolSpec, WorkerPool};
+use crate::worker::{BatchSizes, EngineStats, Job, PoolSpec, WorkerPool};
 
 /// How to load and run the local model. Sits in the node's TOML config as is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -73,6 +73,13 @@ pub struct EngineConfig {
     /// (continuous batching: a new request joins after its prefill, a finished one leaves at
     /// once). 1 runs every generation alone, one after the other.
     pub max_batch: usize,
+    /// With `max_batch` > 1: prompt positions a worker prefills between two decode steps of its
+    /// running generations. A new prompt runs a piece at a time (several short ones share a
+    /// step's budget), so the streams already running get a token between pieces instead of
+    /// waiting for the whole prompt (a 1,000-token prompt is seconds on an edge CPU). 0 prefills
+    /// every waiting prompt whole before the next step: a little more throughput when all
+    /// requests arrive at once, and the stalls back.
+    pub prefill_per_step: usize,
     /// Caps the model's context (the manifest's `context_length`): prompts of this many tokens
     /// or more are refused and generation stops at it. Unset: the manifest's.
     pub context_length: Option<usize>,
@@ -115,6 +122,7 @@ impl Default for EngineConfig {
             optimized_model_cache: None,
             queue_capacity: 16,
             max_batch: 1,
+            prefill_per_step: 128,
             context_length: None,
             trim_heap_after_load: true,
             trim_heap_when_idle: true,
@@ -277,8 +285,11 @@ impl Engine {
             },
             workers: config.workers,
             queue_capacity: config.queue_capacity,
-            max_batch: config.max_batch,
-            shared_batch_from: shared_batch_from(variant, cpu),
+            batch: BatchSizes {
+                max_batch: config.max_batch,
+                shared_from: shared_batch_from(variant, cpu),
+                prefill_per_step: config.prefill_per_step,
+            },
             trim_heap_when_idle: config.trim_heap_when_idle,
         })?;
         record(&mut load_memory, "sessions created");

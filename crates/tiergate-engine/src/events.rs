@@ -96,8 +96,11 @@ pub struct TokenLogprobs {
 /// prefill + decode is the engine's own overhead (tensors, sampling, detokenization).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {
-    /// From submission until a worker picked the request up.
+    /// From submission until a worker began its prefill (with `max_batch` > 1, including the
+    /// wait behind other prompts in the worker's line).
     pub queue: Duration,
+    /// From the prefill's first run to the first token (with `max_batch` > 1 and a long prompt,
+    /// including the decode steps run between its pieces).
     pub prefill: Duration,
     pub decode: Duration,
     pub session_run: Duration,

@@ -10,13 +10,17 @@ use crate::events::{
     FinishReason, GenerationEvent, GenerationSummary, PromptScore, Timings, TokenEvent,
     TokenLogprob, TokenLogprobs,
 };
-use crate::prefill::{prefill, prefill_all};
+use crate::prefill::prefill_all;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, TextCodec};
 
+mod start;
+
+pub(crate) use start::{Advanced, Prefilling, Started, begin_generation, start_generation};
+
 /// A tokenized, validated generation request as a worker receives it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct GenerationJob {
     pub prompt_ids: Vec<u32>,
     pub sampling: SamplingParams,
@@ -69,92 +73,6 @@ pub(crate) struct SequenceState {
     best: Vec<(u32, f32)>,
     pub(crate) timings: Timings,
     decode_started: Instant,
-}
-
-/// After the prefill: the sequence and the logits of its first answer token, or its end.
-pub(crate) enum Started<C> {
-    Running {
-        state: Box<SequenceState>,
-        logits: Vec<f32>,
-        cache: C,
-    },
-    Done(Outcome),
-}
-
-/// The deadline passed before the first token: `Started` without a score, then the end.
-fn out_of_time<C>(sink: &mut dyn EventSink, prompt_tokens: usize, timings: Timings) -> Started<C> {
-    let started = GenerationEvent::Started {
-        prompt_tokens,
-        prompt_score: None,
-    };
-    if !sink.emit(started) {
-        return Started::Done(Outcome::Cancelled);
-    }
-    Started::Done(Outcome::Finished(GenerationSummary {
-        finish_reason: FinishReason::Deadline,
-        completion_tokens: 0,
-        timings,
-    }))
-}
-
-/// Prefills `job`'s prompt (one row), emits `Started` with the prompt's NLL.
-pub(crate) fn start_generation<B: Backend>(
-    backend: &mut B,
-    job: &GenerationJob,
-    sink: &mut dyn EventSink,
-) -> Result<Started<B::Cache>, EngineError> {
-    let prompt_tokens = job.prompt_ids.len();
-    let mut timings = Timings {
-        queue: job.queue_time,
-        ..Timings::default()
-    };
-    if sink.is_closed() {
-        return Ok(Started::Done(Outcome::Cancelled));
-    }
-    if deadline_passed(job.deadline) {
-        return Ok(out_of_time(sink, prompt_tokens, timings));
-    }
-
-    let prefill_started = Instant::now();
-    let mut cache = backend.empty_cache()?;
-    let mut keep_going = || !sink.is_closed() && !deadline_passed(job.deadline);
-    let Some(prefilled) = prefill(backend, &job.prompt_ids, &mut cache, true, &mut keep_going)?
-    else {
-        timings.prefill = prefill_started.elapsed();
-        if sink.is_closed() {
-            return Ok(Started::Done(Outcome::Cancelled));
-        }
-        return Ok(out_of_time(sink, prompt_tokens, timings));
-    };
-    timings.session_run += prefilled.run_time;
-    let prompt_score = prefilled.mean_nll;
-    let logits = prefilled.last;
-    timings.prefill = prefill_started.elapsed();
-    if !sink.emit(GenerationEvent::Started {
-        prompt_tokens,
-        prompt_score,
-    }) {
-        return Ok(Started::Done(Outcome::Cancelled));
-    }
-    let state = SequenceState {
-        prompt_tokens,
-        max_new_tokens: job.sampling.max_new_tokens,
-        deadline: job.deadline,
-        context: backend.context_length(),
-        sampler: Sampler::new(&job.sampling),
-        decoder: IncrementalDecoder::default(),
-        stops: StopMatcher::new(&job.sampling.stop),
-        generated: 0,
-        logprobs: job.sampling.logprobs,
-        best: Vec::new(),
-        timings,
-        decode_started: Instant::now(),
-    };
-    Ok(Started::Running {
-        state: Box::new(state),
-        logits,
-        cache,
-    })
 }
 
 impl SequenceState {
@@ -440,9 +358,9 @@ mod tests {
         let started = start_generation(&mut session, &job(&ids), &mut sink).unwrap();
         assert!(matches!(started, Started::Done(Outcome::Cancelled)));
         // Stopped inside the prefill: no `Started` (it follows a whole prefill), and nobody
-        // was asked again after the answer was "closed" (one more to tell cancel from deadline).
+        // was asked again after the answer was "closed".
         assert!(sink.events.is_empty(), "{:?}", sink.events);
-        assert_eq!(sink.asked.get(), 5);
+        assert_eq!(sink.asked.get(), 4);
     }
 
     #[test]

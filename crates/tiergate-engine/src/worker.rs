@@ -117,10 +117,9 @@ pub(crate) struct PoolSpec {
     pub options: SessionOptions,
     pub workers: usize,
     pub queue_capacity: usize,
-    /// Generations one worker decodes together (one session run per step); 1 runs each alone.
-    pub max_batch: usize,
-    /// Fewer active generations than this step one by one (see `Batch`).
-    pub shared_batch_from: usize,
+    /// Generations one worker decodes together (one session run per step, `batch.max_batch`
+    /// 1 runs each alone), and how it fills its batch.
+    pub batch: BatchSizes,
     /// A worker that falls idle gives the heap's free memory back (`wait_for_job`).
     pub trim_heap_when_idle: bool,
 }
@@ -228,9 +227,15 @@ fn spawn_worker(
             };
             drop(ready_tx);
             let idle = IdleTrim::new(spec.trim_heap_when_idle);
-            if spec.max_batch > 1 {
-                let sizes = (spec.max_batch, spec.shared_batch_from);
-                batching_loop(&mut session, &spec.codec, &receiver, &stats, sizes, idle);
+            if spec.batch.max_batch > 1 {
+                batching_loop(
+                    &mut session,
+                    &spec.codec,
+                    &receiver,
+                    &stats,
+                    spec.batch,
+                    idle,
+                );
             } else {
                 worker_loop(&mut session, &spec.codec, &receiver, &stats, idle);
             }
@@ -389,19 +394,20 @@ fn run_prefill_job(session: &mut ModelSession, job: Job, stats: &StatsCell) {
 }
 
 /// A worker that decodes its active generations together: it takes queued jobs while it has
-/// room (waiting only when idle), prefills each new one, then runs one batched decode step.
+/// room (waiting only when idle), prefills what is in line within `sizes.prefill_per_step`
+/// prompt positions, then runs one batched decode step.
 fn batching_loop(
     session: &mut ModelSession,
     codec: &TextCodec,
     receiver: &Mutex<Receiver<Envelope>>,
     stats: &StatsCell,
-    (max_batch, shared_from): (usize, usize),
+    sizes: BatchSizes,
     mut idle: IdleTrim,
 ) {
-    let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(shared_from);
+    let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(sizes.shared_from);
     let mut open = true;
     while open || !batch.is_empty() {
-        while open && batch.len() < max_batch {
+        while open && batch.len() < sizes.max_batch {
             let next = if batch.is_empty() {
                 wait_for_job(receiver, &mut idle, stats)
             } else {
@@ -433,14 +439,13 @@ fn batching_loop(
             let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
                 Job::Generate { mut job, events } => {
                     job.queue_time = queue_time;
-                    let _span = tracing::debug_span!(
-                        "engine.generate",
+                    tracing::debug!(
                         prompt_tokens = job.prompt_ids.len(),
                         max_new_tokens = job.sampling.max_new_tokens,
-                        batch = batch.len() + 1
-                    )
-                    .entered();
-                    if let Some(done) = batch.admit(session, codec, &job, ChannelSink(events)) {
+                        batch = batch.len() + 1,
+                        "engine.generate joins the batch's line"
+                    );
+                    if let Some(done) = batch.enqueue(session, job, ChannelSink(events)) {
                         complete(done, stats);
                     }
                 }
@@ -454,18 +459,39 @@ fn batching_loop(
         if batch.is_empty() {
             continue;
         }
-        let step = std::panic::catch_unwind(AssertUnwindSafe(|| batch.step(session, codec)));
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut done = batch.prefill_round(session, codec, sizes.prefill_per_step);
+            if batch.has_members() {
+                done.extend(batch.step(session, codec));
+            }
+            done
+        }));
         match step {
             Ok(done) => done.into_iter().for_each(|done| complete(done, stats)),
             Err(_) => {
                 // The members' channels close with the batch: their callers see an error.
                 let lost = batch.len() as u64;
                 stats.failed.fetch_add(lost, Ordering::Relaxed);
-                batch = Batch::new(shared_from);
-                tracing::error!(lost, "batched decode step panicked; the worker continues");
+                batch = Batch::new(sizes.shared_from);
+                tracing::error!(
+                    lost,
+                    "batched prefill or decode step panicked; the worker continues"
+                );
             }
         }
     }
+}
+
+/// How a batching worker fills its batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchSizes {
+    /// Generations decoded together, members and the ones in line.
+    pub max_batch: usize,
+    /// Fewer members than this step one by one (see `Batch`).
+    pub shared_from: usize,
+    /// Prompt positions prefilled between two decode steps; 0 prefills every waiting prompt
+    /// whole first.
+    pub prefill_per_step: usize,
 }
 
 struct ChannelSink(EventSender);

@@ -237,3 +237,88 @@ async fn a_shared_kv_buffer_answers_as_the_concat_mode_on_the_real_model() {
         "past the first regrowth"
     );
 }
+
+/// A short request and a long prompt submitted together to one worker: the tokens the short
+/// one streams before the long prompt's `Started` event (its prefill done), with
+/// `prefill_per_step` positions prefilled between two decode steps; and the long prompt's answer.
+/// A third long prompt goes first and keeps the worker busy while the two are queued, so they
+/// are in line together whatever the test thread's timing.
+async fn streamed_during_a_long_prefill(prefill_per_step: usize) -> (usize, Vec<u32>) {
+    use futures::StreamExt;
+    use tiergate_engine::GenerationEvent;
+
+    let engine = Engine::load(&EngineConfig {
+        max_batch: 3,
+        prefill_chunk: 16,
+        prefill_per_step,
+        ..common::config("edge")
+    })
+    .unwrap();
+    // Sampled with a fixed seed: one of the edge model's longer answers (19 tokens).
+    let running = GenerationRequest::new(
+        Prompt::user("Tell me a story."),
+        SamplingParams {
+            temperature: 1.0,
+            seed: Some(32),
+            ..SamplingParams::greedy(60)
+        },
+    );
+    let long_prompt = Prompt::user("the lights in the kitchen are on. ".repeat(22));
+    let prompt_tokens = engine.tokenize(&long_prompt).unwrap().len();
+    assert!((180..240).contains(&prompt_tokens), "{prompt_tokens}");
+    let long = |max_new_tokens| {
+        GenerationRequest::new(long_prompt.clone(), SamplingParams::greedy(max_new_tokens))
+    };
+    let _first = engine.generate_stream(long(1)).unwrap();
+    let mut running = engine.generate_stream(running).unwrap();
+    let mut long = engine.generate_stream(long(4)).unwrap();
+    let mut streamed = 0;
+    let mut running_ended = false;
+    loop {
+        // The long prompt's events first: a running token counted here was sent before the
+        // long prompt started, whatever the order the two channels are read in.
+        tokio::select! {
+            biased;
+            event = long.next() => match event.unwrap().unwrap() {
+                GenerationEvent::Started { .. } => break,
+                other => panic!("the long prompt's first event: {other:?}"),
+            },
+            event = running.next(), if !running_ended => match event.unwrap().unwrap() {
+                GenerationEvent::Token(_) => streamed += 1,
+                GenerationEvent::Finished(_) => running_ended = true,
+                GenerationEvent::Started { .. } => {}
+            },
+        }
+    }
+    let mut answer = Vec::new();
+    while let Some(event) = long.next().await {
+        match event.unwrap() {
+            GenerationEvent::Token(token) => answer.push(token.id),
+            GenerationEvent::Finished(_) => break,
+            GenerationEvent::Started { .. } => panic!("started twice"),
+        }
+    }
+    (streamed, answer)
+}
+
+/// Chunked prefill between decode steps (`prefill_per_step`): a running stream keeps getting
+/// tokens while a ~200-token prompt joins its worker, instead of waiting for the whole prefill;
+/// the long prompt's answer is the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_stream_keeps_streaming_while_a_long_prompt_is_prefilled() {
+    let (interleaved, answer) = streamed_during_a_long_prefill(16).await;
+    let (whole_first, same_answer) = streamed_during_a_long_prefill(0).await;
+    // The short prompt joins first; then ~13 pieces of 16, a decode step after each (the short
+    // answer is 19 tokens). Whole first: both prefilled before the next step, so only the short
+    // one's first token (from its own prefill) comes before, and a step or a few more if the
+    // worker took the short one before the long one was queued.
+    assert!(
+        interleaved >= 8,
+        "{interleaved} tokens while the prompt was prefilled"
+    );
+    assert!(
+        whole_first <= 4,
+        "{whole_first} tokens with the whole prompt first"
+    );
+    assert_eq!(answer, same_answer);
+}

@@ -3,7 +3,9 @@
 //! gets alone, whatever joins or leaves the batch around it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::cell::Cell;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -19,6 +21,10 @@ struct FakeBackend {
     eos: u32,
     largest_batch: usize,
     steps: usize,
+    /// Prompt positions per prefill run (0: whole prompts).
+    chunk: usize,
+    /// Positions of every prefill run, in order.
+    prefill_runs: Vec<usize>,
 }
 
 impl FakeBackend {
@@ -50,12 +56,17 @@ impl Backend for FakeBackend {
         Ok(vec![Vec::new()])
     }
 
+    fn prefill_chunk(&self) -> usize {
+        self.chunk
+    }
+
     fn forward(
         &mut self,
         ids: &[u32],
         cache: &mut Self::Cache,
         all_rows: bool,
     ) -> Result<(Logits, Duration), EngineError> {
+        self.prefill_runs.push(ids.len());
         let mut data = Vec::new();
         for &id in ids {
             cache[0].push(id);
@@ -115,6 +126,8 @@ struct VecSink {
     events: Vec<GenerationEvent>,
     /// Closes (like a dropped stream) after this many tokens.
     close_after: Option<usize>,
+    /// Closes when set (a caller that leaves while its request waits).
+    left: Rc<Cell<bool>>,
 }
 
 impl VecSink {
@@ -139,8 +152,10 @@ impl EventSink for VecSink {
     }
 
     fn is_closed(&self) -> bool {
-        self.close_after
-            .is_some_and(|limit| self.tokens().len() >= limit)
+        self.left.get()
+            || self
+                .close_after
+                .is_some_and(|limit| self.tokens().len() >= limit)
     }
 }
 
@@ -153,8 +168,26 @@ fn setup() -> (FakeBackend, TextCodec) {
         eos: codec.eos_id(),
         largest_batch: 0,
         steps: 0,
+        chunk: 0,
+        prefill_runs: Vec::new(),
     };
     (backend, codec)
+}
+
+/// Puts `job` in line and prefills everything in line whole: a new generation joins at once.
+fn admit<S: EventSink>(
+    batch: &mut Batch<FakeBackend, S>,
+    backend: &mut FakeBackend,
+    codec: &TextCodec,
+    job: &GenerationJob,
+    sink: S,
+) -> Vec<Completion<S>> {
+    let mut done: Vec<_> = batch
+        .enqueue(backend, job.clone(), sink)
+        .into_iter()
+        .collect();
+    done.extend(batch.prefill_round(backend, codec, 0));
+    done
 }
 
 fn job(seed: u32, max_new_tokens: usize) -> GenerationJob {
@@ -209,12 +242,7 @@ fn joins_and_leaves(shared_from: usize) {
             && let Some((index, job)) = pending.next()
         {
             let sink = (index, VecSink::default());
-            record(
-                batch
-                    .admit(&mut backend, &codec, job, sink)
-                    .into_iter()
-                    .collect(),
-            );
+            record(admit(&mut batch, &mut backend, &codec, job, sink));
         }
         if batch.is_empty() && step > 2 * jobs.len() {
             break;
@@ -244,12 +272,8 @@ fn a_closed_stream_leaves_the_batch_and_the_others_go_on() {
         close_after: Some(2),
         ..VecSink::default()
     };
-    assert!(batch.admit(&mut backend, &codec, &long, closing).is_none());
-    assert!(
-        batch
-            .admit(&mut backend, &codec, &long, VecSink::default())
-            .is_none()
-    );
+    assert!(admit(&mut batch, &mut backend, &codec, &long, closing).is_empty());
+    assert!(admit(&mut batch, &mut backend, &codec, &long, VecSink::default()).is_empty());
     let mut outcomes = Vec::new();
     while !batch.is_empty() {
         outcomes.extend(batch.step(&mut backend, &codec));
@@ -269,11 +293,194 @@ fn a_passed_deadline_never_joins() {
     let mut late = job(1, 10);
     late.deadline = Some(Instant::now());
     let mut batch: Batch<FakeBackend, VecSink> = Batch::new(1);
-    let (_, outcome) = batch
-        .admit(&mut backend, &codec, &late, VecSink::default())
+    let (_, outcome) = admit(&mut batch, &mut backend, &codec, &late, VecSink::default())
+        .pop()
         .unwrap();
     assert!(matches!(outcome.unwrap(), Outcome::Finished(_)));
     assert!(batch.is_empty());
+}
+
+/// A prompt of `len` positions and a short greedy answer.
+fn prompt_of(len: u32) -> GenerationJob {
+    GenerationJob {
+        prompt_ids: (0..len).map(|i| (i * 13 + 7) % 200).collect(),
+        ..job(0, 8)
+    }
+}
+
+/// A job whose answer runs at least `tokens` long on the fake backend.
+fn long_answer(backend: &mut FakeBackend, codec: &TextCodec, tokens: usize) -> GenerationJob {
+    (0..200)
+        .map(|seed| job(seed, 60))
+        .find(|job| {
+            let mut sink = VecSink::default();
+            run_generation(backend, codec, job, &mut sink).unwrap();
+            sink.tokens().len() >= tokens
+        })
+        .expect("a seed with a long answer")
+}
+
+/// A member already streaming, then a 40-position prompt put in line, prefilled in chunks of
+/// 16 within `budget` positions per step. Returns the member's tokens while the prompt waited
+/// and the prompt's prefill runs; both answers must be what each gets alone.
+fn stream_during_a_long_prefill(budget: usize) -> (usize, Vec<usize>) {
+    let (mut backend, codec) = setup();
+    backend.chunk = 16;
+    let streaming = long_answer(&mut backend, &codec, 20);
+    let long = prompt_of(40);
+    let alone = |backend: &mut FakeBackend, job: &GenerationJob| {
+        let mut sink = VecSink::default();
+        run_generation(backend, &codec, job, &mut sink).unwrap();
+        sink.tokens()
+    };
+    let (streaming_alone, long_alone) =
+        (alone(&mut backend, &streaming), alone(&mut backend, &long));
+
+    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
+    let first = admit(
+        &mut batch,
+        &mut backend,
+        &codec,
+        &streaming,
+        (0, VecSink::default()),
+    );
+    assert!(first.is_empty());
+    assert!(batch.step(&mut backend, &codec).is_empty());
+    backend.prefill_runs.clear();
+    assert!(
+        batch
+            .enqueue(&backend, long, (1, VecSink::default()))
+            .is_none()
+    );
+    let mut finished: Vec<Option<Vec<u32>>> = vec![None, None];
+    let mut streamed_while_waiting = 0;
+    while !batch.is_empty() {
+        let waiting = !batch.joining.is_empty();
+        let before = batch.members[0].sink.1.tokens().len();
+        let mut done = batch.prefill_round(&mut backend, &codec, budget);
+        if batch.has_members() {
+            done.extend(batch.step(&mut backend, &codec));
+        }
+        if waiting && !batch.joining.is_empty() {
+            streamed_while_waiting += batch.members[0].sink.1.tokens().len() - before;
+        }
+        for ((index, sink), outcome) in done {
+            assert!(matches!(outcome.unwrap(), Outcome::Finished(_)));
+            finished[index] = Some(sink.tokens());
+        }
+    }
+    assert_eq!(
+        finished[0].as_ref(),
+        Some(&streaming_alone),
+        "budget {budget}"
+    );
+    assert_eq!(finished[1].as_ref(), Some(&long_alone), "budget {budget}");
+    (streamed_while_waiting, backend.prefill_runs)
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_between_the_decode_steps_of_running_streams() {
+    // A budget of 8 positions per step: the prompt runs in five pieces of 8, the member takes a
+    // token after each of the first four (the fifth step has the new generation in it too).
+    assert_eq!(stream_during_a_long_prefill(8), (4, vec![8; 5]));
+    // A budget of a chunk: pieces of 16, 16 and 8, one per step.
+    assert_eq!(stream_during_a_long_prefill(16), (2, vec![16, 16, 8]));
+    // 0, or a budget above the prompt: the whole prompt first (in chunks), the member waits.
+    assert_eq!(stream_during_a_long_prefill(0), (0, vec![16, 16, 8]));
+    assert_eq!(stream_during_a_long_prefill(100), (0, vec![16, 16, 8]));
+}
+
+#[test]
+fn short_prompts_share_a_step_budget_and_the_oldest_goes_first() {
+    let (mut backend, codec) = setup();
+    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
+    // Prompts of 5, 6, 7 and 8 positions; 12 per step.
+    for seed in 0..4 {
+        let done = batch.enqueue(&backend, job(seed, 30), (seed as usize, VecSink::default()));
+        assert!(done.is_none());
+    }
+    let mut members_after_each_round = Vec::new();
+    while !batch.joining.is_empty() {
+        let done = batch.prefill_round(&mut backend, &codec, 12);
+        assert!(done.is_empty());
+        members_after_each_round.push(batch.members.len());
+    }
+    assert_eq!(backend.prefill_runs, vec![5, 6, 7, 8]);
+    // 5 + 6 fit in 12; 7 alone (7 + 8 would not); then 8.
+    assert_eq!(members_after_each_round, vec![2, 3, 4]);
+    let order: Vec<usize> = batch.members.iter().map(|m| m.sink.0).collect();
+    assert_eq!(order, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_caller_that_leaves_while_in_line_gives_its_place_back_before_its_prefill() {
+    let (mut backend, codec) = setup();
+    backend.chunk = 16;
+    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
+    let leaving = VecSink::default();
+    let left = Rc::clone(&leaving.left);
+    assert!(
+        batch
+            .enqueue(&backend, prompt_of(40), (0, VecSink::default()))
+            .is_none()
+    );
+    assert!(
+        batch
+            .enqueue(&backend, prompt_of(3), (1, leaving))
+            .is_none()
+    );
+    assert!(batch.prefill_round(&mut backend, &codec, 8).is_empty());
+    assert_eq!(batch.len(), 2);
+    left.set(true);
+    let done = batch.prefill_round(&mut backend, &codec, 8);
+    assert_eq!(done.len(), 1);
+    let ((index, sink), outcome) = &done[0];
+    assert_eq!(
+        (*index, outcome.as_ref().unwrap()),
+        (1, &Outcome::Cancelled)
+    );
+    assert!(sink.events.is_empty(), "it never started");
+    assert_eq!(batch.len(), 1);
+    // Only the long prompt ever ran.
+    assert_eq!(backend.prefill_runs, vec![8, 8]);
+}
+
+#[test]
+fn a_deadline_that_passes_in_line_ends_the_generation_without_its_prefill() {
+    let (mut backend, codec) = setup();
+    backend.chunk = 16;
+    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
+    let mut late = prompt_of(3);
+    late.deadline = Some(Instant::now() + Duration::from_millis(20));
+    assert!(
+        batch
+            .enqueue(&backend, prompt_of(40), (0, VecSink::default()))
+            .is_none()
+    );
+    assert!(
+        batch
+            .enqueue(&backend, late, (1, VecSink::default()))
+            .is_none()
+    );
+    assert!(batch.prefill_round(&mut backend, &codec, 8).is_empty());
+    std::thread::sleep(Duration::from_millis(30));
+    let done = batch.prefill_round(&mut backend, &codec, 8);
+    assert_eq!(done.len(), 1);
+    let ((index, sink), outcome) = &done[0];
+    assert_eq!(*index, 1);
+    let Outcome::Finished(summary) = outcome.as_ref().unwrap() else {
+        panic!("a finished generation: {outcome:?}");
+    };
+    assert_eq!(summary.finish_reason, crate::events::FinishReason::Deadline);
+    assert_eq!(summary.completion_tokens, 0);
+    assert!(matches!(
+        sink.events.as_slice(),
+        [GenerationEvent::Started {
+            prompt_score: None,
+            ..
+        }]
+    ));
+    assert_eq!(backend.prefill_runs, vec![8, 8]);
 }
 
 /// A sink that knows which job it belongs to.
