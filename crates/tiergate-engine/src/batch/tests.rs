@@ -412,25 +412,27 @@ fn short_prompts_share_a_step_budget_and_the_oldest_goes_first() {
     assert_eq!(order, vec![0, 1, 2, 3]);
 }
 
-#[test]
-fn a_caller_that_leaves_while_in_line_gives_its_place_back_before_its_prefill() {
+type Scheduler = (FakeBackend, TextCodec, Batch<FakeBackend, (usize, VecSink)>);
+
+/// A 40-position prompt (job 0) and then `job` (job 1) in line, and one round of 8 positions:
+/// the long prompt's first piece ran, `job` waits behind it.
+fn waiting_behind_a_long_prompt(job: GenerationJob, sink: VecSink) -> Scheduler {
     let (mut backend, codec) = setup();
     backend.chunk = 16;
     let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
-    let leaving = VecSink::default();
-    let left = Rc::clone(&leaving.left);
-    assert!(
-        batch
-            .enqueue(&backend, prompt_of(40), (0, VecSink::default()))
-            .is_none()
-    );
-    assert!(
-        batch
-            .enqueue(&backend, prompt_of(3), (1, leaving))
-            .is_none()
-    );
+    let long = batch.enqueue(&backend, prompt_of(40), (0, VecSink::default()));
+    assert!(long.is_none());
+    assert!(batch.enqueue(&backend, job, (1, sink)).is_none());
     assert!(batch.prefill_round(&mut backend, &codec, 8).is_empty());
     assert_eq!(batch.len(), 2);
+    (backend, codec, batch)
+}
+
+#[test]
+fn a_caller_that_leaves_while_in_line_gives_its_place_back_before_its_prefill() {
+    let leaving = VecSink::default();
+    let left = Rc::clone(&leaving.left);
+    let (mut backend, codec, mut batch) = waiting_behind_a_long_prompt(prompt_of(3), leaving);
     left.set(true);
     let done = batch.prefill_round(&mut backend, &codec, 8);
     assert_eq!(done.len(), 1);
@@ -447,23 +449,10 @@ fn a_caller_that_leaves_while_in_line_gives_its_place_back_before_its_prefill() 
 
 #[test]
 fn a_deadline_that_passes_in_line_ends_the_generation_without_its_prefill() {
-    let (mut backend, codec) = setup();
-    backend.chunk = 16;
-    let mut batch: Batch<FakeBackend, (usize, VecSink)> = Batch::new(1);
     let mut late = prompt_of(3);
-    late.deadline = Some(Instant::now() + Duration::from_millis(20));
-    assert!(
-        batch
-            .enqueue(&backend, prompt_of(40), (0, VecSink::default()))
-            .is_none()
-    );
-    assert!(
-        batch
-            .enqueue(&backend, late, (1, VecSink::default()))
-            .is_none()
-    );
-    assert!(batch.prefill_round(&mut backend, &codec, 8).is_empty());
-    std::thread::sleep(Duration::from_millis(30));
+    late.deadline = Some(Instant::now() + Duration::from_millis(200));
+    let (mut backend, codec, mut batch) = waiting_behind_a_long_prompt(late, VecSink::default());
+    std::thread::sleep(Duration::from_millis(250));
     let done = batch.prefill_round(&mut backend, &codec, 8);
     assert_eq!(done.len(), 1);
     let ((index, sink), outcome) = &done[0];
