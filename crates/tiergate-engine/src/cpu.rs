@@ -8,9 +8,9 @@ use std::str::FromStr;
 /// The CPU facts `auto` looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuKind {
-    /// x86-64 with AVX-512F: the int4 graph's one-row kernel is the fast one.
+    /// x86-64 with the AVX-512 core set: the int4 graph's one-row kernel is the fast one.
     X86Avx512,
-    /// x86-64 without AVX-512F (AVX2 machines): the int4 one-row kernel is 2-3x slower than fp32,
+    /// x86-64 without it (AVX2 machines): the int4 one-row kernel is 2-3x slower than fp32,
     /// int4-fast's int8 one 2-2.5x faster.
     X86WithoutAvx512,
     /// Anything else (aarch64 edge boards): not measured; int4, the smaller graph.
@@ -18,19 +18,16 @@ pub enum CpuKind {
 }
 
 impl CpuKind {
-    /// This machine's.
+    /// This machine's. AVX-512 means the AVX-512 core set MLAS dispatches its AVX-512 kernels
+    /// on (F, BW, DQ, CD, VL), as for [`Int8Kernels`]: a CPU with AVX-512F alone runs the AVX2
+    /// kernels and is told apart as one.
     pub fn detect() -> CpuKind {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                CpuKind::X86Avx512
-            } else {
+        match Int8Kernels::detect() {
+            Int8Kernels::X86Avx512Vnni | Int8Kernels::X86Avx512 => CpuKind::X86Avx512,
+            Int8Kernels::X86AvxVnni | Int8Kernels::X86Avx2 | Int8Kernels::X86 => {
                 CpuKind::X86WithoutAvx512
             }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            CpuKind::Other
+            Int8Kernels::Aarch64 | Int8Kernels::Other => CpuKind::Other,
         }
     }
 
