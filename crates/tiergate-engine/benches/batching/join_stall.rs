@@ -1,7 +1,7 @@
 //! The stall a long prompt causes: three streams decoding on one worker, then a prompt of about
 //! N tokens joins. Every token's arrival is timed by the task reading its stream; the figure is
 //! the longest gap between two tokens of a running stream while the long prompt was prefilled
-//! (from its submission to its `Started` event), next to the streams' median gap before it came.
+//! (from its submission to its `Started` event), next to the streams' usual gap before it came.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -16,12 +16,14 @@ const RUNNING: [&str; 3] = [
     "Give advice to a new gardener.",
 ];
 
-/// Tokens each running stream has before the long prompt is submitted.
-const WARM_TOKENS: usize = 8;
+/// A running stream's first tokens, whose gaps include the other streams' prefills.
+const JOINING_TOKENS: usize = 2;
 
 pub struct Stall {
     pub prompt_tokens: usize,
-    /// Median gap between two tokens of a running stream before the long prompt came.
+    /// A running stream's mean gap between two tokens before the long prompt came (once all three
+    /// decode together), the median of the three: read per stream over its span, so a burst of
+    /// tokens read at once (the reading task not scheduled) does not count as gaps of 0.
     pub usual_gap: Duration,
     /// Longest gap between two tokens of a running stream while the long prompt was prefilled.
     pub longest_gap: Duration,
@@ -95,17 +97,21 @@ pub fn measure(runtime: &tokio::runtime::Runtime, engine: &Engine, tokens: usize
                 .any(|times| times.last().is_some_and(|&t| t > started)),
             "a running answer outlasts the long prompt's prefill"
         );
-        let mut before = Vec::new();
+        let mut usual = Vec::new();
         let mut longest_gap = Duration::ZERO;
         let mut tokens_meanwhile = 0;
         for times in &streams {
-            assert!(times.len() > WARM_TOKENS, "a running answer long enough");
+            let before: Vec<Instant> = times.iter().copied().filter(|&t| t <= submitted).collect();
+            assert!(
+                before.len() > JOINING_TOKENS + 2,
+                "a running answer long enough"
+            );
+            let decoding = &before[JOINING_TOKENS..];
+            let span = decoding[decoding.len() - 1] - decoding[0];
+            usual.push(span / (decoding.len() - 1) as u32);
             for pair in times.windows(2) {
-                let gap = pair[1] - pair[0];
-                if pair[1] <= submitted {
-                    before.push(gap);
-                } else if pair[0] < started {
-                    longest_gap = longest_gap.max(gap);
+                if pair[1] > submitted && pair[0] < started {
+                    longest_gap = longest_gap.max(pair[1] - pair[0]);
                 }
             }
             tokens_meanwhile += times
@@ -113,10 +119,10 @@ pub fn measure(runtime: &tokio::runtime::Runtime, engine: &Engine, tokens: usize
                 .filter(|&&t| t > submitted && t < started)
                 .count();
         }
-        before.sort();
+        usual.sort();
         Stall {
             prompt_tokens,
-            usual_gap: before.get(before.len() / 2).copied().unwrap_or_default(),
+            usual_gap: usual[usual.len() / 2],
             longest_gap,
             tokens_meanwhile,
             time_to_first_token: first_token.unwrap_or(started) - submitted,
