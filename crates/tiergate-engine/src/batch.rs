@@ -71,6 +71,14 @@ impl<B: Backend, S: EventSink> Batch<B, S> {
         self.members.is_empty() && self.joining.is_empty()
     }
 
+    /// Generations in line whose prefill has not begun.
+    pub(crate) fn waiting(&self) -> usize {
+        self.joining
+            .iter()
+            .filter(|joining| !joining.prefill.has_begun())
+            .count()
+    }
+
     /// Whether there is anything to decode.
     pub(crate) fn has_members(&self) -> bool {
         !self.members.is_empty()

@@ -337,7 +337,8 @@ impl Engine {
         self.inner.pool.workers_alive()
     }
 
-    /// Requests waiting for an engine worker now (not yet started).
+    /// Requests waiting now, not yet started: for an engine worker, or (with `max_batch` > 1) in
+    /// a worker's line for their prefill to begin.
     pub fn queue_depth(&self) -> usize {
         self.inner.pool.queue_depth()
     }

@@ -77,6 +77,9 @@ pub(crate) struct StatsCell {
     alive: AtomicUsize,
     /// Jobs in the queue, not yet taken by a worker.
     queued: AtomicUsize,
+    /// Generations a batching worker took from the queue that wait in its line for their
+    /// prefill to begin (`LineGauge`).
+    in_line: AtomicUsize,
 }
 
 /// Counts a worker as alive while it lives; dropping it (the loop ended, or unwinding from a
@@ -187,9 +190,11 @@ impl WorkerPool {
         self.stats.alive.load(Ordering::SeqCst)
     }
 
-    /// Jobs waiting for a worker now.
+    /// Jobs waiting now: for a worker, or in a batching worker's line for their prefill to
+    /// begin (both are requests that have not started, for the queue-depth gauge and autoscaling).
     pub(crate) fn queue_depth(&self) -> usize {
-        self.stats.queued.load(Ordering::SeqCst)
+        let in_line = self.stats.in_line.load(Ordering::SeqCst);
+        self.stats.queued.load(Ordering::SeqCst) + in_line
     }
 }
 
@@ -405,6 +410,7 @@ fn batching_loop(
     mut idle: IdleTrim,
 ) {
     let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(sizes.shared_from);
+    let mut in_line = LineGauge { stats, reported: 0 };
     let mut open = true;
     while open || !batch.is_empty() {
         while open && batch.len() < sizes.max_batch {
@@ -455,6 +461,8 @@ fn batching_loop(
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("engine job panicked; the worker continues");
             }
+            // Counted in line as soon as it left the queue (the gauge dips by one at most).
+            in_line.set(batch.waiting());
         }
         if batch.is_empty() {
             continue;
@@ -479,6 +487,31 @@ fn batching_loop(
                 );
             }
         }
+        in_line.set(batch.waiting());
+    }
+}
+
+/// This worker's share of `StatsCell::in_line`, kept up to date by differences (the workers
+/// share the counter) and taken back when the loop ends, however it ends.
+struct LineGauge<'a> {
+    stats: &'a StatsCell,
+    reported: usize,
+}
+
+impl LineGauge<'_> {
+    fn set(&mut self, waiting: usize) {
+        if waiting > self.reported {
+            (self.stats.in_line).fetch_add(waiting - self.reported, Ordering::SeqCst);
+        } else {
+            (self.stats.in_line).fetch_sub(self.reported - waiting, Ordering::SeqCst);
+        }
+        self.reported = waiting;
+    }
+}
+
+impl Drop for LineGauge<'_> {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 

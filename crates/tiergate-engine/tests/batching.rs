@@ -322,3 +322,65 @@ async fn a_running_stream_keeps_streaming_while_a_long_prompt_is_prefilled() {
     );
     assert_eq!(answer, same_answer);
 }
+
+/// Requests a batching worker has taken into its line but not begun to prefill are still
+/// waiting: `queue_depth` (the node's `tiergate_engine_queue_depth`, what autoscaling reads)
+/// counts them, and lets them go when their callers leave.
+#[tokio::test]
+async fn requests_waiting_in_a_workers_line_count_in_the_queue_depth_on_the_real_model() {
+    let Some(dir) = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from) else {
+        eprintln!("TIERGATE_REAL_MODEL unset: the line's queue-depth check is skipped");
+        return;
+    };
+    let engine = Engine::load(&EngineConfig {
+        prefill_per_step: 128,
+        ..config_for(dir, ModelVariant::Int4, 3)
+    })
+    .unwrap();
+    // ~2,000 tokens: sixteen pieces of 128, seconds of prefill, while the two short ones wait
+    // behind it in the worker's line.
+    let long = Prompt::user(
+        "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(140),
+    );
+    let long = engine
+        .generate_stream(GenerationRequest::new(long, SamplingParams::greedy(1)))
+        .unwrap();
+    let short: Vec<_> = PROMPTS[..2]
+        .iter()
+        .map(|prompt| engine.generate_stream(request(prompt, 8)).unwrap())
+        .collect();
+    let until = |depth: usize, what: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let waited = std::time::Instant::now();
+            while engine.queue_depth() != depth {
+                assert!(
+                    waited.elapsed() < std::time::Duration::from_secs(20),
+                    "{what}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // All three wait until the long prompt's first piece has run, then the two short ones: in
+    // the queue until the worker takes them (after that piece), then in its line.
+    until(2, "the two short requests never counted as waiting").await;
+    for _ in 0..15 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // One of them may be between the queue and the line at the moment of reading.
+        let depth = engine.queue_depth();
+        assert!(
+            (1..=2).contains(&depth),
+            "the two short requests still wait: {depth}"
+        );
+    }
+    drop(short);
+    drop(long);
+    until(0, "the line never let go of the requests that left").await;
+    // The long prompt stops at its next piece, maybe a round later.
+    let waited = std::time::Instant::now();
+    while engine.stats().generations_cancelled < 3 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

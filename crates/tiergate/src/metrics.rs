@@ -246,7 +246,8 @@ impl NodeMetrics {
         registry.register(Box::new(ready.clone()))?;
         let engine_queue_depth = IntGauge::with_opts(with_node(Opts::new(
             "engine_queue_depth",
-            "Requests waiting for an engine worker (queued, not yet generating).",
+            "Requests waiting for an engine worker (queued, or in a batching worker's line before \
+             their prefill; not yet generating).",
         )))?;
         registry.register(Box::new(requests_shed.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;

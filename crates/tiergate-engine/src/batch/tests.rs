@@ -425,6 +425,11 @@ fn waiting_behind_a_long_prompt(job: GenerationJob, sink: VecSink) -> Scheduler 
     assert!(batch.enqueue(&backend, job, (1, sink)).is_none());
     assert!(batch.prefill_round(&mut backend, &codec, 8).is_empty());
     assert_eq!(batch.len(), 2);
+    assert_eq!(
+        batch.waiting(),
+        1,
+        "the long prompt has begun, the other waits"
+    );
     (backend, codec, batch)
 }
 
@@ -443,6 +448,7 @@ fn a_caller_that_leaves_while_in_line_gives_its_place_back_before_its_prefill() 
     );
     assert!(sink.events.is_empty(), "it never started");
     assert_eq!(batch.len(), 1);
+    assert_eq!(batch.waiting(), 0);
     // Only the long prompt ever ran.
     assert_eq!(backend.prefill_runs, vec![8, 8]);
 }

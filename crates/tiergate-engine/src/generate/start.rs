@@ -83,6 +83,11 @@ pub(crate) fn begin_generation<B: Backend>(
 }
 
 impl<C> Prefilling<C> {
+    /// Whether a piece of the prompt has run.
+    pub(crate) fn has_begun(&self) -> bool {
+        self.progress.has_begun()
+    }
+
     /// The largest next piece of the prompt: at most a chunk of the backend's and `limit`
     /// positions (0: no limit).
     pub(crate) fn next_piece<B: Backend<Cache = C>>(
