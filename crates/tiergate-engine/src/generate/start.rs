@@ -109,7 +109,11 @@ impl<C> Prefilling<C> {
             return Some(Started::Done(Outcome::Cancelled));
         }
         if deadline_passed(job.deadline) {
-            self.timings.prefill = self.started.elapsed();
+            if self.progress.has_begun() {
+                self.timings.prefill = self.started.elapsed();
+            } else {
+                self.timings.queue += self.started.elapsed();
+            }
             return Some(out_of_time(sink, job.prompt_ids.len(), self.timings));
         }
         None
