@@ -468,6 +468,9 @@ fn a_deadline_that_passes_in_line_ends_the_generation_without_its_prefill() {
     };
     assert_eq!(summary.finish_reason, crate::events::FinishReason::Deadline);
     assert_eq!(summary.completion_tokens, 0);
+    // The wait in line is queue time: no prefill ran.
+    assert_eq!(summary.timings.prefill, Duration::ZERO);
+    assert!(summary.timings.queue >= Duration::from_millis(200));
     assert!(matches!(
         sink.events.as_slice(),
         [GenerationEvent::Started {
