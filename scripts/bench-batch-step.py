@@ -21,8 +21,8 @@ import re
 import time
 from pathlib import Path
 
-import onnxruntime as ort
 from decode_feeds import decode_feeds
+from ort_session import engine_session
 
 DEFAULT_MODEL = Path.home() / ".cache" / "tiergate" / "models" / "smollm2-135m-instruct-q4_1"
 
@@ -58,14 +58,7 @@ def main():
 
 
 def make_session(args, file, profile_prefix=None):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(args.model / file["path"]), options,
-                                providers=["CPUExecutionProvider"])
+    return engine_session(args.model / file["path"], args.threads, profile_prefix=profile_prefix)
 
 
 PROJECTION = re.compile(r"(qkv_proj|q_proj|k_proj|v_proj|o_proj|gate_up_proj|down_proj|logits)")

@@ -178,20 +178,11 @@ def timed_runs(generate, prompt_ids, steps, repeat):
 def run_python_ort(args, manifest, variant, threads, prompt_ids, steps):
     import numpy as np
     import onnxruntime as ort
+    from ort_session import engine_session, spinning
 
     model_file = next(f["path"] for f in manifest["files"]
                       if f["kind"] == "model" and f["variant"] == variant)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", str(args.spinning))
-    if args.spinning and args.spin_us:
-        options.add_session_config_entry("session.intra_op.spin_duration_us", str(args.spin_us))
-    options.enable_cpu_mem_arena = False  # as the engine
-    session = ort.InferenceSession(str(args.model / model_file), options,
-                                   providers=["CPUExecutionProvider"])
+    session = engine_session(args.model / model_file, threads, spinning(args.spinning, args.spin_us))
     io = manifest["io"]
     layers = range(manifest["num_layers"])
     past_names = [name for i in layers

@@ -10,9 +10,9 @@ import argparse
 import statistics
 import time
 
-import onnxruntime as ort
 
 from decode_feeds import decode_feeds
+from ort_session import engine_session
 
 
 def main():
@@ -23,10 +23,7 @@ def main():
     args = parser.parse_args()
     sessions = {}
     for path in args.graphs:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[path] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        sessions[path] = engine_session(path, args.threads)
     feeds = decode_feeds(args.past)
     rounds = {path: [] for path in sessions}
     for _ in range(4):

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from decode_feeds import decode_feeds
+from ort_session import engine_session
 
 DEFAULT_MODEL = Path.home() / ".cache" / "tiergate" / "models" / "smollm2-135m-instruct-q4_1"
 
@@ -36,10 +37,7 @@ def main():
     manifest = json.loads((args.model / "manifest.json").read_text())
     io = manifest["io"]
     graph = next(f for f in manifest["files"] if f["kind"] == "model" and f["variant"] == args.variant)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(args.model / graph["path"]), options, providers=["CPUExecutionProvider"])
+    session = engine_session(args.model / graph["path"], args.threads)
     past_names = {io["past_key"].format(layer=i): io["present_key"].format(layer=i)
                   for i in range(manifest["num_layers"])}
     past_names.update({io["past_value"].format(layer=i): io["present_value"].format(layer=i)

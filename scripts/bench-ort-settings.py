@@ -23,6 +23,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 from decode_feeds import decode_feeds
+from ort_session import engine_options
 
 NODE_SETTINGS = {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "20"}
 # (name, K, N) of SmolLM2-135M's products; the lm_head is two such planes.
@@ -31,13 +32,7 @@ PROJECTIONS = [("q/k/v", 576, 960), ("o", 576, 576), ("gate/up", 576, 3072), ("d
 
 
 def session_options(threads, entries):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = False  # as the engine
-    for key, value in {**NODE_SETTINGS, **entries}.items():
-        options.add_session_config_entry(key, value)
-    return options
+    return engine_options(threads, {**NODE_SETTINGS, **entries})
 
 
 def parse_setting(text):

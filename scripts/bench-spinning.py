@@ -16,9 +16,9 @@ import multiprocessing
 import statistics
 import time
 
-import onnxruntime as ort
 
 from decode_feeds import decode_feeds
+from ort_session import engine_session
 
 PAST = 60
 ROUND_SECONDS = 1.5
@@ -38,13 +38,7 @@ def settings(spin_durations):
 
 
 def open_session(path, threads, entries):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_cpu_mem_arena = False  # as the engine
-    for key, value in entries.items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return engine_session(path, threads, entries)
 
 
 def busy_loop(counter, stop):
