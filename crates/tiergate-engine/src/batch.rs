@@ -136,6 +136,8 @@ impl<B: Backend, S: EventSink> Batch<B, S> {
                 break;
             };
             spent += piece;
+            let span = sink.span();
+            let _entered = span.enter();
             match prefill.advance(backend, &job, &mut sink, piece) {
                 Ok(Advanced::Prefilling(prefill)) => {
                     self.joining.push_front(Joining { job, sink, prefill })

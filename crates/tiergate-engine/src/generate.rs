@@ -33,6 +33,12 @@ pub(crate) struct GenerationJob {
 pub(crate) trait EventSink {
     fn emit(&mut self, event: GenerationEvent) -> bool;
     fn is_closed(&self) -> bool;
+
+    /// The caller's tracing span: work a batching worker does for this generation alone (its
+    /// prefill, its end) runs in it, so its logs carry the request's fields.
+    fn span(&self) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 /// How a generation ended: its summary (for the `Finished` event, which the worker sends after

@@ -346,18 +346,22 @@ fn run_generate(
         max_new_tokens = job.sampling.max_new_tokens
     )
     .entered();
-    let mut sink = ChannelSink(events);
+    let mut sink = ChannelSink {
+        events,
+        span: Span::current(),
+    };
     let result = run_generation(session, codec, job, &mut sink);
     complete((sink, result), stats);
 }
 
 /// Sends a generation's end to its caller and counts it.
 fn complete((sink, result): Completion<ChannelSink>, stats: &StatsCell) {
+    let _entered = sink.span.enter();
     match result {
         Ok(Outcome::Finished(summary)) => {
             // Counted before the caller can see the end, so stats never lag the stream.
             stats.finished.fetch_add(1, Ordering::Relaxed);
-            let _ = sink.0.send(Ok(GenerationEvent::Finished(summary)));
+            let _ = sink.events.send(Ok(GenerationEvent::Finished(summary)));
         }
         Ok(Outcome::Cancelled) => {
             stats.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -366,7 +370,7 @@ fn complete((sink, result): Completion<ChannelSink>, stats: &StatsCell) {
         Err(error) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "generation failed");
-            let _ = sink.0.send(Err(error));
+            let _ = sink.events.send(Err(error));
         }
     }
 }
@@ -451,7 +455,11 @@ fn batching_loop(
                         batch = batch.len() + 1,
                         "engine.generate joins the batch's line"
                     );
-                    if let Some(done) = batch.enqueue(session, job, ChannelSink(events)) {
+                    let sink = ChannelSink {
+                        events,
+                        span: span.clone(),
+                    };
+                    if let Some(done) = batch.enqueue(session, job, sink) {
                         complete(done, stats);
                     }
                 }
@@ -527,14 +535,22 @@ pub(crate) struct BatchSizes {
     pub prefill_per_step: usize,
 }
 
-struct ChannelSink(EventSender);
+/// A generation's events to its caller, and the caller's tracing span.
+struct ChannelSink {
+    events: EventSender,
+    span: Span,
+}
 
 impl EventSink for ChannelSink {
     fn emit(&mut self, event: GenerationEvent) -> bool {
-        self.0.send(Ok(event)).is_ok()
+        self.events.send(Ok(event)).is_ok()
     }
 
     fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.events.is_closed()
+    }
+
+    fn span(&self) -> Span {
+        self.span.clone()
     }
 }

@@ -25,6 +25,8 @@ struct FakeBackend {
     chunk: usize,
     /// Positions of every prefill run, in order.
     prefill_runs: Vec<usize>,
+    /// The tracing span each prefill run ran in.
+    prefill_spans: Vec<Option<&'static str>>,
 }
 
 impl FakeBackend {
@@ -67,6 +69,8 @@ impl Backend for FakeBackend {
         all_rows: bool,
     ) -> Result<(Logits, Duration), EngineError> {
         self.prefill_runs.push(ids.len());
+        let span = tracing::Span::current();
+        self.prefill_spans.push(span.metadata().map(|m| m.name()));
         let mut data = Vec::new();
         for &id in ids {
             cache[0].push(id);
@@ -170,6 +174,7 @@ fn setup() -> (FakeBackend, TextCodec) {
         steps: 0,
         chunk: 0,
         prefill_runs: Vec::new(),
+        prefill_spans: Vec::new(),
     };
     (backend, codec)
 }
@@ -479,6 +484,49 @@ fn a_deadline_that_passes_in_line_ends_the_generation_without_its_prefill() {
         }]
     ));
     assert_eq!(backend.prefill_runs, vec![8, 8]);
+}
+
+/// A sink in a caller's tracing span.
+struct SpanSink(tracing::Span);
+
+impl EventSink for SpanSink {
+    fn emit(&mut self, _: GenerationEvent) -> bool {
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+
+    fn span(&self) -> tracing::Span {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn a_prefill_in_line_runs_in_its_callers_span() {
+    let subscriber = tracing_subscriber::registry();
+    tracing::subscriber::with_default(subscriber, || {
+        let (mut backend, codec) = setup();
+        backend.chunk = 16;
+        let mut batch: Batch<FakeBackend, SpanSink> = Batch::new(1);
+        let first = SpanSink(tracing::info_span!("first_request"));
+        let second = SpanSink(tracing::info_span!("second_request"));
+        assert!(batch.enqueue(&backend, prompt_of(20), first).is_none());
+        assert!(batch.enqueue(&backend, prompt_of(3), second).is_none());
+        while batch.has_members() || !batch.joining.is_empty() {
+            batch.prefill_round(&mut backend, &codec, 0);
+            batch.step(&mut backend, &codec);
+        }
+        assert_eq!(
+            backend.prefill_spans,
+            [
+                Some("first_request"),
+                Some("first_request"),
+                Some("second_request")
+            ]
+        );
+    });
 }
 
 /// A sink that knows which job it belongs to.
