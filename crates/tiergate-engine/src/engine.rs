@@ -76,9 +76,10 @@ pub struct EngineConfig {
     /// With `max_batch` > 1: prompt positions a worker prefills between two decode steps of its
     /// running generations. A new prompt runs a piece at a time (several short ones share a
     /// step's budget), so the streams already running get a token between pieces instead of
-    /// waiting for the whole prompt (a 1,000-token prompt is seconds on an edge CPU). 0 prefills
-    /// every waiting prompt whole before the next step: a little more throughput when all
-    /// requests arrive at once, and the stalls back.
+    /// waiting for the whole prompt (a 1,000-token prompt is seconds on an edge CPU). Smaller
+    /// bounds the pause more tightly and costs more throughput when many requests arrive at once
+    /// (128: ~7% at 8 streams, 2 threads; 256: ~2%); 0 prefills every waiting prompt whole before
+    /// the next step, with the stalls back (docs/benchmarks.md).
     pub prefill_per_step: usize,
     /// Caps the model's context (the manifest's `context_length`): prompts of this many tokens
     /// or more are refused and generation stops at it. Unset: the manifest's.
@@ -122,7 +123,7 @@ impl Default for EngineConfig {
             optimized_model_cache: None,
             queue_capacity: 16,
             max_batch: 1,
-            prefill_per_step: 128,
+            prefill_per_step: 256,
             context_length: None,
             trim_heap_after_load: true,
             trim_heap_when_idle: true,

@@ -4,6 +4,8 @@
 //! (from its submission to its `Started` event), next to the streams' usual gap before it came.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -33,14 +35,20 @@ pub struct Stall {
     pub time_to_first_token: Duration,
 }
 
-/// Token arrival times of one running stream.
-async fn arrivals(engine: Engine, prompt: &str) -> Vec<Instant> {
+/// Tokens every running stream has before the long prompt is submitted: well past the joins.
+const DECODING_TOKENS: usize = 12;
+
+/// Token arrival times of one running stream; `seen` counts its tokens as they come.
+async fn arrivals(engine: Engine, prompt: &str, seen: Arc<AtomicUsize>) -> Vec<Instant> {
     let request = GenerationRequest::new(Prompt::user(prompt), SamplingParams::greedy(160));
     let mut stream = engine.generate_stream(request).expect("generate");
     let mut times = Vec::new();
     while let Some(event) = stream.next().await {
         match event.expect("event") {
-            GenerationEvent::Token(_) => times.push(Instant::now()),
+            GenerationEvent::Token(_) => {
+                times.push(Instant::now());
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
             GenerationEvent::Finished(_) => break,
             GenerationEvent::Started { .. } => {}
         }
@@ -48,8 +56,8 @@ async fn arrivals(engine: Engine, prompt: &str) -> Vec<Instant> {
     times
 }
 
-/// Generations the engine must batch for the measurement: the running streams, the request
-/// that waits for them to be decoding, and the long prompt.
+/// Generations the engine must batch for the measurement: the running streams and the long
+/// prompt.
 pub const MAX_BATCH: usize = RUNNING.len() + 1;
 
 /// `engine` must have one worker with `max_batch` >= `MAX_BATCH`.
@@ -64,15 +72,19 @@ pub fn measure(runtime: &tokio::runtime::Runtime, engine: &Engine, tokens: usize
     let long_prompt = Prompt::user(text.repeat(copies.max(1)));
     let prompt_tokens = engine.tokenize(&long_prompt).expect("tokenize").len();
     runtime.block_on(async {
+        let counts: Vec<Arc<AtomicUsize>> = RUNNING.iter().map(|_| Arc::default()).collect();
         let running: Vec<_> = RUNNING
             .iter()
-            .map(|prompt| tokio::spawn(arrivals(engine.clone(), prompt)))
+            .zip(&counts)
+            .map(|(prompt, seen)| tokio::spawn(arrivals(engine.clone(), prompt, Arc::clone(seen))))
             .collect();
-        // Wait until the three streams decode together (each has a few tokens).
-        let probe = GenerationRequest::new(Prompt::user(RUNNING[0]), SamplingParams::greedy(1));
-        let mut warm = engine.generate_stream(probe).expect("generate");
-        while warm.next().await.is_some() {}
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Wait until the three streams decode together, each well past its join.
+        while counts
+            .iter()
+            .any(|seen| seen.load(Ordering::SeqCst) < DECODING_TOKENS)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let submitted = Instant::now();
         let request = GenerationRequest::new(long_prompt, SamplingParams::greedy(1));
         let mut long = engine.generate_stream(request).expect("generate");
@@ -104,7 +116,8 @@ pub fn measure(runtime: &tokio::runtime::Runtime, engine: &Engine, tokens: usize
             let before: Vec<Instant> = times.iter().copied().filter(|&t| t <= submitted).collect();
             assert!(
                 before.len() > JOINING_TOKENS + 2,
-                "a running answer long enough"
+                "{} tokens before the long prompt",
+                before.len()
             );
             let decoding = &before[JOINING_TOKENS..];
             let span = decoding[decoding.len() - 1] - decoding[0];
