@@ -18,17 +18,9 @@ pub enum CpuKind {
 }
 
 impl CpuKind {
-    /// This machine's. AVX-512 means the AVX-512 core set MLAS dispatches its AVX-512 kernels
-    /// on (F, BW, DQ, CD, VL), as for [`Int8Kernels`]: a CPU with AVX-512F alone runs the AVX2
-    /// kernels and is told apart as one.
+    /// This machine's (see `From<Int8Kernels>`).
     pub fn detect() -> CpuKind {
-        match Int8Kernels::detect() {
-            Int8Kernels::X86Avx512Vnni | Int8Kernels::X86Avx512 => CpuKind::X86Avx512,
-            Int8Kernels::X86AvxVnni | Int8Kernels::X86Avx2 | Int8Kernels::X86 => {
-                CpuKind::X86WithoutAvx512
-            }
-            Int8Kernels::Aarch64 | Int8Kernels::Other => CpuKind::Other,
-        }
+        Int8Kernels::detect().into()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +28,20 @@ impl CpuKind {
             CpuKind::X86Avx512 => "x86-64 with AVX-512",
             CpuKind::X86WithoutAvx512 => "x86-64 without AVX-512",
             CpuKind::Other => "not x86-64",
+        }
+    }
+}
+
+/// AVX-512 means the AVX-512 core set MLAS dispatches its AVX-512 kernels on (F, BW, DQ, CD, VL):
+/// a CPU with AVX-512F alone runs the AVX2 kernels and is told apart as one.
+impl From<Int8Kernels> for CpuKind {
+    fn from(kernels: Int8Kernels) -> CpuKind {
+        match kernels {
+            Int8Kernels::X86Avx512Vnni | Int8Kernels::X86Avx512 => CpuKind::X86Avx512,
+            Int8Kernels::X86AvxVnni | Int8Kernels::X86Avx2 | Int8Kernels::X86 => {
+                CpuKind::X86WithoutAvx512
+            }
+            Int8Kernels::Aarch64 | Int8Kernels::Other => CpuKind::Other,
         }
     }
 }
@@ -161,21 +167,25 @@ mod tests {
         );
     }
 
-    /// The family agrees with the coarser kind `auto` uses: AVX-512 core implies AVX-512F, and
-    /// without AVX-512F neither AVX-512 family.
+    /// Every family agrees with the coarser kind `auto` uses: the AVX-512 families are its
+    /// AVX-512 kind, the other x86-64 ones its kind without, and other architectures neither.
     #[test]
-    fn this_cpu_family_agrees_with_its_kind() {
-        let kernels = Int8Kernels::detect();
-        match CpuKind::detect() {
-            CpuKind::X86Avx512 => assert!(!matches!(
-                kernels,
-                Int8Kernels::Aarch64 | Int8Kernels::Other
-            )),
-            CpuKind::X86WithoutAvx512 => assert!(matches!(
-                kernels,
-                Int8Kernels::X86AvxVnni | Int8Kernels::X86Avx2 | Int8Kernels::X86
-            )),
-            CpuKind::Other => assert!(matches!(kernels, Int8Kernels::Aarch64 | Int8Kernels::Other)),
+    fn every_family_agrees_with_its_kind() {
+        for kernels in Int8Kernels::ALL {
+            match CpuKind::from(kernels) {
+                CpuKind::X86Avx512 => assert!(matches!(
+                    kernels,
+                    Int8Kernels::X86Avx512Vnni | Int8Kernels::X86Avx512
+                )),
+                CpuKind::X86WithoutAvx512 => assert!(matches!(
+                    kernels,
+                    Int8Kernels::X86AvxVnni | Int8Kernels::X86Avx2 | Int8Kernels::X86
+                )),
+                CpuKind::Other => {
+                    assert!(matches!(kernels, Int8Kernels::Aarch64 | Int8Kernels::Other))
+                }
+            }
         }
+        assert_eq!(CpuKind::detect(), CpuKind::from(Int8Kernels::detect()));
     }
 }

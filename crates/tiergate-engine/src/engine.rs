@@ -205,7 +205,9 @@ impl Engine {
         record(&mut load_memory, "before load");
         let dir = &config.model_dir;
         let mut manifest = Manifest::load(dir)?;
-        let cpu = CpuKind::detect();
+        // Detected once: the graph `auto` runs and the gate the router picks both follow it.
+        let cpu_kind = Int8Kernels::detect();
+        let cpu = CpuKind::from(cpu_kind);
         let resolved = resolve_variant(
             config.variant,
             &manifest,
@@ -260,7 +262,7 @@ impl Engine {
             architecture: manifest.architecture,
             context_length: manifest.context_length,
             variant,
-            cpu_kind: Int8Kernels::detect(),
+            cpu_kind,
             vocab_size: manifest.vocab_size,
             model_dir: dir.clone(),
         };
