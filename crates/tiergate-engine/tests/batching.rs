@@ -3,8 +3,9 @@
 //! and the same log-probabilities (to float rounding: a padded batch runs other kernels).
 //!
 //! Runs on the bundled edge model always, and on the real SmolLM2 model (int4 and fp32) when
-//! `TIERGATE_REAL_MODEL` names its folder (`scripts/import-real-model.sh | tail -1`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+//! `TIERGATE_REAL_MODEL` names its folder (`scripts/import-real-model.sh | tail -1`; required
+//! with `TIERGATE_REQUIRE_REAL_MODEL=1`, as `make test` sets).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -135,12 +136,11 @@ async fn batched_greedy_tokens_equal_unbatched_on_the_edge_model() {
 
 #[tokio::test]
 async fn batched_greedy_tokens_equal_unbatched_on_the_real_model() {
-    let Some(dir) = std::env::var_os("TIERGATE_REAL_MODEL") else {
-        eprintln!("TIERGATE_REAL_MODEL unset: the real-model batching check is skipped");
+    let Some(dir) = common::real_model_dir() else {
         return;
     };
     for variant in [ModelVariant::Int4, ModelVariant::Fp32] {
-        check(PathBuf::from(&dir), variant, 48).await;
+        check(dir.clone(), variant, 48).await;
     }
 }
 
@@ -182,8 +182,7 @@ async fn two_batching_workers_finish_every_stream_with_the_same_tokens() {
 /// (128 -> 256 -> 512).
 #[tokio::test]
 async fn a_shared_kv_buffer_answers_as_the_concat_mode_on_the_real_model() {
-    let Some(dir) = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from) else {
-        eprintln!("TIERGATE_REAL_MODEL unset: the shared-buffer check is skipped");
+    let Some(dir) = common::real_model_dir() else {
         return;
     };
     let manifest = tiergate_engine::Manifest::load(&dir).unwrap();
@@ -328,8 +327,7 @@ async fn a_running_stream_keeps_streaming_while_a_long_prompt_is_prefilled() {
 /// counts them, and lets them go when their callers leave.
 #[tokio::test]
 async fn requests_waiting_in_a_workers_line_count_in_the_queue_depth_on_the_real_model() {
-    let Some(dir) = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from) else {
-        eprintln!("TIERGATE_REAL_MODEL unset: the line's queue-depth check is skipped");
+    let Some(dir) = common::real_model_dir() else {
         return;
     };
     let engine = Engine::load(&EngineConfig {
