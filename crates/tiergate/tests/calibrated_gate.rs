@@ -5,25 +5,15 @@
 //! Recalibrating without updating the config fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::{repo_root, tiergate_json};
 use tiergate::config::Config;
 use tiergate_router::ConfidenceConfig;
 
 /// `tiergate eval confidence --results FILE --json`: the gate it chooses on those answers.
-fn chosen_gate(root: &Path, results: &str) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(["eval", "confidence", "--results", results, "--json"])
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+fn chosen_gate(results: &str) -> serde_json::Value {
+    let report = tiergate_json(&["eval", "confidence", "--results", results, "--json"]);
     let chosen = report["chosen"].clone();
     // The budget the gate was chosen for holds on the data.
     assert!(
@@ -70,13 +60,12 @@ fn assert_same_gate(shipped: &ConfidenceConfig, gate: &serde_json::Value, which:
 
 #[test]
 fn shipped_edge_gates_are_the_calibrated_ones() {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     // The config may not name a model folder that exists here: check only the router part.
-    let config = Config::load(Some(&root.join("deploy/edge.toml"))).unwrap();
+    let config = Config::load(Some(&repo_root().join("deploy/edge.toml"))).unwrap();
     let router = &config.router;
 
     // The exact graphs (fp32, int4 and any graph without a gate of its own).
-    let exact = chosen_gate(root, "models/smollm2/calibration.jsonl");
+    let exact = chosen_gate("models/smollm2/calibration.jsonl");
     assert_same_gate(&router.confidence, &exact, "[router.confidence]");
     for variant in ["fp32", "int4"] {
         assert_eq!(
@@ -87,10 +76,7 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
 
     // int4-fast, which `auto` runs on x86-64 without AVX-512: the gate calibrated on its answers
     // there, also its gate on a CPU kind without one of its own.
-    let fast = chosen_gate(
-        root,
-        "models/smollm2/calibration-int4-fast-x86-64-avx2.jsonl",
-    );
+    let fast = chosen_gate("models/smollm2/calibration-int4-fast-x86-64-avx2.jsonl");
     assert_same_gate(
         &router.confidence_for(Some("int4-fast"), None),
         &fast,
@@ -110,10 +96,7 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
     );
     for (cpu, gates) in &router.confidence_by_cpu {
         assert_eq!(gates.keys().collect::<Vec<_>>(), ["int4-fast"], "{cpu}");
-        let chosen = chosen_gate(
-            root,
-            &format!("models/smollm2/calibration-int4-fast-{cpu}.jsonl"),
-        );
+        let chosen = chosen_gate(&format!("models/smollm2/calibration-int4-fast-{cpu}.jsonl"));
         assert_same_gate(
             &router.confidence_for(Some("int4-fast"), Some(cpu)),
             &chosen,

@@ -4,22 +4,9 @@
 //! filed under the kind its answers came from. Run on the bundled toy model (a few prompts).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Output;
-
 mod common;
 
-use common::repo_root;
-
-/// `tiergate ARGS`, which must succeed.
-fn tiergate(args: &[&str]) -> Output {
-    let output = common::tiergate(args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use common::{repo_root, tiergate_json, tiergate_ok};
 
 const KINDS: [&str; 7] = [
     "x86-64-avx512-vnni",
@@ -33,7 +20,7 @@ const KINDS: [&str; 7] = [
 
 #[test]
 fn model_cpu_names_this_machines_kind_for_scripts_and_for_the_config() {
-    let text = String::from_utf8(tiergate(&["model", "cpu"]).stdout).unwrap();
+    let text = String::from_utf8(tiergate_ok(&["model", "cpu"]).stdout).unwrap();
     // One line, the name alone: `cpu=$(tiergate model cpu)` in the Makefile.
     assert_eq!(text.lines().count(), 1, "{text:?}");
     let kind = text.trim_end();
@@ -61,8 +48,7 @@ fn model_cpu_names_this_machines_kind_for_scripts_and_for_the_config() {
         }
     }
 
-    let json: serde_json::Value =
-        serde_json::from_slice(&tiergate(&["model", "cpu", "--json"]).stdout).unwrap();
+    let json = tiergate_json(&["model", "cpu", "--json"]);
     assert_eq!(json["cpu_kind"], kind);
     assert_eq!(
         json["int4_fast_gate_section"],
@@ -79,7 +65,7 @@ fn model_cpu_names_this_machines_kind_for_scripts_and_for_the_config() {
         ),
     )
     .unwrap();
-    tiergate(&["config", "validate", config.to_str().unwrap()]);
+    tiergate_ok(&["config", "validate", config.to_str().unwrap()]);
 }
 
 #[test]
@@ -113,11 +99,11 @@ fn answers_record_the_graph_and_cpu_kind_they_came_from() {
             "8",
         ]);
         args.extend(more);
-        tiergate(&args)
+        tiergate_ok(&args).stdout
     };
-    let report = answer(&["--out", answers.to_str().unwrap(), "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    let kind = String::from_utf8(tiergate(&["model", "cpu"]).stdout).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&answer(&["--out", answers.to_str().unwrap(), "--json"])).unwrap();
+    let kind = String::from_utf8(tiergate_ok(&["model", "cpu"]).stdout).unwrap();
     assert_eq!(report["answered_on"]["variant"], "fp32");
     assert_eq!(report["answered_on"]["cpu_kind"], kind.trim_end());
     assert_eq!(report["prompts"], 5);
@@ -127,20 +113,19 @@ fn answers_record_the_graph_and_cpu_kind_they_came_from() {
     );
 
     // Answers read back say nothing of where they were answered; the rest of the report is the same.
-    let again = tiergate(&[
+    let mut again = tiergate_json(&[
         "eval",
         "confidence",
         "--results",
         answers.to_str().unwrap(),
         "--json",
     ]);
-    let mut again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert!(again.get("answered_on").is_none(), "{again}");
     again["answered_on"] = report["answered_on"].clone();
     assert_eq!(again, report);
 
     // The human summary says it too.
-    let text = String::from_utf8(answer(&[]).stdout).unwrap();
+    let text = String::from_utf8(answer(&[])).unwrap();
     assert!(
         text.contains(&format!(
             "answered by the fp32 graph on a {} CPU",

@@ -3,18 +3,12 @@
 //! demo runs the real edge model and its workload; without it, the toy models.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn demo_routes_the_mixed_workload_across_the_tiers() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(["demo", "--exit", "--json"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = common::tiergate_json(&["demo", "--exit", "--json"]);
+    let rows = rows.as_array().unwrap();
     assert!(rows.len() >= 8, "{rows:?}");
     let kinds: std::collections::BTreeSet<&str> =
         rows.iter().map(|r| r["kind"].as_str().unwrap()).collect();
@@ -36,7 +30,7 @@ fn demo_routes_the_mixed_workload_across_the_tiers() {
             "{japan}"
         );
     }
-    for row in &rows {
+    for row in rows {
         let tier = row["tier"].as_str().unwrap();
         assert!(["edge", "regional", "cloud"].contains(&tier), "{row}");
         assert!(!row["reason"].as_str().unwrap().is_empty(), "{row}");

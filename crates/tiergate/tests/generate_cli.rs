@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{repo_root, tiergate};
+use common::{repo_root, tiergate, tiergate_json};
 
 /// The reference case for `prompt` on the edge model (Python onnxruntime, greedy).
 fn reference_case(prompt: &str) -> serde_json::Value {
@@ -23,10 +23,7 @@ fn reference_case(prompt: &str) -> serde_json::Value {
 #[test]
 fn generate_json_answers_the_kitchen_lights_prompt() {
     let prompt = "turn on the kitchen lights";
-    let output = tiergate(&["generate", "--model", "models/edge", "--json", prompt]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "stderr: {stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result = tiergate_json(&["generate", "--model", "models/edge", "--json", prompt]);
 
     let reference = reference_case(prompt);
     assert_eq!(result["model"]["name"], "tiergate-edge");

@@ -12,6 +12,24 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `tiergate ARGS`, which must succeed (its standard error in the failure message).
+#[allow(dead_code)] // a test file takes what it needs of this module
+pub fn tiergate_ok(args: &[&str]) -> Output {
+    let output = tiergate(args);
+    assert!(
+        output.status.success(),
+        "tiergate {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `tiergate ARGS`, which must succeed, its standard output read as JSON.
+#[allow(dead_code)] // a test file takes what it needs of this module
+pub fn tiergate_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&tiergate_ok(args).stdout).expect("tiergate printed JSON")
+}
+
 /// `tiergate ARGS` from the repository's root, whatever its exit status.
 pub fn tiergate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tiergate"))
