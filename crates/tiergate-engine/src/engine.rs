@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cpu::{CpuKind, Int8Kernels};
+use crate::embedding::EmbeddingSource;
 use crate::error::EngineError;
 use crate::events::{Generation, GenerationEvent, GenerationRequest, PromptScore};
 use crate::generate::GenerationJob;
@@ -271,9 +272,14 @@ impl Engine {
                 path: dir.join(crate::manifest::MANIFEST_FILE),
                 reason,
             })?;
+        let embedding = model_file.embedding.clone().map(|table| EmbeddingSource {
+            dir: dir.clone(),
+            table,
+        });
         let pool = WorkerPool::start(PoolSpec {
             environment,
             model_path,
+            embedding,
             manifest: Arc::new(manifest),
             codec: Arc::clone(&codec),
             options: SessionOptions {

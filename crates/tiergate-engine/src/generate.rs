@@ -262,8 +262,14 @@ mod tests {
             prefill_chunk,
             share_kv_buffer: true,
         };
-        let session =
-            ModelSession::open(&environment, &dir.join(&model.path), &manifest, &options).unwrap();
+        let session = ModelSession::open(
+            &environment,
+            &dir.join(&model.path),
+            None,
+            &manifest,
+            &options,
+        )
+        .unwrap();
         let ids = codec
             .encode("<|user|>turn on the kitchen lights<|end|><|assistant|>")
             .unwrap();

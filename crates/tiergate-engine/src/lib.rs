@@ -25,6 +25,7 @@ mod backend;
 mod batch;
 mod confidence;
 mod cpu;
+mod embedding;
 mod engine;
 mod error;
 mod events;

@@ -85,6 +85,10 @@ impl std::str::FromStr for ModelVariant {
 #[serde(deny_unknown_fields)]
 pub struct IoNames {
     pub input_ids: String,
+    /// The input of a graph that takes its tokens as embedding rows the engine reads itself
+    /// (a model file entry with an [`EmbeddingTable`]); such a graph has no `input_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_embeds: Option<String>,
     pub attention_mask: String,
     pub position_ids: Option<String>,
     pub logits: String,
@@ -132,6 +136,48 @@ pub struct FileEntry {
     pub variant: Option<ModelVariant>,
     pub sha256: String,
     pub bytes: u64,
+    /// A model graph that takes `io.inputs_embeds`: where its token embedding rows are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingTable>,
+}
+
+/// Where a graph's token embedding rows are, for a graph that takes `io.inputs_embeds`: a
+/// Q8_0 table (rows of `hidden` int8 values in blocks of 32, a float32 scale `d` per block, the
+/// value `q * d`) inside one of the variant's weights files, at byte offsets. The engine reads
+/// a token's row with one positioned read per part, so the table stays in the page cache, not
+/// in the process's resident memory: a lookup inside the graph kept the whole table mapped
+/// (~33 MB resident for SmolLM2, docs/benchmarks.md "Memory (RSS)"). Scales are row-major
+/// `[vocab, hidden / 32]` little-endian float32 at `scales`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", deny_unknown_fields)]
+pub enum EmbeddingTable {
+    /// Two planes of 4-bit values, `hidden / 2` bytes per row each (column `2i` in the low
+    /// nibble of byte `i`, `2i + 1` in the high one): `q = 16 * (high - 8) + low`. The int4
+    /// graph's lm_head reads the same planes.
+    #[serde(rename = "q8_0_nibble_planes")]
+    NibblePlanes {
+        weights: String,
+        high: u64,
+        low: u64,
+        scales: u64,
+    },
+    /// One byte per value, `hidden` bytes per row: `q = code - 128`. The int4-fast graph's
+    /// 8-bit lm_head reads the same codes.
+    #[serde(rename = "q8_0_offset_128")]
+    Offset128 {
+        weights: String,
+        codes: u64,
+        scales: u64,
+    },
+}
+
+impl EmbeddingTable {
+    /// The weights file (relative to the model directory) the table is in.
+    pub fn weights(&self) -> &str {
+        match self {
+            Self::NibblePlanes { weights, .. } | Self::Offset128 { weights, .. } => weights,
+        }
+    }
 }
 
 /// How a graph takes its KV cache (`kv_cache` in the manifest).
@@ -257,6 +303,9 @@ impl Manifest {
             if file.kind == FileKind::Model && file.variant.is_none() {
                 return Err(format!("model file `{}` names no variant", file.path));
             }
+            if let Some(table) = &file.embedding {
+                self.validate_embedding(file, table)?;
+            }
         }
         let tokenizers = self.files_of(FileKind::Tokenizer).count();
         if tokenizers != 1 {
@@ -266,6 +315,34 @@ impl Manifest {
         }
         if self.files_of(FileKind::Model).next().is_none() {
             return Err("no model file listed".into());
+        }
+        Ok(())
+    }
+
+    /// A graph reading embedding rows needs the input to feed them to, and the rows must be in
+    /// one of its own weights files (so they are hash-checked with it).
+    fn validate_embedding(&self, model: &FileEntry, table: &EmbeddingTable) -> Result<(), String> {
+        if model.kind != FileKind::Model {
+            return Err(format!(
+                "file `{}` has an embedding table but is no model graph",
+                model.path
+            ));
+        }
+        if self.io.inputs_embeds.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "model file `{}` takes embedding rows but io.inputs_embeds is not set",
+                model.path
+            ));
+        }
+        let weights = self.files_of(FileKind::Weights).any(|f| {
+            f.path == table.weights() && (f.variant.is_none() || f.variant == model.variant)
+        });
+        if !weights {
+            return Err(format!(
+                "the embedding table of `{}` is in `{}`, which is not a weights file of its variant",
+                model.path,
+                table.weights()
+            ));
         }
         Ok(())
     }

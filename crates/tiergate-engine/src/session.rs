@@ -16,6 +16,7 @@ use ort::value::{DynValue, Tensor};
 
 use crate::backend::{Backend, Logits};
 use crate::confidence::nll_sum;
+use crate::embedding::{EmbeddingSource, TokenRows};
 use crate::error::EngineError;
 pub(crate) use crate::kv_cache::KvCache;
 use crate::kv_cache::{KvShape, SharedBuffers};
@@ -36,7 +37,8 @@ enum Rows<'a> {
 /// Graph IO names resolved per layer.
 #[derive(Debug, Clone)]
 struct ResolvedIo {
-    input_ids: String,
+    /// `io.input_ids`, or `io.inputs_embeds` for a graph fed embedding rows.
+    tokens: String,
     attention_mask: String,
     position_ids: Option<String>,
     logits: String,
@@ -47,7 +49,7 @@ struct ResolvedIo {
 }
 
 impl ResolvedIo {
-    fn new(manifest: &Manifest) -> ResolvedIo {
+    fn new(manifest: &Manifest, embeds: bool) -> ResolvedIo {
         let io = &manifest.io;
         let per_layer = |pattern: &str| -> Vec<String> {
             (0..manifest.num_layers)
@@ -55,7 +57,10 @@ impl ResolvedIo {
                 .collect()
         };
         ResolvedIo {
-            input_ids: io.input_ids.clone(),
+            tokens: match (&io.inputs_embeds, embeds) {
+                (Some(name), true) => name.clone(),
+                _ => io.input_ids.clone(),
+            },
             attention_mask: io.attention_mask.clone(),
             position_ids: io.position_ids.clone(),
             logits: io.logits.clone(),
@@ -69,7 +74,7 @@ impl ResolvedIo {
     /// A run's non-cache inputs with their graph names.
     fn named(&self, inputs: StepInputs) -> Vec<(&str, DynValue)> {
         let mut named = vec![
-            (self.input_ids.as_str(), inputs.input_ids),
+            (self.tokens.as_str(), inputs.tokens),
             (self.attention_mask.as_str(), inputs.attention_mask),
         ];
         if let (Some(name), Some(value)) = (&self.position_ids, inputs.position_ids) {
@@ -79,7 +84,7 @@ impl ResolvedIo {
     }
 
     fn inputs(&self) -> BTreeSet<String> {
-        let mut names: BTreeSet<String> = [&self.input_ids, &self.attention_mask]
+        let mut names: BTreeSet<String> = [&self.tokens, &self.attention_mask]
             .into_iter()
             .chain(&self.position_ids)
             .chain(&self.past_keys)
@@ -108,6 +113,8 @@ pub(crate) struct ModelSession {
     shared_kv: bool,
     /// Where a shared-buffer run's logits go.
     cpu_memory: MemoryInfo<'static>,
+    /// A graph taking `inputs_embeds`: the table its rows are read from.
+    embedding_rows: Option<TokenRows>,
     vocab_size: usize,
     context_length: usize,
     prefill_chunk: usize,
@@ -117,6 +124,7 @@ impl ModelSession {
     pub(crate) fn open(
         environment: &Environment,
         model_path: &Path,
+        embedding: Option<&EmbeddingSource>,
         manifest: &Manifest,
         options: &SessionOptions,
     ) -> Result<ModelSession, EngineError> {
@@ -166,9 +174,9 @@ impl ModelSession {
         {
             tracing::warn!(error = %e, path = %target.display(), "could not store the optimised model");
         }
-        let model = ModelSession {
+        let mut model = ModelSession {
             session,
-            io: ResolvedIo::new(manifest),
+            io: ResolvedIo::new(manifest, embedding.is_some()),
             kv: KvShape {
                 layers: manifest.num_layers,
                 heads: manifest.num_kv_heads,
@@ -182,12 +190,38 @@ impl ModelSession {
                 MemoryType::Default,
             )
             .map_err(EngineError::runtime)?,
+            embedding_rows: None,
             vocab_size: manifest.vocab_size,
             context_length: manifest.context_length,
             prefill_chunk: options.prefill_chunk,
         };
         model.check_io(source)?;
+        if let Some(embedding) = embedding {
+            let hidden = model.embeds_width(source)?;
+            model.embedding_rows = Some(embedding.open(hidden, manifest.vocab_size)?);
+        }
         Ok(model)
+    }
+
+    /// The width of the graph's `inputs_embeds` (its last dimension, which must be fixed).
+    fn embeds_width(&self, path: &Path) -> Result<usize, EngineError> {
+        let width = self
+            .session
+            .inputs()
+            .iter()
+            .find(|input| input.name() == self.io.tokens)
+            .and_then(|input| input.dtype().tensor_shape())
+            .and_then(|shape| shape.last().copied());
+        match width {
+            Some(width) if width > 0 => Ok(width as usize),
+            _ => Err(EngineError::ManifestInvalid {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the graph's `{}` needs a fixed last dimension (the embedding width)",
+                    self.io.tokens
+                ),
+            }),
+        }
     }
 
     /// The graph must have exactly the inputs and outputs the manifest names.
@@ -258,7 +292,6 @@ impl ModelSession {
         }
         let past = cache.len;
         let total = past + seq;
-        let input_ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         let mut mask = Vec::with_capacity(batch * total);
         let mut positions = Vec::with_capacity(batch * seq);
         for &length in &cache.lengths {
@@ -268,7 +301,7 @@ impl ModelSession {
             positions.extend((length..length + seq).map(|p| p as i64));
         }
         let inputs = StepInputs {
-            input_ids: tensor_i64([batch, seq], input_ids)?,
+            tokens: self.token_input(ids, batch, seq)?,
             attention_mask: tensor_i64([batch, total], mask)?,
             position_ids: match self.io.position_ids {
                 Some(_) => Some(tensor_i64([batch, seq], positions)?),
@@ -493,6 +526,24 @@ fn one_row(cache: &KvCache) -> Result<(), EngineError> {
     }
 }
 
+impl ModelSession {
+    /// `ids` (`[batch, seq]`) as the graph takes them: the ids, or their embedding rows.
+    fn token_input(&self, ids: &[u32], batch: usize, seq: usize) -> Result<DynValue, EngineError> {
+        match &self.embedding_rows {
+            None => tensor_i64([batch, seq], ids.iter().map(|&id| i64::from(id)).collect()),
+            Some(rows) => {
+                let mut data = Vec::new();
+                rows.append(ids, &mut data)?;
+                Ok(
+                    Tensor::<f32>::from_array(([batch, seq, rows.hidden()], data))
+                        .map_err(EngineError::runtime)?
+                        .into_dyn(),
+                )
+            }
+        }
+    }
+}
+
 fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, EngineError> {
     Ok(Tensor::<i64>::from_array((shape, data))
         .map_err(EngineError::runtime)?
@@ -501,7 +552,8 @@ fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, EngineError
 
 /// A run's inputs besides the cache.
 struct StepInputs {
-    input_ids: DynValue,
+    /// The ids, or their embedding rows.
+    tokens: DynValue,
     attention_mask: DynValue,
     position_ids: Option<DynValue>,
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 use tracing::Span;
 
 use crate::batch::{Batch, Completion};
+use crate::embedding::EmbeddingSource;
 use crate::error::EngineError;
 use crate::events::{GenerationEvent, PromptScore};
 use crate::generate::{
@@ -115,6 +116,8 @@ impl StatsCell {
 pub(crate) struct PoolSpec {
     pub environment: Environment,
     pub model_path: PathBuf,
+    /// Where the graph's token embedding rows are, for a graph taking `inputs_embeds`.
+    pub embedding: Option<EmbeddingSource>,
     pub manifest: Arc<Manifest>,
     pub codec: Arc<TextCodec>,
     pub options: SessionOptions,
@@ -214,6 +217,7 @@ fn spawn_worker(
             let session = ModelSession::open(
                 &spec.environment,
                 &spec.model_path,
+                spec.embedding.as_ref(),
                 &spec.manifest,
                 &spec.options,
             );

@@ -349,3 +349,58 @@ fn weights_file_is_checked_for_its_variant_only() {
         "{error}"
     );
 }
+
+/// A graph fed embedding rows needs `io.inputs_embeds`, its table in a weights file of its own
+/// variant, and a graph that takes that input: each gap is refused at load, by name.
+#[test]
+fn an_embedding_table_the_graph_cannot_use_is_refused_at_load() {
+    let table = serde_json::json!({
+        "encoding": "q8_0_offset_128", "weights": "rows.data", "codes": 0, "scales": 0,
+    });
+    let dir = common::copy_model("edge");
+    edit_manifest(dir.path(), |m| m["files"][0]["embedding"] = table.clone());
+    let error = load(dir.path()).unwrap_err();
+    assert!(
+        matches!(error, EngineError::ManifestInvalid { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("io.inputs_embeds"), "{error}");
+
+    edit_manifest(dir.path(), |m| {
+        m["io"]["inputs_embeds"] = "inputs_embeds".into()
+    });
+    let error = load(dir.path()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("not a weights file of its variant"),
+        "{error}"
+    );
+
+    // Listed and hashed, but the toy graph takes `input_ids`, not embeddings.
+    let rows = vec![0u8; 4096];
+    std::fs::write(dir.path().join("rows.data"), &rows).unwrap();
+    edit_manifest(dir.path(), |m| {
+        let entry = serde_json::json!({
+            "path": "rows.data", "kind": "weights", "variant": "fp32",
+            "sha256": hex_sha256(&rows), "bytes": rows.len(),
+        });
+        m["files"].as_array_mut().unwrap().push(entry);
+    });
+    match load(dir.path()).unwrap_err() {
+        EngineError::GraphIoMismatch {
+            missing_inputs,
+            unexpected_inputs,
+            ..
+        } => {
+            assert_eq!(missing_inputs, ["inputs_embeds"]);
+            assert_eq!(unexpected_inputs, ["input_ids"]);
+        }
+        other => panic!("expected a graph IO mismatch, got {other}"),
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,358 @@
+//! Token embedding rows read from the weights file, for a graph that takes `inputs_embeds`
+//! (a manifest [`EmbeddingTable`]).
+//!
+//! Each row is read with positioned reads (`pread`) into a small buffer: the table stays in the
+//! kernel's page cache, shared and reclaimable, instead of in the process's resident memory as
+//! it was when the graph looked rows up itself (ONNX Runtime then kept the whole table mapped).
+//! The values are `q * d` in float32, bit for bit what that lookup computed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::EngineError;
+use crate::manifest::EmbeddingTable;
+
+/// Values per Q8_0 block (one scale each).
+const BLOCK: usize = 32;
+
+/// A manifest table and the model directory its file is in: what a session opens once it knows
+/// the graph's embedding width.
+#[derive(Debug, Clone)]
+pub(crate) struct EmbeddingSource {
+    pub(crate) dir: PathBuf,
+    pub(crate) table: EmbeddingTable,
+}
+
+impl EmbeddingSource {
+    pub(crate) fn open(&self, hidden: usize, vocab: usize) -> Result<TokenRows, EngineError> {
+        TokenRows::open(&self.dir, &self.table, hidden, vocab)
+    }
+}
+
+/// Where the parts of one table are, in bytes from the start of its file.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    NibblePlanes { high: u64, low: u64, scales: u64 },
+    Offset128 { codes: u64, scales: u64 },
+}
+
+/// An open embedding table: `vocab` rows of `hidden` float32 values.
+#[derive(Debug)]
+pub(crate) struct TokenRows {
+    file: File,
+    path: PathBuf,
+    layout: Layout,
+    hidden: usize,
+    vocab: usize,
+}
+
+impl TokenRows {
+    /// Opens the table in `dir` and checks that every part of it lies inside its file.
+    pub(crate) fn open(
+        dir: &Path,
+        table: &EmbeddingTable,
+        hidden: usize,
+        vocab: usize,
+    ) -> Result<TokenRows, EngineError> {
+        let path = dir.join(table.weights());
+        let invalid = |reason: String| EngineError::ManifestInvalid {
+            path: dir.join(crate::manifest::MANIFEST_FILE),
+            reason,
+        };
+        if hidden == 0 || !hidden.is_multiple_of(BLOCK) {
+            return Err(invalid(format!(
+                "the graph's embedding width {hidden} is not a positive multiple of {BLOCK}"
+            )));
+        }
+        let layout = match *table {
+            EmbeddingTable::NibblePlanes {
+                high, low, scales, ..
+            } => Layout::NibblePlanes { high, low, scales },
+            EmbeddingTable::Offset128 { codes, scales, .. } => Layout::Offset128 { codes, scales },
+        };
+        let file = File::open(&path).map_err(|e| EngineError::ModelFileMissing {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let file_bytes = file
+            .metadata()
+            .map_err(|e| EngineError::ModelFileMissing {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?
+            .len();
+        let rows = Self {
+            file,
+            path,
+            layout,
+            hidden,
+            vocab,
+        };
+        for (part, offset, row_bytes) in rows.parts() {
+            let end = (vocab as u64)
+                .checked_mul(row_bytes as u64)
+                .and_then(|bytes| bytes.checked_add(offset));
+            if end.is_none_or(|end| end > file_bytes) {
+                return Err(invalid(format!(
+                    "the embedding table's `{part}` ({vocab} rows of {row_bytes} bytes from byte \
+                     {offset}) does not fit in `{}` ({file_bytes} bytes)",
+                    table.weights()
+                )));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Each part of the table: its name, offset and bytes per row.
+    fn parts(&self) -> Vec<(&'static str, u64, usize)> {
+        let scale_bytes = self.hidden / BLOCK * 4;
+        match self.layout {
+            Layout::NibblePlanes { high, low, scales } => vec![
+                ("high", high, self.hidden / 2),
+                ("low", low, self.hidden / 2),
+                ("scales", scales, scale_bytes),
+            ],
+            Layout::Offset128 { codes, scales } => {
+                vec![
+                    ("codes", codes, self.hidden),
+                    ("scales", scales, scale_bytes),
+                ]
+            }
+        }
+    }
+
+    /// Values per row: the graph's `inputs_embeds` width.
+    pub(crate) fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Appends the rows of `ids` to `out` (`ids.len() * hidden` values).
+    pub(crate) fn append(&self, ids: &[u32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        let hidden = self.hidden;
+        let mut codes = vec![0u8; hidden];
+        let scale_row = hidden / BLOCK * 4;
+        let mut scale_bytes = vec![0u8; scale_row];
+        let mut scales = vec![0f32; hidden / BLOCK];
+        out.reserve(ids.len() * hidden);
+        for &id in ids {
+            let row = id as usize;
+            if row >= self.vocab {
+                return Err(EngineError::Runtime(format!(
+                    "token id {id} is outside the embedding table's {} rows",
+                    self.vocab
+                )));
+            }
+            let at = |offset: u64, row_bytes: usize| offset + (row * row_bytes) as u64;
+            let scales_offset = match self.layout {
+                Layout::NibblePlanes { high, low, scales } => {
+                    let (high_row, low_row) = codes.split_at_mut(hidden / 2);
+                    self.read(high_row, at(high, hidden / 2))?;
+                    self.read(low_row, at(low, hidden / 2))?;
+                    scales
+                }
+                Layout::Offset128 {
+                    codes: start,
+                    scales,
+                } => {
+                    self.read(&mut codes, at(start, hidden))?;
+                    scales
+                }
+            };
+            self.read(&mut scale_bytes, at(scales_offset, scale_row))?;
+            for (scale, bytes) in scales.iter_mut().zip(scale_bytes.chunks_exact(4)) {
+                *scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            match self.layout {
+                Layout::NibblePlanes { .. } => {
+                    let (high_row, low_row) = codes.split_at(hidden / 2);
+                    out.extend((0..hidden).map(|column| {
+                        let nibble = |plane: &[u8]| {
+                            let byte = plane[column / 2];
+                            i32::from(if column % 2 == 0 {
+                                byte & 15
+                            } else {
+                                byte >> 4
+                            })
+                        };
+                        let q = 16 * (nibble(high_row) - 8) + nibble(low_row);
+                        q as f32 * scales[column / BLOCK]
+                    }));
+                }
+                Layout::Offset128 { .. } => {
+                    out.extend(codes.iter().enumerate().map(|(column, &code)| {
+                        (i32::from(code) - 128) as f32 * scales[column / BLOCK]
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, buffer: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        read_exact_at(&self.file, buffer, offset).map_err(|e| {
+            EngineError::Runtime(format!(
+                "reading embedding rows from {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buffer: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buffer.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buffer, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            read => {
+                buffer = &mut buffer[read..];
+                offset += read as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A table file for `rows` (each `hidden` int8 values) with scales `d` per block, in
+    /// `encoding`, behind `padding` bytes; returns the directory, the manifest entry and the
+    /// expected float rows.
+    fn table_file(
+        rows: &[Vec<i8>],
+        scales: &[Vec<f32>],
+        nibble_planes: bool,
+        padding: usize,
+    ) -> (tempfile::TempDir, EmbeddingTable) {
+        let mut data = vec![0xAAu8; padding];
+        let table_start = data.len() as u64;
+        if nibble_planes {
+            let plane = |part: fn(i16) -> u8| -> Vec<u8> {
+                rows.iter()
+                    .flat_map(|row| {
+                        row.chunks_exact(2).map(move |pair| {
+                            part(i16::from(pair[0])) | (part(i16::from(pair[1])) << 4)
+                        })
+                    })
+                    .collect()
+            };
+            data.extend(plane(|q| ((q >> 4) + 8) as u8));
+            data.extend(plane(|q| (q & 15) as u8));
+        } else {
+            data.extend(rows.iter().flatten().map(|&q| (i16::from(q) + 128) as u8));
+        }
+        let scales_start = data.len() as u64;
+        data.extend(scales.iter().flatten().flat_map(|d| d.to_le_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.data"), &data).unwrap();
+        let weights = "w.data".to_string();
+        let table = if nibble_planes {
+            let plane_bytes = (rows.len() * rows[0].len() / 2) as u64;
+            EmbeddingTable::NibblePlanes {
+                weights,
+                high: table_start,
+                low: table_start + plane_bytes,
+                scales: scales_start,
+            }
+        } else {
+            EmbeddingTable::Offset128 {
+                weights,
+                codes: table_start,
+                scales: scales_start,
+            }
+        };
+        (dir, table)
+    }
+
+    fn sample() -> (Vec<Vec<i8>>, Vec<Vec<f32>>) {
+        // Every int8 value appears, across two rows of 64 and a third of extremes.
+        let rows: Vec<Vec<i8>> = vec![
+            (-128..-64).map(|q| q as i8).collect(),
+            (64..128).map(|q| q as i8).collect(),
+            (0..64)
+                .map(|i| [-128i8, 127, -1, 0, 1, -8, 7, 16][i % 8])
+                .collect(),
+        ];
+        let scales = vec![vec![0.5, -0.25], vec![1e-3, 3.0], vec![0.007_812_5, 1.0]];
+        (rows, scales)
+    }
+
+    #[test]
+    fn both_encodings_give_q_times_d_for_every_int8_value() {
+        let (rows, scales) = sample();
+        for nibble_planes in [true, false] {
+            let (dir, table) = table_file(&rows, &scales, nibble_planes, 100);
+            let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
+            let mut out = Vec::new();
+            table_rows.append(&[2, 0, 1, 0], &mut out).unwrap();
+            let scales = &scales;
+            let expected: Vec<f32> = [2usize, 0, 1, 0]
+                .iter()
+                .flat_map(|&r| {
+                    rows[r]
+                        .iter()
+                        .enumerate()
+                        .map(move |(c, &q)| f32::from(q) * scales[r][c / 32])
+                })
+                .collect();
+            assert_eq!(out, expected, "nibble planes: {nibble_planes}");
+        }
+    }
+
+    #[test]
+    fn an_id_beyond_the_table_is_an_error_and_appends_nothing_for_it() {
+        let (rows, scales) = sample();
+        let (dir, table) = table_file(&rows, &scales, false, 0);
+        let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
+        let mut out = Vec::new();
+        let error = table_rows.append(&[3], &mut out).unwrap_err();
+        assert!(error.to_string().contains("token id 3"), "{error}");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_table_that_does_not_fit_in_its_file_is_refused_at_open() {
+        let (rows, scales) = sample();
+        let (dir, table) = table_file(&rows, &scales, true, 0);
+        // One row more than the file holds.
+        let error = TokenRows::open(dir.path(), &table, 64, rows.len() + 1).unwrap_err();
+        assert!(error.to_string().contains("does not fit"), "{error}");
+        // A width that is not whole blocks.
+        let error = TokenRows::open(dir.path(), &table, 48, rows.len()).unwrap_err();
+        assert!(error.to_string().contains("multiple of 32"), "{error}");
+        let missing = EmbeddingTable::Offset128 {
+            weights: "absent.data".into(),
+            codes: 0,
+            scales: 0,
+        };
+        assert!(matches!(
+            TokenRows::open(dir.path(), &missing, 64, 1),
+            Err(EngineError::ModelFileMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_truncated_after_open_fails_the_read_instead_of_returning_zeros() {
+        let (rows, scales) = sample();
+        let (dir, table) = table_file(&rows, &scales, false, 0);
+        let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("w.data"))
+            .unwrap()
+            .set_len(64)
+            .unwrap();
+        let error = table_rows.append(&[2], &mut Vec::new()).unwrap_err();
+        assert!(
+            error.to_string().contains("reading embedding rows"),
+            "{error}"
+        );
+    }
+}
