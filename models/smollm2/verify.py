@@ -3,7 +3,8 @@
 (a) int4 exactness: every Q4_1 weight as the int4 graph holds it (MatMulNBits blob / scales / zero points +
     block offsets), dequantized in numpy exactly as the kernel reads it, against gguf's reference
     dequantizer; the same for the 8-bit embedding; plus ONNX Runtime itself fed the identity matrix through
-    the same int4 subgraphs (its output is the effective weight matrix);
+    the same int4 subgraphs (its output is the effective weight matrix); and every embedding row of each
+    quantized variant as embedding_rows.py reads it at the manifest's `embedding` offsets;
 (b) greedy decoding with the KV cache of chat prompts (template rendered like transformers does) with both
     variants;
 (c) int4 vs fp32 logits over the prompt positions (max abs diff, top-1 agreement);
@@ -12,6 +13,8 @@
     generations, first-step top-20 logits, prompt NLLs;
 (f) the opt-in int4-fast graph (int8 activations) against its parity budget (FAST_BUDGET);
 plus the tokenizer (round trips; the reference's tokenizations) and decode speed.
+Every graph is fed as the engine feeds it: the quantized graphs take inputs_embeds, the rows of the manifest's
+`embedding` entry (embedding_rows.token_feeds), so the checks exercise that entry as written.
 Exits non-zero when (a) or the coherence check (the France answer names Paris) fails for int4 or fp32. The opt-in
 int4-fast graph's quality depends on the CPU's int8 kernels: when it misses its own coherence check (CLEAR_CHECK) or
 (f), it is reported as left out (`left_out` in import-report.json) and the importer drops it from the folder instead
@@ -31,6 +34,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 import graph
+from embedding_rows import embedding_entry, embedding_rows, model_entry, token_feeds
 from gguf_source import F32, Q4_1, GGUFModel
 
 PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy."]
@@ -65,21 +69,25 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- runtime
 class Runner:
-    def __init__(self, path: Path, num_layers: int, kv_heads: int, head_dim: int, threads: int = 2):
+    """One variant's graph of the model folder `out`, fed through its manifest entry (token_feeds)."""
+
+    def __init__(self, out: Path, manifest: dict, variant: str, threads: int = 2, file: str | None = None):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        path = out / (file or model_entry(manifest, variant)["path"])
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.sess.get_outputs()]
-        self.layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.out, self.manifest, self.variant = out, manifest, variant
+        self.layers, self.kv_heads, self.head_dim = manifest["num_layers"], manifest["num_kv_heads"], manifest["head_dim"]
 
     def empty_past(self, batch: int = 1) -> dict:
         z = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return {f"past_key_values.{i}.{k}": z for i in range(self.layers) for k in ("key", "value")}
 
     def run(self, ids, mask, positions, past):
-        feeds = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64),
-                 "position_ids": np.asarray(positions, np.int64), **past}
+        feeds = {**token_feeds(self.out, self.manifest, self.variant, ids),
+                 "attention_mask": np.asarray(mask, np.int64), "position_ids": np.asarray(positions, np.int64), **past}
         outs = dict(zip(self.names, self.sess.run(self.names, feeds)))
         present = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"]
                    for i in range(self.layers) for k in ("key", "value")}
@@ -149,6 +157,22 @@ def check_dequant(model: GGUFModel, accuracy_level: int) -> dict:
         probes[label] = float(np.abs(got - ref).max())
     return {"q4_1_tensors": n, "q4_1_max_abs_diff": worst, "q8_0_embedding_max_abs_diff": emb_diff,
             "f32_norms_copied": norms, "ort_identity_probe_max_abs_diff": probes}
+
+
+def check_embedding_rows(out: Path, manifest: dict, model: GGUFModel, chunk: int = 8192) -> dict:
+    """Every row of each quantized variant's embedding table, read at the manifest's offsets (embedding_rows), against
+    gguf's dequantized token_embd: variant -> max abs diff (0.0 when the entry and the file are right)."""
+    want = model.dequantized("token_embd.weight")
+    out_diffs = {}
+    for f in manifest["files"]:
+        if f["kind"] != "model" or embedding_entry(manifest, f["variant"]) is None:
+            continue
+        worst = 0.0
+        for start in range(0, want.shape[0], chunk):
+            ids = np.arange(start, min(start + chunk, want.shape[0]))
+            worst = max(worst, float(np.abs(embedding_rows(out, manifest, f["variant"], ids) - want[ids]).max()))
+        out_diffs[f["variant"]] = worst
+    return out_diffs
 
 
 def check_tokenizer(tok: Tokenizer, reference: Path | None) -> dict:
@@ -331,7 +355,6 @@ def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | N
     report: dict = {}
     failures: list[str] = []
     left_out: dict[str, list[str]] = {}  # approximate variant -> why it is not fit on this CPU
-    cfg = model.config
 
     t0 = time.time()
     report["dequant"] = dq = check_dequant(model, accuracy_level)
@@ -342,6 +365,13 @@ def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | N
                 *dq["ort_identity_probe_max_abs_diff"].values())
     if not worst <= EXACT_TOL:
         failures.append(f"dequant max abs diff {worst} > {EXACT_TOL}")
+
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    t0 = time.time()
+    report["embedding_rows_max_abs_diff"] = er = check_embedding_rows(out, manifest, model)
+    log(f"(a) embedding rows at the manifest's offsets vs gguf's token_embd: {er} ({time.time() - t0:.1f}s)")
+    if not er or not max(er.values()) <= EXACT_TOL:
+        failures.append(f"embedding rows at the manifest's offsets differ from the GGUF's: {er}")
 
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     report["tokenizer"] = tk = check_tokenizer(tok, reference)
@@ -356,9 +386,9 @@ def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | N
     eos = model.tokenizer.eos_id
     prompts = [tok.encode(render_chat(model.chat_template, [{"role": "user", "content": p}]),
                           add_special_tokens=False).ids for p in PROMPTS]
-    runners = {v: Runner(out / files[v], cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, threads)
+    runners = {v: Runner(out, manifest, v, threads, files[v])
                for v in ("fp32", "int4")}  # the exact variants: every check below
-    fast = {v: Runner(out / f, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, threads)
+    fast = {v: Runner(out, manifest, v, threads, f)
             for v, f in files.items() if v not in runners}  # approximate: CLEAR_CHECK, (f), speed
     report["greedy"], prefill, steps, gens = {}, {}, {}, {}
     for v, r in {**runners, **fast}.items():
