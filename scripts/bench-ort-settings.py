@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from decode_feeds import decode_feeds
+from decode_feeds import graph_decode_feeds
 from ort_session import engine_options
 
 NODE_SETTINGS = {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": "20"}
@@ -50,7 +50,7 @@ def steps(args):
         threads = int(entries.pop("threads", "2"))
         sessions[name] = ort.InferenceSession(args.graph, session_options(threads, entries),
                                               providers=["CPUExecutionProvider"])
-    feeds = decode_feeds(60)
+    feeds = graph_decode_feeds(60, args.graph, next(iter(sessions.values())))
     rates = {name: [] for name in sessions}
     for _ in range(args.rounds):
         for name, session in sessions.items():

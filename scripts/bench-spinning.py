@@ -17,7 +17,7 @@ import statistics
 import time
 
 
-from decode_feeds import decode_feeds
+from decode_feeds import graph_decode_feeds
 from ort_session import engine_session
 
 PAST = 60
@@ -99,10 +99,10 @@ def main():
     parser.add_argument("--spin-us", default="20,50", help="bounded spin lengths to compare")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    feeds = decode_feeds(PAST)
     chosen = settings([int(us) for us in args.spin_us.split(",") if us])
     for path in args.graphs:
         sessions = {name: open_session(path, threads, entries) for name, (threads, entries) in chosen.items()}
+        feeds = graph_decode_feeds(PAST, path, next(iter(sessions.values())))
         idle = {name: idle_cpu_ms(session, feeds) for name, session in sessions.items()}
         print(f"\n{path}: decode steps/s, median of {args.rounds} interleaved rounds of {ROUND_SECONDS} s "
               f"({PAST} cached positions); idle = CPU ms burnt in the 200 ms after a step")
