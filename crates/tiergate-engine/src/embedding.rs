@@ -4,7 +4,8 @@
 //! Each row is read with positioned reads (`pread`) into a small buffer: the table stays in the
 //! kernel's page cache, shared and reclaimable, instead of in the process's resident memory as
 //! it was when the graph looked rows up itself (ONNX Runtime then kept the whole table mapped).
-//! The values are `q * d` in float32, bit for bit what that lookup computed.
+//! The values are the table's float32 values or, for a Q8_0 table, `q * d` in float32: bit for
+//! bit what that lookup computed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ impl EmbeddingSource {
 /// Where the parts of one table are, in bytes from the start of its file.
 #[derive(Debug, Clone, Copy)]
 enum Layout {
+    F32 { table: u64 },
     NibblePlanes { high: u64, low: u64, scales: u64 },
     Offset128 { codes: u64, scales: u64 },
 }
@@ -59,17 +61,20 @@ impl TokenRows {
             path: dir.join(crate::manifest::MANIFEST_FILE),
             reason,
         };
-        if hidden == 0 || !hidden.is_multiple_of(BLOCK) {
-            return Err(invalid(format!(
-                "the graph's embedding width {hidden} is not a positive multiple of {BLOCK}"
-            )));
-        }
         let layout = match *table {
+            EmbeddingTable::F32 { table, .. } => Layout::F32 { table },
             EmbeddingTable::NibblePlanes {
                 high, low, scales, ..
             } => Layout::NibblePlanes { high, low, scales },
             EmbeddingTable::Offset128 { codes, scales, .. } => Layout::Offset128 { codes, scales },
         };
+        let whole_blocks = matches!(layout, Layout::F32 { .. }) || hidden.is_multiple_of(BLOCK);
+        if hidden == 0 || !whole_blocks {
+            return Err(invalid(format!(
+                "the graph's embedding width {hidden} does not fit the table (a Q8_0 table needs a \
+                 positive multiple of {BLOCK})"
+            )));
+        }
         let file = File::open(&path).map_err(|e| EngineError::ModelFileMissing {
             path: path.clone(),
             reason: e.to_string(),
@@ -107,6 +112,7 @@ impl TokenRows {
     fn parts(&self) -> Vec<(&'static str, u64, usize)> {
         let scale_bytes = self.hidden / BLOCK * 4;
         match self.layout {
+            Layout::F32 { table } => vec![("table", table, self.hidden * 4)],
             Layout::NibblePlanes { high, low, scales } => vec![
                 ("high", high, self.hidden / 2),
                 ("low", low, self.hidden / 2),
@@ -129,9 +135,9 @@ impl TokenRows {
     /// Appends the rows of `ids` to `out` (`ids.len() * hidden` values).
     pub(crate) fn append(&self, ids: &[u32], out: &mut Vec<f32>) -> Result<(), EngineError> {
         let hidden = self.hidden;
-        let mut codes = vec![0u8; hidden];
-        let scale_row = hidden / BLOCK * 4;
-        let mut scale_bytes = vec![0u8; scale_row];
+        // Room for the widest part of a row: a float32 row, or a Q8_0 row's codes.
+        let mut bytes = vec![0u8; hidden * 4];
+        let mut scale_bytes = vec![0u8; hidden / BLOCK * 4];
         let mut scales = vec![0f32; hidden / BLOCK];
         out.reserve(ids.len() * hidden);
         for &id in ids {
@@ -143,47 +149,69 @@ impl TokenRows {
                 )));
             }
             let at = |offset: u64, row_bytes: usize| offset + (row * row_bytes) as u64;
-            let scales_offset = match self.layout {
-                Layout::NibblePlanes { high, low, scales } => {
-                    let (high_row, low_row) = codes.split_at_mut(hidden / 2);
+            match self.layout {
+                Layout::F32 { table } => {
+                    let values = &mut bytes[..hidden * 4];
+                    self.read(values, at(table, hidden * 4))?;
+                    out.extend(values.chunks_exact(4).map(le_f32));
+                }
+                Layout::NibblePlanes {
+                    high,
+                    low,
+                    scales: scales_at,
+                } => {
+                    let (high_row, rest) = bytes.split_at_mut(hidden / 2);
+                    let low_row = &mut rest[..hidden / 2];
                     self.read(high_row, at(high, hidden / 2))?;
                     self.read(low_row, at(low, hidden / 2))?;
-                    scales
-                }
-                Layout::Offset128 {
-                    codes: start,
-                    scales,
-                } => {
-                    self.read(&mut codes, at(start, hidden))?;
-                    scales
-                }
-            };
-            self.read(&mut scale_bytes, at(scales_offset, scale_row))?;
-            for (scale, bytes) in scales.iter_mut().zip(scale_bytes.chunks_exact(4)) {
-                *scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            }
-            match self.layout {
-                Layout::NibblePlanes { .. } => {
-                    let (high_row, low_row) = codes.split_at(hidden / 2);
+                    self.read_scales(
+                        at(scales_at, scale_bytes.len()),
+                        &mut scale_bytes,
+                        &mut scales,
+                    )?;
+                    let nibble = |plane: &[u8], column: usize| {
+                        let byte = plane[column / 2];
+                        i32::from(if column.is_multiple_of(2) {
+                            byte & 15
+                        } else {
+                            byte >> 4
+                        })
+                    };
                     out.extend((0..hidden).map(|column| {
-                        let nibble = |plane: &[u8]| {
-                            let byte = plane[column / 2];
-                            i32::from(if column % 2 == 0 {
-                                byte & 15
-                            } else {
-                                byte >> 4
-                            })
-                        };
-                        let q = 16 * (nibble(high_row) - 8) + nibble(low_row);
+                        let q = 16 * (nibble(high_row, column) - 8) + nibble(low_row, column);
                         q as f32 * scales[column / BLOCK]
                     }));
                 }
-                Layout::Offset128 { .. } => {
-                    out.extend(codes.iter().enumerate().map(|(column, &code)| {
+                Layout::Offset128 {
+                    codes,
+                    scales: scales_at,
+                } => {
+                    let row_codes = &mut bytes[..hidden];
+                    self.read(row_codes, at(codes, hidden))?;
+                    self.read_scales(
+                        at(scales_at, scale_bytes.len()),
+                        &mut scale_bytes,
+                        &mut scales,
+                    )?;
+                    out.extend(row_codes.iter().enumerate().map(|(column, &code)| {
                         (i32::from(code) - 128) as f32 * scales[column / BLOCK]
                     }));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// One row's Q8_0 block scales: `raw.len() / 4` float32 values from `offset`.
+    fn read_scales(
+        &self,
+        offset: u64,
+        raw: &mut [u8],
+        scales: &mut [f32],
+    ) -> Result<(), EngineError> {
+        self.read(raw, offset)?;
+        for (scale, value) in scales.iter_mut().zip(raw.chunks_exact(4)) {
+            *scale = le_f32(value);
         }
         Ok(())
     }
@@ -196,6 +224,11 @@ impl TokenRows {
             ))
         })
     }
+}
+
+/// A little-endian float32 from exactly four bytes.
+fn le_f32(bytes: &[u8]) -> f32 {
+    f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 #[cfg(unix)]
@@ -222,57 +255,17 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    /// A table file for `rows` (each `hidden` int8 values) with scales `d` per block, in
-    /// `encoding`, behind `padding` bytes; returns the directory, the manifest entry and the
-    /// expected float rows.
-    fn table_file(
-        rows: &[Vec<i8>],
-        scales: &[Vec<f32>],
-        nibble_planes: bool,
-        padding: usize,
-    ) -> (tempfile::TempDir, EmbeddingTable) {
-        let mut data = vec![0xAAu8; padding];
-        let table_start = data.len() as u64;
-        if nibble_planes {
-            let plane = |part: fn(i16) -> u8| -> Vec<u8> {
-                rows.iter()
-                    .flat_map(|row| {
-                        row.chunks_exact(2).map(move |pair| {
-                            part(i16::from(pair[0])) | (part(i16::from(pair[1])) << 4)
-                        })
-                    })
-                    .collect()
-            };
-            data.extend(plane(|q| ((q >> 4) + 8) as u8));
-            data.extend(plane(|q| (q & 15) as u8));
-        } else {
-            data.extend(rows.iter().flatten().map(|&q| (i16::from(q) + 128) as u8));
-        }
-        let scales_start = data.len() as u64;
-        data.extend(scales.iter().flatten().flat_map(|d| d.to_le_bytes()));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("w.data"), &data).unwrap();
-        let weights = "w.data".to_string();
-        let table = if nibble_planes {
-            let plane_bytes = (rows.len() * rows[0].len() / 2) as u64;
-            EmbeddingTable::NibblePlanes {
-                weights,
-                high: table_start,
-                low: table_start + plane_bytes,
-                scales: scales_start,
-            }
-        } else {
-            EmbeddingTable::Offset128 {
-                weights,
-                codes: table_start,
-                scales: scales_start,
-            }
-        };
-        (dir, table)
+    #[derive(Debug, Clone, Copy)]
+    enum Encoding {
+        F32,
+        NibblePlanes,
+        Offset128,
     }
 
+    const ENCODINGS: [Encoding; 3] = [Encoding::F32, Encoding::NibblePlanes, Encoding::Offset128];
+
+    /// Every int8 value, across two rows of 64 and a third of extremes, and a scale per block.
     fn sample() -> (Vec<Vec<i8>>, Vec<Vec<f32>>) {
-        // Every int8 value appears, across two rows of 64 and a third of extremes.
         let rows: Vec<Vec<i8>> = vec![
             (-128..-64).map(|q| q as i8).collect(),
             (64..128).map(|q| q as i8).collect(),
@@ -284,48 +277,115 @@ mod tests {
         (rows, scales)
     }
 
-    #[test]
-    fn both_encodings_give_q_times_d_for_every_int8_value() {
+    /// Row `r`'s values: `q * d`, what every encoding must give back.
+    fn values(rows: &[Vec<i8>], scales: &[Vec<f32>], r: usize) -> Vec<f32> {
+        rows[r]
+            .iter()
+            .enumerate()
+            .map(|(c, &q)| f32::from(q) * scales[r][c / BLOCK])
+            .collect()
+    }
+
+    /// The sample's table written in `encoding` behind `padding` bytes of other data, in a
+    /// temporary directory, and its manifest entry.
+    fn table_file(encoding: Encoding, padding: usize) -> (tempfile::TempDir, EmbeddingTable) {
         let (rows, scales) = sample();
-        for nibble_planes in [true, false] {
-            let (dir, table) = table_file(&rows, &scales, nibble_planes, 100);
+        let mut data = vec![0xAAu8; padding];
+        let start = data.len() as u64;
+        let plane = |part: fn(i16) -> u8| -> Vec<u8> {
+            rows.iter()
+                .flat_map(|row| {
+                    row.chunks_exact(2)
+                        .map(move |pair| part(i16::from(pair[0])) | (part(i16::from(pair[1])) << 4))
+                })
+                .collect()
+        };
+        let plane_bytes = (rows.len() * rows[0].len() / 2) as u64;
+        match encoding {
+            Encoding::F32 => {
+                for r in 0..rows.len() {
+                    data.extend(
+                        values(&rows, &scales, r)
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes()),
+                    );
+                }
+            }
+            Encoding::NibblePlanes => {
+                data.extend(plane(|q| ((q >> 4) + 8) as u8));
+                data.extend(plane(|q| (q & 15) as u8));
+            }
+            Encoding::Offset128 => {
+                data.extend(rows.iter().flatten().map(|&q| (i16::from(q) + 128) as u8));
+            }
+        }
+        let scales_start = data.len() as u64;
+        data.extend(scales.iter().flatten().flat_map(|d| d.to_le_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.data"), &data).unwrap();
+        let weights = "w.data".to_string();
+        let table = match encoding {
+            Encoding::F32 => EmbeddingTable::F32 {
+                weights,
+                table: start,
+            },
+            Encoding::NibblePlanes => EmbeddingTable::NibblePlanes {
+                weights,
+                high: start,
+                low: start + plane_bytes,
+                scales: scales_start,
+            },
+            Encoding::Offset128 => EmbeddingTable::Offset128 {
+                weights,
+                codes: start,
+                scales: scales_start,
+            },
+        };
+        (dir, table)
+    }
+
+    #[test]
+    fn every_encoding_gives_q_times_d_for_every_int8_value() {
+        let (rows, scales) = sample();
+        for encoding in ENCODINGS {
+            let (dir, table) = table_file(encoding, 100);
             let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
             let mut out = Vec::new();
             table_rows.append(&[2, 0, 1, 0], &mut out).unwrap();
-            let scales = &scales;
-            let expected: Vec<f32> = [2usize, 0, 1, 0]
+            let expected: Vec<f32> = [2, 0, 1, 0]
                 .iter()
-                .flat_map(|&r| {
-                    rows[r]
-                        .iter()
-                        .enumerate()
-                        .map(move |(c, &q)| f32::from(q) * scales[r][c / 32])
-                })
+                .flat_map(|&r| values(&rows, &scales, r))
                 .collect();
-            assert_eq!(out, expected, "nibble planes: {nibble_planes}");
+            assert_eq!(out, expected, "{encoding:?}");
         }
     }
 
     #[test]
     fn an_id_beyond_the_table_is_an_error_and_appends_nothing_for_it() {
-        let (rows, scales) = sample();
-        let (dir, table) = table_file(&rows, &scales, false, 0);
-        let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
-        let mut out = Vec::new();
-        let error = table_rows.append(&[3], &mut out).unwrap_err();
-        assert!(error.to_string().contains("token id 3"), "{error}");
-        assert!(out.is_empty());
+        for encoding in ENCODINGS {
+            let (dir, table) = table_file(encoding, 0);
+            let table_rows = TokenRows::open(dir.path(), &table, 64, 3).unwrap();
+            let mut out = Vec::new();
+            let error = table_rows.append(&[3], &mut out).unwrap_err();
+            assert!(error.to_string().contains("token id 3"), "{error}");
+            assert!(out.is_empty());
+        }
     }
 
     #[test]
     fn a_table_that_does_not_fit_in_its_file_is_refused_at_open() {
-        let (rows, scales) = sample();
-        let (dir, table) = table_file(&rows, &scales, true, 0);
-        // One row more than the file holds.
-        let error = TokenRows::open(dir.path(), &table, 64, rows.len() + 1).unwrap_err();
-        assert!(error.to_string().contains("does not fit"), "{error}");
-        // A width that is not whole blocks.
-        let error = TokenRows::open(dir.path(), &table, 48, rows.len()).unwrap_err();
+        for encoding in ENCODINGS {
+            let (dir, table) = table_file(encoding, 0);
+            // One row more than the file holds.
+            let error = TokenRows::open(dir.path(), &table, 64, 4).unwrap_err();
+            assert!(
+                error.to_string().contains("does not fit"),
+                "{encoding:?}: {error}"
+            );
+        }
+        // A Q8_0 table needs whole blocks of 32 values.
+        let (dir, table) = table_file(Encoding::Offset128, 0);
+        let error = TokenRows::open(dir.path(), &table, 48, 3).unwrap_err();
         assert!(error.to_string().contains("multiple of 32"), "{error}");
         let missing = EmbeddingTable::Offset128 {
             weights: "absent.data".into(),
@@ -340,9 +400,8 @@ mod tests {
 
     #[test]
     fn a_file_truncated_after_open_fails_the_read_instead_of_returning_zeros() {
-        let (rows, scales) = sample();
-        let (dir, table) = table_file(&rows, &scales, false, 0);
-        let table_rows = TokenRows::open(dir.path(), &table, 64, rows.len()).unwrap();
+        let (dir, table) = table_file(Encoding::Offset128, 0);
+        let table_rows = TokenRows::open(dir.path(), &table, 64, 3).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join("w.data"))

@@ -141,16 +141,21 @@ pub struct FileEntry {
     pub embedding: Option<EmbeddingTable>,
 }
 
-/// Where a graph's token embedding rows are, for a graph that takes `io.inputs_embeds`: a
-/// Q8_0 table (rows of `hidden` int8 values in blocks of 32, a float32 scale `d` per block, the
-/// value `q * d`) inside one of the variant's weights files, at byte offsets. The engine reads
-/// a token's row with one positioned read per part, so the table stays in the page cache, not
-/// in the process's resident memory: a lookup inside the graph kept the whole table mapped
-/// (~33 MB resident for SmolLM2, docs/benchmarks.md "Memory (RSS)"). Scales are row-major
-/// `[vocab, hidden / 32]` little-endian float32 at `scales`.
+/// Where a graph's token embedding rows are, for a graph that takes `io.inputs_embeds`: a table
+/// of `vocab` rows of `hidden` values inside one of the variant's weights files, at byte
+/// offsets; float32, or Q8_0 (int8 values in blocks of 32, a float32 scale `d` per block, the
+/// value `q * d`, scales row-major `[vocab, hidden / 32]` little-endian float32 at `scales`).
+/// The engine reads a token's row with one positioned read per part, so the table stays in the
+/// page cache, not in the process's resident memory: a lookup inside the graph kept the whole
+/// table mapped (SmolLM2: ~33 MB resident with the int4 graphs, ~108 MB with fp32;
+/// docs/benchmarks.md "Memory (RSS)").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "encoding", deny_unknown_fields)]
 pub enum EmbeddingTable {
+    /// Little-endian float32 values, `hidden * 4` bytes per row from `table`. The fp32 graph's
+    /// lm_head reads the same table.
+    #[serde(rename = "f32")]
+    F32 { weights: String, table: u64 },
     /// Two planes of 4-bit values, `hidden / 2` bytes per row each (column `2i` in the low
     /// nibble of byte `i`, `2i + 1` in the high one): `q = 16 * (high - 8) + low`. The int4
     /// graph's lm_head reads the same planes.
@@ -175,7 +180,9 @@ impl EmbeddingTable {
     /// The weights file (relative to the model directory) the table is in.
     pub fn weights(&self) -> &str {
         match self {
-            Self::NibblePlanes { weights, .. } | Self::Offset128 { weights, .. } => weights,
+            Self::F32 { weights, .. }
+            | Self::NibblePlanes { weights, .. }
+            | Self::Offset128 { weights, .. } => weights,
         }
     }
 }
