@@ -26,7 +26,7 @@ def main():
     sessions = {}
     for path in args.graphs:
         sessions[path] = engine_session(path, args.threads)
-    # Per graph: a quantized SmolLM2 graph takes inputs_embeds (token 5's row from its folder's manifest), fp32 input_ids.
+    # Per graph: a SmolLM2 graph takes inputs_embeds (token 5's row from its folder's manifest); older or toy graphs input_ids.
     feeds = {path: graph_decode_feeds(args.past, path, session) for path, session in sessions.items()}
     rounds = {path: [] for path in sessions}
     for _ in range(4):

@@ -3,9 +3,10 @@
 token (id 5) per row after `past` cached positions. Names and shapes from the model's manifest when given, else
 SmolLM2-135M's.
 
-The token goes in as the graph takes it: `input_ids`, or `inputs_embeds` for a graph that takes embedding rows (the
-quantized SmolLM2 graphs): token 5's real row, read at the manifest's `embedding` offsets by
-models/smollm2/embedding_rows.py, when the model folder and variant are known; a zero row otherwise."""
+The token goes in as the graph takes it: `input_ids`, or `inputs_embeds` for a graph that takes embedding rows (every
+SmolLM2 graph: fp32 since importer version 7, int4 and int4-fast since 6): token 5's real row, read at the
+manifest's `embedding` offsets by models/smollm2/embedding_rows.py, when the model folder and variant are known; a
+zero row otherwise."""
 
 import json
 import sys

@@ -3,10 +3,12 @@ manifest's `embedding` entry, as the Rust engine reads them: the one Python read
 scripts/ benchmarks use it). numpy only, so it runs in the importer's venv and in the bench venv alike.
 
 The entry (on a model file of manifest.json, written by manifest.embedding_table):
+  {"weights": FILE, "encoding": "f32", "table": T}                                         (fp32)
   {"weights": FILE, "encoding": "q8_0_nibble_planes", "high": H, "low": L, "scales": S}   (int4)
   {"weights": FILE, "encoding": "q8_0_offset_128", "codes": C, "scales": S}               (int4-fast)
-A Q8_0 table of vocab_size rows x hidden columns in blocks of 32 (nb = hidden / 32 blocks a row), the lm_head's
-own initializers (graph.EMBEDDING_TABLES):
+A table of vocab_size rows x hidden columns, the lm_head's own initializers (graph.EMBEDDING_TABLES):
+  f32: row r is the hidden little-endian float32 values at T + r * hidden * 4, the row itself.
+A Q8_0 table in blocks of 32 (nb = hidden / 32 blocks a row):
   q8_0_nibble_planes: row r of each plane is the hidden / 2 bytes at H + r * hidden / 2 (L for the low plane);
     column j is byte j / 2's low nibble for even j, its high nibble for odd j; q = 16 * (high - 8) + low (int8).
   q8_0_offset_128: row r is the hidden bytes at C + r * hidden; q = code - 128.
@@ -17,17 +19,20 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 BLOCK = 32
-PARTS = {"q8_0_nibble_planes": ("high", "low", "scales"), "q8_0_offset_128": ("codes", "scales")}
+PARTS = {"f32": ("table",), "q8_0_nibble_planes": ("high", "low", "scales"), "q8_0_offset_128": ("codes", "scales")}
+FLOAT_PARTS = ("table", "scales")  # little-endian float32; the others are bytes (uint8)
 
 
 def row_bytes(part: str, hidden: int) -> int:
     """Bytes of one row of a table part."""
-    return {"high": hidden // 2, "low": hidden // 2, "codes": hidden, "scales": hidden // BLOCK * 4}[part]
+    return {"table": hidden * 4, "high": hidden // 2, "low": hidden // 2, "codes": hidden,
+            "scales": hidden // BLOCK * 4}[part]
 
 
 def model_entry(manifest: dict, variant: str) -> dict:
@@ -39,7 +44,8 @@ def model_entry(manifest: dict, variant: str) -> dict:
 
 
 def embedding_entry(manifest: dict, variant: str) -> dict | None:
-    """The variant's `embedding` entry; None for a graph that takes input_ids."""
+    """The variant's `embedding` entry; None for a graph that takes input_ids (a folder of an importer before
+    version 7 for fp32, before 6 for every variant; toy models)."""
     return model_entry(manifest, variant).get("embedding")
 
 
@@ -68,22 +74,45 @@ def embedding_rows(model_dir: Path | str, manifest: dict, variant: str, ids) -> 
     ids = np.asarray(ids, np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise ValueError(f"token ids outside 0..{vocab - 1}")
-    data = _weights(model_dir / entry["weights"])
+    with open(model_dir / entry["weights"], "rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
 
-    def table(part: str) -> np.ndarray:  # a [vocab, row bytes] view of the file; indexing reads only those rows
-        width = row_bytes(part, hidden)
-        start, end = entry[part], entry[part] + vocab * width
-        if end > data.size:
-            raise ValueError(f"{entry['weights']}: {part} table ends at byte {end}, past the file's {data.size}")
-        return data[start:end].reshape(vocab, width)
+        def table(part: str) -> np.ndarray:  # uint8 [n, row bytes]: the rows of ids, one positioned read each
+            width = row_bytes(part, hidden)
+            start, end = entry[part], entry[part] + vocab * width
+            if end > size:
+                raise ValueError(f"{entry['weights']}: {part} table ends at byte {end}, past the file's {size}")
+            return _read_rows(fd, start, width, ids)
 
-    d = np.ascontiguousarray(table("scales")[ids]).view("<f4").astype(np.float32)  # [n, nb]
-    if encoding == "q8_0_nibble_planes":
-        q = 16 * (_unpack_nibbles(table("high")[ids]) - 8) + _unpack_nibbles(table("low")[ids])
-    else:
-        q = table("codes")[ids].astype(np.int16) - 128
+        if encoding == "f32":
+            return table("table").view("<f4").astype(np.float32)  # [n, hidden]
+        d = table("scales").view("<f4").astype(np.float32)  # [n, nb]
+        if encoding == "q8_0_nibble_planes":
+            q = 16 * (_unpack_nibbles(table("high")) - 8) + _unpack_nibbles(table("low"))
+        else:
+            q = table("codes").astype(np.int16) - 128
     rows = q.astype(np.float32).reshape(len(ids), nb, BLOCK) * d[..., None]
     return rows.reshape(len(ids), hidden)
+
+
+def _read_rows(fd: int, start: int, width: int, ids: np.ndarray) -> np.ndarray:
+    """uint8 [len(ids), width]: row r is the width bytes at start + r * width, read with pread (as the engine reads
+    them) rather than through a mapping of the file, which would leave the pages it touched (and the kernel's
+    fault-around) mapped in this process's RSS: a Python measurement of a graph's memory would count them. A run of
+    consecutive ids (verify.py's whole-table check) is one read."""
+    out = np.empty((len(ids), width), np.uint8)
+    if len(ids) > 1 and bool((np.diff(ids) == 1).all()):
+        runs = [(0, len(ids))]
+    else:
+        runs = [(i, i + 1) for i in range(len(ids))]
+    for a, b in runs:
+        n = (b - a) * width
+        buf = os.pread(fd, n, start + int(ids[a]) * width)
+        if len(buf) != n:
+            raise ValueError(f"short read: {len(buf)} of {n} bytes at {start + int(ids[a]) * width}")
+        out[a:b] = np.frombuffer(buf, np.uint8).reshape(b - a, width)
+    return out
 
 
 def _unpack_nibbles(b: np.ndarray) -> np.ndarray:
@@ -92,11 +121,6 @@ def _unpack_nibbles(b: np.ndarray) -> np.ndarray:
     out[..., 0::2] = b & 0x0F
     out[..., 1::2] = b >> 4
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _weights(path: Path) -> np.memmap:
-    return np.memmap(path, np.uint8, "r")
 
 
 @functools.lru_cache(maxsize=None)

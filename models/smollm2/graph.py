@@ -1,16 +1,18 @@
 """Builds the SmolLM2 decoder as an ONNX graph (opset 17 + com.microsoft v1 contrib ops of ONNX Runtime) with the
 Hugging Face Optimum decoder-with-past IO the Rust engine expects:
 
-inputs  input_ids [b, s] (int64; fp32) or inputs_embeds float32 [b, s, hidden] (int4, int4-fast),
+inputs  inputs_embeds float32 [b, s, hidden] (no input_ids: every variant takes its tokens as embedding rows),
         attention_mask [b, past + s], position_ids [b, s] (int64),
         past_key_values.{i}.key / .value float32 [b, kv_heads, past, head_dim]
 outputs logits float32 [b, s, vocab], present.{i}.key / .value float32 [b, kv_heads, past + s, head_dim]
 
-The quantized graphs take their tokens as embedding rows: the caller reads each token's row of the Q8_0 tied
-embedding (the lm_head's own initializers, EMBEDDING_TABLES) from the weights file at the byte offsets the
-manifest's `embedding` entry gives, as float32(q) * d (embedding_rows.py), and feeds inputs_embeds. A lookup inside
-the graph (GatherBlockQuantized) kept the whole table's file pages resident in the process (~33 MB RSS); rows read
-with pread stay in the page cache. The logits are bit-identical to the lookup's.
+Every graph takes its tokens as embedding rows: the caller reads each token's row of the tied embedding (the
+lm_head's own initializers, EMBEDDING_TABLES) from the weights file at the byte offsets the manifest's `embedding`
+entry gives (embedding_rows.py) and feeds inputs_embeds: the float32 values themselves (fp32), float32(q) * d from
+the Q8_0 table (int4, int4-fast). A lookup inside the graph kept the whole table's file pages resident in the
+process: GatherBlockQuantized ~33 MB RSS (int4), Gather on the fp32 [vocab, d] table ~108 MB (581 against 689 MB
+after 300 decode steps, Python onnxruntime); rows read with pread stay in the page cache. The logits are
+bit-identical to the lookup's.
 
 Hugging Face Llama semantics: RMSNorm, rotary (rotate_half layout) on position_ids, grouped-query attention
 (query head h reads kv head h // (heads / kv_heads)), SiLU-gated MLP, final norm, lm_head tied to the
@@ -31,7 +33,8 @@ transformers to ~3e-5 in the logits.
 
 Two weight back-ends share one graph body:
 - fp32: every weight dequantized from the GGUF (gguf's reference dequantizer); plain MatMul, and the tied
-  embedding is one [vocab, d] initializer read by Gather (lookup of input_ids) and Gemm transB=1 (lm_head).
+  embedding is one [vocab, d] float32 initializer read by Gemm transB=1 (lm_head) and, outside the graph, by the
+  caller for inputs_embeds.
 - int4: the GGUF's own Q4_1 blocks in com.microsoft.MatMulNBits (bits 4, block 32), no re-quantization.
   Q4_1 is w = d * q + m per block of 32 along the input; MatMulNBits computes (q - zero_point) * scale.
   With scale = d and the zero point z = round(-m / d) (0..15, per block) the kernel yields d * (q - z), and the
@@ -192,10 +195,12 @@ class Q8Table:
         return w.reshape(self.n, self.nb * BLOCK)
 
 
-# Where a quantized graph's token embedding rows are: the initializers of the lm_head's Q8_0 table, by the encoding
-# of the manifest's `embedding` entry (manifest.embedding_table writes their byte offsets in the weights file;
-# embedding_rows.py reads rows from them). Scales are d [vocab, hidden / 32] float32 (the low plane's, scale d).
+# Where a graph's token embedding rows are: the initializers of the lm_head's table, by the encoding of the
+# manifest's `embedding` entry (manifest.embedding_table writes their byte offsets in the weights file;
+# embedding_rows.py reads rows from them). f32: the fp32 graph's [vocab, hidden] float32 table itself. Q8_0:
+# scales are d [vocab, hidden / 32] float32 (the low plane's, scale d).
 EMBEDDING_TABLES = {
+    "f32": {"table": "embed_tokens.weight"},  # the float32 values, row r at r * hidden * 4
     "q8_0_nibble_planes": {"high": "embed_tokens.q8_high", "low": "embed_tokens.q8_low",
                            "scales": "lm_head.low.scales"},  # Q8Planes: q = 16 * (high - 8) + low
     "q8_0_offset_128": {"codes": "embed_tokens.q8", "scales": "lm_head.scales"},  # Q8Table: q = code - 128
@@ -251,30 +256,25 @@ class Weights:
         level = self.levels[label.rsplit(".", 1)[-1]]
         return int4_linear(g, x, Int4Linear([self.model.tensors[n] for n in names]), label, level)
 
-    @property
-    def token_input(self) -> str:
-        """The graph's token input: input_ids (fp32, looked up in the graph) or inputs_embeds (the quantized
-        variants: rows of EMBEDDING_TABLES read by the caller)."""
-        return "input_ids" if self.variant == "fp32" else "inputs_embeds"
+    token_input = "inputs_embeds"  # every variant: rows of EMBEDDING_TABLES read by the caller
 
     def embedding_and_lm_head(self):
         """Returns (embeddings [b, s, d], function(x [b, s, d]) -> logits [b, s, vocab]); the embeddings are the
-        graph input inputs_embeds itself for the quantized variants."""
+        graph input inputs_embeds itself (no lookup in the graph), the lm_head reads the table its rows come from."""
         g, t = self.g, self.model.tensors["token_embd.weight"]
         vocab, d = t.rows, t.cols
         if self.variant == "fp32":
-            table = g.weight("embed_tokens.weight", self.model.dequantized("token_embd.weight"))
-            emb = g.op("Gather", [table, self.token_input], "embed_tokens", axis=0)
+            table = g.weight(EMBEDDING_TABLES["f32"]["table"], self.model.dequantized("token_embd.weight"))
 
-            def lm_head(x):  # tied: Gemm with transB reads the same [vocab, d] initializer
+            def lm_head(x):  # tied: Gemm with transB reads the [vocab, d] initializer the caller's rows come from
                 flat = g.op("Reshape", [x, g.i64([-1, d])])
                 logits = g.op("Gemm", [flat, table], "lm_head", transB=1)
                 shape = g.op("Concat", [g.op("Slice", [g.op("Shape", [x]), g.i64([0]), g.i64([2])]),
                                         g.i64([vocab])], axis=0)
                 return g.op_to("Reshape", [logits, shape], "logits")
-            return emb, lm_head
+            return self.token_input, lm_head
 
-        # Quantized: no lookup in the graph; the lm_head's table initializers (EMBEDDING_TABLES) hold the rows.
+        # Quantized: the lm_head's Q8_0 table initializers (EMBEDDING_TABLES) hold the rows.
         if self.levels["lm_head"] == 4:
             return self.token_input, self.q8_lm_head()
         planes = Q8Planes(t)
@@ -320,7 +320,7 @@ def rotate(g: GraphBuilder, x: str, cos: str, sin: str) -> str:
 
 def attention_mask_graph(g: GraphBuilder, tokens: str) -> str:
     """Boolean [b, 1, 1, s, total]: key position <= query position (absolute, past + i) and key not padding.
-    tokens: the token input (input_ids [b, s] or inputs_embeds [b, s, d]; dims 0 and 1 are read)."""
+    tokens: the token input (inputs_embeds [b, s, d]; dims 0 and 1 are read)."""
     s = g.op("Gather", [g.op("Shape", [tokens]), g.i64(1)], "seq_len", axis=0)
     total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)
     past = g.op("Sub", [total, s], "past_len")
@@ -345,8 +345,8 @@ def gqa_inputs(g: GraphBuilder, tokens: str) -> tuple[str, str, str]:
     """The per-graph inputs of GroupQueryAttention derived from the engine's IO: seqlens_k [b] int32 (every row
     holds total - 1 cached + new keys, left padding included), total_sequence_length (int32 scalar) and an
     additive attention_bias [b, 1, s, total] that is 0 on real keys and float32 lowest on padding (the op
-    applies the causal part itself, over absolute positions). tokens: the token input (input_ids [b, s] or
-    inputs_embeds [b, s, d]); batch and sequence length are its dims 0 and 1."""
+    applies the causal part itself, over absolute positions). tokens: the token input (inputs_embeds [b, s, d]);
+    batch and sequence length are its dims 0 and 1."""
     ids_shape = g.op("Shape", [tokens])
     total = g.op("Gather", [g.op("Shape", ["attention_mask"]), g.i64(1)], "total_len", axis=0)  # scalar
     total_i32 = g.op("Cast", [total], "total_i32", to=TensorProto.INT32)
@@ -455,10 +455,8 @@ def build(model: GGUFModel, variant: str, accuracy: int | dict[str, int] = 0, fu
     _, x = residual_norm(x, delta, "output_norm.weight")
     lm_head(x)
 
-    tokens = (helper.make_tensor_value_info(w.token_input, TensorProto.INT64, [BATCH, SEQ]) if variant == "fp32" else
-              helper.make_tensor_value_info(w.token_input, TensorProto.FLOAT, [BATCH, SEQ, d]))
     inputs = [
-        tokens,
+        helper.make_tensor_value_info(w.token_input, TensorProto.FLOAT, [BATCH, SEQ, d]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [BATCH, SEQ]),
     ]

