@@ -198,8 +198,9 @@ def run_python_ort(args, manifest, variant, threads, prompt_ids, steps):
     def run(ids, past, past_len):
         seq = len(ids)
         feeds = {
-            # input_ids, or inputs_embeds read at the manifest's `embedding` offsets (as the engine feeds them)
-            **token_feeds(args.model, manifest, variant, np.array([ids], dtype=np.int64)),
+            # input_ids, or inputs_embeds read at the manifest's `embedding` offsets (as the engine feeds them);
+            # the last position's logits only, as the engine and llama.cpp compute them
+            **token_feeds(args.model, manifest, variant, np.array([ids], dtype=np.int64), keep=1),
             io["attention_mask"]: np.ones((1, past_len + seq), dtype=np.int64),
             io["position_ids"]: np.arange(past_len, past_len + seq, dtype=np.int64)[None, :],
         }

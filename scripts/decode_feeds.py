@@ -19,7 +19,8 @@ from embedding_rows import token_feeds  # noqa: E402
 
 LAYERS, KV_HEADS, HEAD_DIM, HIDDEN = 30, 3, 64, 576  # SmolLM2-135M
 TOKEN = 5
-SMOLLM2_IO = {"input_ids": "input_ids", "inputs_embeds": "inputs_embeds", "attention_mask": "attention_mask",
+SMOLLM2_IO = {"input_ids": "input_ids", "inputs_embeds": "inputs_embeds", "logits_to_keep": "logits_to_keep",
+              "attention_mask": "attention_mask",
               "position_ids": "position_ids", "past_key": "past_key_values.{layer}.key",
               "past_value": "past_key_values.{layer}.value"}
 
@@ -41,6 +42,8 @@ def decode_feeds(past, batch=1, manifest=None, model_dir=None, variant=None, ses
             hidden = inputs[io["inputs_embeds"]].shape[2]
             feeds[io["inputs_embeds"]] = np.zeros((batch, 1, hidden if isinstance(hidden, int) else HIDDEN),
                                                   np.float32)
+        if io["logits_to_keep"] in inputs:
+            feeds[io["logits_to_keep"]] = np.array([1], np.int64)
     feeds.update({io["attention_mask"]: np.ones((batch, past + 1), np.int64),
                   io["position_ids"]: np.full((batch, 1), past, np.int64)})
     rng = np.random.default_rng(0)

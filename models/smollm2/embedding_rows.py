@@ -49,15 +49,18 @@ def embedding_entry(manifest: dict, variant: str) -> dict | None:
     return model_entry(manifest, variant).get("embedding")
 
 
-def token_feeds(model_dir: Path | str, manifest: dict, variant: str, ids) -> dict:
+def token_feeds(model_dir: Path | str, manifest: dict, variant: str, ids, keep: int = 0) -> dict:
     """The token input of one run of the variant's graph for ids [batch, seq]: {io.inputs_embeds: float32
-    [batch, seq, hidden]} when its model entry has `embedding`, else {io.input_ids: int64 [batch, seq]}."""
+    [batch, seq, hidden]} when its model entry has `embedding`, else {io.input_ids: int64 [batch, seq]}; plus
+    {io.logits_to_keep: [keep]} when the manifest names that input (importer version 8 on): the logits of the
+    last `keep` positions, 0 for every position's (what a graph without the input returns)."""
     ids = np.asarray(ids, np.int64)
     io = manifest["io"]
+    feeds = {io["logits_to_keep"]: np.array([keep], np.int64)} if io.get("logits_to_keep") else {}
     if embedding_entry(manifest, variant) is None:
-        return {io["input_ids"]: ids}
+        return {io["input_ids"]: ids, **feeds}
     rows = embedding_rows(model_dir, manifest, variant, ids.reshape(-1))
-    return {io["inputs_embeds"]: rows.reshape(*ids.shape, rows.shape[-1])}
+    return {io["inputs_embeds"]: rows.reshape(*ids.shape, rows.shape[-1]), **feeds}
 
 
 def embedding_rows(model_dir: Path | str, manifest: dict, variant: str, ids) -> np.ndarray:

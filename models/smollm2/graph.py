@@ -3,8 +3,9 @@ Hugging Face Optimum decoder-with-past IO the Rust engine expects:
 
 inputs  inputs_embeds float32 [b, s, hidden] (no input_ids: every variant takes its tokens as embedding rows),
         attention_mask [b, past + s], position_ids [b, s] (int64),
+        logits_to_keep int64 [1] (the last k positions' logits; 0: every position's, as Hugging Face's argument),
         past_key_values.{i}.key / .value float32 [b, kv_heads, past, head_dim]
-outputs logits float32 [b, s, vocab], present.{i}.key / .value float32 [b, kv_heads, past + s, head_dim]
+outputs logits float32 [b, min(k, s) or s, vocab], present.{i}.key / .value float32 [b, kv_heads, past + s, head_dim]
 
 Every graph takes its tokens as embedding rows: the caller reads each token's row of the tied embedding (the
 lm_head's own initializers, EMBEDDING_TABLES) from the weights file at the byte offsets the manifest's `embedding`
@@ -62,6 +63,8 @@ OPSET = 17
 MS_DOMAIN = "com.microsoft"
 MASK_VALUE = -3.4028234663852886e38  # float32 lowest, like transformers' additive mask minimum
 BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+KEPT = "logits_sequence_length"  # min(logits_to_keep, s), or s when logits_to_keep is 0
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 class GraphBuilder:
@@ -453,14 +456,17 @@ def build(model: GGUFModel, variant: str, accuracy: int | dict[str, int] = 0, fu
         delta = w.linear(act, [p + "ffn_down.weight"], f"layers.{i}.down_proj")
 
     _, x = residual_norm(x, delta, "output_norm.weight")
-    lm_head(x)
+    # Only the last logits_to_keep positions reach the lm_head (0: all): a prefill that needs no prompt score
+    # skips 49,152 x 576 products and a vocabulary-wide row per position. Slice clamps -k below -s to 0.
+    lm_head(g.op("Slice", [x, g.op("Neg", [LOGITS_TO_KEEP]), g.i64([2**62]), g.i64([1])], "kept_positions"))
 
     inputs = [
         helper.make_tensor_value_info(w.token_input, TensorProto.FLOAT, [BATCH, SEQ, d]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [BATCH, SEQ]),
+        helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, SEQ, cfg.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, KEPT, cfg.vocab_size])]
     for i in range(cfg.num_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT,

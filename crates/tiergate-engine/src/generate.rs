@@ -26,6 +26,8 @@ pub(crate) struct GenerationJob {
     pub sampling: SamplingParams,
     pub deadline: Option<Instant>,
     pub queue_time: Duration,
+    /// Score the prompt (`GenerationRequest::score_prompt`).
+    pub score_prompt: bool,
 }
 
 /// Where the loop sends its events. `emit` returns false once nobody listens any more (the
@@ -311,6 +313,7 @@ mod tests {
             sampling: SamplingParams::greedy(24),
             deadline: None,
             queue_time: Duration::ZERO,
+            score_prompt: false,
         }
     }
 

@@ -91,6 +91,11 @@ pub struct IoNames {
     pub inputs_embeds: Option<String>,
     pub attention_mask: String,
     pub position_ids: Option<String>,
+    /// An int64 `[1]` input: the graph returns the logits of that many last positions (0: all).
+    /// The engine asks for one row when it needs no prompt score, so a prefill skips the
+    /// lm_head on every other position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_to_keep: Option<String>,
     pub logits: String,
     pub past_key: String,
     pub past_value: String,

@@ -3,11 +3,12 @@
 //! batching worker may also stop between pieces to run a decode step for the generations it is
 //! already streaming (`PrefillProgress`, `batch.rs`).
 //!
-//! The graph returns one vocabulary-wide logits row per input position (49,152 floats, 196 KB
-//! for SmolLM2), and ONNX Runtime holds several such buffers during a run (the lm_head's
-//! products and their sum): an 892-token prompt in one run took the int4 node's resident set
-//! from 248 MB to a 903 MB peak (docs/benchmarks.md). Scoring reads the rows where ONNX Runtime
-//! left them (`Backend::forward_scored`); only the last row is copied out.
+//! Scoring needs every position's logits row, each vocabulary-wide (49,152 floats, 196 KB for
+//! SmolLM2), and ONNX Runtime holds several such buffers during a run (the lm_head's products
+//! and their sum): an 892-token prompt in one run took the int4 node's resident set from 248 MB
+//! to a 903 MB peak (docs/benchmarks.md). Scoring reads the rows where ONNX Runtime left them
+//! (`Backend::forward_scored`); only the last row is copied out. Without scoring, a graph with
+//! `io.logits_to_keep` runs the lm_head on each piece's last position alone.
 
 use std::time::Duration;
 

@@ -15,7 +15,6 @@ use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
 use crate::backend::{Backend, Logits};
-use crate::confidence::nll_sum;
 use crate::embedding::{EmbeddingSource, TokenRows};
 use crate::error::EngineError;
 pub(crate) use crate::kv_cache::KvCache;
@@ -23,16 +22,8 @@ use crate::kv_cache::{KvShape, SharedBuffers};
 use crate::manifest::{KvCacheLayout, Manifest};
 pub(crate) use crate::session_options::{GraphOptimization, SessionOptions};
 
-/// Which logits a run hands back.
-#[derive(Debug, Clone, Copy)]
-enum Rows<'a> {
-    /// The last position of every batch row.
-    Last,
-    /// Every position of every row.
-    All,
-    /// The last position, plus the NLL sum of these targets over every position (one-row runs).
-    Scored(&'a [u32]),
-}
+mod run_io;
+use run_io::{LogitsShape, Rows, StepInputs, read_logits, tensor_i64};
 
 /// Graph IO names resolved per layer.
 #[derive(Debug, Clone)]
@@ -41,6 +32,7 @@ struct ResolvedIo {
     tokens: String,
     attention_mask: String,
     position_ids: Option<String>,
+    logits_to_keep: Option<String>,
     logits: String,
     past_keys: Vec<String>,
     past_values: Vec<String>,
@@ -63,6 +55,7 @@ impl ResolvedIo {
             },
             attention_mask: io.attention_mask.clone(),
             position_ids: io.position_ids.clone(),
+            logits_to_keep: io.logits_to_keep.clone(),
             logits: io.logits.clone(),
             past_keys: per_layer(&io.past_key),
             past_values: per_layer(&io.past_value),
@@ -80,6 +73,9 @@ impl ResolvedIo {
         if let (Some(name), Some(value)) = (&self.position_ids, inputs.position_ids) {
             named.push((name.as_str(), value));
         }
+        if let (Some(name), Some(value)) = (&self.logits_to_keep, inputs.logits_to_keep) {
+            named.push((name.as_str(), value));
+        }
         named
     }
 
@@ -87,6 +83,7 @@ impl ResolvedIo {
         let mut names: BTreeSet<String> = [&self.tokens, &self.attention_mask]
             .into_iter()
             .chain(&self.position_ids)
+            .chain(&self.logits_to_keep)
             .chain(&self.past_keys)
             .chain(&self.past_values)
             .cloned()
@@ -300,6 +297,8 @@ impl ModelSession {
             mask.extend(std::iter::repeat_n(1i64, total - padding));
             positions.extend((length..length + seq).map(|p| p as i64));
         }
+        // A graph that can return the last position alone does so when nothing else is read.
+        let last_only = matches!(rows, Rows::Last) && self.io.logits_to_keep.is_some();
         let inputs = StepInputs {
             tokens: self.token_input(ids, batch, seq)?,
             attention_mask: tensor_i64([batch, total], mask)?,
@@ -307,10 +306,14 @@ impl ModelSession {
                 Some(_) => Some(tensor_i64([batch, seq], positions)?),
                 None => None,
             },
+            logits_to_keep: match self.io.logits_to_keep {
+                Some(_) => Some(tensor_i64([1], vec![i64::from(last_only)])?),
+                None => None,
+            },
         };
         let shape = LogitsShape {
             batch,
-            seq,
+            seq: if last_only { 1 } else { seq },
             vocab: self.vocab_size,
         };
         let result = match self.shared_buffers() {
@@ -542,60 +545,4 @@ impl ModelSession {
             }
         }
     }
-}
-
-fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, EngineError> {
-    Ok(Tensor::<i64>::from_array((shape, data))
-        .map_err(EngineError::runtime)?
-        .into_dyn())
-}
-
-/// A run's inputs besides the cache.
-struct StepInputs {
-    /// The ids, or their embedding rows.
-    tokens: DynValue,
-    attention_mask: DynValue,
-    position_ids: Option<DynValue>,
-}
-
-/// The logits a run should return: `[batch, seq, vocab]`.
-#[derive(Debug, Clone, Copy)]
-struct LogitsShape {
-    batch: usize,
-    seq: usize,
-    vocab: usize,
-}
-
-/// The logits `rows` asks for out of ONNX Runtime's output, and the NLL sum of its targets
-/// (`Rows::Scored`) read in place.
-fn read_logits(
-    value: &DynValue,
-    shape: LogitsShape,
-    rows: Rows<'_>,
-) -> Result<(Logits, Option<f64>), EngineError> {
-    let LogitsShape { batch, seq, vocab } = shape;
-    let (dims, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(EngineError::runtime)?;
-    let dims: Vec<i64> = dims.iter().copied().collect();
-    if dims != [batch as i64, seq as i64, vocab as i64] {
-        return Err(EngineError::Runtime(format!(
-            "logits have shape {dims:?}, expected [{batch}, {seq}, {vocab}]"
-        )));
-    }
-    let nll = match rows {
-        Rows::Scored(targets) => nll_sum(data, vocab, targets),
-        Rows::All | Rows::Last => None,
-    };
-    let data = if matches!(rows, Rows::All) || seq == 1 {
-        data.to_vec()
-    } else {
-        let mut last = Vec::with_capacity(batch * vocab);
-        for row in 0..batch {
-            let start = (row * seq + seq - 1) * vocab;
-            last.extend_from_slice(&data[start..start + vocab]);
-        }
-        last
-    };
-    Ok((Logits { data, vocab }, nll))
 }

@@ -42,8 +42,8 @@ async fn max_new_tokens_is_respected() {
         assert_eq!(generation.tokens.len(), limit);
         assert_eq!(generation.finish_reason, FinishReason::Length);
     }
-    // Zero new tokens only prefills: the prompt is still scored.
-    let generation = engine.generate(greedy(LIGHTS, 0)).await.unwrap();
+    // Zero new tokens only prefills: a prompt asked to be scored still is.
+    let generation = engine.generate(greedy(LIGHTS, 0).scored()).await.unwrap();
     assert!(generation.tokens.is_empty() && generation.text.is_empty());
     assert_eq!(generation.finish_reason, FinishReason::Length);
     assert!(generation.prompt_score.is_some());
@@ -196,8 +196,12 @@ async fn score_prompt_agrees_with_generation_and_one_token_has_no_score() {
     let engine = common::engine("edge");
     let prompt = Prompt::user(LIGHTS);
     let score = engine.score_prompt(&prompt).await.unwrap();
-    let generation = engine.generate(greedy(LIGHTS, 2)).await.unwrap();
+    let generation = engine.generate(greedy(LIGHTS, 2).scored()).await.unwrap();
     assert_eq!(score.prompt_tokens, generation.prompt_tokens);
+    // Unasked, a generation leaves its prompt unscored.
+    let plain = engine.generate(greedy(LIGHTS, 2)).await.unwrap();
+    assert_eq!(plain.prompt_score, None);
+    assert_eq!(plain.token_ids(), generation.token_ids());
     let (a, b) = (score.mean_nll.unwrap(), generation.prompt_score.unwrap());
     assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     assert!((score.next_top1_prob - generation.tokens[0].top1_prob).abs() < 1e-6);

@@ -42,10 +42,10 @@ async fn check_model(name: &str) {
         );
 
         let generation = engine
-            .generate(GenerationRequest::new(
-                prompt,
-                SamplingParams::greedy(REFERENCE_MAX_NEW_TOKENS),
-            ))
+            .generate(
+                GenerationRequest::new(prompt, SamplingParams::greedy(REFERENCE_MAX_NEW_TOKENS))
+                    .scored(),
+            )
             .await
             .unwrap();
         assert_eq!(

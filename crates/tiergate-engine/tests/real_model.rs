@@ -312,6 +312,40 @@ async fn int4_answers_a_simple_question_right() {
     assert!(generation.text.contains("Paris"), "{}", generation.text);
 }
 
+/// A generation that does not score its prompt asks the graph for its last position's logits
+/// alone (`io.logits_to_keep` 1): the lm_head skips every other position. Its answer and first
+/// token are those of a scored generation, which runs the lm_head on every position (1: one
+/// row where the engine expects one, else the run fails on the logits' shape).
+#[tokio::test]
+async fn int4_an_unscored_prompt_keeps_one_row_and_the_scored_answer() {
+    let Some(engine) = engine(ModelVariant::Int4) else {
+        return;
+    };
+    let manifest = Manifest::load(&real_model_dir().unwrap()).unwrap();
+    assert_eq!(
+        manifest.io.logits_to_keep.as_deref(),
+        Some("logits_to_keep")
+    );
+    for question in [
+        "What is the capital of France?",
+        "Name three primary colours.",
+    ] {
+        let request = || GenerationRequest::new(Prompt::user(question), SamplingParams::greedy(24));
+        let plain = engine.generate(request()).await.unwrap();
+        let scored = engine.generate(request().scored()).await.unwrap();
+        assert_eq!(plain.prompt_score, None);
+        assert!(
+            scored
+                .prompt_score
+                .is_some_and(|s| s.is_finite() && s > 0.0)
+        );
+        assert_eq!(plain.token_ids(), scored.token_ids(), "{question}");
+        // The first token's distribution comes from the one-row and the every-row lm_head.
+        let (a, b) = (plain.tokens[0].top1_prob, scored.tokens[0].top1_prob);
+        assert!((a - b).abs() <= 1e-4, "{a} vs {b}");
+    }
+}
+
 /// The opt-in int4-fast graph (int8 activations in every product) is not bit-close to fp32; the
 /// importer checks its parity budget over whole generations. Here, through the engine: the first
 /// token of every reference prompt whose reference top-2 gap is clear, and a right answer to a

@@ -95,6 +95,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub raw: bool,
 
+    /// Score the prompt (its mean token NLL under the model, `prompt_score`); the prefill then
+    /// runs the lm_head on every prompt position instead of the last one.
+    #[arg(long)]
+    pub score_prompt: bool,
+
     /// ONNX Runtime intra-op threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

@@ -23,7 +23,14 @@ fn reference_case(prompt: &str) -> serde_json::Value {
 #[test]
 fn generate_json_answers_the_kitchen_lights_prompt() {
     let prompt = "turn on the kitchen lights";
-    let result = tiergate_json(&["generate", "--model", "models/edge", "--json", prompt]);
+    let result = tiergate_json(&[
+        "generate",
+        "--model",
+        "models/edge",
+        "--json",
+        "--score-prompt",
+        prompt,
+    ]);
 
     let reference = reference_case(prompt);
     assert_eq!(result["model"]["name"], "tiergate-edge");

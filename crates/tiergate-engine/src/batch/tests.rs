@@ -203,6 +203,7 @@ fn job(seed: u32, max_new_tokens: usize) -> GenerationJob {
         sampling: SamplingParams::greedy(max_new_tokens),
         deadline: None,
         queue_time: Duration::ZERO,
+        score_prompt: true,
     }
 }
 

@@ -135,12 +135,13 @@ impl<C> Prefilling<C> {
             return Ok(Advanced::Started(end));
         }
         let ids = &job.prompt_ids;
+        let score = job.score_prompt;
         self.progress
-            .advance(backend, ids, &mut self.cache, true, positions)?;
+            .advance(backend, ids, &mut self.cache, score, positions)?;
         if self.progress.remaining(ids) > 0 {
             return Ok(Advanced::Prefilling(self));
         }
-        let prefilled = self.progress.finish(ids, true);
+        let prefilled = self.progress.finish(ids, score);
         let mut timings = self.timings;
         timings.session_run += prefilled.run_time;
         timings.prefill = self.started.elapsed();

@@ -68,14 +68,19 @@ async fn answer_all(
     .await?;
     let mut results = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
-        let request = GenerationRequest::new(
-            Prompt::user(p.prompt.as_str()),
-            SamplingParams::greedy(args.max_tokens),
-        );
+        let prompt = Prompt::user(p.prompt.as_str());
+        // Answered as a node answers (unscored unless its gate bounds the prompt NLL, which
+        // then runs the lm_head on every prompt position); the NLL comes from its own prefill.
+        let request =
+            GenerationRequest::new(prompt.clone(), SamplingParams::greedy(args.max_tokens));
         let generation = engine
             .generate(request)
             .await
             .with_context(|| format!("answering {}", p.id))?;
+        let score = engine
+            .score_prompt(&prompt)
+            .await
+            .with_context(|| format!("scoring {}", p.id))?;
         let correct = match p.kind {
             PromptKind::Attempt => Some(calibration::grade(&generation.text, &p.answers)),
             PromptKind::MustNotAttempt => None,
@@ -87,7 +92,7 @@ async fn answer_all(
             kind: p.kind,
             answer: generation.text.clone(),
             correct,
-            prompt_nll: generation.prompt_score,
+            prompt_nll: score.mean_nll,
             tokens: generation
                 .tokens
                 .iter()

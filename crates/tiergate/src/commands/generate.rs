@@ -39,6 +39,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         deadline: args
             .deadline_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms)),
+        score_prompt: args.score_prompt,
     };
     let generation = engine.generate(request).await?;
     let mut out = std::io::stdout().lock();

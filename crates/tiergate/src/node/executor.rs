@@ -30,9 +30,14 @@ use crate::metrics::NodeMetrics;
 
 /// Starts attempts at each tier; implemented by the node over its engine and upstream clients.
 pub trait TierStarter: Send + Sync + 'static {
-    /// Starts the local model on the request.
-    fn start_local(&self, request: &NodeRequest)
-    -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
+    /// Starts the local model on the request; with `score_prompt` its prefill scores the
+    /// prompt (`AttemptEvent::LocalPrefilled` carries the NLL), which costs the lm_head on every
+    /// prompt position, so only a gate that reads it asks.
+    fn start_local(
+        &self,
+        request: &NodeRequest,
+        score_prompt: bool,
+    ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
     /// Starts a call to an upstream tier; `request.forwarding` is already updated. With
     /// `whole_answer` the client waits for the whole answer, so the upstream is asked for it in
     /// one response rather than as a stream. The first token (or the whole answer) must come
@@ -202,13 +207,15 @@ impl Walk<'_> {
         tx: &Sender,
     ) -> StepEnd {
         let failed = |err| StepEnd::FellThrough(StepResult::LocalFailed, Some(err));
-        let mut attempt = match tiers.start_local(&self.request).await {
+        let confidence = &self.decision.thresholds.confidence;
+        let score_prompt = gated && confidence.max_prompt_nll.is_some();
+        let mut attempt = match tiers.start_local(&self.request, score_prompt).await {
             Ok(attempt) => attempt,
             Err(err) => return failed(err),
         };
         let mut held: Vec<AttemptEvent> = Vec::new();
         let result = if gated {
-            let mut monitor = CommitMonitor::new(&self.decision.thresholds.confidence);
+            let mut monitor = CommitMonitor::new(confidence);
             let verdict = tokio::time::timeout_at(commit_by.into(), async {
                 loop {
                     let verdict = match attempt.next().await {

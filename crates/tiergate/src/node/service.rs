@@ -336,6 +336,7 @@ impl TierStarter for Node {
     fn start_local(
         &self,
         request: &NodeRequest,
+        score_prompt: bool,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
         // The device's latency budget ends generation when it comes before the request's
         // deadline; the answer says so. It counts from the request's arrival at this node, as
@@ -347,6 +348,7 @@ impl TierStarter for Node {
             prompt: engine_prompt(&request.input),
             sampling: engine_sampling(&request.sampling),
             deadline: Some(budget_at.map_or(request.deadline, |at| at.min(request.deadline))),
+            score_prompt,
         };
         // This request keeps this handle: a model swap does not touch it.
         let engine = self.parts.engine.current();

@@ -114,6 +114,7 @@ impl TierStarter for FakeTiers {
     fn start_local(
         &self,
         request: &NodeRequest,
+        _score_prompt: bool,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>> {
         futures::future::ready(self.start(Tier::Edge, request)).boxed()
     }
