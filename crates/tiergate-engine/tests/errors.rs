@@ -111,6 +111,21 @@ fn graph_input_the_manifest_does_not_name_is_unexpected() {
 }
 
 #[test]
+fn a_logits_to_keep_input_the_graph_lacks_is_refused_at_load() {
+    // The toy graphs return every position's logits; a manifest claiming they can keep fewer
+    // would make the engine expect one row where the graph returns all of them.
+    let dir = common::copy_model("edge");
+    edit_manifest(dir.path(), |m| {
+        m["io"]["logits_to_keep"] = "logits_to_keep".into();
+    });
+    let error = load(dir.path()).unwrap_err();
+    assert!(
+        matches!(&error, EngineError::GraphIoMismatch { missing_inputs, .. } if missing_inputs == &vec!["logits_to_keep".to_string()]),
+        "{error}"
+    );
+}
+
+#[test]
 fn too_few_layers_in_the_manifest_leaves_graph_io_unexpected() {
     let dir = common::copy_model("regional");
     edit_manifest(dir.path(), |m| {
