@@ -15,7 +15,7 @@ pub struct GenerationRequest {
     pub deadline: Option<Instant>,
     /// Score the prompt: its mean token NLL comes back as `Started::prompt_score`. It costs
     /// the lm_head on every prompt position (a graph with `io.logits_to_keep` otherwise runs it
-    /// on the last one only: SmolLM2's int4 prefill takes ~1.3x as long scored).
+    /// on the last one only: SmolLM2's int4 prefill takes ~1.4x as long scored).
     pub score_prompt: bool,
 }
 
