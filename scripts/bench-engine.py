@@ -396,8 +396,13 @@ def batching(args, variant, streams):
     # Where the prefills never overlap a decode step (one stream, whole prompts first, batching off):
     # their share of the wall time, and the aggregate over the rest (what the decode steps alone
     # deliver). With a prefill budget per step they interleave with the steps: '-'.
+    # "vs one at a time": against the same prompts served one after the other in the same run (the
+    # batching-off row), over all of them rather than the one-stream row's single generation.
     print(f"{'streams':>7}  {'decoding':<22}{'aggregate tok/s':>16}{'per stream tok/s':>18}"
-          f"{'vs 1 stream':>13}{'prefills':>10}{'decode-only tok/s':>19}{'vs 1 stream':>13}")
+          f"{'vs 1 stream':>13}{'prefills':>10}{'decode-only tok/s':>19}{'vs 1 stream':>13}"
+          f"{'vs one at a time':>18}")
+    one_at_a_time = {row["streams"]: row["aggregate_tokens_per_second"]
+                     for row in result["rows"] if not row["batched"]}
     base = decode_base = None
     for row in result["rows"]:
         base = base or row["aggregate_tokens_per_second"]
@@ -414,7 +419,9 @@ def batching(args, variant, streams):
               f"{row['aggregate_tokens_per_second'] / base:>12.2f}x"
               + (f"{100 * share:>9.0f}%" if share is not None else f"{'-':>10}")
               + (f"{decode:>19.1f}{decode / decode_base:>12.2f}x"
-                 if decode is not None and decode_base else f"{'-':>19}{'-':>13}"))
+                 if decode is not None and decode_base else f"{'-':>19}{'-':>13}")
+              + (f"{row['aggregate_tokens_per_second'] / one_at_a_time[row['streams']]:>17.2f}x"
+                 if row["batched"] and row["streams"] in one_at_a_time else f"{'-':>18}"))
     for stall in result.get("join_stall") or []:
         print(f"a {stall['prompt_tokens']}-token prompt joins 3 decoding streams, {stall['mode']}: "
               f"longest gap between a running stream's tokens {stall['longest_gap_ms']:.0f} ms "
