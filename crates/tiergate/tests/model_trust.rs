@@ -20,15 +20,24 @@ fn stderr(output: &Output) -> String {
 
 /// A private copy of models/edge (the files its manifest lists) to sign and tamper with.
 fn copy_edge_model(into: &Path) -> PathBuf {
-    let dir = into.join("edge");
+    copy_model("edge", into)
+}
+
+/// A private copy of the bundled toy model `name` (edge or regional: the same file names).
+fn copy_model(name: &str, into: &Path) -> PathBuf {
+    let dir = into.join(name);
     std::fs::create_dir(&dir).unwrap();
-    for name in [
+    for file in [
         "manifest.json",
         "model.onnx",
         "model.int8.onnx",
         "tokenizer.json",
     ] {
-        std::fs::copy(repo_root().join("models/edge").join(name), dir.join(name)).unwrap();
+        std::fs::copy(
+            repo_root().join("models").join(name).join(file),
+            dir.join(file),
+        )
+        .unwrap();
     }
     dir
 }
@@ -384,5 +393,45 @@ async fn a_reload_refuses_a_tampered_model_and_swaps_in_a_signed_one() {
         "{text}"
     );
     assert!(!text.contains("model=\"tiergate-edge\""), "{text}");
+    node.shutdown().await;
+}
+
+/// The update docs/operations.md prescribes: the new model in a folder of its own, signed, and
+/// the `model_dir` symlink swapped to it by a rename; the loaded model's files are never
+/// written (a real model's weights files are mapped, and truncating one kills the node).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_dir_symlink_swapped_to_a_new_signed_folder_reloads() {
+    let temp = tempfile::tempdir().unwrap();
+    let edge = copy_model("edge", temp.path());
+    let regional = copy_model("regional", temp.path());
+    let (key, public) = keygen(temp.path(), "release");
+    sign(&key, &edge);
+    sign(&key, &regional);
+    let current = temp.path().join("current");
+    std::os::unix::fs::symlink(&edge, &current).unwrap();
+    let edge_manifest = std::fs::read(edge.join("manifest.json")).unwrap();
+    let node = tiergate::serve::start_node(node_config(&current, &public, "off"))
+        .await
+        .unwrap();
+    let reloader = node.reloader();
+    assert_eq!(local_model_id(node.http_addr).await, "tiergate-edge");
+
+    let next = temp.path().join("current.next");
+    std::os::unix::fs::symlink(&regional, &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Reloaded
+    );
+    assert_eq!(local_model_id(node.http_addr).await, "tiergate-regional");
+    let response = ask(node.http_addr, "turn on the kitchen lights").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // The folder the node served from is as it was.
+    assert_eq!(
+        std::fs::read(edge.join("manifest.json")).unwrap(),
+        edge_manifest
+    );
     node.shutdown().await;
 }
