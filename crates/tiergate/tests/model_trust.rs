@@ -317,6 +317,22 @@ fn reload_count(text: &str, result: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
+/// Reloads, expecting the regional toy model to be swapped in and to answer; returns the answer.
+async fn reload_to_regional(
+    reloader: &tiergate::serve::Reloader,
+    addr: std::net::SocketAddr,
+) -> String {
+    let report = reloader.reload().await;
+    assert_eq!(
+        report.model,
+        tiergate::model_trust::ModelReloadOutcome::Reloaded
+    );
+    assert_eq!(local_model_id(addr).await, "tiergate-regional");
+    let response = ask(addr, "turn on the kitchen lights").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_refuses_a_tampered_model_and_swaps_in_a_signed_one() {
     let temp = tempfile::tempdir().unwrap();
@@ -373,14 +389,7 @@ async fn a_reload_refuses_a_tampered_model_and_swaps_in_a_signed_one() {
 
     // Signed by the trusted key: swapped in; new requests use it.
     sign(&key, &model);
-    let report = reloader.reload().await;
-    assert_eq!(
-        report.model,
-        tiergate::model_trust::ModelReloadOutcome::Reloaded
-    );
-    assert_eq!(local_model_id(node.http_addr).await, "tiergate-regional");
-    let response = ask(node.http_addr, "turn on the kitchen lights").await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let response = reload_to_regional(&reloader, node.http_addr).await;
     // Both toy models answer this prompt with the same words; /v1/models above names the
     // engine the node generates with.
     assert!(response.contains(edge_answer), "{response}");
@@ -420,14 +429,7 @@ async fn a_model_dir_symlink_swapped_to_a_new_signed_folder_reloads() {
     let next = temp.path().join("current.next");
     std::os::unix::fs::symlink(&regional, &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
-    let report = reloader.reload().await;
-    assert_eq!(
-        report.model,
-        tiergate::model_trust::ModelReloadOutcome::Reloaded
-    );
-    assert_eq!(local_model_id(node.http_addr).await, "tiergate-regional");
-    let response = ask(node.http_addr, "turn on the kitchen lights").await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    reload_to_regional(&reloader, node.http_addr).await;
     // The folder the node served from is as it was.
     assert_eq!(
         std::fs::read(edge.join("manifest.json")).unwrap(),
