@@ -34,7 +34,7 @@ def decode_feeds(past, batch=1, manifest=None, model_dir=None, variant=None, ses
                           if manifest else (LAYERS, KV_HEADS, HEAD_DIM))
     ids = np.full((batch, 1), TOKEN, np.int64)
     if manifest is not None and model_dir is not None and variant is not None:
-        feeds = token_feeds(model_dir, manifest, variant, ids)
+        feeds = token_feeds(model_dir, manifest, variant, ids, keep=1)
     else:  # what the session's graph lists (input_ids without a session)
         inputs = {i.name: i for i in session.get_inputs()} if session else {io["input_ids"]: None}
         feeds = {io["input_ids"]: ids} if io["input_ids"] in inputs else {}

@@ -30,20 +30,13 @@ impl EmbeddingSource {
     }
 }
 
-/// Where the parts of one table are, in bytes from the start of its file.
-#[derive(Debug, Clone, Copy)]
-enum Layout {
-    F32 { table: u64 },
-    NibblePlanes { high: u64, low: u64, scales: u64 },
-    Offset128 { codes: u64, scales: u64 },
-}
-
 /// An open embedding table: `vocab` rows of `hidden` float32 values.
 #[derive(Debug)]
 pub(crate) struct TokenRows {
     file: File,
     path: PathBuf,
-    layout: Layout,
+    /// The manifest's entry: where each part of the table is in the file.
+    table: EmbeddingTable,
     hidden: usize,
     vocab: usize,
 }
@@ -61,14 +54,8 @@ impl TokenRows {
             path: dir.join(crate::manifest::MANIFEST_FILE),
             reason,
         };
-        let layout = match *table {
-            EmbeddingTable::F32 { table, .. } => Layout::F32 { table },
-            EmbeddingTable::NibblePlanes {
-                high, low, scales, ..
-            } => Layout::NibblePlanes { high, low, scales },
-            EmbeddingTable::Offset128 { codes, scales, .. } => Layout::Offset128 { codes, scales },
-        };
-        let whole_blocks = matches!(layout, Layout::F32 { .. }) || hidden.is_multiple_of(BLOCK);
+        let whole_blocks =
+            matches!(table, EmbeddingTable::F32 { .. }) || hidden.is_multiple_of(BLOCK);
         if hidden == 0 || !whole_blocks {
             return Err(invalid(format!(
                 "the graph's embedding width {hidden} does not fit the table (a Q8_0 table needs a \
@@ -89,7 +76,7 @@ impl TokenRows {
         let rows = Self {
             file,
             path,
-            layout,
+            table: table.clone(),
             hidden,
             vocab,
         };
@@ -111,14 +98,16 @@ impl TokenRows {
     /// Each part of the table: its name, offset and bytes per row.
     fn parts(&self) -> Vec<(&'static str, u64, usize)> {
         let scale_bytes = self.hidden / BLOCK * 4;
-        match self.layout {
-            Layout::F32 { table } => vec![("table", table, self.hidden * 4)],
-            Layout::NibblePlanes { high, low, scales } => vec![
+        match self.table {
+            EmbeddingTable::F32 { table, .. } => vec![("table", table, self.hidden * 4)],
+            EmbeddingTable::NibblePlanes {
+                high, low, scales, ..
+            } => vec![
                 ("high", high, self.hidden / 2),
                 ("low", low, self.hidden / 2),
                 ("scales", scales, scale_bytes),
             ],
-            Layout::Offset128 { codes, scales } => {
+            EmbeddingTable::Offset128 { codes, scales, .. } => {
                 vec![
                     ("codes", codes, self.hidden),
                     ("scales", scales, scale_bytes),
@@ -149,16 +138,17 @@ impl TokenRows {
                 )));
             }
             let at = |offset: u64, row_bytes: usize| offset + (row * row_bytes) as u64;
-            match self.layout {
-                Layout::F32 { table } => {
+            match self.table {
+                EmbeddingTable::F32 { table, .. } => {
                     let values = &mut bytes[..hidden * 4];
                     self.read(values, at(table, hidden * 4))?;
                     out.extend(values.chunks_exact(4).map(le_f32));
                 }
-                Layout::NibblePlanes {
+                EmbeddingTable::NibblePlanes {
                     high,
                     low,
                     scales: scales_at,
+                    ..
                 } => {
                     let (high_row, rest) = bytes.split_at_mut(hidden / 2);
                     let low_row = &mut rest[..hidden / 2];
@@ -182,9 +172,10 @@ impl TokenRows {
                         q as f32 * scales[column / BLOCK]
                     }));
                 }
-                Layout::Offset128 {
+                EmbeddingTable::Offset128 {
                     codes,
                     scales: scales_at,
+                    ..
                 } => {
                     let row_codes = &mut bytes[..hidden];
                     self.read(row_codes, at(codes, hidden))?;
