@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 pub mod faults;
 pub mod netns;
 pub mod scenario;
+pub mod thread_stop;
 
 /// How long a node may take to load its model and bind (generous: CI machines are shared).
 const START_TIMEOUT: Duration = Duration::from_secs(60);

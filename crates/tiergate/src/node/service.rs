@@ -18,8 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use super::tier_events::{
-    cloud_answer, cloud_attempt, engine_error, local_attempt, regional_attempt, upstream_error,
-    whole_attempt,
+    LOCAL_STALL_GRACE, cloud_answer, cloud_attempt, engine_error, local_attempt, regional_attempt,
+    until_stalled, upstream_error, whole_attempt,
 };
 
 use super::attempt::AttemptStream;
@@ -344,10 +344,11 @@ impl TierStarter for Node {
         // prompt scoring, has only what is left of it.
         let budget_at = (self.parts.generation_budget).map(|budget| request.arrived + budget);
         let budget_first = budget_at.is_some_and(|at| at < request.deadline);
+        let deadline = budget_at.map_or(request.deadline, |at| at.min(request.deadline));
         let generation = GenerationRequest {
             prompt: engine_prompt(&request.input),
             sampling: engine_sampling(&request.sampling),
-            deadline: Some(budget_at.map_or(request.deadline, |at| at.min(request.deadline))),
+            deadline: Some(deadline),
             score_prompt,
         };
         // This request keeps this handle: a model swap does not touch it.
@@ -356,7 +357,10 @@ impl TierStarter for Node {
         let result = engine
             .generate_stream(generation)
             .map_err(engine_error)
-            .map(|events| local_attempt(events, model, budget_first));
+            .map(|events| {
+                let attempt = local_attempt(events, model, budget_first);
+                until_stalled(attempt, deadline + LOCAL_STALL_GRACE)
+            });
         futures::future::ready(result).boxed()
     }
 

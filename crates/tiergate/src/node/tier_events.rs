@@ -2,6 +2,8 @@
 //! regional node's stream, a cloud provider's stream or whole answer, each as the attempt
 //! events the executor walks; and their errors as the node's.
 
+use std::time::{Duration, Instant};
+
 use futures::StreamExt;
 use tiergate_api::TokenLogprob;
 use tiergate_api::wire::{
@@ -68,6 +70,39 @@ fn local_logprobs(logprobs: Option<tiergate_engine::TokenLogprobs>) -> Vec<Token
         })
         .into_iter()
         .collect()
+}
+
+/// How long past its deadline a local generation may stay silent before the node gives up on
+/// it. The engine ends every generation at its deadline itself, between two steps, so it
+/// overruns by one step at most (a prefill chunk of 128 positions: ~0.2-0.7 s on the real
+/// model at one thread). Silence beyond this is a worker that is stuck, not slow: a stalled
+/// disk under the weights file it reads, a starved CPU. The client then gets an error instead
+/// of waiting on it for ever.
+pub(super) const LOCAL_STALL_GRACE: Duration = Duration::from_secs(2);
+
+/// `attempt`, ended with a deadline error when it has not finished by `give_up_at`. Dropping
+/// the engine's stream there cancels the generation: a worker that wakes up finds its caller
+/// gone and stops.
+pub(super) fn until_stalled(attempt: AttemptStream, give_up_at: Instant) -> AttemptStream {
+    futures::stream::unfold(Some(attempt), move |attempt| async move {
+        let mut attempt = attempt?;
+        match tokio::time::timeout_at(give_up_at.into(), attempt.next()).await {
+            Ok(Some(event)) => Some((event, Some(attempt))),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = LOCAL_STALL_GRACE.as_millis(),
+                    "the local engine said nothing past the generation's deadline; giving up on it"
+                );
+                let err = NodeError::DeadlineExceeded(format!(
+                    "the local engine gave no answer within {} s of the deadline (its worker is stuck)",
+                    LOCAL_STALL_GRACE.as_secs()
+                ));
+                Some((Err(err), None))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The local engine's events as an attempt's. With `budget_first`, a deadline stop was the

@@ -1,0 +1,142 @@
+//! A local engine whose worker is stuck, from the client's side. An edge node with no tier
+//! above it answers from its own model, so the local step is the last of its plan and has no
+//! first-token share to lose: nothing but the request's deadline bounds it. The engine's
+//! threads are stopped (a ptrace stop, as a read from a stalled disk under the weights file
+//! would hold them; `tests/tools/stop-threads.py`) while the node's servers run on. Each API
+//! must get a deadline error shortly after its deadline, never a hang and never an empty
+//! answer; once the threads run again, the next request is answered as before. Where ptrace
+//! is refused (not root under Yama's restriction) the test says why and skips; CI runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use tiergate_e2e::scenario::{request, sse_chat, unary_chat};
+use tiergate_e2e::thread_stop::StoppedThreads;
+use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text, node_toml};
+
+/// The node's `limits.default_timeout`: every request's deadline here.
+const DEADLINE: Duration = Duration::from_secs(2);
+/// The node's grace past the deadline before it gives up on a silent engine
+/// (`LOCAL_STALL_GRACE`), and room for a busy CI machine.
+const GRACE: Duration = Duration::from_secs(2);
+const SLACK: Duration = Duration::from_secs(3);
+/// How long the test waits for any answer: a node that leaves its client waiting fails here
+/// instead of hanging the suite.
+const CLIENT_GIVES_UP: Duration = Duration::from_secs(20);
+const PROMPT: &str = "what is the capital of france";
+/// The engine's threads: the worker (`tiergate-engine-N`, cut to 15 characters by the
+/// kernel) and the intra-op threads it started, which inherit its name.
+const ENGINE_THREADS: &str = "tiergate-engin";
+
+/// Streams `PROMPT` over gRPC with no deadline of the client's own; the text it got, or the
+/// status it ended with.
+async fn grpc_stream_status(node: &NodeProcess) -> Result<String, tonic::Status> {
+    use futures::StreamExt;
+    use tiergate_proto::v1::generate_stream_response::Event;
+    let mut client = node.grpc_client().await.unwrap();
+    let mut stream = client.generate_stream(request(PROMPT)).await?.into_inner();
+    let mut text = String::new();
+    while let Some(message) = stream.next().await {
+        if let Some(Event::Delta(delta)) = message?.event {
+            text.push_str(&delta.text);
+        }
+    }
+    Ok(text)
+}
+
+fn within_bound(elapsed: Duration) -> bool {
+    elapsed >= DEADLINE && elapsed < DEADLINE + GRACE + SLACK
+}
+
+#[tokio::test]
+async fn a_stuck_engine_worker_ends_each_request_with_a_deadline_error_not_a_hang() {
+    let mut toml = node_toml("edge-1", "edge", "edge", None, None, Gate::Commit);
+    toml.push_str(&format!(
+        "[limits]\ndefault_timeout = \"{}s\"\n",
+        DEADLINE.as_secs()
+    ));
+    let node = NodeProcess::start("edge-1", &toml).await.unwrap();
+    let (reply, _) = unary_chat(&node, PROMPT).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let stopped = match StoppedThreads::stop(node.pid().unwrap(), ENGINE_THREADS)
+        .await
+        .unwrap()
+    {
+        Ok(stopped) => stopped,
+        Err(why) => {
+            eprintln!("skipped: this machine refuses ptrace ({why}); run as root");
+            return;
+        }
+    };
+    eprintln!("engine threads stopped: {:?}", stopped.tids);
+
+    // A whole answer over HTTP: 504, with the reason.
+    let (reply, elapsed) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
+        .await
+        .expect("the client was left waiting on a stuck engine")
+        .unwrap();
+    eprintln!(
+        "whole answer: {} after {elapsed:?}: {}",
+        reply.status,
+        reply.text()
+    );
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(reply.text().contains("stuck"), "{}", reply.text());
+    assert!(within_bound(elapsed), "{elapsed:?}");
+
+    // A streamed answer over HTTP: nothing was sent before the first token, so a 504 too.
+    let sse = tokio::time::timeout(CLIENT_GIVES_UP, sse_chat(&node, PROMPT))
+        .await
+        .expect("the SSE client was left waiting on a stuck engine")
+        .unwrap();
+    eprintln!(
+        "SSE: {} after {:?}: {}",
+        sse.reply.status,
+        sse.elapsed,
+        sse.reply.text()
+    );
+    assert_eq!(sse.reply.status, 504, "{}", sse.reply.text());
+    assert!(sse.text.is_empty());
+    assert!(within_bound(sse.elapsed), "{:?}", sse.elapsed);
+
+    // A gRPC stream without `grpc-timeout` (tonic's client would enforce one itself), so the
+    // node's default deadline: DEADLINE_EXCEEDED from the node, with its reason.
+    let started = Instant::now();
+    let streamed = tokio::time::timeout(CLIENT_GIVES_UP, grpc_stream_status(&node))
+        .await
+        .expect("the gRPC client was left waiting on a stuck engine");
+    let elapsed = started.elapsed();
+    eprintln!("gRPC: {streamed:?} after {elapsed:?}");
+    let status = streamed.expect_err("a status, not an answer");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("stuck"), "{status:?}");
+    assert!(within_bound(elapsed), "{elapsed:?}");
+
+    let text = metrics_text(&node).await.unwrap();
+    let deadline_errors = metric(
+        &text,
+        "tiergate_requests_total",
+        &[("outcome", "deadline_exceeded")],
+    );
+    assert_eq!(deadline_errors, Some(3.0), "{text}");
+
+    // The worker runs again: the three abandoned requests are dropped unanswered (their
+    // callers left), and the next one is answered as before.
+    stopped.release().await.unwrap();
+    let started = Instant::now();
+    let (reply, _) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
+        .await
+        .expect("no answer after the engine ran again")
+        .unwrap();
+    eprintln!(
+        "after release: {} after {:?}",
+        reply.status,
+        started.elapsed()
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json().unwrap();
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.is_empty());
+    assert_eq!(answer["tiergate"]["tier"], "edge");
+}
