@@ -4,7 +4,9 @@
 //! threads are stopped (a ptrace stop, as a read from a stalled disk under the weights file
 //! would hold them; `tests/tools/stop-threads.py`) while the node's servers run on. Each API
 //! must get a deadline error shortly after its deadline, never a hang and never an empty
-//! answer; once the threads run again, the next request is answered as before. Where ptrace
+//! answer. With work waiting on it, the stuck engine turns the node not ready
+//! (`server.engine_stall_timeout`), so that load balancers and the edges above move their traffic;
+//! once the threads run again the node is ready and the next request is answered as before. Where ptrace
 //! is refused (not root under Yama's restriction) the test says why and skips; CI runs as root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tiergate_e2e::scenario::{request, sse_chat, unary_chat};
 use tiergate_e2e::thread_stop::StoppedThreads;
-use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text, node_toml};
+use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text, node_toml};
 
 /// The node's `limits.default_timeout`: every request's deadline here.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -24,6 +26,8 @@ const SLACK: Duration = Duration::from_secs(3);
 /// instead of hanging the suite.
 const CLIENT_GIVES_UP: Duration = Duration::from_secs(20);
 const PROMPT: &str = "what is the capital of france";
+/// The node's `server.engine_stall_timeout`.
+const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The engine's threads: the worker (`tiergate-engine-N`, cut to 15 characters by the
 /// kernel) and the intra-op threads it started, which inherit its name.
 const ENGINE_THREADS: &str = "tiergate-engin";
@@ -49,11 +53,12 @@ fn within_bound(elapsed: Duration) -> bool {
 }
 
 #[tokio::test]
-async fn a_stuck_engine_worker_ends_each_request_with_a_deadline_error_not_a_hang() {
+async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turns_not_ready() {
     let mut toml = node_toml("edge-1", "edge", "edge", None, None, Gate::Commit);
     toml.push_str(&format!(
-        "[limits]\ndefault_timeout = \"{}s\"\n",
-        DEADLINE.as_secs()
+        "[limits]\ndefault_timeout = \"{}s\"\n[server]\nengine_stall_timeout = \"{}ms\"\n",
+        DEADLINE.as_secs(),
+        STALL_TIMEOUT.as_millis()
     ));
     let node = NodeProcess::start("edge-1", &toml).await.unwrap();
     let (reply, _) = unary_chat(&node, PROMPT).await.unwrap();
@@ -70,6 +75,10 @@ async fn a_stuck_engine_worker_ends_each_request_with_a_deadline_error_not_a_han
         }
     };
     eprintln!("engine threads stopped: {:?}", stopped.tids);
+    // Stopped but idle: nothing waits on it, so nothing says it is stuck.
+    tokio::time::sleep(STALL_TIMEOUT * 2).await;
+    let readyz = format!("{}/readyz", node.http_url());
+    assert_eq!(get(&readyz).await.unwrap().status, 200);
 
     // A whole answer over HTTP: 504, with the reason.
     let (reply, elapsed) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
@@ -84,6 +93,11 @@ async fn a_stuck_engine_worker_ends_each_request_with_a_deadline_error_not_a_han
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert!(reply.text().contains("stuck"), "{}", reply.text());
     assert!(within_bound(elapsed), "{elapsed:?}");
+    // Its job still waits for the stuck worker, longer than the stall timeout: not ready.
+    let reply = get(&readyz).await.unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let text = metrics_text(&node).await.unwrap();
+    assert_eq!(metric(&text, "tiergate_ready", &[]), Some(0.0));
 
     // A streamed answer over HTTP: nothing was sent before the first token, so a 504 too.
     let sse = tokio::time::timeout(CLIENT_GIVES_UP, sse_chat(&node, PROMPT))
@@ -125,6 +139,14 @@ async fn a_stuck_engine_worker_ends_each_request_with_a_deadline_error_not_a_han
     // callers left), and the next one is answered as before.
     stopped.release().await.unwrap();
     let started = Instant::now();
+    while get(&readyz).await.unwrap().status != 200 {
+        assert!(
+            started.elapsed() < CLIENT_GIVES_UP,
+            "still not ready after the engine ran again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("ready again after {:?}", started.elapsed());
     let (reply, _) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
         .await
         .expect("no answer after the engine ran again")

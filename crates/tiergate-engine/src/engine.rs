@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -346,6 +347,16 @@ impl Engine {
         self.inner.pool.workers_alive()
     }
 
+    /// How long the engine has had work (a request queued or being generated) without any
+    /// worker moving: no job taken, no forward pass ended. `None` while it has no work. A
+    /// worker stuck in a pass that does not return (a stalled disk under the weights file, a
+    /// starved CPU) is alive but makes this grow; one pass takes well under a second on an edge
+    /// CPU (a prefill chunk of 128 positions), so seconds mean stuck. A node reports itself not
+    /// ready past `server.engine_stall_timeout`.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.inner.pool.stalled_for()
+    }
+
     /// Requests waiting now, not yet started: for an engine worker, or (with `max_batch` > 1) in
     /// a worker's line for their prefill to begin.
     pub fn queue_depth(&self) -> usize {
@@ -406,7 +417,7 @@ impl Engine {
                 prompt_ids,
                 sampling: request.sampling,
                 deadline: request.deadline,
-                queue_time: std::time::Duration::ZERO,
+                queue_time: Duration::ZERO,
                 score_prompt: request.score_prompt,
             },
             events,

@@ -34,6 +34,7 @@ mod kv_cache;
 mod manifest;
 pub mod memory;
 mod prefill;
+mod progress;
 mod prompt;
 mod runtime;
 mod sampling;

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
@@ -20,6 +21,7 @@ use crate::error::EngineError;
 pub(crate) use crate::kv_cache::KvCache;
 use crate::kv_cache::{KvShape, SharedBuffers};
 use crate::manifest::{KvCacheLayout, Manifest};
+use crate::progress::Progress;
 pub(crate) use crate::session_options::{GraphOptimization, SessionOptions};
 
 mod run_io;
@@ -115,6 +117,8 @@ pub(crate) struct ModelSession {
     vocab_size: usize,
     context_length: usize,
     prefill_chunk: usize,
+    /// Told after every forward pass (a worker's: readiness tells a stuck one from a busy one).
+    progress: Option<Arc<Progress>>,
 }
 
 impl ModelSession {
@@ -191,6 +195,7 @@ impl ModelSession {
             vocab_size: manifest.vocab_size,
             context_length: manifest.context_length,
             prefill_chunk: options.prefill_chunk,
+            progress: None,
         };
         model.check_io(source)?;
         if let Some(embedding) = embedding {
@@ -198,6 +203,11 @@ impl ModelSession {
             model.embedding_rows = Some(embedding.open(hidden, manifest.vocab_size)?);
         }
         Ok(model)
+    }
+
+    /// Beats `progress` after every forward pass from now on.
+    pub(crate) fn report_progress_to(&mut self, progress: Arc<Progress>) {
+        self.progress = Some(progress);
     }
 
     /// The width of the graph's `inputs_embeds` (its last dimension, which must be fixed).
@@ -319,10 +329,14 @@ impl ModelSession {
         let result = match self.shared_buffers() {
             Some(buffers) => {
                 self.kv.reserve(buffers, cache, total)?;
-                self.run_shared(inputs, cache, shape, rows)?
+                self.run_shared(inputs, cache, shape, rows)
             }
-            None => self.run_concat(inputs, cache, shape, rows)?,
+            None => self.run_concat(inputs, cache, shape, rows),
         };
+        if let Some(progress) = &self.progress {
+            progress.beat();
+        }
+        let result = result?;
         cache.len = total;
         if !self.shared_kv {
             cache.capacity = total;

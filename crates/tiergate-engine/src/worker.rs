@@ -24,6 +24,7 @@ use crate::generate::{
 };
 use crate::manifest::Manifest;
 use crate::memory::trim_heap;
+use crate::progress::Progress;
 use crate::session::{ModelSession, SessionOptions};
 use crate::tokenizer::TextCodec;
 
@@ -79,8 +80,10 @@ pub(crate) struct StatsCell {
     /// Jobs in the queue, not yet taken by a worker.
     queued: AtomicUsize,
     /// Generations a batching worker took from the queue that wait in its line for their
-    /// prefill to begin (`LineGauge`).
+    /// prefill to begin (`CountGauge`).
     in_line: AtomicUsize,
+    /// Whether the workers move (readiness: `WorkerPool::stalled_for`).
+    pub(crate) progress: Arc<Progress>,
 }
 
 /// Counts a worker as alive while it lives; dropping it (the loop ended, or unwinding from a
@@ -168,7 +171,10 @@ impl WorkerPool {
             enqueued: Instant::now(),
         };
         // Counted before it is sent, so that a worker taking it at once never counts below 0.
-        self.stats.queued.fetch_add(1, Ordering::SeqCst);
+        let queued_before = self.stats.queued.fetch_add(1, Ordering::SeqCst);
+        if self.stats.progress.is_idle(queued_before) {
+            self.stats.progress.beat();
+        }
         let sent = self.queue.try_send(envelope);
         if sent.is_err() {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
@@ -191,6 +197,12 @@ impl WorkerPool {
 
     pub(crate) fn workers_alive(&self) -> usize {
         self.stats.alive.load(Ordering::SeqCst)
+    }
+
+    /// How long the pool has had work without any worker moving (`Progress`); `None` while
+    /// it has none.
+    pub(crate) fn stalled_for(&self) -> Option<Duration> {
+        (self.stats.progress).stalled_for(self.stats.queued.load(Ordering::SeqCst))
     }
 
     /// Jobs waiting now: for a worker, or in a batching worker's line for their prefill to
@@ -222,7 +234,8 @@ fn spawn_worker(
                 &spec.options,
             );
             let (mut session, _alive) = match session {
-                Ok(session) => {
+                Ok(mut session) => {
+                    session.report_progress_to(Arc::clone(&stats.progress));
                     // Counted before the pool hears of it: once `Engine::load` returns, every
                     // worker is counted (a node that read 0 here reported NOT_SERVING).
                     let alive = AliveGuard::enter(&stats);
@@ -319,7 +332,10 @@ fn worker_loop(
         else {
             return;
         };
+        let mut held = CountGauge::new(&stats.progress.held);
+        held.set(1);
         stats.queued.fetch_sub(1, Ordering::SeqCst);
+        stats.progress.beat();
         let _entered = span.enter();
         let queue_time = enqueued.elapsed();
         // A panic inside a job must not take the worker (and its session) down with it.
@@ -418,7 +434,8 @@ fn batching_loop(
     mut idle: IdleTrim,
 ) {
     let mut batch: Batch<ModelSession, ChannelSink> = Batch::new(sizes.shared_from);
-    let mut in_line = LineGauge { stats, reported: 0 };
+    let mut in_line = CountGauge::new(&stats.in_line);
+    let mut held = CountGauge::new(&stats.progress.held);
     let mut open = true;
     while open || !batch.is_empty() {
         while open && batch.len() < sizes.max_batch {
@@ -447,7 +464,9 @@ fn batching_loop(
                 open = false;
                 break;
             };
+            held.set(batch.len() + 1);
             stats.queued.fetch_sub(1, Ordering::SeqCst);
+            stats.progress.beat();
             let _entered = span.enter();
             let queue_time = enqueued.elapsed();
             let run = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
@@ -475,6 +494,7 @@ fn batching_loop(
             }
             // Counted in line as soon as it left the queue (the gauge dips by one at most).
             in_line.set(batch.waiting());
+            held.set(batch.len());
         }
         if batch.is_empty() {
             continue;
@@ -500,28 +520,39 @@ fn batching_loop(
             }
         }
         in_line.set(batch.waiting());
+        held.set(batch.len());
     }
 }
 
-/// This worker's share of `StatsCell::in_line`, kept up to date by differences (the workers
-/// share the counter) and taken back when the loop ends, however it ends.
-struct LineGauge<'a> {
-    stats: &'a StatsCell,
+/// This worker's share of a counter the workers share (`StatsCell::in_line`, `Progress::held`),
+/// kept up to date by differences and taken back when the worker's loop or job ends, however it
+/// ends.
+struct CountGauge<'a> {
+    counter: &'a AtomicUsize,
     reported: usize,
 }
 
-impl LineGauge<'_> {
-    fn set(&mut self, waiting: usize) {
-        if waiting > self.reported {
-            (self.stats.in_line).fetch_add(waiting - self.reported, Ordering::SeqCst);
-        } else {
-            (self.stats.in_line).fetch_sub(self.reported - waiting, Ordering::SeqCst);
+impl<'a> CountGauge<'a> {
+    fn new(counter: &'a AtomicUsize) -> CountGauge<'a> {
+        CountGauge {
+            counter,
+            reported: 0,
         }
-        self.reported = waiting;
+    }
+
+    fn set(&mut self, count: usize) {
+        if count > self.reported {
+            self.counter
+                .fetch_add(count - self.reported, Ordering::SeqCst);
+        } else {
+            self.counter
+                .fetch_sub(self.reported - count, Ordering::SeqCst);
+        }
+        self.reported = count;
     }
 }
 
-impl Drop for LineGauge<'_> {
+impl Drop for CountGauge<'_> {
     fn drop(&mut self) {
         self.set(0);
     }

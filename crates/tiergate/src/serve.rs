@@ -347,8 +347,16 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         }
         None => None,
     };
-    // Ready means: serving, and the engine still has live workers to generate with.
-    let probe: ReadinessProbe = Arc::new(move || engine.current().workers_alive() > 0);
+    // Ready means: serving, and the engine still has live workers to generate with, which are
+    // not stuck with work.
+    let stall_timeout = config.server.engine_stall_timeout;
+    let probe: ReadinessProbe = Arc::new(move || {
+        let engine = engine.current();
+        let stuck = engine
+            .stalled_for()
+            .is_some_and(|stalled| stalled >= stall_timeout);
+        engine.workers_alive() > 0 && !stuck
+    });
     let lifecycle = Lifecycle::new(probe, metrics.ready.clone());
     let server = &config.server;
     let gate = Gate::new(

@@ -125,6 +125,11 @@ pub struct ServerSection {
     pub keepalive_timeout: Duration,
     /// CORS on the HTTP listener; absent: no CORS headers (browsers refuse cross-origin calls).
     pub cors: Option<CorsConfig>,
+    /// The node reports itself not ready (`/readyz`, gRPC health, `tiergate_ready`) while its
+    /// engine has had work this long without moving (`Engine::stalled_for`): a worker stuck in
+    /// a forward pass, so that watchers send their traffic elsewhere until it moves again.
+    #[serde(with = "crate::config::duration")]
+    pub engine_stall_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -143,6 +148,7 @@ impl Default for ServerSection {
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
             cors: None,
+            engine_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +226,10 @@ impl Config {
                     .map_or(Duration::MAX, |tls| tls.reload_interval),
             ),
             ("server.keepalive_timeout", self.server.keepalive_timeout),
+            (
+                "server.engine_stall_timeout",
+                self.server.engine_stall_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(name, "must be above 0"));
