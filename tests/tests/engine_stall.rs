@@ -5,8 +5,9 @@
 //! would hold them; `tests/tools/stop-threads.py`) while the node's servers run on. Each API
 //! must get a deadline error shortly after its deadline, never a hang and never an empty
 //! answer. With work waiting on it, the stuck engine turns the node not ready
-//! (`server.engine_stall_timeout`), so that load balancers and the edges above move their traffic;
-//! once the threads run again the node is ready and the next request is answered as before. Where ptrace
+//! (`server.engine_stall_timeout`), so that load balancers and the edges above move their
+//! traffic, and local steps fail at once instead of waiting on it; once the threads run again
+//! the node is ready and the next request is answered as before. Where ptrace
 //! is refused (not root under Yama's restriction) the test says why and skips; CI runs as root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -53,7 +54,7 @@ fn within_bound(elapsed: Duration) -> bool {
 }
 
 #[tokio::test]
-async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turns_not_ready() {
+async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_ready() {
     let mut toml = node_toml("edge-1", "edge", "edge", None, None, Gate::Commit);
     toml.push_str(&format!(
         "[limits]\ndefault_timeout = \"{}s\"\n[server]\nengine_stall_timeout = \"{}ms\"\n",
@@ -80,11 +81,18 @@ async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turn
     let readyz = format!("{}/readyz", node.http_url());
     assert_eq!(get(&readyz).await.unwrap().status, 200);
 
-    // A whole answer over HTTP: 504, with the reason.
-    let (reply, elapsed) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
-        .await
-        .expect("the client was left waiting on a stuck engine")
-        .unwrap();
+    // The first wave meets the engine before anything knows it is stuck: a whole answer over
+    // HTTP, a streamed one (nothing was sent before the first token, so a status too) and a
+    // gRPC stream without `grpc-timeout` (tonic's client would enforce one itself), at once.
+    let (whole, sse, grpc) = tokio::time::timeout(CLIENT_GIVES_UP, async {
+        tokio::join!(unary_chat(&node, PROMPT), sse_chat(&node, PROMPT), async {
+            let started = Instant::now();
+            (grpc_stream_status(&node).await, started.elapsed())
+        })
+    })
+    .await
+    .expect("a client was left waiting on a stuck engine");
+    let (reply, elapsed) = whole.unwrap();
     eprintln!(
         "whole answer: {} after {elapsed:?}: {}",
         reply.status,
@@ -93,17 +101,7 @@ async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turn
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert!(reply.text().contains("stuck"), "{}", reply.text());
     assert!(within_bound(elapsed), "{elapsed:?}");
-    // Its job still waits for the stuck worker, longer than the stall timeout: not ready.
-    let reply = get(&readyz).await.unwrap();
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    let text = metrics_text(&node).await.unwrap();
-    assert_eq!(metric(&text, "tiergate_ready", &[]), Some(0.0));
-
-    // A streamed answer over HTTP: nothing was sent before the first token, so a 504 too.
-    let sse = tokio::time::timeout(CLIENT_GIVES_UP, sse_chat(&node, PROMPT))
-        .await
-        .expect("the SSE client was left waiting on a stuck engine")
-        .unwrap();
+    let sse = sse.unwrap();
     eprintln!(
         "SSE: {} after {:?}: {}",
         sse.reply.status,
@@ -113,19 +111,32 @@ async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turn
     assert_eq!(sse.reply.status, 504, "{}", sse.reply.text());
     assert!(sse.text.is_empty());
     assert!(within_bound(sse.elapsed), "{:?}", sse.elapsed);
-
-    // A gRPC stream without `grpc-timeout` (tonic's client would enforce one itself), so the
-    // node's default deadline: DEADLINE_EXCEEDED from the node, with its reason.
-    let started = Instant::now();
-    let streamed = tokio::time::timeout(CLIENT_GIVES_UP, grpc_stream_status(&node))
-        .await
-        .expect("the gRPC client was left waiting on a stuck engine");
-    let elapsed = started.elapsed();
+    let (streamed, elapsed) = grpc;
     eprintln!("gRPC: {streamed:?} after {elapsed:?}");
     let status = streamed.expect_err("a status, not an answer");
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("stuck"), "{status:?}");
     assert!(within_bound(elapsed), "{elapsed:?}");
+
+    // Their jobs still wait for the stuck worker, longer than the stall timeout: the node is
+    // not ready, and a new request fails at once instead of waiting out its deadline.
+    let reply = get(&readyz).await.unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let text = metrics_text(&node).await.unwrap();
+    assert_eq!(metric(&text, "tiergate_ready", &[]), Some(0.0));
+    let (reply, elapsed) = unary_chat(&node, PROMPT).await.unwrap();
+    eprintln!(
+        "once known stuck: {} after {elapsed:?}: {}",
+        reply.status,
+        reply.text()
+    );
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("stuck"), "{}", reply.text());
+    assert!(elapsed < SLACK, "{elapsed:?}");
+    let started = Instant::now();
+    let status = grpc_stream_status(&node).await.expect_err("a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < SLACK);
 
     let text = metrics_text(&node).await.unwrap();
     let deadline_errors = metric(
@@ -136,7 +147,7 @@ async fn a_stuck_engine_worker_ends_each_request_with_an_error_and_the_node_turn
     assert_eq!(deadline_errors, Some(3.0), "{text}");
 
     // The worker runs again: the three abandoned requests are dropped unanswered (their
-    // callers left), and the next one is answered as before.
+    // callers left), the node is ready, and the next request is answered as before.
     stopped.release().await.unwrap();
     let started = Instant::now();
     while get(&readyz).await.unwrap().status != 200 {

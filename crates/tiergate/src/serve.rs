@@ -286,6 +286,7 @@ async fn build_parts(config: &Config) -> Result<Parts, StartError> {
         peer_key,
         privacy: config.privacy.clone(),
         generation_budget: config.device.effective().generation_budget(),
+        engine_stall_timeout: config.server.engine_stall_timeout,
     });
     let watched = crate::model_trust::Watched {
         node_name: &config.node.name,

@@ -67,6 +67,9 @@ pub struct NodeParts {
     /// How long local generation may run: the device's latency budget times
     /// `stop_at_budget_share` (`[device]`); `None`: until the request's deadline.
     pub generation_budget: Option<Duration>,
+    /// A local engine that has had work this long without moving (`Engine::stalled_for`) is
+    /// stuck: local steps fail at once instead of waiting on it (`server.engine_stall_timeout`).
+    pub engine_stall_timeout: Duration,
 }
 
 /// A running node. Cheap to share behind an `Arc`.
@@ -353,6 +356,17 @@ impl TierStarter for Node {
         };
         // This request keeps this handle: a model swap does not touch it.
         let engine = self.parts.engine.current();
+        if let Some(stalled) = engine.stalled_for()
+            && stalled >= self.parts.engine_stall_timeout
+        {
+            // Known stuck: the plan moves on at once instead of spending this step's share of
+            // the deadline on it; a request with nowhere else to go fails fast.
+            let err = NodeError::Unavailable(format!(
+                "the local engine is stuck: it has had work for {} s without progress",
+                stalled.as_secs()
+            ));
+            return futures::future::ready(Err(err)).boxed();
+        }
         let model = engine.model().name.clone();
         let result = engine
             .generate_stream(generation)
