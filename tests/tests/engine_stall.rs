@@ -13,9 +13,13 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use tiergate_e2e::scenario::{request, sse_chat, unary_chat};
 use tiergate_e2e::thread_stop::StoppedThreads;
-use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text, node_toml};
+use tiergate_e2e::{
+    Gate, NodeProcess, get, http_client, metric, metrics_text, node_toml, real_model_dir,
+};
 
 /// The node's `limits.default_timeout`: every request's deadline here.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -47,6 +51,15 @@ async fn grpc_stream_status(node: &NodeProcess) -> Result<String, tonic::Status>
         }
     }
     Ok(text)
+}
+
+/// Whether an SSE stream so far carries some answer text (not only the role chunk's empty
+/// content).
+fn has_text(stream: &str) -> bool {
+    let key = "\"content\":\"";
+    stream
+        .match_indices(key)
+        .any(|(at, _)| !stream[at + key.len()..].starts_with('"'))
 }
 
 fn within_bound(elapsed: Duration) -> bool {
@@ -172,4 +185,95 @@ async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!content.is_empty());
     assert_eq!(answer["tiergate"]["tier"], "edge");
+}
+
+/// The same stop in the middle of an answer, on the real model (slow enough to stop between two
+/// tokens): the text the client already has stays, and the stream ends with an error event
+/// after the deadline's grace, never with a finish chunk that would pass the cut-off text for a
+/// whole answer. Skips without the real model unless `TIERGATE_REQUIRE_REAL_MODEL=1`.
+#[tokio::test]
+async fn a_stuck_engine_mid_answer_ends_the_stream_with_an_error_after_its_text() {
+    let Some(model) = real_model_dir() else {
+        eprintln!("skipped: the real model is not imported (scripts/import-real-model.sh)");
+        return;
+    };
+    let deadline = Duration::from_secs(4);
+    let toml = format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"{}\"\n\
+         variant = \"int4\"\n[limits]\ndefault_timeout = \"{}s\"\n",
+        model.display(),
+        deadline.as_secs()
+    );
+    let node = NodeProcess::start("edge-1", &toml).await.unwrap();
+    let body = serde_json::json!({
+        "model": "tiergate", "max_tokens": 400, "temperature": 0, "stream": true,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}],
+    });
+    let started = Instant::now();
+    let request = http::Request::post(format!("{}/v1/chat/completions", node.http_url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = http_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut stream = String::new();
+    let mut stopped = None;
+    let read_all = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                stream.push_str(&String::from_utf8_lossy(&data));
+            }
+            // Text reached the client: now the engine gets stuck.
+            if stopped.is_none() && has_text(&stream) {
+                let stop = StoppedThreads::stop(node.pid().unwrap(), ENGINE_THREADS)
+                    .await
+                    .unwrap();
+                stopped = Some((stop, started.elapsed()));
+            }
+        }
+    };
+    tokio::time::timeout(CLIENT_GIVES_UP, read_all)
+        .await
+        .expect("the stream was left open on a stuck engine");
+    let elapsed = started.elapsed();
+    let (stopped, stopped_at) = match stopped.expect("the answer sent text") {
+        (Ok(stopped), at) => (stopped, at),
+        (Err(why), _) => {
+            eprintln!("skipped: this machine refuses ptrace ({why}); run as root");
+            return;
+        }
+    };
+    eprintln!("stopped at {stopped_at:?}, stream ended at {elapsed:?}:\n{stream}");
+    let mut text = String::new();
+    let mut error = None;
+    for line in stream.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(chunk) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(err) = chunk.get("error") {
+            error = Some(err.clone());
+        }
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+        assert!(
+            chunk["choices"][0]["finish_reason"].is_null(),
+            "a finish chunk after the engine got stuck: {chunk}"
+        );
+    }
+    assert!(!text.is_empty());
+    let error = error.expect("an error event ends the stream");
+    assert!(error.to_string().contains("stuck"), "{error}");
+    assert!(stopped_at < deadline, "{stopped_at:?}");
+    assert!(
+        elapsed >= deadline && elapsed < deadline + GRACE + SLACK,
+        "{elapsed:?}"
+    );
+    stopped.release().await.unwrap();
+    let (reply, _) = tokio::time::timeout(CLIENT_GIVES_UP, unary_chat(&node, PROMPT))
+        .await
+        .expect("no answer after the engine ran again")
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
 }
