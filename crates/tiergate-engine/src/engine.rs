@@ -357,6 +357,12 @@ impl Engine {
         self.inner.pool.stalled_for()
     }
 
+    /// The longest forward pass this engine has run (a prefill chunk, a batched step with a
+    /// prefill piece): how late past a deadline it may notice it, since it looks between passes.
+    pub fn longest_pass(&self) -> Duration {
+        self.inner.pool.longest_pass()
+    }
+
     /// Requests waiting now, not yet started: for an engine worker, or (with `max_batch` > 1) in
     /// a worker's line for their prefill to begin.
     pub fn queue_depth(&self) -> usize {

@@ -13,6 +13,8 @@ pub(crate) struct Progress {
     epoch: Instant,
     /// Milliseconds from `epoch` to the last beat.
     last_beat_ms: AtomicU64,
+    /// The longest forward pass so far, in milliseconds.
+    longest_pass_ms: AtomicU64,
     /// Jobs a worker has taken and not finished (a batching worker's members and line).
     pub(crate) held: AtomicUsize,
 }
@@ -22,6 +24,7 @@ impl Default for Progress {
         Progress {
             epoch: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
+            longest_pass_ms: AtomicU64::new(0),
             held: AtomicUsize::new(0),
         }
     }
@@ -33,6 +36,18 @@ impl Progress {
     pub(crate) fn beat(&self) {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_beat_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A forward pass ended after `took`: a beat, and the longest pass so far.
+    pub(crate) fn pass_ended(&self, took: Duration) {
+        let took = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.longest_pass_ms.fetch_max(took, Ordering::Relaxed);
+        self.beat();
+    }
+
+    /// The longest forward pass so far: how late the engine may notice a deadline.
+    pub(crate) fn longest_pass(&self) -> Duration {
+        Duration::from_millis(self.longest_pass_ms.load(Ordering::Relaxed))
     }
 
     /// How long the pool has had work (`queued` jobs not yet taken, or jobs held) without a
@@ -77,5 +92,15 @@ mod tests {
         assert!(progress.stalled_for(0).unwrap() < Duration::from_millis(20));
         progress.held.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(progress.stalled_for(0), None);
+    }
+
+    #[test]
+    fn a_pass_beats_and_the_longest_one_is_kept() {
+        let progress = Progress::default();
+        assert_eq!(progress.longest_pass(), Duration::ZERO);
+        progress.pass_ended(Duration::from_millis(40));
+        progress.pass_ended(Duration::from_millis(15));
+        assert_eq!(progress.longest_pass(), Duration::from_millis(40));
+        assert!(progress.stalled_for(1).unwrap() < Duration::from_millis(20));
     }
 }

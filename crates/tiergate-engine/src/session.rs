@@ -290,6 +290,7 @@ impl ModelSession {
         cache: &mut KvCache,
         rows: Rows<'_>,
     ) -> Result<(Logits, Option<f64>, Duration), EngineError> {
+        let started = Instant::now();
         let batch = cache.batch_size();
         if seq == 0 || ids.len() != batch * seq {
             return Err(EngineError::Runtime(format!(
@@ -334,7 +335,7 @@ impl ModelSession {
             None => self.run_concat(inputs, cache, shape, rows),
         };
         if let Some(progress) = &self.progress {
-            progress.beat();
+            progress.pass_ended(started.elapsed());
         }
         let result = result?;
         cache.len = total;

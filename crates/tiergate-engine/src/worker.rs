@@ -205,6 +205,10 @@ impl WorkerPool {
         (self.stats.progress).stalled_for(self.stats.queued.load(Ordering::SeqCst))
     }
 
+    pub(crate) fn longest_pass(&self) -> Duration {
+        self.stats.progress.longest_pass()
+    }
+
     /// Jobs waiting now: for a worker, or in a batching worker's line for their prefill to
     /// begin (both are requests that have not started, for the queue-depth gauge and autoscaling).
     pub(crate) fn queue_depth(&self) -> usize {

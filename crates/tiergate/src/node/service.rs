@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use super::tier_events::{
-    LOCAL_STALL_GRACE, cloud_answer, cloud_attempt, engine_error, local_attempt, regional_attempt,
+    cloud_answer, cloud_attempt, engine_error, local_attempt, local_stall_grace, regional_attempt,
     until_stalled, upstream_error, whole_attempt,
 };
 
@@ -372,8 +372,10 @@ impl TierStarter for Node {
             .generate_stream(generation)
             .map_err(engine_error)
             .map(|events| {
+                let engine = engine.clone();
+                let grace = Arc::new(move || local_stall_grace(engine.longest_pass()));
                 let attempt = local_attempt(events, model, budget_first);
-                until_stalled(attempt, deadline + LOCAL_STALL_GRACE)
+                until_stalled(attempt, deadline, grace)
             });
         futures::future::ready(result).boxed()
     }

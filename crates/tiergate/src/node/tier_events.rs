@@ -2,6 +2,7 @@
 //! regional node's stream, a cloud provider's stream or whole answer, each as the attempt
 //! events the executor walks; and their errors as the node's.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -73,32 +74,54 @@ fn local_logprobs(logprobs: Option<tiergate_engine::TokenLogprobs>) -> Vec<Token
 }
 
 /// How long past its deadline a local generation may stay silent before the node gives up on
-/// it. The engine ends every generation at its deadline itself, between two steps, so it
-/// overruns by one step at most (a prefill chunk of 128 positions: ~0.2-0.7 s on the real
-/// model at one thread). Silence beyond this is a worker that is stuck, not slow: a stalled
-/// disk under the weights file it reads, a starved CPU. The client then gets an error instead
-/// of waiting on it for ever.
+/// it, at least. The engine ends every generation at its deadline itself, between two forward
+/// passes, so it overruns by one pass at most: the grace is this plus twice the engine's longest
+/// pass so far (`local_stall_grace`; a prefill chunk of 128 positions takes ~0.2-0.7 s on the
+/// real model at one thread here, a slow board's passes several seconds). Silence beyond it is
+/// a worker that is stuck, not slow: a stalled disk under the weights file it reads, a starved
+/// CPU. The client then gets an error instead of waiting on it for ever.
 pub(super) const LOCAL_STALL_GRACE: Duration = Duration::from_secs(2);
 
-/// `attempt`, ended with a deadline error when it has not finished by `give_up_at`. Dropping
-/// the engine's stream there cancels the generation: a worker that wakes up finds its caller
-/// gone and stops.
-pub(super) fn until_stalled(attempt: AttemptStream, give_up_at: Instant) -> AttemptStream {
-    futures::stream::unfold(Some(attempt), move |attempt| async move {
-        let mut attempt = attempt?;
-        match tokio::time::timeout_at(give_up_at.into(), attempt.next()).await {
-            Ok(Some(event)) => Some((event, Some(attempt))),
-            Ok(None) => None,
-            Err(_) => {
-                tracing::warn!(
-                    grace_ms = LOCAL_STALL_GRACE.as_millis(),
-                    "the local engine said nothing past the generation's deadline; giving up on it"
-                );
-                let err = NodeError::DeadlineExceeded(format!(
-                    "the local engine gave no answer within {} s of the deadline (its worker is stuck)",
-                    LOCAL_STALL_GRACE.as_secs()
-                ));
-                Some((Err(err), None))
+/// The grace past its deadline of a local generation on an engine whose longest forward pass
+/// took `longest_pass`.
+pub(super) fn local_stall_grace(longest_pass: Duration) -> Duration {
+    LOCAL_STALL_GRACE + longest_pass.saturating_mul(2)
+}
+
+/// `attempt`, ended with a deadline error when it is silent past `deadline` and its grace.
+/// `grace` is read again when the time comes (the engine's longest pass may have grown since the
+/// request started: its own prefill may be the longest yet). Dropping the engine's stream there
+/// cancels the generation: a worker that wakes up finds its caller gone and stops.
+pub(super) fn until_stalled(
+    attempt: AttemptStream,
+    deadline: Instant,
+    grace: Arc<dyn Fn() -> Duration + Send + Sync>,
+) -> AttemptStream {
+    futures::stream::unfold(Some(attempt), move |attempt| {
+        let grace = Arc::clone(&grace);
+        async move {
+            let mut attempt = attempt?;
+            loop {
+                let allowed = grace();
+                let next = tokio::time::timeout_at((deadline + allowed).into(), attempt.next());
+                match next.await {
+                    Ok(Some(event)) => return Some((event, Some(attempt))),
+                    Ok(None) => return None,
+                    Err(_) if grace() > allowed => continue,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_ms = allowed.as_millis(),
+                            "the local engine said nothing past the generation's deadline; \
+                             giving up on it"
+                        );
+                        let err = NodeError::DeadlineExceeded(format!(
+                            "the local engine gave no answer within {:.1} s of the deadline \
+                             (its worker is stuck)",
+                            allowed.as_secs_f64()
+                        ));
+                        return Some((Err(err), None));
+                    }
+                }
             }
         }
     })
