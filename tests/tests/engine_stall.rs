@@ -74,7 +74,9 @@ async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_
         DEADLINE.as_secs(),
         STALL_TIMEOUT.as_millis()
     ));
-    let node = NodeProcess::start("edge-1", &toml).await.unwrap();
+    let node = NodeProcess::start_logged("edge-1", &toml, "warn")
+        .await
+        .unwrap();
     let (reply, _) = unary_chat(&node, PROMPT).await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
 
@@ -137,6 +139,12 @@ async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_
     assert_eq!(reply.status, 503, "{}", reply.text());
     let text = metrics_text(&node).await.unwrap();
     assert_eq!(metric(&text, "tiergate_ready", &[]), Some(0.0));
+    assert!(
+        node.logs()
+            .contains("the local engine has had work without progress"),
+        "{}",
+        node.logs()
+    );
     let (reply, elapsed) = unary_chat(&node, PROMPT).await.unwrap();
     eprintln!(
         "once known stuck: {} after {elapsed:?}: {}",

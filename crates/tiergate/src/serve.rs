@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tiergate_engine::Engine;
@@ -351,12 +352,23 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     // Ready means: serving, and the engine still has live workers to generate with, which are
     // not stuck with work.
     let stall_timeout = config.server.engine_stall_timeout;
+    let was_stuck = AtomicBool::new(false);
     let probe: ReadinessProbe = Arc::new(move || {
         let engine = engine.current();
-        let stuck = engine
+        let stalled = engine
             .stalled_for()
-            .is_some_and(|stalled| stalled >= stall_timeout);
-        engine.workers_alive() > 0 && !stuck
+            .filter(|&waited| waited >= stall_timeout);
+        // Said once per change: the probe runs every second.
+        if was_stuck.swap(stalled.is_some(), Ordering::Relaxed) != stalled.is_some() {
+            match stalled {
+                Some(waited) => tracing::warn!(
+                    stalled_s = waited.as_secs(),
+                    "the local engine has had work without progress: not ready, local steps fail"
+                ),
+                None => tracing::info!("the local engine moves again: ready"),
+            }
+        }
+        engine.workers_alive() > 0 && stalled.is_none()
     });
     let lifecycle = Lifecycle::new(probe, metrics.ready.clone());
     let server = &config.server;
