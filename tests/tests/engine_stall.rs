@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use tiergate_e2e::scenario::{request, sse_chat, unary_chat};
 use tiergate_e2e::thread_stop::StoppedThreads;
 use tiergate_e2e::{
-    Gate, NodeProcess, get, http_client, metric, metrics_text, node_toml, real_model_dir,
+    Gate, HttpReply, NodeProcess, get, http_client, metric, metrics_text, node_toml, real_model_dir,
 };
 
 /// The node's `limits.default_timeout`: every request's deadline here.
@@ -60,6 +60,17 @@ fn has_text(stream: &str) -> bool {
     stream
         .match_indices(key)
         .any(|(at, _)| !stream[at + key.len()..].starts_with('"'))
+}
+
+/// A whole HTTP answer that is an error of `status` naming the stuck engine.
+fn assert_stuck_reply(label: &str, reply: &HttpReply, elapsed: Duration, status: u16) {
+    eprintln!(
+        "{label}: {} after {elapsed:?}: {}",
+        reply.status,
+        reply.text()
+    );
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert!(reply.text().contains("stuck"), "{}", reply.text());
 }
 
 fn within_bound(elapsed: Duration) -> bool {
@@ -108,13 +119,7 @@ async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_
     .await
     .expect("a client was left waiting on a stuck engine");
     let (reply, elapsed) = whole.unwrap();
-    eprintln!(
-        "whole answer: {} after {elapsed:?}: {}",
-        reply.status,
-        reply.text()
-    );
-    assert_eq!(reply.status, 504, "{}", reply.text());
-    assert!(reply.text().contains("stuck"), "{}", reply.text());
+    assert_stuck_reply("whole answer", &reply, elapsed, 504);
     assert!(within_bound(elapsed), "{elapsed:?}");
     let sse = sse.unwrap();
     eprintln!(
@@ -146,13 +151,7 @@ async fn a_stuck_engine_worker_ends_requests_with_errors_and_the_node_turns_not_
         node.logs()
     );
     let (reply, elapsed) = unary_chat(&node, PROMPT).await.unwrap();
-    eprintln!(
-        "once known stuck: {} after {elapsed:?}: {}",
-        reply.status,
-        reply.text()
-    );
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(reply.text().contains("stuck"), "{}", reply.text());
+    assert_stuck_reply("once known stuck", &reply, elapsed, 503);
     assert!(elapsed < SLACK, "{elapsed:?}");
     let started = Instant::now();
     let status = grpc_stream_status(&node).await.expect_err("a status");

@@ -357,6 +357,11 @@ impl Engine {
         self.inner.pool.stalled_for()
     }
 
+    /// [`Engine::stalled_for`] when it has reached `timeout`: the engine is stuck.
+    pub fn stuck_past(&self, timeout: Duration) -> Option<Duration> {
+        self.stalled_for().filter(|&stalled| stalled >= timeout)
+    }
+
     /// The longest forward pass this engine has run (a prefill chunk, a batched step with a
     /// prefill piece): how late past a deadline it may notice it, since it looks between passes.
     pub fn longest_pass(&self) -> Duration {

@@ -53,16 +53,17 @@ impl Progress {
     /// How long the pool has had work (`queued` jobs not yet taken, or jobs held) without a
     /// beat; `None` while it has none, however long ago the last beat was.
     pub(crate) fn stalled_for(&self, queued: usize) -> Option<Duration> {
-        if queued == 0 && self.held.load(Ordering::SeqCst) == 0 {
+        if !self.has_work(queued) {
             return None;
         }
         let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
         Some(self.epoch.elapsed().saturating_sub(last))
     }
 
-    /// Whether the pool had no work before a job now arriving (then the job's arrival beats).
-    pub(crate) fn is_idle(&self, queued_before: usize) -> bool {
-        queued_before == 0 && self.held.load(Ordering::SeqCst) == 0
+    /// Whether the pool has work: `queued` jobs not yet taken, or jobs held. A job arriving at a
+    /// pool without any beats (its clock starts then).
+    pub(crate) fn has_work(&self, queued: usize) -> bool {
+        queued > 0 || self.held.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -78,7 +79,7 @@ mod tests {
         assert_eq!(progress.stalled_for(0), None);
         std::thread::sleep(Duration::from_millis(30));
         // Work arrives at the idle pool: its arrival beats, so the wait counts from now.
-        assert!(progress.is_idle(0));
+        assert!(!progress.has_work(0));
         progress.beat();
         assert!(progress.stalled_for(1).unwrap() < Duration::from_millis(20));
         std::thread::sleep(Duration::from_millis(30));
@@ -86,7 +87,7 @@ mod tests {
         assert!(waited >= Duration::from_millis(30), "{waited:?}");
         // A worker takes it and holds it: still work, still counting until the next beat.
         progress.held.fetch_add(1, Ordering::SeqCst);
-        assert!(!progress.is_idle(0));
+        assert!(progress.has_work(0));
         assert!(progress.stalled_for(0).unwrap() >= Duration::from_millis(30));
         progress.beat();
         assert!(progress.stalled_for(0).unwrap() < Duration::from_millis(20));

@@ -172,7 +172,7 @@ impl WorkerPool {
         };
         // Counted before it is sent, so that a worker taking it at once never counts below 0.
         let queued_before = self.stats.queued.fetch_add(1, Ordering::SeqCst);
-        if self.stats.progress.is_idle(queued_before) {
+        if !self.stats.progress.has_work(queued_before) {
             self.stats.progress.beat();
         }
         let sent = self.queue.try_send(envelope);

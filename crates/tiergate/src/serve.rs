@@ -355,9 +355,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     let was_stuck = AtomicBool::new(false);
     let probe: ReadinessProbe = Arc::new(move || {
         let engine = engine.current();
-        let stalled = engine
-            .stalled_for()
-            .filter(|&waited| waited >= stall_timeout);
+        let stalled = engine.stuck_past(stall_timeout);
         // Said once per change: the probe runs every second.
         if was_stuck.swap(stalled.is_some(), Ordering::Relaxed) != stalled.is_some() {
             match stalled {

@@ -18,12 +18,8 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A private copy of models/edge (the files its manifest lists) to sign and tamper with.
-fn copy_edge_model(into: &Path) -> PathBuf {
-    copy_model("edge", into)
-}
-
-/// A private copy of the bundled toy model `name` (edge or regional: the same file names).
+/// A private copy of the bundled toy model `name` (edge or regional: the same file names, those
+/// its manifest lists) to sign and tamper with.
 fn copy_model(name: &str, into: &Path) -> PathBuf {
     let dir = into.join(name);
     std::fs::create_dir(&dir).unwrap();
@@ -90,7 +86,7 @@ fn assert_refused(output: &Output, expected: &[&str]) {
 #[test]
 fn sign_and_verify_round_trip() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (key, public) = keygen(temp.path(), "release");
     sign(&key, &model);
     assert!(model.join("manifest.json.sig").is_file());
@@ -111,7 +107,7 @@ fn a_changed_byte_in_the_graph_or_tokenizer_fails_verify_naming_the_file() {
     for file in ["model.onnx", "tokenizer.json"] {
         let parent = temp.path().join(file.replace('.', "_"));
         std::fs::create_dir(&parent).unwrap();
-        let model = copy_edge_model(&parent);
+        let model = copy_model("edge", &parent);
         sign(&key, &model);
         flip_a_byte(&model.join(file));
         // The signature is still good (the manifest is untouched): the file's hash is what fails.
@@ -125,7 +121,7 @@ fn a_changed_byte_in_the_graph_or_tokenizer_fails_verify_naming_the_file() {
 #[test]
 fn a_changed_manifest_is_a_bad_signature() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (key, public) = keygen(temp.path(), "release");
     sign(&key, &model);
     // What an attacker who replaced a file would do next: edit its hash in the manifest.
@@ -138,7 +134,7 @@ fn a_changed_manifest_is_a_bad_signature() {
 #[test]
 fn unsigned_and_untrusted_models_fail_verify() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (key, _) = keygen(temp.path(), "publisher");
     let (_, other_public) = keygen(temp.path(), "someone-else");
     assert_refused(&verify(&other_public, &model), &["is not signed"]);
@@ -149,7 +145,7 @@ fn unsigned_and_untrusted_models_fail_verify() {
 #[test]
 fn a_node_with_trusted_keys_refuses_an_unsigned_model_at_start() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (_, public) = keygen(temp.path(), "release");
     let config = temp.path().join("node.toml");
     std::fs::write(
@@ -234,7 +230,7 @@ fn node_config(model: &Path, public: &Path, interval: &str) -> tiergate::config:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_after_load_drops_the_gauge_and_the_loaded_model_keeps_answering() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (key, public) = keygen(temp.path(), "release");
     sign(&key, &model);
 
@@ -336,7 +332,7 @@ async fn reload_to_regional(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_refuses_a_tampered_model_and_swaps_in_a_signed_one() {
     let temp = tempfile::tempdir().unwrap();
-    let model = copy_edge_model(temp.path());
+    let model = copy_model("edge", temp.path());
     let (key, public) = keygen(temp.path(), "release");
     sign(&key, &model);
     let node = tiergate::serve::start_node(node_config(&model, &public, "off"))

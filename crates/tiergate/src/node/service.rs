@@ -356,9 +356,7 @@ impl TierStarter for Node {
         };
         // This request keeps this handle: a model swap does not touch it.
         let engine = self.parts.engine.current();
-        if let Some(stalled) = engine.stalled_for()
-            && stalled >= self.parts.engine_stall_timeout
-        {
+        if let Some(stalled) = engine.stuck_past(self.parts.engine_stall_timeout) {
             // Known stuck: the plan moves on at once instead of spending this step's share of
             // the deadline on it; a request with nowhere else to go fails fast.
             let err = NodeError::Unavailable(format!(

@@ -80,7 +80,7 @@ fn local_logprobs(logprobs: Option<tiergate_engine::TokenLogprobs>) -> Vec<Token
 /// real model at one thread here, a slow board's passes several seconds). Silence beyond it is
 /// a worker that is stuck, not slow: a stalled disk under the weights file it reads, a starved
 /// CPU. The client then gets an error instead of waiting on it for ever.
-pub(super) const LOCAL_STALL_GRACE: Duration = Duration::from_secs(2);
+const LOCAL_STALL_GRACE: Duration = Duration::from_secs(2);
 
 /// The grace past its deadline of a local generation on an engine whose longest forward pass
 /// took `longest_pass`.
