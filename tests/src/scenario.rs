@@ -140,6 +140,49 @@ pub fn edge_toml(links: &EdgeLinks, gate: Gate, regional_first_token: Duration) 
     toml
 }
 
+/// A prompt the real model answers at length: greedy, it counts on for hundreds of tokens, so
+/// one answer keeps its engine busy for seconds, long enough to leave it or stop the node
+/// under it.
+pub const LONG_PROMPT: &str =
+    "Count from 1 to 1000, one number after another, separated by commas.";
+/// Room for [`LONG_PROMPT`]'s answer: 13 s of the int4 graph at 2 threads here.
+pub const LONG_MAX_TOKENS: u32 = 1500;
+/// A node's `[limits]` that admit [`LONG_MAX_TOKENS`] (the default stops at 512) and give a
+/// request a minute.
+pub const LONG_ANSWER_LIMITS: &str = "[limits]\ndefault_timeout = \"60s\"\nmax_new_tokens = 1500\n";
+
+/// The config of an edge node answering from the real model's int4 graph alone (no tier above
+/// it), with `extra` TOML after it.
+pub fn real_edge_toml(model: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"{}\"\n\
+         variant = \"int4\"\n{extra}",
+        model.display()
+    )
+}
+
+/// A greedy gRPC request for [`LONG_PROMPT`]'s long answer.
+pub fn long_request() -> pb::GenerateRequest {
+    let mut long = request(LONG_PROMPT);
+    long.params = Some(pb::GenerationParams {
+        max_new_tokens: LONG_MAX_TOKENS,
+        temperature: Some(0.0),
+        ..Default::default()
+    });
+    long
+}
+
+/// A greedy chat completion request's body for `prompt`.
+pub fn chat_body(prompt: &str, max_tokens: u32, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "tiergate",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "messages": [{"role": "user", "content": prompt}],
+    })
+}
+
 /// A generation request for `prompt`.
 pub fn request(prompt: &str) -> pb::GenerateRequest {
     pb::GenerateRequest {
@@ -233,29 +276,11 @@ pub async fn sse_chat(node: &NodeProcess, prompt: &str) -> anyhow::Result<SseAns
     });
     let reply = post_json(&url, &body).await?;
     let elapsed = started.elapsed();
-    let mut text = String::new();
-    let mut finish_reason = None;
-    let mut error = None;
-    for line in reply
-        .text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-    {
-        if line == "[DONE]" {
-            continue;
-        }
-        let chunk: serde_json::Value = serde_json::from_str(line)?;
-        if chunk.get("error").is_some() {
-            error = Some(chunk["error"].clone());
-            continue;
-        }
-        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(piece);
-        }
-        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
-            finish_reason = Some(reason.to_owned());
-        }
-    }
+    let SseEvents {
+        text,
+        finish_reason,
+        error,
+    } = sse_events(&reply.text())?;
     Ok(SseAnswer {
         reply,
         text,
@@ -263,6 +288,61 @@ pub async fn sse_chat(node: &NodeProcess, prompt: &str) -> anyhow::Result<SseAns
         error,
         elapsed,
     })
+}
+
+/// What the `data:` events of an SSE chat completion say.
+#[derive(Debug, Default)]
+pub struct SseEvents {
+    pub text: String,
+    /// The `finish_reason` of the last content chunk, when one came.
+    pub finish_reason: Option<String>,
+    /// The error event, when one came.
+    pub error: Option<serde_json::Value>,
+}
+
+/// Reads the events of an SSE chat completion's body (whole, or as far as it came).
+pub fn sse_events(stream: &str) -> anyhow::Result<SseEvents> {
+    let mut events = SseEvents::default();
+    for line in stream.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(line)?;
+        if chunk.get("error").is_some() {
+            events.error = Some(chunk["error"].clone());
+            continue;
+        }
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            events.text.push_str(piece);
+        }
+        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+            events.finish_reason = Some(reason.to_owned());
+        }
+    }
+    Ok(events)
+}
+
+/// Whether an SSE stream so far carries some answer text (not only the role chunk's empty
+/// content).
+pub fn sse_has_text(stream: &str) -> bool {
+    let key = "\"content\":\"";
+    stream
+        .match_indices(key)
+        .any(|(at, _)| !stream[at + key.len()..].starts_with('"'))
+}
+
+/// POSTs `body` as JSON and returns the response as soon as its head arrives, for the caller
+/// to read the body as it streams.
+pub async fn post_streamed(
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    let request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))?;
+    Ok(crate::http_client().request(request).await?)
 }
 
 /// Posts a whole (non-streamed) chat completion for `prompt` to `node`.

@@ -1,13 +1,17 @@
 //! A client that leaves mid-request cancels the work behind it: the edge closes its call to the
 //! cloud at once (seen from the provider's side: its connection closes), for streamed and whole
-//! answers on both APIs, and the link is not blamed for it.
+//! answers on both APIs, and the link is not blamed for it; a local answer stops being generated
+//! (the engine falls idle and the next client is served at once, not after the abandoned one).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 
 use tiergate_bench::fake_upstream::Fault;
-use tiergate_e2e::scenario::{FakeCloud, request};
-use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
+use tiergate_e2e::scenario::{
+    FakeCloud, LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, chat_body, long_request,
+    real_edge_toml, request, unary_chat,
+};
+use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text, real_model_dir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -60,14 +64,8 @@ async fn until_the_cloud_is_hung_up_on(cloud: &FakeCloud, left: Instant) -> Dura
 }
 
 /// An HTTP/1.1 client that sends a chat request, waits, and closes its socket.
-async fn http_client_leaves(edge: std::net::SocketAddr, stream: bool) -> Instant {
-    let body = serde_json::json!({
-        "model": "tiergate",
-        "max_tokens": 16,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "tell me about the sea"}],
-    })
-    .to_string();
+async fn http_client_leaves(edge: std::net::SocketAddr, body: serde_json::Value) -> Instant {
+    let body = body.to_string();
     let mut socket = TcpStream::connect(edge).await.unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
@@ -89,7 +87,8 @@ async fn a_client_that_leaves_closes_the_upstream_call_on_both_apis() {
 
     for stream in [false, true] {
         calls += 1;
-        let client = tokio::spawn(http_client_leaves(edge.http, stream));
+        let body = chat_body("tell me about the sea", 16, stream);
+        let client = tokio::spawn(http_client_leaves(edge.http, body));
         until_the_cloud_holds_the_call(&cloud, calls).await;
         let left = client.await.unwrap();
         let after = until_the_cloud_is_hung_up_on(&cloud, left).await;
@@ -134,4 +133,102 @@ async fn a_client_that_leaves_closes_the_upstream_call_on_both_apis() {
         Some(1.0),
         "{text}"
     );
+}
+
+/// The CPU time the node process has used, from its own `/metrics`.
+async fn node_cpu_seconds(node: &NodeProcess) -> f64 {
+    let text = metrics_text(node).await.unwrap();
+    metric(&text, "tiergate_process_cpu_seconds_total", &[])
+        .expect("tiergate_process_cpu_seconds_total")
+}
+
+/// CPU seconds the node burns per second of wall time over the next `window`.
+async fn node_cpu_rate(node: &NodeProcess, window: Duration) -> f64 {
+    let before = node_cpu_seconds(node).await;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    (node_cpu_seconds(node).await - before) / started.elapsed().as_secs_f64()
+}
+
+/// A long local answer whose client leaves: the engine stops generating it. An edge node with
+/// one engine worker decoding one request at a time (the shipped default) would otherwise keep
+/// generating for nobody, and the next client would wait behind it. Checked from outside: the
+/// node's CPU (a generation in progress burns more than a core; an idle node next to nothing)
+/// and the next request's wait. Real model: the toy models finish any answer before a client
+/// could leave. Skips without it unless `TIERGATE_REQUIRE_REAL_MODEL=1`.
+#[tokio::test]
+async fn a_client_that_leaves_a_local_answer_stops_its_generation_on_both_apis() {
+    let Some(model) = real_model_dir() else {
+        eprintln!("skipped: the real model is not imported (scripts/import-real-model.sh)");
+        return;
+    };
+    let toml = real_edge_toml(&model, LONG_ANSWER_LIMITS);
+    let edge = NodeProcess::start("edge-1", &toml).await.unwrap();
+    let window = Duration::from_secs(1);
+
+    // The measure can fail: a client that stays keeps the engine busy.
+    let staying = tokio::spawn({
+        let mut client = edge.grpc_client().await.unwrap();
+        async move { client.generate(long_request()).await.map(|_| ()) }
+    });
+    tokio::time::sleep(CLIENT_PATIENCE).await;
+    let busy = node_cpu_rate(&edge, window).await;
+    eprintln!("a client that stays: the node burns {busy:.2} CPU seconds per second");
+    assert!(busy > 0.5, "no generation was seen running: {busy:.2}");
+    assert!(
+        !staying.is_finished(),
+        "the long answer ended: {:?}",
+        staying.await
+    );
+    staying.abort();
+
+    for api in ["HTTP whole", "HTTP SSE", "gRPC unary", "gRPC stream"] {
+        // The previous client's generation must be gone before this one starts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = match api {
+            "HTTP whole" | "HTTP SSE" => {
+                let body = chat_body(LONG_PROMPT, LONG_MAX_TOKENS, api == "HTTP SSE");
+                http_client_leaves(edge.http, body).await
+            }
+            _ => {
+                let mut client = edge.grpc_client().await.unwrap();
+                let long = long_request();
+                let call = async move {
+                    if api == "gRPC stream" {
+                        use futures::StreamExt;
+                        let mut answer = client.generate_stream(long).await?.into_inner();
+                        while answer.next().await.transpose()?.is_some() {}
+                        Ok::<(), tonic::Status>(())
+                    } else {
+                        client.generate(long).await.map(|_| ())
+                    }
+                };
+                let outcome = tokio::time::timeout(CLIENT_PATIENCE, call).await;
+                assert!(
+                    outcome.is_err(),
+                    "{api}: the long answer ended early: {outcome:?}"
+                );
+                Instant::now()
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rate = node_cpu_rate(&edge, window).await;
+        let (reply, waited) = unary_chat(&edge, "what is the capital of france")
+            .await
+            .unwrap();
+        eprintln!(
+            "{api}: {rate:.2} CPU seconds per second from 0.3 s after the client left; the next \
+             request answered in {waited:?}, {:?} after the client left",
+            left.elapsed()
+        );
+        assert_eq!(reply.status, 200, "{api}: {}", reply.text());
+        assert!(
+            rate < 0.25,
+            "{api}: the engine kept generating for nobody: {rate:.2}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "{api}: the next request waited {waited:?}"
+        );
+    }
 }

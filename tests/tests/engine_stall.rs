@@ -13,12 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use tiergate_e2e::scenario::{request, sse_chat, unary_chat};
+use http_body_util::BodyExt;
+use tiergate_e2e::scenario::{
+    post_streamed, real_edge_toml, request, sse_chat, sse_events, sse_has_text, unary_chat,
+};
 use tiergate_e2e::thread_stop::StoppedThreads;
 use tiergate_e2e::{
-    Gate, HttpReply, NodeProcess, get, http_client, metric, metrics_text, node_toml, real_model_dir,
+    Gate, HttpReply, NodeProcess, get, metric, metrics_text, node_toml, real_model_dir,
 };
 
 /// The node's `limits.default_timeout`: every request's deadline here.
@@ -51,15 +52,6 @@ async fn grpc_stream_status(node: &NodeProcess) -> Result<String, tonic::Status>
         }
     }
     Ok(text)
-}
-
-/// Whether an SSE stream so far carries some answer text (not only the role chunk's empty
-/// content).
-fn has_text(stream: &str) -> bool {
-    let key = "\"content\":\"";
-    stream
-        .match_indices(key)
-        .any(|(at, _)| !stream[at + key.len()..].starts_with('"'))
 }
 
 /// A whole HTTP answer that is an error of `status` naming the stuck engine.
@@ -205,23 +197,16 @@ async fn a_stuck_engine_mid_answer_ends_the_stream_with_an_error_after_its_text(
         return;
     };
     let deadline = Duration::from_secs(4);
-    let toml = format!(
-        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"{}\"\n\
-         variant = \"int4\"\n[limits]\ndefault_timeout = \"{}s\"\n",
-        model.display(),
-        deadline.as_secs()
-    );
+    let limits = format!("[limits]\ndefault_timeout = \"{}s\"\n", deadline.as_secs());
+    let toml = real_edge_toml(&model, &limits);
     let node = NodeProcess::start("edge-1", &toml).await.unwrap();
     let body = serde_json::json!({
         "model": "tiergate", "max_tokens": 400, "temperature": 0, "stream": true,
         "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}],
     });
     let started = Instant::now();
-    let request = http::Request::post(format!("{}/v1/chat/completions", node.http_url()))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = http_client().request(request).await.unwrap();
+    let url = format!("{}/v1/chat/completions", node.http_url());
+    let response = post_streamed(&url, &body).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let mut stream = String::new();
@@ -232,7 +217,7 @@ async fn a_stuck_engine_mid_answer_ends_the_stream_with_an_error_after_its_text(
                 stream.push_str(&String::from_utf8_lossy(&data));
             }
             // Text reached the client: now the engine gets stuck.
-            if stopped.is_none() && has_text(&stream) {
+            if stopped.is_none() && sse_has_text(&stream) {
                 let stop = StoppedThreads::stop(node.pid().unwrap(), ENGINE_THREADS)
                     .await
                     .unwrap();
@@ -252,25 +237,13 @@ async fn a_stuck_engine_mid_answer_ends_the_stream_with_an_error_after_its_text(
         }
     };
     eprintln!("stopped at {stopped_at:?}, stream ended at {elapsed:?}:\n{stream}");
-    let mut text = String::new();
-    let mut error = None;
-    for line in stream.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        let Ok(chunk) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let Some(err) = chunk.get("error") {
-            error = Some(err.clone());
-        }
-        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(piece);
-        }
-        assert!(
-            chunk["choices"][0]["finish_reason"].is_null(),
-            "a finish chunk after the engine got stuck: {chunk}"
-        );
-    }
-    assert!(!text.is_empty());
-    let error = error.expect("an error event ends the stream");
+    let events = sse_events(&stream).unwrap();
+    assert_eq!(
+        events.finish_reason, None,
+        "a finish chunk after the engine got stuck"
+    );
+    assert!(!events.text.is_empty());
+    let error = events.error.expect("an error event ends the stream");
     assert!(error.to_string().contains("stuck"), "{error}");
     assert!(stopped_at < deadline, "{stopped_at:?}");
     assert!(
