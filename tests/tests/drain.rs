@@ -1,15 +1,22 @@
 //! SIGTERM to a regional node that an edge node watches, under steady load through the edge:
 //! the regional node turns NOT_SERVING at once, the edge stops planning it within the drain
 //! delay (before the regional node refuses anything), no client request fails or even pays for
-//! a failed upstream attempt, and the regional process exits inside its drain timeout.
+//! a failed upstream attempt, and the regional process exits inside its drain timeout. Answers
+//! that outlast the drain timeout end with an error their clients read, and the node exits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tiergate_e2e::scenario::{EdgeLinks, edge_toml, request};
-use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text, node_toml, post_json};
+use http_body_util::BodyExt;
+use tiergate_e2e::scenario::{
+    EdgeLinks, LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, chat_body, edge_toml,
+    long_request, post_streamed, real_edge_toml, request, sse_events, sse_has_text,
+};
+use tiergate_e2e::{
+    Gate, NodeProcess, get, metric, metrics_text, node_toml, post_json, real_model_dir,
+};
 use tiergate_proto::v1 as pb;
 use tokio::sync::Mutex;
 
@@ -258,4 +265,114 @@ async fn sigterm_drains_a_watched_regional_node_without_a_failed_request() {
     assert!(retried.is_empty(), "upstream attempts failed: {retried:#?}");
     assert!(by_regional_before > 0, "{outcomes:#?}");
     assert!(by_edge_after_exit > 0, "{outcomes:#?}");
+}
+
+/// Answers longer than the drain: SIGTERM to an edge node answering from its own model (one
+/// request at a time, the shipped default) while it streams a long answer over SSE, with a
+/// whole HTTP answer and a gRPC stream waiting behind it. The stream goes on through the drain;
+/// at the drain timeout every answer still running ends with an error its client reads (503
+/// with `Retry-After`, an SSE `error` event after the text, gRPC UNAVAILABLE) and the node
+/// exits at once. Before, they ran on while the listeners closed and were cut seconds later
+/// by the process's exit: a connection closing mid-answer with nothing said. Real model: the
+/// toy models finish any answer before a drain could start. Skips without it unless
+/// `TIERGATE_REQUIRE_REAL_MODEL=1`.
+#[tokio::test]
+async fn answers_outlasting_the_drain_timeout_end_with_an_error_the_client_reads() {
+    let Some(model) = real_model_dir() else {
+        eprintln!("skipped: the real model is not imported (scripts/import-real-model.sh)");
+        return;
+    };
+    let (delay, timeout) = (Duration::from_millis(300), Duration::from_secs(1));
+    let server = format!(
+        "[server]\ndrain_delay = \"{}ms\"\ndrain_timeout = \"{}ms\"\n{LONG_ANSWER_LIMITS}",
+        delay.as_millis(),
+        timeout.as_millis()
+    );
+    let mut edge = NodeProcess::start("edge-1", &real_edge_toml(&model, &server))
+        .await
+        .unwrap();
+    let url = format!("{}/v1/chat/completions", edge.http_url());
+    let response = post_streamed(&url, &chat_body(LONG_PROMPT, LONG_MAX_TOKENS, true))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut stream = String::new();
+    while !sse_has_text(&stream) {
+        let frame = body.frame().await.expect("the stream ended early").unwrap();
+        if let Ok(data) = frame.into_data() {
+            stream.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    // Two more answers wait for the engine behind the streamed one.
+    let whole = tokio::spawn({
+        let url = url.clone();
+        async move { post_json(&url, &chat_body(LONG_PROMPT, LONG_MAX_TOKENS, false)).await }
+    });
+    let grpc = tokio::spawn({
+        let mut client = edge.grpc_client().await.unwrap();
+        async move {
+            use futures::StreamExt;
+            let mut answer = client.generate_stream(long_request()).await?.into_inner();
+            while answer.next().await.transpose()?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    edge.terminate().unwrap();
+    let terminated = Instant::now();
+    let text_before = sse_events(&stream).unwrap().text;
+    let read_rest = async {
+        while let Some(frame) = body.frame().await {
+            match frame.map(hyper::body::Frame::into_data) {
+                Ok(Ok(data)) => stream.push_str(&String::from_utf8_lossy(&data)),
+                Ok(Err(_)) => {}
+                Err(err) => panic!("the stream was cut without a word: {err}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_rest)
+        .await
+        .expect("the stream outlived the drain by 20 s");
+    let ended = terminated.elapsed();
+    let events = sse_events(&stream).unwrap();
+    eprintln!(
+        "SSE: {} characters before SIGTERM, {} at the end, ended {ended:?} after it: {:?}",
+        text_before.len(),
+        events.text.len(),
+        events.error
+    );
+    assert!(
+        events.text.len() > text_before.len(),
+        "the stream got no text during the drain"
+    );
+    assert_eq!(
+        events.finish_reason, None,
+        "an unfinished answer was finished"
+    );
+    let error = events.error.expect("an error event ends the stream");
+    assert_eq!(error["type"], "unavailable", "{error}");
+    assert!(error.to_string().contains("drain timeout"), "{error}");
+    assert!(
+        ended >= delay + timeout && ended < delay + timeout + Duration::from_secs(2),
+        "{ended:?}"
+    );
+
+    let reply = whole.await.unwrap().unwrap();
+    eprintln!("HTTP whole: {} {}", reply.status, reply.text());
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.header("retry-after").is_some());
+    assert!(reply.text().contains("drain timeout"), "{}", reply.text());
+    let status = grpc.await.unwrap().expect_err("the gRPC answer finished");
+    eprintln!("gRPC: {status:?}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("drain timeout"), "{status:?}");
+
+    let exit = edge.wait_exit(Duration::from_secs(3)).await.unwrap();
+    eprintln!("exited {:?} after SIGTERM", terminated.elapsed());
+    assert!(
+        exit.expect("the node still runs 3 s after its drain")
+            .success()
+    );
 }

@@ -368,6 +368,13 @@ impl Engine {
         self.inner.pool.longest_pass()
     }
 
+    /// Whether a request is queued or being generated. A process about to exit waits for this
+    /// to turn false: a worker still inside a forward pass while the runtime's globals are torn
+    /// down fails, or worse.
+    pub fn has_work(&self) -> bool {
+        self.inner.pool.has_work()
+    }
+
     /// Requests waiting now, not yet started: for an engine worker, or (with `max_batch` > 1) in
     /// a worker's line for their prefill to begin.
     pub fn queue_depth(&self) -> usize {

@@ -209,6 +209,10 @@ impl WorkerPool {
         self.stats.progress.longest_pass()
     }
 
+    pub(crate) fn has_work(&self) -> bool {
+        (self.stats.progress).has_work(self.stats.queued.load(Ordering::SeqCst))
+    }
+
     /// Jobs waiting now: for a worker, or in a batching worker's line for their prefill to
     /// begin (both are requests that have not started, for the queue-depth gauge and autoscaling).
     pub(crate) fn queue_depth(&self) -> usize {

@@ -22,8 +22,8 @@ use crate::metrics::NodeMetrics;
 use crate::model_trust::{ModelReloadOutcome, ModelReloader};
 use crate::node::{EngineSlot, Node, NodeApi, NodeParts};
 use crate::shell::{
-    Api, CorsConfig, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts, StackSettings,
-    serving_stack,
+    Api, CorsConfig, EndAtStop, Gate, Lifecycle, Phase, ReadinessProbe, RouteTimeouts,
+    StackSettings, serving_stack,
 };
 use crate::tls::{ReloadOutcome, ReloadingTls, TlsMetrics};
 
@@ -68,6 +68,8 @@ pub struct RunningNode {
     pub lifecycle: Lifecycle,
     gate: Arc<Gate>,
     drain: DrainSettings,
+    /// The local engine, for the shutdown to wait until it is idle.
+    engine: EngineSlot,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reloader: Reloader,
@@ -139,6 +141,9 @@ pub struct DrainReport {
 
 /// How long the listeners may take to close once nothing admitted is in flight.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the engine may take to notice that the answers it generates were ended (one
+/// forward pass) before the process exits anyway.
+const ENGINE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl RunningNode {
     /// The graceful shutdown, in order:
@@ -174,6 +179,19 @@ impl RunningNode {
                 tracing::warn!("a listener did not close in time");
                 abort.abort();
             }
+        }
+        // Answers ended at the stop leave their generations behind for a step: the process
+        // must not exit while a worker is inside a forward pass.
+        let settle = async {
+            while self.engine.current().has_work() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(ENGINE_SETTLE_TIMEOUT, settle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the local engine was still generating at exit");
         }
         let report = DrainReport {
             abandoned,
@@ -351,6 +369,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     };
     // Ready means: serving, and the engine still has live workers to generate with, which are
     // not stuck with work.
+    let engine_at_exit = engine.clone();
     let stall_timeout = config.server.engine_stall_timeout;
     let was_stuck = AtomicBool::new(false);
     let probe: ReadinessProbe = Arc::new(move || {
@@ -406,7 +425,9 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             }
         })
     };
-    let api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
+    // Answers still running when the node stops end with an error their clients read.
+    let node_api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
+    let api: Arc<dyn NodeApi> = Arc::new(EndAtStop::new(node_api, &lifecycle));
     let grpc_task = {
         let api = Arc::clone(&api);
         let settings = GrpcListenerSettings {
@@ -485,6 +506,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             delay: config.server.drain_delay,
             timeout: config.server.drain_timeout,
         },
+        engine: engine_at_exit,
         stop,
         tasks,
         reloader,

@@ -5,6 +5,7 @@
 mod admission;
 mod authenticate;
 mod cors;
+mod end_at_stop;
 mod lifecycle;
 mod refusal;
 mod stack;
@@ -13,6 +14,7 @@ mod trace_context;
 pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
 pub use authenticate::{AuthLayer, Authenticate};
 pub use cors::CorsConfig;
+pub use end_at_stop::EndAtStop;
 pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
 pub use stack::{
     REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,
