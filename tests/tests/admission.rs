@@ -1,7 +1,7 @@
 //! The transport and admission limits of a real node: over `max_concurrent_requests` the excess
 //! is refused at once with a retryable status and `Retry-After` while the admitted requests are
 //! served and probes still answer; a client that sends half its headers is cut at the header
-//! timeout.
+//! timeout; one that trickles its body holds its slot only until the body timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
@@ -160,4 +160,139 @@ async fn a_client_that_sends_half_its_headers_is_cut_at_the_header_timeout() {
     // Whole requests are unaffected.
     let reply = get(&format!("{}/healthz", edge.http_url())).await.unwrap();
     assert_eq!(reply.status, 200);
+}
+
+/// A client that sends its headers and then its body a byte at a time (a dying link, a
+/// slow-POST attack) holds its admission slot only for `server.body_read_timeout`: HTTP gets
+/// 408 and the connection closes, gRPC gets DEADLINE_EXCEEDED. While it waits the slot is
+/// taken (with `max_concurrent_requests = 1` the next request is shed); after it, the next
+/// request is served. Before the bound existed such a client held its slot for the route's
+/// backstop, `limits.max_timeout` + 10 s: five minutes.
+#[tokio::test]
+async fn a_client_that_trickles_its_body_is_cut_at_the_body_timeout_and_frees_its_slot() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let body_timeout = Duration::from_secs(1);
+    let links = EdgeLinks {
+        extra: format!(
+            "[server]\nbody_read_timeout = \"{}ms\"\nmax_concurrent_requests = 1\n",
+            body_timeout.as_millis()
+        ),
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start(
+        "edge",
+        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+
+    // HTTP/1.1: a whole head promising 400 bytes, then a byte every 200 ms.
+    let (mut from_node, mut to_node) = TcpStream::connect(edge.http).await.unwrap().into_split();
+    let started = Instant::now();
+    to_node
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: tiergate\r\n\
+              content-type: application/json\r\ncontent-length: 400\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let trickle = async move {
+        while to_node.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
+        assert_eq!(
+            reply.status,
+            503,
+            "the slow client held no slot: {}",
+            reply.text()
+        );
+    };
+    let mut received = Vec::new();
+    let answer = async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            from_node.read_to_end(&mut received),
+        )
+        .await
+    };
+    let (read, ()) = tokio::select! {
+        done = async { tokio::join!(answer, others) } => done,
+        () = trickle => panic!("the node stopped reading before it answered"),
+    };
+    let elapsed = started.elapsed();
+    let received = String::from_utf8_lossy(&received);
+    eprintln!("HTTP: a trickling body answered after {elapsed:?}: {received}");
+    assert!(read.is_ok(), "the connection was still open after 20 s");
+    assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+    assert!(received.contains("request_timeout"), "{received}");
+    assert!(
+        elapsed >= body_timeout && elapsed < body_timeout + Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "the slot was not freed: {}",
+        reply.text()
+    );
+
+    // gRPC over HTTP/2: a message frame promising 100 bytes, 3 of them sent, then silence.
+    let (body_tx, body_rx) =
+        futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+    body_tx
+        .unbounded_send(Ok(Frame::data(Bytes::from_static(&[
+            0, 0, 0, 0, 100, 10, 1, b'h',
+        ]))))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let call = http::Request::post(format!(
+        "{}/tiergate.v1.Inference/Generate",
+        edge.grpc_url()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(StreamBody::new(body_rx))
+    .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(call))
+        .await
+        .expect("no gRPC answer within 20 s")
+        .unwrap();
+    let mut status = response.headers().clone();
+    if !status.contains_key("grpc-status") {
+        let rest = response.into_body().collect().await.unwrap();
+        status = rest.trailers().cloned().unwrap_or_default();
+    }
+    let elapsed = started.elapsed();
+    eprintln!("gRPC: a silent body answered after {elapsed:?}: {status:?}");
+    assert_eq!(status.get("grpc-status").unwrap(), "4", "{status:?}");
+    assert!(
+        (status.get("grpc-message").unwrap().to_str().unwrap()).contains("did%20not%20arrive")
+            || (status.get("grpc-message").unwrap().to_str().unwrap()).contains("did not arrive"),
+        "{status:?}"
+    );
+    assert!(
+        elapsed >= body_timeout && elapsed < body_timeout + Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    drop(body_tx);
+    let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "the slot was not freed: {}",
+        reply.text()
+    );
 }

@@ -412,6 +412,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             // a response that never starts.
             inference: config.limits.max_timeout + INFERENCE_TIMEOUT_MARGIN,
             control: CONTROL_TIMEOUT,
+            request_body: server.body_read_timeout,
         },
     };
     let (stop, stopped) = watch::channel(false);

@@ -108,6 +108,11 @@ pub struct ServerSection {
     /// is closed (slow-header clients hold no connection for long).
     #[serde(with = "crate::config::duration")]
     pub header_read_timeout: Duration,
+    /// An inference request's body must arrive whole within this of its head (HTTP 408, gRPC
+    /// DEADLINE_EXCEEDED otherwise): a client that trickles its body, or goes silent after its
+    /// headers, holds its admission slot no longer.
+    #[serde(with = "crate::config::duration")]
+    pub body_read_timeout: Duration,
     /// A new connection must finish its TLS handshake (or, in plaintext, send its first bytes)
     /// within this, or it is closed: a peer that connects and never speaks holds nothing.
     #[serde(with = "crate::config::duration")]
@@ -143,6 +148,7 @@ impl Default for ServerSection {
             max_concurrent_requests: 256,
             retry_after: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
             keepalive_interval: Duration::from_secs(20),
@@ -216,6 +222,7 @@ impl Config {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("server.handshake_timeout", self.server.handshake_timeout),
             ("server.keepalive_interval", self.server.keepalive_interval),
             (

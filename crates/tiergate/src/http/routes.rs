@@ -17,10 +17,16 @@ use crate::auth::Tenant;
 use crate::device::DeviceReporter;
 use crate::metrics::NodeMetrics;
 use crate::node::{ModelCard, NodeApi, NodeError, RoutingInfo, StreamEvent};
-use crate::shell::{Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id, trace_of};
+use crate::shell::{
+    BodyDeadline, BodyTimedOut, Lifecycle, REQUEST_ID, fresh_request_id, is_fit_request_id,
+    trace_of,
+};
 
 /// The response body type of every route: a whole buffer or an SSE stream.
 pub type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A request's body as the routes get it: the socket's, under the serving stack's deadline.
+pub type RequestBody = BodyDeadline<Incoming>;
 
 /// What the HTTP front end needs.
 pub struct HttpState {
@@ -43,7 +49,7 @@ impl std::fmt::Debug for HttpState {
 /// Routes one request. Never fails: every error becomes a response with the right status.
 pub async fn handle(
     state: Arc<HttpState>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<HttpBody>, Infallible> {
     let path = request.uri().path();
     let response = match (request.method(), path) {
@@ -92,7 +98,7 @@ pub async fn handle(
 
 async fn completions(
     state: &HttpState,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     endpoint: Endpoint,
 ) -> Response<HttpBody> {
     let now = Instant::now();
@@ -223,7 +229,7 @@ async fn stream_response(
 /// Reads a request body up to `limit` bytes; more is 413, never truncated.
 async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<Bytes, Response<HttpBody>> {
     let too_large = || {
@@ -243,6 +249,12 @@ async fn read_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        // The connection closes after it: the rest of the body was never read.
+        Err(err) if err.is::<BodyTimedOut>() => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            &err.to_string(),
+        )),
         Err(err) => Err(error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request",

@@ -1,5 +1,5 @@
-//! Admission: the node-wide concurrency limit with load shedding, the drain gate, and per-route
-//! timeouts, in one layer that both listeners share.
+//! Admission: the node-wide concurrency limit with load shedding, the drain gate, per-route
+//! timeouts and the inference body's deadline, in one layer that both listeners share.
 //!
 //! Written here rather than taken from `tower::limit::ConcurrencyLimit` + `tower::load_shed`:
 //! those release their permit when the response *headers* are ready, so a streamed answer (SSE,
@@ -23,6 +23,7 @@ use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
+use super::body_deadline::BodyDeadline;
 use super::lifecycle::Lifecycle;
 use super::refusal::{grpc_error, http_error, retry_after};
 
@@ -145,6 +146,9 @@ pub struct RouteTimeouts {
     pub inference: Duration,
     /// Everything else: probes, metrics, model list.
     pub control: Duration,
+    /// An inference request's body must arrive whole within this of its head
+    /// (`server.body_read_timeout`; [`BodyDeadline`]).
+    pub request_body: Duration,
 }
 
 /// The admission layer: gate + per-route timeout.
@@ -175,7 +179,7 @@ pub struct Admission<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Admission<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>,
+    S: Service<Request<BodyDeadline<ReqBody>>, Response = Response<ResBody>, Error = Infallible>,
     S::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
@@ -218,7 +222,9 @@ where
         } else {
             timeouts.control
         };
-        let answer = self.inner.call(request);
+        let body_limit = inference.then_some(timeouts.request_body);
+        let answer =
+            (self.inner).call(request.map(|body| BodyDeadline::new(body, body_limit, api)));
         Box::pin(async move {
             match tokio::time::timeout(limit, answer).await {
                 Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::Inner { body, permit })),

@@ -4,6 +4,7 @@
 
 mod admission;
 mod authenticate;
+mod body_deadline;
 mod cors;
 mod end_at_stop;
 mod lifecycle;
@@ -13,6 +14,7 @@ mod trace_context;
 
 pub use admission::{Admission, AdmissionLayer, Api, Gate, GuardedBody, Refusal, RouteTimeouts};
 pub use authenticate::{AuthLayer, Authenticate};
+pub use body_deadline::{BodyDeadline, BodyTimedOut};
 pub use cors::CorsConfig;
 pub use end_at_stop::EndAtStop;
 pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};

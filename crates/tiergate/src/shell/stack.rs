@@ -20,6 +20,7 @@ use tracing::Span;
 
 use super::admission::{AdmissionLayer, Api, Gate, RouteTimeouts};
 use super::authenticate::AuthLayer;
+use super::body_deadline::BodyDeadline;
 use super::trace_context::TraceContextLayer;
 use crate::auth::Authenticator;
 
@@ -63,7 +64,9 @@ pub struct StackSettings {
 ///    `Retry-After` while the node closes or when `max_concurrent_requests` are in flight
 ///    (shed at once, never queued: a queue would only hide the overload from the tier below,
 ///    which can route elsewhere), counted in `tiergate_requests_shed_total`; a per-route
-///    timeout bounds how long a route may take to start its response;
+///    timeout bounds how long a route may take to start its response, and an inference
+///    request's body must arrive whole within `server.body_read_timeout` (HTTP 408, gRPC
+///    DEADLINE_EXCEEDED), so a client that trickles it holds no slot for long;
 /// 8. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
 ///    HTTP 413 in OpenAI's error shape, gRPC `max_decoding_message_size`), so that the error
 ///    speaks the API's format.
@@ -77,7 +80,7 @@ pub fn serving_stack<S, ReqBody, ResBody>(
     routes: S,
 ) -> StackService<ReqBody, ResBody::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>
+    S: Service<Request<BodyDeadline<ReqBody>>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
         + 'static,

@@ -25,14 +25,14 @@ type FakeBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 fn streaming_route(
     release: watch::Receiver<bool>,
 ) -> impl Service<
-    Request<Empty<Bytes>>,
+    Request<BodyDeadline<Empty<Bytes>>>,
     Response = Response<FakeBody>,
     Error = Infallible,
     Future = impl Send + 'static,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(move |_request: Request<Empty<Bytes>>| {
+    tower::service_fn(move |_request: Request<BodyDeadline<Empty<Bytes>>>| {
         let mut release = release.clone();
         async move {
             let end = async move {
@@ -63,6 +63,7 @@ fn fixture(max: usize) -> Fixture {
         timeouts: RouteTimeouts {
             inference: Duration::from_secs(60),
             control: Duration::from_secs(60),
+            request_body: Duration::from_secs(60),
         },
         auth: None,
         cors: None,
