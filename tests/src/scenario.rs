@@ -84,6 +84,20 @@ pub struct EdgeLinks {
     pub cloud_first_token: Option<Duration>,
 }
 
+/// An edge node on the toy model with no tier above it, `extra` TOML appended (its `[server]`
+/// settings, say).
+pub async fn lone_edge(extra: String) -> anyhow::Result<NodeProcess> {
+    let links = EdgeLinks {
+        extra,
+        ..EdgeLinks::default()
+    };
+    NodeProcess::start(
+        "edge",
+        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
+    )
+    .await
+}
+
 /// A regional node from `regional_config` and an edge that asks it first, both logging at
 /// `info` (their logs are what request-id and trace tests read).
 pub async fn logged_edge_over_regional(

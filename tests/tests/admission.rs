@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use tiergate_bench::fake_upstream::Fault;
-use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml, request, unary_chat};
+use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml, lone_edge, request, unary_chat};
 use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,17 +121,10 @@ async fn over_the_concurrency_limit_the_excess_is_shed_at_once_and_the_rest_serv
 #[tokio::test]
 async fn a_client_that_sends_half_its_headers_is_cut_at_the_header_timeout() {
     let header_timeout = Duration::from_secs(1);
-    let links = EdgeLinks {
-        extra: format!(
-            "[server]\nheader_read_timeout = \"{}ms\"\n",
-            header_timeout.as_millis()
-        ),
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
-    )
+    let edge = lone_edge(format!(
+        "[server]\nheader_read_timeout = \"{}ms\"\n",
+        header_timeout.as_millis()
+    ))
     .await
     .unwrap();
 
@@ -177,17 +170,10 @@ async fn a_client_that_trickles_its_body_is_cut_at_the_body_timeout_and_frees_it
     use hyper::body::Frame;
 
     let body_timeout = Duration::from_secs(1);
-    let links = EdgeLinks {
-        extra: format!(
-            "[server]\nbody_read_timeout = \"{}ms\"\nmax_concurrent_requests = 1\n",
-            body_timeout.as_millis()
-        ),
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
-    )
+    let edge = lone_edge(format!(
+        "[server]\nbody_read_timeout = \"{}ms\"\nmax_concurrent_requests = 1\n",
+        body_timeout.as_millis()
+    ))
     .await
     .unwrap();
 

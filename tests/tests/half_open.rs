@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tiergate_e2e::scenario::{EdgeLinks, edge_toml};
-use tiergate_e2e::{Gate, NodeProcess, get};
+use tiergate_e2e::get;
+use tiergate_e2e::scenario::lone_edge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -67,16 +67,10 @@ async fn play_a_vanished_client(addr: SocketAddr) -> Seen {
 #[tokio::test]
 async fn a_client_that_stops_answering_is_pinged_then_dropped_on_both_listeners() {
     let (interval, timeout) = (Duration::from_secs(1), Duration::from_secs(1));
-    let links = EdgeLinks {
-        extra: "[server]\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"1s\"\n".into(),
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge =
+        lone_edge("[server]\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"1s\"\n".into())
+            .await
+            .unwrap();
 
     for (listener, addr) in [("gRPC", edge.grpc), ("HTTP/2 on the HTTP port", edge.http)] {
         let seen = play_a_vanished_client(addr).await;
