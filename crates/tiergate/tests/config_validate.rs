@@ -98,6 +98,11 @@ fn mistakes_are_named_by_their_path() {
             "stop_at_budget_share",
         ),
         ("[device]\ncheck_interval = \"1ms\"\n", "check_interval"),
+        // A zero bound would refuse every request body.
+        (
+            "[server]\nbody_read_timeout = \"0s\"\n",
+            "server.body_read_timeout",
+        ),
     ];
     for (index, (text, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{index}.toml"));
