@@ -1,7 +1,8 @@
 //! The transport and admission limits of a real node: over `max_concurrent_requests` the excess
 //! is refused at once with a retryable status and `Retry-After` while the admitted requests are
 //! served and probes still answer; a client that sends half its headers is cut at the header
-//! timeout; one that trickles its body holds its slot only until the body timeout.
+//! timeout; one that trickles its body holds its slot only until the body timeout, and one that
+//! stops reading its answer only until the send timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
@@ -280,5 +281,87 @@ async fn a_client_that_trickles_its_body_is_cut_at_the_body_timeout_and_frees_it
         200,
         "the slot was not freed: {}",
         reply.text()
+    );
+}
+
+/// A client that stops reading a long streamed answer but keeps its connection open (a frozen
+/// app; its receive buffer fills and its TCP window closes) holds its admission slot only for
+/// `server.send_timeout`: the node's kernel then resets the connection (TCP_USER_TIMEOUT covers
+/// data that cannot be sent for a zero window), the answer's generation stops, and the next
+/// request is served. Before, nothing bounded it: the slot was held as long as the client
+/// stayed. Real model: a long answer with log-probabilities, so that it outgrows the socket
+/// buffers (the client also asks for small segments and keeps a small receive buffer).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_send_timeout_and_frees_its_slot() {
+    use socket2::{Domain, Socket, Type};
+    use tiergate_e2e::real_model_dir;
+    use tiergate_e2e::scenario::{
+        LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, real_edge_toml,
+    };
+
+    let Some(model) = real_model_dir() else {
+        eprintln!("skipped: the real model is not imported (scripts/import-real-model.sh)");
+        return;
+    };
+    let send_timeout = Duration::from_secs(1);
+    let server = format!(
+        "[server]\nsend_timeout = \"{}ms\"\nmax_concurrent_requests = 1\n{LONG_ANSWER_LIMITS}",
+        send_timeout.as_millis()
+    );
+    let edge = NodeProcess::start("edge-1", &real_edge_toml(&model, &server))
+        .await
+        .unwrap();
+
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_tcp_mss(1000).unwrap();
+    socket.connect(&edge.http.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut frozen = TcpStream::from_std(socket.into()).unwrap();
+    let body = serde_json::json!({
+        "model": "tiergate", "max_tokens": LONG_MAX_TOKENS, "temperature": 0, "stream": true,
+        "logprobs": true, "top_logprobs": 20,
+        "messages": [{"role": "user", "content": LONG_PROMPT}],
+    })
+    .to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: tiergate\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    frozen.write_all(head.as_bytes()).await.unwrap();
+    frozen.write_all(body.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+
+    // The frozen client never reads. Others are shed while it holds the one slot, then served.
+    let mut shed = 0;
+    let served_after = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
+        if reply.status == 200 {
+            break sent.elapsed();
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        shed += 1;
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the frozen client still held its slot after 30 s"
+        );
+    };
+    eprintln!(
+        "a client that stopped reading: {shed} requests shed, the next served {served_after:?} after it asked"
+    );
+    assert!(shed > 0, "the frozen client never held the slot");
+
+    // Its connection was reset by the node, not left open.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), frozen.read_to_end(&mut rest)).await;
+    eprintln!(
+        "the frozen client's connection: {read:?} after {} bytes",
+        rest.len()
+    );
+    assert!(
+        matches!(read, Ok(Err(ref err)) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
     );
 }

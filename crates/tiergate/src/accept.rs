@@ -24,19 +24,30 @@ pub struct IntakeSettings {
     pub handshake_timeout: Duration,
     /// TCP keepalive probes after this long idle.
     pub keepalive_interval: Duration,
+    /// Data for the peer may stay unsent (its TCP window closed: it stopped reading) or
+    /// unacknowledged this long before the kernel resets the connection (TCP_USER_TIMEOUT).
+    pub send_timeout: Duration,
 }
 
-/// TCP_NODELAY (see DESIGN: a peer stalled 44 ms per request without it) and TCP keepalive
-/// (finds HTTP/1 peers that vanished).
-fn tune(stream: &TcpStream, peer: SocketAddr, keepalive_interval: Duration) {
+/// TCP_NODELAY (see DESIGN: a peer stalled 44 ms per request without it), TCP keepalive (finds
+/// HTTP/1 peers that vanished) and the send timeout: a peer that stops reading while still
+/// acknowledging (a frozen app) closes its window, and nothing else would ever end the
+/// connection, nor free the admission slot of the answer waiting on it.
+fn tune(stream: &TcpStream, peer: SocketAddr, settings: IntakeSettings) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, %peer, "set_nodelay failed");
     }
     let keepalive = TcpKeepalive::new()
-        .with_time(keepalive_interval)
-        .with_interval(keepalive_interval);
-    if let Err(err) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        .with_time(settings.keepalive_interval)
+        .with_interval(settings.keepalive_interval);
+    let socket = SockRef::from(stream);
+    if let Err(err) = socket.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %err, %peer, "TCP keepalive not set");
+    }
+    // Linux applies it to a closed window since 5.10 (time since the first window probe).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket.set_tcp_user_timeout(Some(settings.send_timeout)) {
+        tracing::debug!(error = %err, %peer, "TCP user timeout not set");
     }
 }
 
@@ -44,11 +55,11 @@ fn tune(stream: &TcpStream, peer: SocketAddr, keepalive_interval: Duration) {
 /// descriptors and the like), which backs off first instead of spinning. Cancel-safe.
 pub async fn accept_tuned(
     listener: &TcpListener,
-    keepalive_interval: Duration,
+    settings: IntakeSettings,
 ) -> Option<(TcpStream, SocketAddr)> {
     match listener.accept().await {
         Ok((stream, peer)) => {
-            tune(&stream, peer, keepalive_interval);
+            tune(&stream, peer, settings);
             Some((stream, peer))
         }
         Err(err) => {
@@ -136,7 +147,7 @@ where
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                accepted = accept_tuned(&listener, settings.keepalive_interval) => accepted,
+                accepted = accept_tuned(&listener, settings) => accepted,
                 () = ready.closed() => return,
             };
             let Some((stream, peer)) = accepted else {

@@ -440,6 +440,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             max_concurrent_streams: server.max_concurrent_streams,
             keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,
+            send_timeout: server.send_timeout,
         };
         let stopped = stopped.clone();
         tokio::spawn(async move {
@@ -465,6 +466,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             max_concurrent_streams: server.max_concurrent_streams,
             keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,
+            send_timeout: server.send_timeout,
         };
         tokio::spawn(serve_http(
             http_listener,

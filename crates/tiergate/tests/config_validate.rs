@@ -103,6 +103,7 @@ fn mistakes_are_named_by_their_path() {
             "[server]\nbody_read_timeout = \"0s\"\n",
             "server.body_read_timeout",
         ),
+        ("[server]\nsend_timeout = \"0s\"\n", "server.send_timeout"),
     ];
     for (index, (text, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{index}.toml"));

@@ -128,6 +128,11 @@ pub struct ServerSection {
     /// An HTTP/2 PING not acknowledged within this closes the connection.
     #[serde(with = "crate::config::duration")]
     pub keepalive_timeout: Duration,
+    /// Data for a client may stay unsent (its TCP window closed: it stopped reading but keeps
+    /// the connection) or unacknowledged this long before the connection is reset, ending the
+    /// answer and freeing its admission slot (TCP_USER_TIMEOUT; Linux).
+    #[serde(with = "crate::config::duration")]
+    pub send_timeout: Duration,
     /// CORS on the HTTP listener; absent: no CORS headers (browsers refuse cross-origin calls).
     pub cors: Option<CorsConfig>,
     /// The node reports itself not ready (`/readyz`, gRPC health, `tiergate_ready`) while its
@@ -153,6 +158,7 @@ impl Default for ServerSection {
             max_concurrent_streams: 128,
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             cors: None,
             engine_stall_timeout: Duration::from_secs(30),
         }
@@ -223,6 +229,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.send_timeout", self.server.send_timeout),
             ("server.handshake_timeout", self.server.handshake_timeout),
             ("server.keepalive_interval", self.server.keepalive_interval),
             (

@@ -42,6 +42,9 @@ pub struct GrpcListenerSettings {
     pub keepalive_interval: Duration,
     /// How long an HTTP/2 PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// Data for a client may stay unsent (it stopped reading) this long before the connection
+    /// is reset.
+    pub send_timeout: Duration,
 }
 
 /// Serves gRPC on `listener` until `shutdown` completes.
@@ -86,6 +89,7 @@ pub async fn serve_grpc(
     let intake = IntakeSettings {
         handshake_timeout: settings.handshake_timeout,
         keepalive_interval: settings.keepalive_interval,
+        send_timeout: settings.send_timeout,
     };
     // Health watches are streams that never end by themselves: tonic's graceful shutdown would
     // wait for them for ever (a stopped regional node stayed alive, SERVING, for minutes while

@@ -18,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
-use crate::accept::{accept_tuned, first_bytes, handshake};
+use crate::accept::{IntakeSettings, accept_tuned, first_bytes, handshake};
 use crate::tls::ReloadingTls;
 
 /// How long open connections may take to close once the listener stops. The node drained its
@@ -38,6 +38,9 @@ pub struct HttpListenerSettings {
     pub keepalive_interval: Duration,
     /// How long an HTTP/2 PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// Data for a client may stay unsent (it stopped reading) this long before the connection
+    /// is reset.
+    pub send_timeout: Duration,
 }
 
 /// Serves HTTP on `listener` with `service` (the routes inside the serving stack) until
@@ -70,11 +73,16 @@ pub async fn serve_http<S, E>(
         // A vanished HTTP/2 client is found by PINGs; HTTP/1 ones by TCP keepalive (below).
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
+    let intake = IntakeSettings {
+        handshake_timeout: settings.handshake_timeout,
+        keepalive_interval: settings.keepalive_interval,
+        send_timeout: settings.send_timeout,
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = accept_tuned(&listener, settings.keepalive_interval) => {
+            accepted = accept_tuned(&listener, intake) => {
                 let Some((stream, peer)) = accepted else {
                     continue;
                 };
