@@ -140,3 +140,105 @@ fn until_stopped(events: AnswerStream, stopped: Stopped, node: Arc<dyn NodeApi>)
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, Instant};
+
+    use prometheus::Gauge;
+
+    use super::*;
+    use crate::node::{Input, Sampling, StreamEvent};
+    use crate::shell::ReadinessProbe;
+
+    /// A node whose answers never finish: a stream sends one delta, then nothing.
+    struct NeverFinishes {
+        limits: Limits,
+    }
+
+    impl NodeApi for NeverFinishes {
+        fn generate(&self, _request: NodeRequest) -> BoxFuture<'_, Result<Answer, NodeError>> {
+            futures::future::pending().boxed()
+        }
+
+        fn generate_stream(
+            &self,
+            _request: NodeRequest,
+        ) -> BoxFuture<'_, Result<AnswerStream, NodeError>> {
+            let delta = StreamEvent::Delta {
+                text: "partial".to_owned(),
+                logprobs: Vec::new(),
+            };
+            let events = futures::stream::iter([Ok(delta)]).chain(futures::stream::pending());
+            futures::future::ready(Ok(events.boxed())).boxed()
+        }
+
+        fn explain(&self, _request: NodeRequest) -> BoxFuture<'_, Result<Explanation, NodeError>> {
+            futures::future::pending().boxed()
+        }
+
+        fn models(&self) -> Vec<ModelCard> {
+            Vec::new()
+        }
+
+        fn limits(&self) -> &Limits {
+            &self.limits
+        }
+
+        fn name(&self) -> &str {
+            "never"
+        }
+    }
+
+    fn request() -> NodeRequest {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        NodeRequest::new(Input::Text("hi".into()), Sampling::default(), deadline)
+    }
+
+    #[tokio::test]
+    async fn answers_running_when_the_node_stops_end_with_an_unavailable_error() {
+        let probe: ReadinessProbe = Arc::new(|| true);
+        let lifecycle = Lifecycle::new(probe, Gauge::new("ready", "ready").unwrap());
+        lifecycle.set(Phase::Serving);
+        let node = EndAtStop::new(
+            Arc::new(NeverFinishes {
+                limits: Limits::default(),
+            }),
+            &lifecycle,
+        );
+        let mut stream = node.generate_stream(request()).await.unwrap();
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(StreamEvent::Delta { .. }))
+        ));
+        let whole = node.generate(request());
+        // Nothing ends them but the stop (draining and closing still serve them).
+        lifecycle.set(Phase::Draining);
+        lifecycle.set(Phase::Closing);
+        let waited = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(waited.is_err(), "the stream ended before the stop");
+
+        lifecycle.set(Phase::Stopped);
+        let cut = tokio::time::timeout(Duration::from_secs(1), stream.next())
+            .await
+            .expect("the stop did not end the stream")
+            .expect("the stream ends with an error");
+        let err = cut.expect_err("an error, not an event");
+        assert!(matches!(err, NodeError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("drain timeout"), "{err}");
+        assert!(stream.next().await.is_none(), "nothing after the error");
+        let err = tokio::time::timeout(Duration::from_secs(1), whole)
+            .await
+            .expect("the stop did not end the whole answer")
+            .expect_err("the whole answer ends with an error");
+        assert_eq!(err.http_status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        // Asked after the stop: refused at once.
+        let late = tokio::time::timeout(Duration::from_secs(1), node.generate(request())).await;
+        assert!(
+            matches!(late, Ok(Err(NodeError::Unavailable(_)))),
+            "{late:?}"
+        );
+    }
+}
