@@ -320,8 +320,9 @@ async fn answers_outlasting_the_drain_timeout_end_with_an_error_the_client_reads
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    edge.terminate().unwrap();
+    // Read before the signal is sent: the node's drain clock cannot start earlier.
     let terminated = Instant::now();
+    edge.terminate().unwrap();
     let text_before = sse_events(&stream).unwrap().text;
     let read_rest = async {
         while let Some(frame) = body.frame().await {
