@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accept::IntakeSettings;
 use crate::auth::Authenticator;
 use crate::cache::ResponseCache;
 use crate::config::Config;
@@ -68,8 +69,6 @@ pub struct RunningNode {
     pub lifecycle: Lifecycle,
     gate: Arc<Gate>,
     drain: DrainSettings,
-    /// The local engine, for the shutdown to wait until it is idle.
-    engine: EngineSlot,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reloader: Reloader,
@@ -183,7 +182,7 @@ impl RunningNode {
         // Answers ended at the stop leave their generations behind for a step: the process
         // must not exit while a worker is inside a forward pass.
         let settle = async {
-            while self.engine.current().has_work() {
+            while self.node.engine().current().has_work() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
@@ -369,7 +368,6 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     };
     // Ready means: serving, and the engine still has live workers to generate with, which are
     // not stuck with work.
-    let engine_at_exit = engine.clone();
     let stall_timeout = config.server.engine_stall_timeout;
     let was_stuck = AtomicBool::new(false);
     let probe: ReadinessProbe = Arc::new(move || {
@@ -429,18 +427,21 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
     // Answers still running when the node stops end with an error their clients read.
     let node_api: Arc<dyn NodeApi> = Arc::new(Arc::clone(&node));
     let api: Arc<dyn NodeApi> = Arc::new(EndAtStop::new(node_api, &lifecycle));
+    let intake = IntakeSettings {
+        handshake_timeout: server.handshake_timeout,
+        keepalive_interval: server.keepalive_interval,
+        send_timeout: server.send_timeout,
+    };
     let grpc_task = {
         let api = Arc::clone(&api);
         let settings = GrpcListenerSettings {
             tls: tls.clone(),
-            handshake_timeout: server.handshake_timeout,
             stack: stack.clone(),
             lifecycle: lifecycle.clone(),
             device: Arc::clone(&device),
             max_concurrent_streams: server.max_concurrent_streams,
-            keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,
-            send_timeout: server.send_timeout,
+            intake,
         };
         let stopped = stopped.clone();
         tokio::spawn(async move {
@@ -462,11 +463,9 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         let service = serving_stack(Api::Http, &stack, routes);
         let settings = HttpListenerSettings {
             header_read_timeout: server.header_read_timeout,
-            handshake_timeout: server.handshake_timeout,
             max_concurrent_streams: server.max_concurrent_streams,
-            keepalive_interval: server.keepalive_interval,
             keepalive_timeout: server.keepalive_timeout,
-            send_timeout: server.send_timeout,
+            intake,
         };
         tokio::spawn(serve_http(
             http_listener,
@@ -509,7 +508,6 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             delay: config.server.drain_delay,
             timeout: config.server.drain_timeout,
         },
-        engine: engine_at_exit,
         stop,
         tasks,
         reloader,

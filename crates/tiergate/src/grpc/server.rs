@@ -29,22 +29,17 @@ const READINESS_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct GrpcListenerSettings {
     pub tls: Option<Arc<crate::tls::ReloadingTls>>,
-    /// The TLS handshake (or, in plaintext, the HTTP/2 preface's first bytes) must arrive
-    /// within this.
-    pub handshake_timeout: Duration,
     pub stack: StackSettings,
     pub lifecycle: Lifecycle,
     /// The node's report (`tiergate.v1.Admin/Report`), shared with HTTP `GET /v1/report`.
     pub device: Arc<DeviceReporter>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
-    /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
-    pub keepalive_interval: Duration,
     /// How long an HTTP/2 PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
-    /// Data for a client may stay unsent (it stopped reading) this long before the connection
-    /// is reset.
-    pub send_timeout: Duration,
+    /// The handshake bound (TLS, or in plaintext the HTTP/2 preface's first bytes) and the
+    /// socket options of each accepted connection; its keepalive interval also paces PINGs.
+    pub intake: IntakeSettings,
 }
 
 /// Serves gRPC on `listener` until `shutdown` completes.
@@ -86,11 +81,7 @@ pub async fn serve_grpc(
         Err(err) => tracing::error!(error = %err, "reflection descriptors are invalid"),
     }
     let service = serving_stack(Api::Grpc, &settings.stack, routes.prepare());
-    let intake = IntakeSettings {
-        handshake_timeout: settings.handshake_timeout,
-        keepalive_interval: settings.keepalive_interval,
-        send_timeout: settings.send_timeout,
-    };
+    let intake = settings.intake;
     // Health watches are streams that never end by themselves: tonic's graceful shutdown would
     // wait for them for ever (a stopped regional node stayed alive, SERVING, for minutes while
     // its edge watched it). Clearing the statuses ends every watch when the listener stops.
@@ -108,7 +99,7 @@ pub async fn serve_grpc(
     // behind them, until TCP gave up (many minutes): PINGs find it within interval + timeout.
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
-        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_interval(Some(settings.intake.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.keepalive_timeout));
     // Two instantiations: tonic puts the connection's info (for TLS the verified client
     // certificate the auth layer looks for) in each request by the stream's type.

@@ -30,17 +30,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HttpListenerSettings {
     /// An HTTP/1 request head must arrive whole within this time, or the connection closes.
     pub header_read_timeout: Duration,
-    /// The TLS handshake, or in plaintext the first bytes, must arrive within this.
-    pub handshake_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
-    /// Idle time before a connection's peer is probed (HTTP/2 PING, TCP keepalive).
-    pub keepalive_interval: Duration,
     /// How long an HTTP/2 PING may go unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
-    /// Data for a client may stay unsent (it stopped reading) this long before the connection
-    /// is reset.
-    pub send_timeout: Duration,
+    /// The handshake bound and the socket options of each accepted connection; its keepalive
+    /// interval also paces HTTP/2 PINGs.
+    pub intake: IntakeSettings,
 }
 
 /// Serves HTTP on `listener` with `service` (the routes inside the serving stack) until
@@ -71,18 +67,13 @@ pub async fn serve_http<S, E>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
         // A vanished HTTP/2 client is found by PINGs; HTTP/1 ones by TCP keepalive (below).
-        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_interval(settings.intake.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
-    let intake = IntakeSettings {
-        handshake_timeout: settings.handshake_timeout,
-        keepalive_interval: settings.keepalive_interval,
-        send_timeout: settings.send_timeout,
-    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = accept_tuned(&listener, intake) => {
+            accepted = accept_tuned(&listener, settings.intake) => {
                 let Some((stream, peer)) = accepted else {
                     continue;
                 };
@@ -91,7 +82,7 @@ pub async fn serve_http<S, E>(
                 let watcher = graceful.watcher();
                 // Read per connection: a reloaded certificate is used from the next one on.
                 let acceptor = tls.as_ref().map(|tls| tls.http_acceptor());
-                let timeout = settings.handshake_timeout;
+                let timeout = settings.intake.handshake_timeout;
                 tokio::spawn(async move {
                     let served = match acceptor {
                         None => {

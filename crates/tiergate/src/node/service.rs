@@ -96,6 +96,11 @@ impl Node {
         &self.parts.metrics
     }
 
+    /// The local engine (a model reload swaps what it holds).
+    pub fn engine(&self) -> &super::EngineSlot {
+        &self.parts.engine
+    }
+
     /// The deployment's peer key (`[node] peer_key_file`), if the node has one.
     pub fn peer_key(&self) -> Option<&PeerKey> {
         self.parts.peer_key.as_ref()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::Api;
 
@@ -30,12 +30,20 @@ pin_project! {
     pub struct BodyDeadline<B> {
         #[pin]
         body: B,
-        // `None`: no bound (control routes: probes, metrics, health watches, reflection).
-        deadline: Option<Pin<Box<Sleep>>>,
-        limit: Duration,
+        // `None`: no bound (control routes: probes, metrics, health watches, reflection), or
+        // none left (the body arrived whole, or it timed out).
+        bound: Option<Bound>,
         api: Api,
         timed_out: bool,
     }
+}
+
+/// When the body is due, and the timer that says so: made only once a reader has to wait,
+/// since most bodies arrive with their head and then need no timer at all.
+struct Bound {
+    due: Instant,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> BodyDeadline<B> {
@@ -43,8 +51,11 @@ impl<B> BodyDeadline<B> {
     pub fn new(body: B, limit: Option<Duration>, api: Api) -> BodyDeadline<B> {
         BodyDeadline {
             body,
-            deadline: limit.map(|limit| Box::pin(tokio::time::sleep(limit))),
-            limit: limit.unwrap_or_default(),
+            bound: limit.map(|limit| Bound {
+                due: Instant::now() + limit,
+                limit,
+                timer: None,
+            }),
             api,
             timed_out: false,
         }
@@ -71,18 +82,21 @@ where
             Poll::Ready(frame) => {
                 if frame.is_none() {
                     // Arrived whole: the bound has nothing left to guard.
-                    *this.deadline = None;
+                    *this.bound = None;
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => {
-                let expired =
-                    (this.deadline.as_mut()).is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if !expired {
+                let Some(bound) = this.bound.as_mut() else {
+                    return Poll::Pending;
+                };
+                let timer = (bound.timer).get_or_insert_with(|| Box::pin(sleep_until(bound.due)));
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 *this.timed_out = true;
-                let timed_out = BodyTimedOut { limit: *this.limit };
+                let timed_out = BodyTimedOut { limit: bound.limit };
+                *this.bound = None;
                 let err: BoxError = match this.api {
                     Api::Http => Box::new(timed_out),
                     Api::Grpc => Box::new(tonic::Status::deadline_exceeded(timed_out.to_string())),
