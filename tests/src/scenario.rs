@@ -371,3 +371,28 @@ pub async fn unary_chat(node: &NodeProcess, prompt: &str) -> anyhow::Result<(Htt
     let reply = post_json(&url, &body).await?;
     Ok((reply, started.elapsed()))
 }
+
+/// Asks `node` for a short whole answer every 250 ms while a client that stopped reading holds
+/// its only admission slot (`max_concurrent_requests = 1`): each ask is shed with 503 until the
+/// node frees the slot. Returns how many were shed and when, after `since`, one was served; fails
+/// if none is within `patience`.
+pub async fn shed_until_served(
+    node: &NodeProcess,
+    since: Instant,
+    patience: Duration,
+) -> anyhow::Result<(u32, Duration)> {
+    let mut shed = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (reply, _) = unary_chat(node, "what is the capital of france").await?;
+        if reply.status == 200 {
+            return Ok((shed, since.elapsed()));
+        }
+        anyhow::ensure!(reply.status == 503, "{}: {}", reply.status, reply.text());
+        shed += 1;
+        anyhow::ensure!(
+            since.elapsed() < patience,
+            "the client that stopped reading still held its slot after {patience:?}"
+        );
+    }
+}

@@ -296,7 +296,7 @@ async fn a_client_that_stops_reading_is_cut_at_the_send_timeout_and_frees_its_sl
     use socket2::{Domain, Socket, Type};
     use tiergate_e2e::real_model_dir;
     use tiergate_e2e::scenario::{
-        LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, real_edge_toml,
+        LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, real_edge_toml, shed_until_served,
     };
 
     let Some(model) = real_model_dir() else {
@@ -334,20 +334,9 @@ async fn a_client_that_stops_reading_is_cut_at_the_send_timeout_and_frees_its_sl
     let sent = Instant::now();
 
     // The frozen client never reads. Others are shed while it holds the one slot, then served.
-    let mut shed = 0;
-    let served_after = loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let (reply, _) = unary_chat(&edge, PROMPT).await.unwrap();
-        if reply.status == 200 {
-            break sent.elapsed();
-        }
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        shed += 1;
-        assert!(
-            sent.elapsed() < Duration::from_secs(30),
-            "the frozen client still held its slot after 30 s"
-        );
-    };
+    let (shed, served_after) = shed_until_served(&edge, sent, Duration::from_secs(30))
+        .await
+        .unwrap();
     eprintln!(
         "a client that stopped reading: {shed} requests shed, the next served {served_after:?} after it asked"
     );

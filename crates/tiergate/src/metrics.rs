@@ -64,6 +64,7 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     /// Requests refused before the node saw them, by API and reason (overloaded, draining).
     pub requests_shed: IntCounterVec,
+    pub send_timeouts: IntCounterVec,
     /// Requests refused for their credentials, by reason (missing, malformed, unknown_key).
     pub auth_failures: IntCounterVec,
     /// Inference requests of each configured tenant, by outcome (accepted, rate_limited,
@@ -210,6 +211,14 @@ impl NodeMetrics {
             )),
             &["api", "reason"],
         )?;
+        let send_timeouts = IntCounterVec::new(
+            with_node(Opts::new(
+                "send_timeouts_total",
+                "HTTP/2 answers ended because their client took no data for server.send_timeout, \
+                 by API (http, grpc).",
+            )),
+            &["api"],
+        )?;
         let auth_failures = IntCounterVec::new(
             with_node(Opts::new(
                 "auth_failures_total",
@@ -250,6 +259,7 @@ impl NodeMetrics {
              their prefill; not yet generating).",
         )))?;
         registry.register(Box::new(requests_shed.clone()))?;
+        registry.register(Box::new(send_timeouts.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(tenant_requests.clone()))?;
         registry.register(Box::new(engine_queue_depth.clone()))?;
@@ -278,6 +288,7 @@ impl NodeMetrics {
             in_flight,
             ready,
             requests_shed,
+            send_timeouts,
             auth_failures,
             tenant_requests,
             engine_queue_depth,

@@ -392,6 +392,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
         lifecycle.clone(),
         server.retry_after,
         metrics.requests_shed.clone(),
+        metrics.send_timeouts.clone(),
     );
     let auth = Authenticator::new(
         &config.tenants,
@@ -411,6 +412,7 @@ pub async fn start_node(config: Config) -> Result<RunningNode, StartError> {
             inference: config.limits.max_timeout + INFERENCE_TIMEOUT_MARGIN,
             control: CONTROL_TIMEOUT,
             request_body: server.body_read_timeout,
+            stream_send: server.send_timeout,
         },
     };
     let (stop, stopped) = watch::channel(false);

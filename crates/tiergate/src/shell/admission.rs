@@ -26,6 +26,7 @@ use tower::{Layer, Service};
 use super::body_deadline::BodyDeadline;
 use super::lifecycle::Lifecycle;
 use super::refusal::{grpc_error, http_error, retry_after};
+use super::send_watch::{BoxError, WatchedBody};
 
 /// Which API a listener speaks; it decides how a refusal is worded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,15 +87,18 @@ pub struct Gate {
     lifecycle: Lifecycle,
     retry_after_secs: u64,
     shed: IntCounterVec,
+    send_timeouts: IntCounterVec,
 }
 
 impl Gate {
-    /// `shed` is `tiergate_requests_shed_total{api, reason}`.
+    /// `shed` is `tiergate_requests_shed_total{api, reason}`, `send_timeouts`
+    /// `tiergate_send_timeouts_total{api}`.
     pub fn new(
         max_concurrent: usize,
         lifecycle: Lifecycle,
         retry_after: Duration,
         shed: IntCounterVec,
+        send_timeouts: IntCounterVec,
     ) -> Arc<Gate> {
         let max = u32::try_from(max_concurrent.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
@@ -106,6 +110,7 @@ impl Gate {
             // Retry-After speaks whole seconds; 0 would invite a retry storm.
             retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             shed,
+            send_timeouts,
         })
     }
 
@@ -149,6 +154,10 @@ pub struct RouteTimeouts {
     /// An inference request's body must arrive whole within this of its head
     /// (`server.body_read_timeout`; [`BodyDeadline`]).
     pub request_body: Duration,
+    /// An HTTP/2 inference answer whose client takes no data for this long is ended
+    /// (`server.send_timeout`; [`WatchedBody`]). HTTP/1.1 answers are bounded by the socket's
+    /// TCP_USER_TIMEOUT instead.
+    pub stream_send: Duration,
 }
 
 /// The admission layer: gate + per-route timeout.
@@ -182,6 +191,7 @@ where
     S: Service<Request<BodyDeadline<ReqBody>>, Response = Response<ResBody>, Error = Infallible>,
     S::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<GuardedBody<ResBody>>;
     type Error = Infallible;
@@ -223,11 +233,21 @@ where
             timeouts.control
         };
         let body_limit = inference.then_some(timeouts.request_body);
+        // Only HTTP/2 answers can stall with a healthy socket (see `send_watch`).
+        let watch = (inference && request.version() == http::Version::HTTP_2).then(|| {
+            let cuts = gate.send_timeouts.with_label_values(&[api.as_str()]);
+            (timeouts.stream_send, cuts)
+        });
         let answer =
             (self.inner).call(request.map(|body| BodyDeadline::new(body, body_limit, api)));
         Box::pin(async move {
             match tokio::time::timeout(limit, answer).await {
-                Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::Inner { body, permit })),
+                Ok(Ok(response)) => Ok(response.map(|body| match watch {
+                    Some((send_limit, cuts)) => GuardedBody::Watched {
+                        body: WatchedBody::new(body, permit, api, send_limit, cuts),
+                    },
+                    None => GuardedBody::Inner { body, permit },
+                })),
                 Ok(Err(never)) => match never {},
                 Err(_) => Ok(timeout_response(api, limit)),
             }
@@ -248,10 +268,12 @@ fn record_header_id<B>(request: &Request<B>) {
 
 pin_project! {
     /// A response body that holds its request's admission permit until the last frame is
-    /// sent or the body is dropped, or a small body of its own (refusals, timeouts).
+    /// sent or the body is dropped (an HTTP/2 answer also until its client takes no data for
+    /// the send timeout), or a small body of its own (refusals, timeouts).
     #[project = GuardedBodyProj]
     pub enum GuardedBody<B> {
         Inner { #[pin] body: B, permit: Option<OwnedSemaphorePermit> },
+        Watched { body: WatchedBody<B> },
         Own { bytes: Option<Bytes> },
     }
 }
@@ -263,14 +285,18 @@ impl<B> Default for GuardedBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GuardedBodyProj::Inner { body, permit } => {
                 let frame = body.poll_frame(cx);
@@ -278,8 +304,9 @@ impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
                     // The answer is complete: the slot frees now, not when hyper drops us.
                     permit.take();
                 }
-                frame
+                frame.map_err(Into::into)
             }
+            GuardedBodyProj::Watched { body } => Pin::new(body).poll_frame(cx),
             GuardedBodyProj::Own { bytes } => {
                 Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))))
             }
@@ -289,6 +316,7 @@ impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
     fn is_end_stream(&self) -> bool {
         match self {
             GuardedBody::Inner { body, .. } => body.is_end_stream(),
+            GuardedBody::Watched { body } => body.is_end_stream(),
             GuardedBody::Own { bytes } => bytes.is_none(),
         }
     }
@@ -296,6 +324,7 @@ impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
     fn size_hint(&self) -> SizeHint {
         match self {
             GuardedBody::Inner { body, .. } => body.size_hint(),
+            GuardedBody::Watched { .. } => SizeHint::default(),
             GuardedBody::Own { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

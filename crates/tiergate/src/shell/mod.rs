@@ -9,6 +9,7 @@ mod cors;
 mod end_at_stop;
 mod lifecycle;
 mod refusal;
+mod send_watch;
 mod stack;
 mod trace_context;
 
@@ -18,6 +19,7 @@ pub use body_deadline::{BodyDeadline, BodyTimedOut};
 pub use cors::CorsConfig;
 pub use end_at_stop::EndAtStop;
 pub use lifecycle::{Lifecycle, Phase, ReadinessProbe};
+pub use send_watch::{BoxError, WatchedBody};
 pub use stack::{
     REQUEST_ID, StackService, StackSettings, fresh_request_id, is_fit_request_id, serving_stack,
 };

@@ -21,6 +21,7 @@ use tracing::Span;
 use super::admission::{AdmissionLayer, Api, Gate, RouteTimeouts};
 use super::authenticate::AuthLayer;
 use super::body_deadline::BodyDeadline;
+use super::send_watch::BoxError;
 use super::trace_context::TraceContextLayer;
 use crate::auth::Authenticator;
 
@@ -66,7 +67,8 @@ pub struct StackSettings {
 ///    which can route elsewhere), counted in `tiergate_requests_shed_total`; a per-route
 ///    timeout bounds how long a route may take to start its response, and an inference
 ///    request's body must arrive whole within `server.body_read_timeout` (HTTP 408, gRPC
-///    DEADLINE_EXCEEDED), so a client that trickles it holds no slot for long;
+///    DEADLINE_EXCEEDED), so a client that trickles it holds no slot for long; an HTTP/2
+///    answer whose client takes no data for `server.send_timeout` is ended (`send_watch`);
 /// 8. the routes. Body limits are enforced where the body is decoded (`limits.max_body_bytes`:
 ///    HTTP 413 in OpenAI's error shape, gRPC `max_decoding_message_size`), so that the error
 ///    speaks the API's format.
@@ -78,7 +80,7 @@ pub fn serving_stack<S, ReqBody, ResBody>(
     api: Api,
     settings: &StackSettings,
     routes: S,
-) -> StackService<ReqBody, ResBody::Error>
+) -> StackService<ReqBody, BoxError>
 where
     S: Service<Request<BodyDeadline<ReqBody>>, Response = Response<ResBody>, Error = Infallible>
         + Clone
@@ -87,7 +89,7 @@ where
     S::Future: Send + 'static,
     ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: std::fmt::Display,
+    ResBody::Error: Into<BoxError>,
 {
     ServiceBuilder::new()
         // One concrete type for the listeners (a box per request is noise beside inference).

@@ -57,13 +57,21 @@ fn fixture(max: usize) -> Fixture {
     let lifecycle = Lifecycle::new(probe, Gauge::new("ready", "ready").unwrap());
     lifecycle.set(Phase::Serving);
     let shed = IntCounterVec::new(Opts::new("shed", "shed"), &["api", "reason"]).unwrap();
-    let gate = Gate::new(max, lifecycle.clone(), Duration::from_secs(2), shed.clone());
+    let send_timeouts = IntCounterVec::new(Opts::new("cut", "cut"), &["api"]).unwrap();
+    let gate = Gate::new(
+        max,
+        lifecycle.clone(),
+        Duration::from_secs(2),
+        shed.clone(),
+        send_timeouts,
+    );
     let settings = StackSettings {
         gate: Arc::clone(&gate),
         timeouts: RouteTimeouts {
             inference: Duration::from_secs(60),
             control: Duration::from_secs(60),
             request_body: Duration::from_secs(60),
+            stream_send: Duration::from_secs(60),
         },
         auth: None,
         cors: None,
