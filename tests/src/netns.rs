@@ -1,6 +1,8 @@
 //! A network namespace a test makes itself, joined to the host by a veth pair, whose link can
 //! be made slow and lossy with `tc`: netem delay and loss where the kernel has netem, else a
 //! token bucket (tbf) so narrow that its queue delays packets by seconds and drops the excess.
+//! One connection's packets to the namespace can also be dropped silently (a NAT that forgot
+//! that connection's mapping): a u32 filter sends them to a tbf whose bucket holds no packet.
 //! Needs CAP_NET_ADMIN and iproute2; [`Netns::create`] says why it cannot, so a test can skip.
 
 use std::net::Ipv4Addr;
@@ -133,6 +135,73 @@ impl Netns {
         ip_tc(
             &["qdisc", "del", "dev", &self.ns_if, "root"],
             Some(&self.name),
+        )
+    }
+
+    /// The local ports of the namespace's established TCP connections to `peer`.
+    pub fn ports_connected_to(&self, peer: std::net::SocketAddr) -> Result<Vec<u16>, String> {
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run `ss`: {e}"))?;
+        let listing = String::from_utf8_lossy(&output.stdout);
+        // Lines: Recv-Q Send-Q Local:Port Peer:Port.
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (local, remote) = (fields.get(2)?, fields.get(3)?);
+                (*remote == peer.to_string())
+                    .then(|| local.rsplit(':').next()?.parse().ok())
+                    .flatten()
+            })
+            .collect())
+    }
+
+    /// Drops every packet sent to the namespace's end of the connection at `ns_port`, silently,
+    /// and lets other connections pass: a NAT that forgot that connection's mapping. The drop is
+    /// on the host's side of the link, remote from the namespace: a packet its own qdisc dropped
+    /// would count as local congestion, not as a lost one. [`Netns::heal`] undoes it.
+    pub fn drop_connection(&self, ns_port: u16) -> Result<(), String> {
+        let dev = self.host_if.as_str();
+        let port = ns_port.to_string();
+        ip_tc(
+            &[
+                "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+            ],
+            None,
+        )?;
+        for class in ["1:10", "1:20"] {
+            ip_tc(
+                &[
+                    "class", "add", "dev", dev, "parent", "1:", "classid", class, "htb", "rate",
+                    "10gbit",
+                ],
+                None,
+            )?;
+        }
+        // A bucket of 20 bytes: no packet fits, every one is dropped.
+        ip_tc(
+            &[
+                "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:", "tbf", "rate",
+                "8bit", "burst", "20", "limit", "20",
+            ],
+            None,
+        )?;
+        ip_tc(
+            &[
+                "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                "match", "ip", "dport", &port, "0xffff", "flowid", "1:20",
+            ],
+            None,
         )
     }
 

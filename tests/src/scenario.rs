@@ -31,8 +31,12 @@ impl Drop for FakeCloud {
 
 impl FakeCloud {
     pub async fn start() -> anyhow::Result<FakeCloud> {
-        let (listener, addr) =
-            fake_upstream::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`FakeCloud::start`] on `ip` (e.g. the host's end of a test's network namespace).
+    pub async fn start_on(ip: std::net::IpAddr) -> anyhow::Result<FakeCloud> {
+        let (listener, addr) = fake_upstream::bind(std::net::SocketAddr::new(ip, 0)).await?;
         let faults = Faults::default();
         let task = tokio::spawn(fake_upstream::serve_with_faults(listener, faults.clone()));
         Ok(FakeCloud {

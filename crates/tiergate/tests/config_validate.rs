@@ -104,6 +104,15 @@ fn mistakes_are_named_by_their_path() {
             "server.body_read_timeout",
         ),
         ("[server]\nsend_timeout = \"0s\"\n", "server.send_timeout"),
+        // Zero would probe a pooled connection the moment it falls quiet.
+        (
+            "[upstreams.cloud]\nbase_url = \"http://x\"\nmodel = \"m\"\nkeepalive_interval = \"0s\"\n",
+            "keepalive_interval",
+        ),
+        (
+            "[upstreams.cloud]\nbase_url = \"http://x\"\nmodel = \"m\"\nkeepalive_timeout = \"0s\"\n",
+            "keepalive_timeout",
+        ),
     ];
     for (index, (text, needle)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{index}.toml"));

@@ -44,6 +44,14 @@ pub struct CloudConfig {
     /// Longest silence between two chunks of a streamed answer once it started.
     #[serde(default = "default_stall_timeout", with = "duration_text")]
     pub stall_timeout: Duration,
+    /// A pooled connection quiet this long is probed: TCP keepalive probes, and HTTP/2 PINGs on
+    /// an HTTP/2 connection. The probes keep a NAT's mapping of the connection alive, and find
+    /// one whose path died silently before a request is sent into it.
+    #[serde(default = "default_keepalive_interval", with = "duration_text")]
+    pub keepalive_interval: Duration,
+    /// A connection whose probes go unanswered this long is closed and leaves the pool.
+    #[serde(default = "default_keepalive_timeout", with = "duration_text")]
+    pub keepalive_timeout: Duration,
     /// Circuit breaker and latency tracking of the link.
     #[serde(default)]
     pub health: LinkHealthConfig,
@@ -67,6 +75,15 @@ fn default_stall_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The node's own listeners probe their clients on the same schedule (`server.keepalive_*`).
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl CloudConfig {
     /// Checks the timeouts and the link-health tuning; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
@@ -75,6 +92,8 @@ impl CloudConfig {
             ("first_token_timeout", self.first_token_timeout),
             ("stall_timeout", self.stall_timeout),
             ("request_timeout", self.request_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
         ])?;
         self.health.validate().map_err(|e| format!("health.{e}"))
     }
@@ -91,6 +110,8 @@ impl CloudConfig {
             connect_timeout: default_connect_timeout(),
             first_token_timeout: default_first_token_timeout(),
             stall_timeout: default_stall_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
             health: LinkHealthConfig::default(),
         }
     }

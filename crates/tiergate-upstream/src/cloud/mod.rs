@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tiergate_api::NodeRequest;
 use tiergate_router::health::{LinkHealth, LinkSnapshot};
 
@@ -38,6 +38,8 @@ use crate::openai::{self, ChatRequest, CloudCompletion};
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an error body is read for its message.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Unanswered TCP keepalive probes before the kernel closes a pooled connection.
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// One event of a streamed cloud answer: text deltas (with the chunk's logprobs, when asked
 /// for; a chunk may carry logprobs and no text), then one `Done` with the whole text.
@@ -136,6 +138,14 @@ impl CloudClient {
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(config.connect_timeout));
         tcp.enforce_http(false);
+        // Without probes, a pooled connection whose path died silently (a NAT that dropped
+        // its mapping) is found only by the next request sent into it, which then loses its
+        // first-token timeout. Probes every third of the timeout, three unanswered: closed.
+        tcp.set_keepalive(Some(config.keepalive_interval));
+        tcp.set_keepalive_interval(Some(
+            (config.keepalive_timeout / KEEPALIVE_PROBES).max(Duration::from_secs(1)),
+        ));
+        tcp.set_keepalive_retries(Some(KEEPALIVE_PROBES));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(crate::tls::client_config(config.ca_file.as_deref())?)
             .https_or_http()
@@ -144,6 +154,10 @@ impl CloudClient {
         // The connect timeout covers the TLS handshake too, not only TCP.
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(config.keepalive_interval)
+            .http2_keep_alive_timeout(config.keepalive_timeout)
+            .http2_keep_alive_while_idle(true)
             .build(ConnectTimeout::new(https, config.connect_timeout));
 
         Ok(Self {

@@ -1,0 +1,87 @@
+//! The cloud link's pooled connection whose path dies silently while it is idle (a NAT that
+//! dropped its mapping: every packet of that one connection vanishes, new connections pass).
+//! Without probes the next request is sent into it and waits out the cloud's first-token
+//! timeout; with `[upstreams.cloud] keepalive_interval` / `keepalive_timeout` the node's kernel
+//! probes the idle connection, closes it when the probes go unanswered, and the next request
+//! opens a fresh one and is answered by the cloud at once. Played in a network namespace of the
+//! test's own (the edge inside it, the fake cloud on the host's end of the veth pair), the one
+//! connection dropped with a `tc` filter; without CAP_NET_ADMIN the test says why and skips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tiergate_e2e::netns::Netns;
+use tiergate_e2e::scenario::{FakeCloud, unary_chat};
+use tiergate_e2e::{Gate, Launch, NodeProcess};
+
+const PROMPT: &str = "what is the capital of france";
+const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_pooled_cloud_connection_whose_path_died_is_probed_away_before_the_next_request() {
+    let netns = match Netns::create() {
+        Ok(netns) => netns,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot make a network namespace here ({why}); run as root with iproute2"
+            );
+            return;
+        }
+    };
+    let cloud = FakeCloud::start_on(netns.host_ip.into()).await.unwrap();
+    let cloud_addr: SocketAddr = cloud
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .parse()
+        .unwrap();
+    // Probes after 1 s of quiet, one a second, three unanswered: closed about 4 s after the
+    // connection's last packet.
+    let toml = format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"models/edge\"\n\
+         [upstreams.cloud]\nbase_url = \"{}\"\nmodel = \"tiergate\"\nconnect_timeout = \"300ms\"\n\
+         first_token_timeout = \"{}ms\"\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"3s\"\n\
+         [upstreams.cloud.health]\nconsecutive_failures = 100\n{}",
+        cloud.url,
+        FIRST_TOKEN_TIMEOUT.as_millis(),
+        Gate::CloudFirst.router_toml()
+    );
+    let launch = Launch {
+        wrapper: netns.wrapper(),
+        listen_ip: netns.ns_ip.into(),
+        ..Launch::default()
+    };
+    let edge = NodeProcess::launch("edge", &toml, &launch).await.unwrap();
+
+    let (first, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tiergate-tier"), Some("cloud"));
+    let pooled = netns.ports_connected_to(cloud_addr).unwrap();
+    assert!(!pooled.is_empty(), "no pooled connection to the cloud");
+    for port in &pooled {
+        netns.drop_connection(*port).unwrap();
+    }
+    eprintln!("pooled cloud connection(s) from port(s) {pooled:?} now lose every packet");
+
+    // Idle past the probes' verdict, then the next request.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (second, took) = unary_chat(&edge, PROMPT).await.unwrap();
+    eprintln!(
+        "the next request: {} from {:?} in {took:?}",
+        second.status,
+        second.header("x-tiergate-tier")
+    );
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.header("x-tiergate-tier"),
+        Some("cloud"),
+        "the request went into the dead connection and waited out its deadline there"
+    );
+    assert!(took < FIRST_TOKEN_TIMEOUT, "{took:?}");
+    let now = netns.ports_connected_to(cloud_addr).unwrap();
+    assert!(
+        pooled.iter().all(|port| !now.contains(port)),
+        "the dead connection is still open: {now:?}"
+    );
+}
