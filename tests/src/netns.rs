@@ -71,6 +71,20 @@ impl Netns {
         Ok(netns)
     }
 
+    /// [`Netns::create`] for a test, which skips (after saying why) when it gets `None`.
+    pub fn for_test() -> Option<Netns> {
+        Netns::create()
+            .map_err(|why| {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!(
+                        "SKIPPED: cannot make a network namespace here ({why}); run as root with iproute2"
+                    );
+                }
+            })
+            .ok()
+    }
+
     fn wire(&self) -> Result<(), String> {
         let ns = self.name.as_str();
         ip(&[

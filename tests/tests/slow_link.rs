@@ -57,14 +57,8 @@ async fn until_answered_by(edge: &NodeProcess, tier: &str, want: usize, limit: D
 
 #[tokio::test]
 async fn a_slow_lossy_regional_link_moves_traffic_to_the_cloud_and_back_when_it_heals() {
-    let netns = match Netns::create() {
-        Ok(netns) => netns,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED: cannot make a network namespace here ({why}); run as root with iproute2"
-            );
-            return;
-        }
+    let Some(netns) = Netns::for_test() else {
+        return;
     };
     let launch = Launch {
         wrapper: netns.wrapper(),
