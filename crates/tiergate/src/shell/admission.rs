@@ -324,7 +324,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match self {
             GuardedBody::Inner { body, .. } => body.size_hint(),
-            GuardedBody::Watched { .. } => SizeHint::default(),
+            GuardedBody::Watched { body } => body.size_hint(),
             GuardedBody::Own { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

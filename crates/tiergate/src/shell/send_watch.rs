@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
@@ -187,6 +187,14 @@ where
             State::Sending { body, .. } => body.is_end_stream(),
             State::Cut { .. } => false,
             State::Ended => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A whole answer keeps its exact length (hyper's content-length).
+        match &lock(&self.slot).state {
+            State::Sending { body, .. } => body.size_hint(),
+            State::Cut { .. } | State::Ended => SizeHint::default(),
         }
     }
 }
