@@ -100,6 +100,10 @@ impl Gate {
         shed: IntCounterVec,
         send_timeouts: IntCounterVec,
     ) -> Arc<Gate> {
+        // Both series exist from the start, at 0, so a rate over them is defined before a cut.
+        for api in [Api::Http, Api::Grpc] {
+            send_timeouts.with_label_values(&[api.as_str()]);
+        }
         let max = u32::try_from(max_concurrent.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);

@@ -28,6 +28,7 @@ use prometheus::IntCounter;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::admission::Api;
 
@@ -75,7 +76,9 @@ impl<B: Body<Data = Bytes> + Send + 'static> WatchedBody<B> {
             },
             handed_at: None,
         }));
-        let watchdog = tokio::spawn(watch(Arc::downgrade(&slot), api, limit, cuts));
+        // In the request's span: the watchdog's warning carries the request id.
+        let watchdog =
+            tokio::spawn(watch(Arc::downgrade(&slot), api, limit, cuts).in_current_span());
         WatchedBody {
             slot,
             watchdog: watchdog.abort_handle(),
