@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod model_trust;
 pub mod node;
+pub mod page_faults;
 pub mod privacy;
 pub mod serve;
 pub mod shell;

@@ -64,6 +64,7 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     /// Requests refused before the node saw them, by API and reason (overloaded, draining).
     pub requests_shed: IntCounterVec,
+    /// HTTP/2 answers ended because their client took no data for `server.send_timeout`.
     pub send_timeouts: IntCounterVec,
     /// Requests refused for their credentials, by reason (missing, malformed, unknown_key).
     pub auth_failures: IntCounterVec,
@@ -266,6 +267,7 @@ impl NodeMetrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        registry.register(Box::new(crate::page_faults::MajorFaults::new()?))?;
 
         Ok(NodeMetrics {
             registry,
