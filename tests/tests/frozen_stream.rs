@@ -23,6 +23,17 @@ use tiergate_proto::v1::inference_client::InferenceClient;
 const TINY_WINDOW: u32 = 64;
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Others are shed while the frozen stream holds the one slot, and served once the send
+/// timeout ended it.
+async fn held_then_freed(edge: &NodeProcess, asked: Instant, what: &str) {
+    let (shed, served_after) = shed_until_served(edge, asked, Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!("{what} not read: {shed} requests shed, the next served after {served_after:?}");
+    assert!(shed > 0, "the frozen stream never held the slot");
+    assert!(served_after >= SEND_TIMEOUT, "{served_after:?}");
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_one_http2_stream_is_cut_at_the_send_timeout_on_both_apis() {
     // The real model answers LONG_PROMPT token by token for seconds: the answer outgrows the
@@ -56,12 +67,7 @@ async fn a_client_that_stops_reading_one_http2_stream_is_cut_at_the_send_timeout
     .expect("the stream's head came")
     .unwrap()
     .into_inner();
-    let (shed, served_after) = shed_until_served(&edge, asked, Duration::from_secs(20))
-        .await
-        .unwrap();
-    eprintln!("gRPC stream not read: {shed} requests shed, the next served after {served_after:?}");
-    assert!(shed > 0, "the frozen stream never held the slot");
-    assert!(served_after >= SEND_TIMEOUT, "{served_after:?}");
+    held_then_freed(&edge, asked, "gRPC stream").await;
     // Reading again: what was sent, then the error, never the answer's end.
     let ending = tokio::time::timeout(Duration::from_secs(10), async {
         let mut messages = 0;
@@ -99,12 +105,7 @@ async fn a_client_that_stops_reading_one_http2_stream_is_cut_at_the_send_timeout
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
-    let (shed, served_after) = shed_until_served(&edge, asked, Duration::from_secs(20))
-        .await
-        .unwrap();
-    eprintln!("HTTP/2 SSE not read: {shed} requests shed, the next served after {served_after:?}");
-    assert!(shed > 0, "the frozen stream never held the slot");
-    assert!(served_after >= SEND_TIMEOUT, "{served_after:?}");
+    held_then_freed(&edge, asked, "HTTP/2 SSE").await;
     let mut frozen = response.into_body();
     let ending = tokio::time::timeout(Duration::from_secs(10), async {
         let mut bytes = 0;

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -87,7 +87,8 @@ pub struct Gate {
     lifecycle: Lifecycle,
     retry_after_secs: u64,
     shed: IntCounterVec,
-    send_timeouts: IntCounterVec,
+    /// `tiergate_send_timeouts_total` for HTTP and for gRPC, resolved once (not per request).
+    send_timeouts: [IntCounter; 2],
 }
 
 impl Gate {
@@ -100,10 +101,6 @@ impl Gate {
         shed: IntCounterVec,
         send_timeouts: IntCounterVec,
     ) -> Arc<Gate> {
-        // Both series exist from the start, at 0, so a rate over them is defined before a cut.
-        for api in [Api::Http, Api::Grpc] {
-            send_timeouts.with_label_values(&[api.as_str()]);
-        }
         let max = u32::try_from(max_concurrent.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);
@@ -114,7 +111,9 @@ impl Gate {
             // Retry-After speaks whole seconds; 0 would invite a retry storm.
             retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             shed,
-            send_timeouts,
+            // Both series exist from the start, at 0, so a rate over them is defined before a cut.
+            send_timeouts: [Api::Http, Api::Grpc]
+                .map(|api| send_timeouts.with_label_values(&[api.as_str()])),
         })
     }
 
@@ -239,7 +238,8 @@ where
         let body_limit = inference.then_some(timeouts.request_body);
         // Only HTTP/2 answers can stall with a healthy socket (see `send_watch`).
         let watch = (inference && request.version() == http::Version::HTTP_2).then(|| {
-            let cuts = gate.send_timeouts.with_label_values(&[api.as_str()]);
+            let [http, grpc] = &gate.send_timeouts;
+            let cuts = if api == Api::Grpc { grpc } else { http }.clone();
             (timeouts.stream_send, cuts)
         });
         let answer =
