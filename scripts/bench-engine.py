@@ -22,7 +22,11 @@ CMake flags below (the native build segfaults on these CPUs) and its wheel kept 
 ~/.cache/tiergate/wheels; when the build fails, llama.cpp is skipped with a message.
 
     python3 scripts/bench-engine.py [--model DIR] [--threads 1,2] [--variants fp32,int4,int4-fast]
-        [--repeat 2] [--max-new-tokens 64] [--no-llama] [--streams 1,2,4,8] [--prompts FILE]
+        [--repeat 2] [--max-new-tokens 64] [--no-llama] [--streams 1,2,4,8] [--prompts FILE] [--as-cpu KIND]
+
+--as-cpu x86-64-avx2 (or x86-64-avx-vnni, x86-64-avx512) runs everything (the engine, Python onnxruntime,
+llama.cpp built for that instruction set) with the newer features hidden from CPUID (scripts/as-cpu), so a
+machine with AVX-512 also measures the kernels an AVX2-only edge CPU runs, on this machine's cores.
 """
 
 import argparse
@@ -54,7 +58,9 @@ def cpu_has(flag):
 
 # AVX-512 only where the CPU has it: this machine kind comes with AVX-512 (Intel) and AVX2-only (AMD EPYC) CPUs,
 # and an AVX-512 build dies with SIGILL on the latter. The wheel cache is kept per instruction set.
-ISA = "avx512" if cpu_has("avx512f") else "avx2"
+# /proc/cpuinfo is the kernel's view, which scripts/as-cpu does not change: it says which kind it shows.
+AS_CPU = os.environ.get("TIERGATE_AS_CPU")
+ISA = "avx512" if cpu_has("avx512f") and AS_CPU in (None, "x86-64-avx512") else "avx2"
 LLAMA_CMAKE_ARGS = (
     f"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512={'ON' if ISA == 'avx512' else 'OFF'} -DGGML_AMX_TILE=OFF "
     "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
@@ -282,7 +288,13 @@ def main():
                         help="concurrent streams of the batching bench ('' skips it)")
     parser.add_argument("--batch-threads", type=int, default=1,
                         help="intra-op threads of the batching bench")
+    parser.add_argument("--as-cpu", metavar="KIND",
+                        help="measure as an older x86-64 kind (x86-64-avx2, x86-64-avx-vnni, x86-64-avx512): "
+                             "newer features hidden from everything measured (scripts/as-cpu)")
     args = parser.parse_args()
+    if args.as_cpu and AS_CPU != args.as_cpu:
+        wrapper = ROOT / "scripts" / "as-cpu" / "as-cpu"
+        os.execv(str(wrapper), [str(wrapper), args.as_cpu, sys.executable, __file__, *sys.argv[1:]])
     args.model = args.model.resolve()
     if not (args.model / "manifest.json").is_file():
         sys.exit(f"bench-engine: no model at {args.model}; import it first: scripts/import-real-model.sh "
@@ -347,7 +359,8 @@ def print_table(args, manifest, rows, load_before, load_after):
           f"{sum(len(o) - 1 for o in first['outputs'])} decode steps per pass, {args.repeat} passes "
           f"(+1 warm-up); ONNX Runtime intra-op spinning "
           f"{(f'on ({args.spin_us} us)' if args.spin_us else 'on (its own length)') if args.spinning else 'off'}; "
-          f"load average {load_before} before, {load_after} after; {os.cpu_count()} cpus")
+          f"load average {load_before} before, {load_after} after; {os.cpu_count()} cpus"
+          + (f"; run as {AS_CPU} (scripts/as-cpu hides the newer features)" if AS_CPU else ""))
     header = (f"{'threads':>7}  {'engine':<20}{'weights':<11}{'decode tok/s':>13}{'vs llama.cpp':>13}"
               f"{'prefill ms':>11}{'vs llama.cpp':>13}{'outside run':>12}{'RSS MB':>8}{'x files':>8}")
     print(header)
