@@ -116,7 +116,8 @@ bench-gateway: setup
 ## signals in models/smollm2/calibration.jsonl (int4, also fp32's gate: the exact graphs answer alike on every
 ## CPU) and calibration-int4-fast-<cpu kind>.jsonl (int4-fast's answers depend on the CPU's int8 kernels;
 ## `tiergate model cpu` names the kind), and print AUROCs and the chosen gates (docs/routing.md; deploy/edge.toml
-## ships them, [router.confidence_by_cpu.<cpu kind>.int4-fast]).
+## ships them, [router.confidence_by_cpu.<cpu kind>.int4-fast]). An older x86-64 kind on a newer machine:
+## `scripts/as-cpu/as-cpu x86-64-avx2 make calibrate-edge` (its kernels, the newer features hidden from cpuid).
 .PHONY: calibrate-edge
 calibrate-edge: setup real-model build
 	./target/debug/tiergate eval confidence --data models/calibration/prompts.jsonl \

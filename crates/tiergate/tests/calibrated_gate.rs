@@ -1,13 +1,14 @@
 //! The early-exit gates that deploy/edge.toml ships for the real edge model are the ones
 //! `tiergate eval confidence` chooses on the committed calibration answers: one for the exact
 //! graphs (models/smollm2/calibration.jsonl), and for int4-fast one per CPU kind it was answered
-//! on (calibration-int4-fast-<cpu kind>.jsonl; the AVX2 one is also its gate on other CPUs).
+//! on (calibration-int4-fast-<cpu kind>.jsonl; the AVX2 one is also its gate on kinds without one of
+//! their own, and a kind answered on without one, as AVX-VNNI, must choose that same gate).
 //! Recalibrating without updating the config fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{repo_root, tiergate_json};
+use common::{committed_int4_fast_kinds, repo_root, tiergate_json};
 use tiergate::config::Config;
 use tiergate_router::ConfidenceConfig;
 
@@ -87,20 +88,27 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
         ["int4-fast"]
     );
 
-    // Every CPU kind's own int4-fast gate is the one chosen on its answers (with AVX-512 VNNI,
-    // `auto` runs int4-fast because this gate exists).
-    assert!(
-        router.confidence_by_cpu.contains_key("x86-64-avx512-vnni"),
-        "{:?}",
-        router.confidence_by_cpu.keys()
-    );
+    // On every CPU kind answered on, int4-fast's gate there (its own section, or the one above) is
+    // the one chosen on that kind's answers; a kind with a section of its own has answers (with
+    // AVX-512, `auto` runs int4-fast only because such a section exists).
+    for cpu in ["x86-64-avx512-vnni", "x86-64-avx512"] {
+        assert!(
+            router.confidence_by_cpu.contains_key(cpu),
+            "{cpu}: {:?}",
+            router.confidence_by_cpu.keys()
+        );
+    }
+    let answered = committed_int4_fast_kinds();
     for (cpu, gates) in &router.confidence_by_cpu {
         assert_eq!(gates.keys().collect::<Vec<_>>(), ["int4-fast"], "{cpu}");
+        assert!(answered.contains(cpu), "{cpu} has a gate but no answers");
+    }
+    for cpu in &answered {
         let chosen = chosen_gate(&format!("models/smollm2/calibration-int4-fast-{cpu}.jsonl"));
         assert_same_gate(
             &router.confidence_for(Some("int4-fast"), Some(cpu)),
             &chosen,
-            &format!("[router.confidence_by_cpu.{cpu}.int4-fast]"),
+            &format!("int4-fast's gate on {cpu}"),
         );
     }
 }
