@@ -44,6 +44,12 @@ pub struct CloudConfig {
     /// Longest silence between two chunks of a streamed answer once it started.
     #[serde(default = "default_stall_timeout", with = "duration_text")]
     pub stall_timeout: Duration,
+    /// Ask the provider to stream even when the client wants the whole answer at once, and
+    /// gather it here: the first-token and stall timeouts then bound whole answers too (a
+    /// provider that stalls is left after `stall_timeout`, not at the end of the request's
+    /// share of the deadline). Off for a provider that cannot stream.
+    #[serde(default = "default_stream_whole_answers")]
+    pub stream_whole_answers: bool,
     /// A pooled connection quiet this long is probed: TCP keepalive probes, and HTTP/2 PINGs on
     /// an HTTP/2 connection. The probes keep a NAT's mapping of the connection alive, and find
     /// one whose path died silently before a request is sent into it.
@@ -73,6 +79,10 @@ fn default_first_token_timeout() -> Duration {
 
 fn default_stall_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_stream_whole_answers() -> bool {
+    true
 }
 
 /// The node's own listeners probe their clients on the same schedule (`server.keepalive_*`).
@@ -110,6 +120,7 @@ impl CloudConfig {
             connect_timeout: default_connect_timeout(),
             first_token_timeout: default_first_token_timeout(),
             stall_timeout: default_stall_timeout(),
+            stream_whole_answers: default_stream_whole_answers(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
             health: LinkHealthConfig::default(),

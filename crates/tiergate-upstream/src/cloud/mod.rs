@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http_body_util::{BodyExt, Full, Limited};
@@ -71,6 +72,8 @@ struct Inner {
     /// Marked sensitive so that it never shows in debug output.
     authorization: Option<HeaderValue>,
     timeouts: TierTimeouts,
+    /// Whole answers are asked for as streams and gathered (`stream_whole_answers`).
+    stream_whole_answers: bool,
     link: Arc<Link>,
 }
 
@@ -172,6 +175,7 @@ impl CloudClient {
                     stall: config.stall_timeout,
                     total: config.request_timeout,
                 },
+                stream_whole_answers: config.stream_whole_answers,
                 link: Link::new(base_url, LinkHealth::new(config.health.clone())),
             }),
         })
@@ -201,20 +205,41 @@ impl CloudClient {
         self.inner.with_health(|h| h.snapshot(now))
     }
 
-    /// Asks for the whole answer in one response. It must arrive by the earliest of the
-    /// caller's limits and the configured timeout. An empty answer that did not end with a
-    /// real stop is a failure, never an answer.
+    /// Asks for the whole answer. It must arrive by the earliest of the caller's limits and the
+    /// configured timeout; asked for as a stream (`stream_whole_answers`, the default), its
+    /// first token must also come within the first-token timeout and each later chunk within
+    /// the stall timeout. An empty answer that did not end with a real stop is a failure, never
+    /// an answer.
     pub async fn generate(
         &self,
         request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<CloudCompletion, UpstreamError> {
+        let limits = limits.into();
+        if !self.inner.stream_whole_answers {
+            return self.generate_in_one_response(request, limits).await;
+        }
+        let mut stream = self.open_stream(request, limits, true).await?;
+        while let Some(event) = stream.next().await {
+            if let CloudEvent::Done(done) = event? {
+                return Ok(done);
+            }
+        }
+        // `read_stream` ends with `Done` or an error; this is only a guard.
+        Err(UpstreamError::new(
+            ErrorKind::Protocol,
+            "the cloud stream ended without an answer",
+        ))
+    }
+
+    /// The whole answer as one JSON response (`stream: false`).
+    async fn generate_in_one_response(
+        &self,
+        request: &NodeRequest,
+        limits: CallLimits,
+    ) -> Result<CloudCompletion, UpstreamError> {
         let chat = ChatRequest::from_node(request, &self.inner.model, false);
-        let timers = Timers::start(
-            self.inner.timeouts,
-            limits.into(),
-            "preparing the cloud call",
-        )?;
+        let timers = Timers::start(self.inner.timeouts, limits, "preparing the cloud call")?;
         let timer = timers.whole_answer();
         let mut admission = self.inner.admit()?;
         let propagated = Propagated::new(request);
@@ -235,12 +260,20 @@ impl CloudClient {
         request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<CloudStream, UpstreamError> {
+        self.open_stream(request, limits.into(), false).await
+    }
+
+    /// Opens a streamed call. `whole`: the caller gathers the whole answer, which must then
+    /// also be complete by the whole-answer timer (the caller's commit point), as a one-response
+    /// call would be.
+    async fn open_stream(
+        &self,
+        request: &NodeRequest,
+        limits: CallLimits,
+        whole: bool,
+    ) -> Result<CloudStream, UpstreamError> {
         let chat = ChatRequest::from_node(request, &self.inner.model, true);
-        let timers = Timers::start(
-            self.inner.timeouts,
-            limits.into(),
-            "preparing the cloud call",
-        )?;
+        let timers = Timers::start(self.inner.timeouts, limits, "preparing the cloud call")?;
         let first = timers.first_token();
         let mut admission = self.inner.admit()?;
         let propagated = Propagated::new(request);
@@ -260,6 +293,7 @@ impl CloudClient {
             inner: self.inner.clone(),
             admission,
             timers,
+            whole_by: whole.then(|| timers.whole_answer()),
         };
         Ok(Box::pin(read_stream(call, response.into_body())))
     }

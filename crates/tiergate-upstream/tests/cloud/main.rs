@@ -37,16 +37,31 @@ fn soon() -> Option<Instant> {
     Some(Instant::now() + WAIT)
 }
 
+/// A whole answer is asked for as a stream and gathered (the default), or in one JSON response
+/// (`stream_whole_answers = false`): the same answer either way.
 #[tokio::test]
-async fn json_completion_over_tls_with_the_api_key() {
+async fn whole_answers_over_tls_with_the_api_key_streamed_or_in_one_response() {
     let pki = TestPki::new();
     let provider = Provider::start(Some(&pki)).await;
-    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
-
-    let done = client
+    let streamed = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    let done = streamed
         .generate(&request("turn on the lights"), soon())
         .await
         .unwrap();
+    let sent = provider.last_body();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let config = CloudConfig {
+        stream_whole_answers: false,
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    let whole = client
+        .generate(&request("turn on the lights"), soon())
+        .await
+        .unwrap();
+    assert_eq!(whole, done);
+
     assert_eq!(done.text, answer_for("turn on the lights"));
     assert_eq!(done.finish_reason.as_deref(), Some("stop"));
     assert_eq!(
@@ -444,6 +459,58 @@ async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     let snapshot = client.snapshot(Instant::now());
     assert_eq!(snapshot.consecutive_failures, 0);
     assert_eq!(snapshot.window_calls, 0);
+}
+
+/// A whole answer asked for as a stream gets the stream's bounds: a provider that stalls after
+/// its first delta is left at the stall timeout, not at the request's deadline, and counts
+/// against the link; one that streams but not by the caller's commit point is left there.
+#[tokio::test]
+async fn a_whole_answer_whose_stream_stalls_fails_at_the_stall_timeout_or_the_commit_point() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let config = CloudConfig {
+        stall_timeout: Duration::from_millis(300),
+        ..provider.https_config(&pki)
+    };
+    let client = CloudClient::new(&config).unwrap();
+    provider.set_mode(Mode::StallMidStream);
+    let start = Instant::now();
+    let deadline = Some(start + Duration::from_secs(5));
+    let err = client
+        .generate(&request("hello there"), deadline)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.message().contains("stalled"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the stall timeout, not the deadline, ended it: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+
+    // The default stall timeout (10 s) is past the caller's commit point: the whole answer must
+    // have come by then, as in one response; the caller's limit says nothing about the link.
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    let start = Instant::now();
+    let limits = tiergate_upstream::CallLimits {
+        deadline: Some(start + Duration::from_secs(5)),
+        commit_by: Some(start + Duration::from_millis(400)),
+    };
+    let err = client
+        .generate(&request("hello there"), limits)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.message().contains("rest of the cloud answer"), "{err}");
+    assert!(err.is_caller_timeout(), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 0);
 }
 
 #[tokio::test]
