@@ -35,7 +35,8 @@ use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError, error_chain};
 use crate::openai::{self, ChatRequest, CloudCompletion};
 
-/// Largest non-streamed answer accepted; a bigger one is a protocol error, never truncated.
+/// Largest answer accepted, whole or streamed (its text); a bigger one is a protocol error, never
+/// truncated nor gathered without end.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an error body is read for its message.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;

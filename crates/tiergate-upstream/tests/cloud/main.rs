@@ -513,6 +513,41 @@ async fn a_whole_answer_whose_stream_stalls_fails_at_the_stall_timeout_or_the_co
     assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 0);
 }
 
+/// A provider that streams without end (one that ignores `max_tokens`) is cut when the answer
+/// passes 16 MiB, with an error, whole or streamed: never a node that gathers text until it
+/// runs out of memory, nor a silently truncated answer.
+#[tokio::test]
+async fn an_answer_streamed_without_end_is_cut_at_16_mib_with_an_error() {
+    let pki = TestPki::new();
+    let provider = Provider::start(Some(&pki)).await;
+    let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
+    provider.set_mode(Mode::Endless);
+    let start = Instant::now();
+    let err = client
+        .generate(&request("go on"), Some(start + WAIT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("16 MiB"), "{err}");
+    assert!(start.elapsed() < WAIT / 2, "{:?}", start.elapsed());
+
+    let mut stream = client
+        .generate_stream(&request("go on"), Some(Instant::now() + WAIT))
+        .await
+        .unwrap();
+    let mut streamed = 0;
+    let err = loop {
+        match stream.next().await.unwrap() {
+            Ok(CloudEvent::Delta { text, .. }) => streamed += text.len(),
+            Ok(CloudEvent::Done(_)) => panic!("an endless stream completed"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(streamed <= 16 << 20, "{streamed}");
+    assert!(stream.next().await.is_none());
+}
+
 #[tokio::test]
 async fn a_truncated_stream_is_a_protocol_error_not_a_short_answer() {
     let pki = TestPki::new();

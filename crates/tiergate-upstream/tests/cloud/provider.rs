@@ -38,6 +38,9 @@ pub enum Mode {
     TruncateStream,
     /// Answers 200 with a body that is not JSON.
     BadJson,
+    /// Streams 1 KB deltas as fast as it can, never finishing (a provider that ignores
+    /// `max_tokens`).
+    Endless,
 }
 
 pub struct State {
@@ -215,6 +218,20 @@ pub async fn handle(
             return Ok(Response::new(
                 Full::new(Bytes::from_static(b"{\"choices\": [")).boxed(),
             ));
+        }
+        Mode::Endless => {
+            let chunk = json!({
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt-0613",
+                "choices": [{"index": 0, "delta": {"content": "x".repeat(1024)}, "finish_reason": null}]
+            });
+            let event = Bytes::from(format!("data: {chunk}\n\n"));
+            let frames = futures::stream::repeat_with(move || {
+                Ok::<_, Infallible>(Frame::data(event.clone()))
+            });
+            return Ok(Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .unwrap());
         }
         Mode::Normal | Mode::StallMidStream | Mode::TruncateStream => {}
     }
