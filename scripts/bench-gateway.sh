@@ -12,6 +12,7 @@
 #   or LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2, for experiments)
 #   BENCH_VIA=tiergate, or plain-proxy: a minimal hyper proxy in tiergate's place, the floor
 #   of what any HTTP/1.1 gateway costs here (bench/src/bin/plain-proxy.rs)
+#   BENCH_CLOUD_OPTIONS="stream_whole_answers = false" (TOML lines for the node's [upstreams.cloud])
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +25,8 @@ DURATION=${BENCH_DURATION:-10s}
 UPSTREAM_WORKERS=${BENCH_UPSTREAM_WORKERS:-1}
 MODEL_DIR=${BENCH_MODEL_DIR:-models/edge}
 VIA=${BENCH_VIA:-tiergate}
+# Extra TOML lines for the node's [upstreams.cloud], e.g. "stream_whole_answers = false".
+CLOUD_OPTIONS=${BENCH_CLOUD_OPTIONS:-}
 # TOKIO_WORKER_THREADS is read by oha too: set it for the gateway process alone.
 read -r -a GATEWAY_ENV <<<"${BENCH_GATEWAY_ENV:-}"
 unset TOKIO_WORKER_THREADS
@@ -108,6 +111,7 @@ model_dir = "$MODEL_DIR"
 [upstreams.cloud]
 base_url = "http://$UPSTREAM/v1"
 model = "bench"
+$CLOUD_OPTIONS
 
 [upstreams.cloud.health]
 consecutive_failures = 0
