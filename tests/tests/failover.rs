@@ -19,6 +19,26 @@ const PROMPT: &str = "what is the capital of france";
 /// Generous bound on what a healthy loopback regional node takes to answer 16 tokens.
 const REGIONAL_TIME: Duration = Duration::from_secs(3);
 
+/// A fake cloud meeting `fault`, and an edge node that asks it first (`extra` TOML appended),
+/// with the local model as its answer of last resort.
+async fn edge_over_a_faulty_cloud(fault: Fault, extra: &str) -> (FakeCloud, NodeProcess) {
+    let cloud = FakeCloud::start().await.unwrap();
+    cloud.faults.set(fault);
+    let links = EdgeLinks {
+        cloud: Some(cloud.url.clone()),
+        failures_to_open: 5,
+        extra: extra.to_owned(),
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start(
+        "edge",
+        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    (cloud, edge)
+}
+
 /// The cloud accepts, reads the request and never answers; the regional tier after it in the
 /// plan answers every API, within the cloud's first-token timeout plus its own time.
 #[tokio::test]
@@ -119,19 +139,7 @@ async fn a_cloud_that_never_answers_costs_its_first_token_timeout_then_regional_
 /// then an error, never a 200 that ends as a success with what came before the stall.
 #[tokio::test]
 async fn a_stall_mid_stream_ends_with_a_visible_error_after_the_partial_text() {
-    let cloud = FakeCloud::start().await.unwrap();
-    cloud.faults.set(Fault::StallMidStream);
-    let links = EdgeLinks {
-        cloud: Some(cloud.url.clone()),
-        failures_to_open: 5,
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let (_cloud, edge) = edge_over_a_faulty_cloud(Fault::StallMidStream, "").await;
 
     let sse = sse_chat(&edge, PROMPT).await.unwrap();
     eprintln!("stall mid-stream, SSE: error after {:?}", sse.elapsed);
@@ -181,20 +189,11 @@ async fn a_stall_mid_stream_ends_with_a_visible_error_after_the_partial_text() {
 /// would have ended the wait.
 #[tokio::test]
 async fn a_whole_answer_from_a_cloud_that_stalls_mid_stream_falls_back_at_the_stall_timeout() {
-    let cloud = FakeCloud::start().await.unwrap();
-    cloud.faults.set(Fault::StallMidStream);
-    let links = EdgeLinks {
-        cloud: Some(cloud.url.clone()),
-        failures_to_open: 5,
-        extra: "[limits]\ndefault_timeout = \"20s\"\n".into(),
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
+    let (cloud, edge) = edge_over_a_faulty_cloud(
+        Fault::StallMidStream,
+        "[limits]\ndefault_timeout = \"20s\"\n",
     )
-    .await
-    .unwrap();
+    .await;
 
     let (reply, elapsed) = unary_chat(&edge, PROMPT).await.unwrap();
     eprintln!("stall mid-stream, unary HTTP: the edge answered after {elapsed:?}");
@@ -245,19 +244,7 @@ async fn a_whole_answer_from_a_cloud_that_stalls_mid_stream_falls_back_at_the_st
 /// plan moves on to the local answer of last resort, which says it is degraded.
 #[tokio::test]
 async fn an_empty_answer_cut_short_is_a_failure_not_a_success() {
-    let cloud = FakeCloud::start().await.unwrap();
-    cloud.faults.set(Fault::EmptyLength);
-    let links = EdgeLinks {
-        cloud: Some(cloud.url.clone()),
-        failures_to_open: 5,
-        ..EdgeLinks::default()
-    };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let (cloud, edge) = edge_over_a_faulty_cloud(Fault::EmptyLength, "").await;
     let sse = sse_chat(&edge, PROMPT).await.unwrap();
     assert_eq!(sse.reply.status, 200, "{}", sse.reply.text());
     assert_eq!(sse.reply.header("x-tiergate-tier"), Some("edge"));
