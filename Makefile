@@ -101,7 +101,8 @@ bench: setup
 ## a bare Python onnxruntime loop and llama.cpp on the same GGUF, fp32 + int4, 1 + 2 threads, prefill and
 ## decode, with ratios to llama.cpp; then the batching bench (1, 2, 4, 8 streams). The script makes its own
 ## venv (.venv/bench) and builds llama-cpp-python once (8-12 min; skipped with a message if that fails).
-## BENCH_ENGINE_ARGS passes options, e.g. --no-llama or --model DIR; see docs/benchmarks.md.
+## BENCH_ENGINE_ARGS passes options, e.g. --no-llama, --model DIR, or --as-cpu x86-64-avx2 (an older x86-64 kind's
+## kernels on this machine, scripts/as-cpu); see docs/benchmarks.md.
 .PHONY: bench-engine
 bench-engine: setup
 	python3 scripts/bench-engine.py $(BENCH_ENGINE_ARGS)
