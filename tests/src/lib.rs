@@ -17,6 +17,7 @@ use tiergate_proto::v1::inference_client::InferenceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod cpu_kinds;
 pub mod faults;
 pub mod netns;
 pub mod scenario;
@@ -51,6 +52,18 @@ pub fn real_model_dir() -> Option<PathBuf> {
             }
             None
         }
+    }
+}
+
+/// `program` run through `wrapper` (`ip netns exec NAME`, `scripts/as-cpu/as-cpu KIND`), or alone.
+pub fn wrapped_command(wrapper: &[String], program: &Path) -> std::process::Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut command = std::process::Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+        None => std::process::Command::new(program),
     }
 }
 
@@ -134,15 +147,7 @@ impl NodeProcess {
         }
         let listen = format!("\"{}\"", SocketAddr::new(launch.listen_ip, 0));
         let log_filter = launch.log_filter.as_deref();
-        let mut command = match launch.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(&bin);
-                command
-            }
-            None => Command::new(&bin),
-        };
-        let mut child = command
+        let mut child = Command::from(wrapped_command(&launch.wrapper, &bin))
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -1,11 +1,12 @@
 //! The OpenAI API on the real edge model (SmolLM2-135M-Instruct, int4): `/v1/completions` is raw
 //! text continued as is (no chat template), `/v1/chat/completions` renders the model's own chat
 //! template. Skips without `TIERGATE_REAL_MODEL` unless `TIERGATE_REQUIRE_REAL_MODEL=1`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // a skip says why on stderr
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
 use serde_json::json;
+use tiergate_e2e::cpu_kinds::as_cpu;
 use tiergate_e2e::{Launch, NodeProcess, post_json, real_model_dir, repo_root, tiergate_bin};
 use tiergate_proto::v1 as pb;
 
@@ -92,24 +93,14 @@ async fn the_shipped_edge_config_gates_with_the_loaded_graphs_calibration() {
         .join("\n");
     let native = shipped_config_answers(&model, &toml, &Launch::default()).await;
 
-    let as_cpu = repo_root().join("scripts/as-cpu/as-cpu");
     for kind in ["x86-64-avx2", "x86-64-avx-vnni", "x86-64-avx512"] {
         if kind == native {
             continue;
         }
-        let wrapper = vec![as_cpu.display().to_string(), kind.to_owned()];
-        let shown = std::process::Command::new(&wrapper[0])
-            .args([&wrapper[1], "true"])
-            .output()
-            .unwrap();
-        if shown.status.code() == Some(2) {
-            eprintln!(
-                "{kind}: not checked: {}",
-                String::from_utf8_lossy(&shown.stderr).trim()
-            );
+        // A kind this machine cannot show is skipped; the helper says why.
+        let Some(wrapper) = as_cpu(kind).unwrap() else {
             continue;
-        }
-        assert!(shown.status.success(), "{shown:?}");
+        };
         let launch = Launch {
             wrapper,
             ..Launch::default()

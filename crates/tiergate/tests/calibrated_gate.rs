@@ -8,8 +8,9 @@
 
 mod common;
 
-use common::{committed_int4_fast_kinds, repo_root, tiergate_json};
+use common::{repo_root, tiergate_json};
 use tiergate::config::Config;
+use tiergate_e2e::cpu_kinds::committed_int4_fast_kinds;
 use tiergate_router::ConfidenceConfig;
 
 /// `tiergate eval confidence --results FILE --json`: the gate it chooses on those answers.
@@ -98,7 +99,7 @@ fn shipped_edge_gates_are_the_calibrated_ones() {
             router.confidence_by_cpu.keys()
         );
     }
-    let answered = committed_int4_fast_kinds();
+    let answered = committed_int4_fast_kinds().unwrap();
     for (cpu, gates) in &router.confidence_by_cpu {
         assert_eq!(gates.keys().collect::<Vec<_>>(), ["int4-fast"], "{cpu}");
         assert!(answered.contains(cpu), "{cpu} has a gate but no answers");

@@ -404,16 +404,23 @@ async fn the_configured_timeout_caps_a_call_without_a_deadline() {
     assert!(start.elapsed() < WAIT);
 }
 
-#[tokio::test]
-async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
-    let pki = TestPki::new();
-    let provider = Provider::start(Some(&pki)).await;
+/// A provider that streams its first delta and then nothing, and a client whose stall timeout
+/// is 300 ms.
+async fn stalling_mid_stream(pki: &TestPki) -> (Provider, CloudClient) {
+    let provider = Provider::start(Some(pki)).await;
     let config = CloudConfig {
         stall_timeout: Duration::from_millis(300),
-        ..provider.https_config(&pki)
+        ..provider.https_config(pki)
     };
     let client = CloudClient::new(&config).unwrap();
     provider.set_mode(Mode::StallMidStream);
+    (provider, client)
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
+    let pki = TestPki::new();
+    let (provider, client) = stalling_mid_stream(&pki).await;
     let start = Instant::now();
     let deadline = Some(start + Duration::from_secs(5));
     let mut stream = client
@@ -467,13 +474,7 @@ async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
 #[tokio::test]
 async fn a_whole_answer_whose_stream_stalls_fails_at_the_stall_timeout_or_the_commit_point() {
     let pki = TestPki::new();
-    let provider = Provider::start(Some(&pki)).await;
-    let config = CloudConfig {
-        stall_timeout: Duration::from_millis(300),
-        ..provider.https_config(&pki)
-    };
-    let client = CloudClient::new(&config).unwrap();
-    provider.set_mode(Mode::StallMidStream);
+    let (provider, client) = stalling_mid_stream(&pki).await;
     let start = Instant::now();
     let deadline = Some(start + Duration::from_secs(5));
     let err = client

@@ -38,21 +38,3 @@ pub fn tiergate(args: &[&str]) -> Output {
         .output()
         .expect("the tiergate binary runs")
 }
-
-/// The CPU kinds with a committed int4-fast calibration
-/// (models/smollm2/calibration-int4-fast-<kind>.jsonl), sorted.
-#[allow(dead_code)] // a test file takes what it needs of this module
-pub fn committed_int4_fast_kinds() -> Vec<String> {
-    let mut kinds: Vec<String> = std::fs::read_dir(repo_root().join("models/smollm2"))
-        .expect("models/smollm2 is readable")
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            let kind = name
-                .strip_prefix("calibration-int4-fast-")?
-                .strip_suffix(".jsonl")?;
-            Some(kind.to_string())
-        })
-        .collect();
-    kinds.sort();
-    kinds
-}

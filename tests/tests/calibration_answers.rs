@@ -7,22 +7,23 @@
 //! CPU's natively, older x86-64 kinds through scripts/as-cpu (their newer features hidden from `cpuid`,
 //! so ONNX Runtime runs that kind's kernels), a kind this machine cannot show is said and skipped.
 //! Needs the real model (`make test` imports it).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)] // a skip says why on stderr
-
-mod common;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{committed_int4_fast_kinds, repo_root, tiergate_ok};
+use tiergate_e2e::cpu_kinds::{as_cpu, committed_int4_fast_kinds};
+use tiergate_e2e::{real_model_dir, repo_root, tiergate_bin, wrapped_command};
 
 /// Every STRIDE-th calibration prompt: each category, a few seconds per kind with the debug build.
 const STRIDE: usize = 20;
 
 #[test]
 fn int4_fast_answers_on_every_cpu_kind_this_machine_can_show_are_the_committed_calibrations() {
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model_dir() else {
+        return;
+    };
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("prompts.jsonl");
@@ -31,29 +32,28 @@ fn int4_fast_answers_on_every_cpu_kind_this_machine_can_show_are_the_committed_c
     assert!(spread.len() >= 10, "{} prompts", spread.len());
     std::fs::write(&data, spread.join("\n") + "\n").unwrap();
 
-    let native = String::from_utf8(tiergate_ok(&["model", "cpu"]).stdout).unwrap();
+    let native = run_from_root(&[], &["model".into(), "cpu".into()]);
+    assert!(native.status.success(), "{}", stderr(&native));
+    let native = String::from_utf8(native.stdout).unwrap();
     let native = native.trim_end();
-    let kinds = committed_int4_fast_kinds();
+    let kinds = committed_int4_fast_kinds().unwrap();
     assert!(kinds.contains(&"x86-64-avx2".to_string()), "{kinds:?}");
     let mut checked = Vec::new();
     for kind in &kinds {
         let out = dir.path().join(format!("{kind}.jsonl"));
         let eval = eval_args(&data, &model, &out);
-        let answered = if kind == native {
-            tiergate_from_root(&[], &eval)
+        let wrapper = if kind == native {
+            Vec::new()
         } else {
-            let as_cpu = root.join("scripts/as-cpu/as-cpu").display().to_string();
-            let bin = env!("CARGO_BIN_EXE_tiergate");
-            let seen = run_from_root(&[&as_cpu, kind, bin, "model", "cpu"]);
-            if seen.status.code() == Some(2) {
-                // An older kind this CPU, kernel or toolchain cannot show: the script says why.
-                eprintln!("{kind}: not compared: {}", stderr(&seen).trim());
+            // An older kind this machine cannot show is skipped; the helper says why.
+            let Some(wrapper) = as_cpu(kind).unwrap() else {
                 continue;
-            }
-            assert!(seen.status.success(), "{}", stderr(&seen));
+            };
+            let seen = run_from_root(&wrapper, &["model".into(), "cpu".into()]);
             assert_eq!(String::from_utf8_lossy(&seen.stdout).trim_end(), kind);
-            tiergate_from_root(&[&as_cpu, kind], &eval)
+            wrapper
         };
+        let answered = run_from_root(&wrapper, &eval);
         assert!(answered.status.success(), "{kind}: {}", stderr(&answered));
         assert_same_lines(&out, &calibration_file(kind), spread.len());
         checked.push(kind.clone());
@@ -65,17 +65,9 @@ fn int4_fast_answers_on_every_cpu_kind_this_machine_can_show_are_the_committed_c
 }
 
 /// `WRAPPER... tiergate ARGS` from the repository's root.
-fn tiergate_from_root(wrapper: &[&str], args: &[String]) -> Output {
-    let bin = env!("CARGO_BIN_EXE_tiergate");
-    let mut command: Vec<&str> = wrapper.to_vec();
-    command.push(bin);
-    command.extend(args.iter().map(String::as_str));
-    run_from_root(&command)
-}
-
-fn run_from_root(command: &[&str]) -> Output {
-    Command::new(command[0])
-        .args(&command[1..])
+fn run_from_root(wrapper: &[String], args: &[String]) -> Output {
+    wrapped_command(wrapper, &tiergate_bin())
+        .args(args)
         .current_dir(repo_root())
         .output()
         .unwrap()
@@ -134,22 +126,4 @@ fn id_of(line: &str) -> String {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The real model's folder from `TIERGATE_REAL_MODEL`, or `None` (the test says so and passes)
-/// unless `TIERGATE_REQUIRE_REAL_MODEL=1` asks for it.
-fn real_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("TIERGATE_REAL_MODEL").map(PathBuf::from);
-    let required = std::env::var("TIERGATE_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1");
-    match dir {
-        Some(dir) if dir.join("manifest.json").is_file() => Some(dir),
-        other => {
-            assert!(
-                !required,
-                "TIERGATE_REQUIRE_REAL_MODEL=1 but no model at {other:?}: run scripts/import-real-model.sh"
-            );
-            eprintln!("skipped: TIERGATE_REAL_MODEL is not a model folder ({other:?})");
-            None
-        }
-    }
 }
