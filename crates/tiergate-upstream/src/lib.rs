@@ -13,6 +13,10 @@
 /// The header (HTTP) and metadata key (gRPC) of a request's id, sent to both tiers above.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Largest answer accepted from a tier above, whole or streamed (its text); a bigger one is a
+/// protocol error, never truncated nor gathered without end.
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 pub mod balance;
 mod call;
 pub mod cloud;

@@ -31,13 +31,11 @@ use config::{is_loopback, read_api_key};
 use connect::ConnectTimeout;
 use stream::{StreamCall, check_event_stream, read_stream};
 
+use crate::MAX_ANSWER_BYTES;
 use crate::call::{Admission, CallLimits, Link, TierTimeouts, Timers};
 use crate::error::{ErrorKind, SetupError, UpstreamError, error_chain};
 use crate::openai::{self, ChatRequest, CloudCompletion};
 
-/// Largest answer accepted, whole or streamed (its text); a bigger one is a protocol error, never
-/// truncated nor gathered without end.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an error body is read for its message.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Unanswered TCP keepalive probes before the kernel closes a pooled connection.
@@ -432,7 +430,7 @@ impl Inner {
         propagated: &Propagated,
     ) -> Result<CloudCompletion, UpstreamError> {
         let response = self.send(chat, false, propagated).await?;
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|e| {

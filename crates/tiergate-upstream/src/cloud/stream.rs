@@ -7,7 +7,8 @@ use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{CloudEvent, Inner, MAX_RESPONSE_BYTES, empty_answer, is_real_stop};
+use super::{CloudEvent, Inner, empty_answer, is_real_stop};
+use crate::MAX_ANSWER_BYTES;
 use crate::call::{Admission, Timer, Timers};
 use crate::error::{ErrorKind, UpstreamError, error_chain};
 use crate::openai::{self, CloudCompletion};
@@ -125,7 +126,7 @@ pub(super) fn read_stream(
                 }
                 if update.delta.is_some() || !update.logprobs.is_empty() {
                     let text = update.delta.unwrap_or_default();
-                    if done.text.len() + text.len() > MAX_RESPONSE_BYTES {
+                    if done.text.len() + text.len() > MAX_ANSWER_BYTES {
                         break 'read Some(UpstreamError::new(
                             ErrorKind::Protocol,
                             "the cloud answer passed 16 MiB (a provider that ignores max_tokens?)",

@@ -26,6 +26,12 @@ pub struct RegionalConfig {
     /// Upper bound of one whole call when the caller's deadline is later or absent.
     #[serde(default = "default_request_timeout", with = "duration_text")]
     pub request_timeout: Duration,
+    /// Ask for a stream (`GenerateStream`) even when the client wants the whole answer at
+    /// once, and gather it here: the first-token and stall timeouts then bound whole answers
+    /// too (a regional node that stalls is left after `stall_timeout`, not at the end of the
+    /// step's share of the deadline). Off: one unary `Generate` call.
+    #[serde(default = "default_true")]
+    pub stream_whole_answers: bool,
     /// Wait before re-opening a broken health watch; doubles per failure up to 16 times this.
     #[serde(default = "default_health_check_interval", with = "duration_text")]
     pub health_check_interval: Duration,
@@ -107,6 +113,7 @@ impl RegionalConfig {
             first_token_timeout: default_first_token_timeout(),
             stall_timeout: default_stall_timeout(),
             request_timeout: default_request_timeout(),
+            stream_whole_answers: true,
             health_check_interval: default_health_check_interval(),
             active_health_check: true,
             tls: None,

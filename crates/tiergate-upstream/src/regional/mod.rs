@@ -36,7 +36,7 @@ mod stream;
 pub use config::{RegionalConfig, RegionalTlsConfig};
 pub(crate) use endpoints::EndpointState;
 use endpoints::InFlight;
-use stream::{StreamCall, read_stream};
+use stream::{StreamCall, gather, read_stream};
 
 /// One endpoint's health, for metrics and `route explain`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +64,8 @@ struct Inner {
     /// Sent as `x-tiergate-peer-key` with every call, when configured.
     peer_key: Option<tonic::metadata::AsciiMetadataValue>,
     timeouts: TierTimeouts,
+    /// Whole answers are asked for as streams and gathered (`stream_whole_answers`).
+    stream_whole_answers: bool,
     watchers: Vec<JoinHandle<()>>,
 }
 
@@ -156,6 +158,7 @@ impl RegionalClient {
                     stall: config.stall_timeout,
                     total: config.request_timeout,
                 },
+                stream_whole_answers: config.stream_whole_answers,
                 watchers,
             }),
         })
@@ -192,17 +195,28 @@ impl RegionalClient {
 
     /// Asks a regional node for the whole answer. It must arrive by the earliest of the
     /// caller's limits and the configured request timeout; that is also the gRPC timeout sent.
+    /// Asked for as a stream (`stream_whole_answers`, the default), its first token must also
+    /// come within the first-token timeout and each later message within the stall timeout.
     /// An empty answer that did not end with a real stop is a failure, never an answer.
     pub async fn generate(
         &self,
         request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<GenerateResponse, UpstreamError> {
-        let timers = Timers::start(
-            self.inner.timeouts,
-            limits.into(),
-            "preparing the regional call",
-        )?;
+        let limits = limits.into();
+        if !self.inner.stream_whole_answers {
+            return self.generate_in_one_response(request, limits).await;
+        }
+        gather(self.open_stream(request, limits, true).await?).await
+    }
+
+    /// The whole answer from one unary `Generate` call.
+    async fn generate_in_one_response(
+        &self,
+        request: &NodeRequest,
+        limits: CallLimits,
+    ) -> Result<GenerateResponse, UpstreamError> {
+        let timers = Timers::start(self.inner.timeouts, limits, "preparing the regional call")?;
         let timer = timers.whole_answer();
         let (inner, trace, request) = (&self.inner, &request.trace, &request_to_pb(request));
         inner
@@ -233,21 +247,34 @@ impl RegionalClient {
         request: &NodeRequest,
         limits: impl Into<CallLimits>,
     ) -> Result<RegionalStream, UpstreamError> {
-        let timers = Timers::start(
-            self.inner.timeouts,
-            limits.into(),
-            "preparing the regional call",
-        )?;
-        let (first, end) = (timers.first_token(), timers.end());
+        self.open_stream(request, limits.into(), false).await
+    }
+
+    /// Opens a streamed call. `whole`: the caller gathers the whole answer, which must then
+    /// also be complete by the whole-answer timer (the caller's commit point), as a unary call
+    /// would be; that is then the gRPC timeout sent, so that the peer stops when we do.
+    async fn open_stream(
+        &self,
+        request: &NodeRequest,
+        limits: CallLimits,
+        whole: bool,
+    ) -> Result<RegionalStream, UpstreamError> {
+        let timers = Timers::start(self.inner.timeouts, limits, "preparing the regional call")?;
+        let first = timers.first_token();
+        let whole_by = whole.then(|| timers.whole_answer());
+        // A stream the caller reads as it comes may go on until the end of the call.
+        let sent_deadline = whole_by.unwrap_or_else(|| timers.end()).at;
         let (inner, trace, request) = (&self.inner, &request.trace, &request_to_pb(request));
         inner
             .with_failover(first.at, |mut picked| async move {
                 let in_flight = InFlight::new(picked.endpoint.clone());
                 let started = Instant::now();
                 let mut client = InferenceClient::new(picked.channel.clone());
-                // The peer may stream until the end of the call; the first token is our business.
-                let call =
-                    client.generate_stream(inner.grpc_request(request.clone(), end.at, trace));
+                let call = client.generate_stream(inner.grpc_request(
+                    request.clone(),
+                    sent_deadline,
+                    trace,
+                ));
                 let opened = match tokio::time::timeout_at(first.at.into(), call).await {
                     Ok(Ok(response)) => response.into_inner(),
                     Ok(Err(status)) => {
@@ -265,6 +292,7 @@ impl RegionalClient {
                     in_flight,
                     admission: picked.admission,
                     timers,
+                    whole_by,
                     started,
                 };
                 Ok(Box::pin(read_stream(opened, call)) as RegionalStream)

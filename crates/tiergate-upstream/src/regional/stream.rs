@@ -1,14 +1,16 @@
 //! Reading a streamed regional answer: timers per message, the empty-answer check, and the
-//! report to the endpoint's link.
+//! report to the endpoint's link; and gathering one into a whole answer.
 
 use std::time::{Duration, Instant};
 
-use tiergate_proto::v1::GenerateStreamResponse;
+use futures::StreamExt;
 use tiergate_proto::v1::generate_stream_response::Event;
+use tiergate_proto::v1::{GenerateResponse, GenerateStreamResponse};
 
 use super::endpoints::InFlight;
-use super::{empty_answer, is_real_stop, status_error};
-use crate::call::{Admission, Timers};
+use super::{RegionalStream, empty_answer, is_real_stop, status_error};
+use crate::MAX_ANSWER_BYTES;
+use crate::call::{Admission, Timer, Timers};
 use crate::error::{ErrorKind, UpstreamError};
 
 /// What a stream carries along from its call.
@@ -16,6 +18,8 @@ pub(super) struct StreamCall {
     pub(super) in_flight: InFlight,
     pub(super) admission: Admission,
     pub(super) timers: Timers,
+    /// When the caller gathers the whole answer: by when all of it must have come.
+    pub(super) whole_by: Option<Timer>,
     pub(super) started: Instant,
 }
 
@@ -30,28 +34,47 @@ pub(super) fn read_stream(
         in_flight,
         mut admission,
         timers,
+        whole_by,
         started,
     } = call;
     async_stream::stream! {
         let mut first_message: Option<Duration> = None;
+        let mut text_bytes = 0_usize;
         // Text seen so far; before the first token the first-token timer runs, then the stall one.
         let mut last_token: Option<Instant> = None;
         loop {
-            let timer = match last_token {
-                None => timers.first_token(),
-                Some(last) => timers.next_message(last),
+            let (timer, waiting_for) = match last_token {
+                None => (timers.first_token(), "waiting for the first regional token"),
+                Some(last) => (
+                    timers.next_message(last),
+                    "waiting for the next regional token (stalled)",
+                ),
+            };
+            let (timer, waiting_for) = match whole_by {
+                Some(whole) if whole.at < timer.at => {
+                    (whole, "waiting for the rest of the regional answer")
+                }
+                _ => (timer, waiting_for),
             };
             let error = match tokio::time::timeout_at(timer.at.into(), messages.message()).await {
                 Ok(Ok(Some(message))) => {
                     first_message.get_or_insert_with(|| started.elapsed());
                     let finish = match &message.event {
                         Some(Event::Delta(delta)) => {
-                            if !delta.text.is_empty() || !delta.logprobs.is_empty() {
-                                last_token = Some(Instant::now());
+                            text_bytes += delta.text.len();
+                            if text_bytes > MAX_ANSWER_BYTES {
+                                Some(Err(UpstreamError::new(
+                                    ErrorKind::Protocol,
+                                    "the regional answer passed 16 MiB",
+                                )))
+                            } else {
+                                if !delta.text.is_empty() || !delta.logprobs.is_empty() {
+                                    last_token = Some(Instant::now());
+                                }
+                                None
                             }
-                            None
                         }
-                        Some(Event::Done(done)) => Some(done.finish_reason.clone()),
+                        Some(Event::Done(done)) => Some(Ok(done.finish_reason.clone())),
                         _ => None,
                     };
                     match finish {
@@ -59,10 +82,11 @@ pub(super) fn read_stream(
                             yield Ok(message);
                             continue;
                         }
-                        Some(reason) if last_token.is_none() && !is_real_stop(&reason) => {
+                        Some(Err(too_big)) => too_big,
+                        Some(Ok(reason)) if last_token.is_none() && !is_real_stop(&reason) => {
                             empty_answer(&reason)
                         }
-                        Some(_) => {
+                        Some(Ok(_)) => {
                             admission.report(Ok(()), first_message.unwrap_or_default());
                             yield Ok(message);
                             break;
@@ -74,11 +98,7 @@ pub(super) fn read_stream(
                     "the regional stream ended without a done message",
                 ),
                 Ok(Err(status)) => status_error(&status, timer),
-                Err(_) => timer.error(if last_token.is_none() {
-                    "waiting for the first regional token"
-                } else {
-                    "waiting for the next regional token (stalled)"
-                }),
+                Err(_) => timer.error(waiting_for),
             };
             admission.report(Err(&error), started.elapsed());
             yield Err(error);
@@ -86,4 +106,33 @@ pub(super) fn read_stream(
         }
         drop(in_flight);
     }
+}
+
+/// The whole answer of a stream read by [`read_stream`]: the deltas' text and tokens, the rest
+/// (routing, usage, timing, finish reason) from its `done`.
+pub(super) async fn gather(mut stream: RegionalStream) -> Result<GenerateResponse, UpstreamError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message?.event {
+            Some(Event::Delta(delta)) => {
+                text.push_str(&delta.text);
+                logprobs.extend(delta.logprobs);
+            }
+            // `done` carries no text of its own (the proto's contract).
+            Some(Event::Done(done)) => {
+                return Ok(GenerateResponse {
+                    text,
+                    logprobs,
+                    ..done
+                });
+            }
+            Some(Event::Routed(_)) | None => {}
+        }
+    }
+    // `read_stream` ends with `done` or an error; this is only a guard.
+    Err(UpstreamError::new(
+        ErrorKind::Protocol,
+        "the regional stream ended without an answer",
+    ))
 }

@@ -15,7 +15,7 @@ use tiergate_api::{Input, NodeRequest, Sampling};
 use tiergate_proto::v1::GenerateResponse;
 use tiergate_proto::v1::generate_stream_response::Event;
 use tiergate_router::health::{HealthCheckStatus, LinkHealthConfig, LinkState};
-use tiergate_upstream::{ErrorKind, RegionalClient, RegionalConfig, RegionalTlsConfig};
+use tiergate_upstream::{CallLimits, ErrorKind, RegionalClient, RegionalConfig, RegionalTlsConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -271,6 +271,88 @@ async fn streaming_passes_routed_deltas_and_done_in_order() {
     let snapshot = &client.snapshots(Instant::now())[0];
     assert_eq!(snapshot.link.window_calls, 1);
     assert_eq!(snapshot.in_flight, 0);
+}
+
+/// A whole answer is asked for as a stream and gathered: the text, usage, finish reason and
+/// routing a unary call gives. With `stream_whole_answers = false` it is one unary call.
+#[tokio::test]
+async fn a_whole_answer_is_gathered_from_a_stream_unless_configured_off() {
+    let a = Node::start("a").await;
+    let prompt = "the quick brown fox";
+    let gathered = RegionalClient::new(&config(&[&a]))
+        .unwrap()
+        .generate(&request(prompt), soon())
+        .await
+        .unwrap();
+    assert_eq!((a.calls(), a.streams()), (1, 1));
+    let unary = RegionalClient::new(&RegionalConfig {
+        stream_whole_answers: false,
+        ..config(&[&a])
+    })
+    .unwrap();
+    let whole = unary.generate(&request(prompt), soon()).await.unwrap();
+    assert_eq!((a.calls(), a.streams()), (2, 1));
+    assert_eq!(gathered.text, "a: the quick brown fox");
+    assert_eq!(gathered, whole);
+}
+
+/// A regional node that goes quiet under a client that wants the whole answer is left at the
+/// timer that applies: the first-token timeout before any text, the stall timeout after some,
+/// the caller's commit point when that comes first. Each counts against the link but the
+/// caller's (which gave the link less than its first-token timeout).
+#[tokio::test]
+async fn a_whole_answer_from_a_node_that_goes_quiet_fails_at_its_first_token_or_stall_timeout() {
+    let a = Node::start("a").await;
+    let timeout = Duration::from_millis(300);
+    let client = RegionalClient::new(&RegionalConfig {
+        first_token_timeout: timeout,
+        stall_timeout: timeout,
+        ..config(&[&a])
+    })
+    .unwrap();
+    let far = Duration::from_secs(10);
+    let cases = [
+        (
+            "stall:0 silent",
+            far,
+            "waiting for the first regional token",
+            true,
+        ),
+        (
+            "stall:2 cut short",
+            far,
+            "waiting for the next regional token",
+            true,
+        ),
+        (
+            "stall:2 cut short",
+            Duration::from_millis(150),
+            "waiting for the rest of the regional answer",
+            false,
+        ),
+    ];
+    for (prompt, commit_in, says, counts) in cases {
+        let before = client.snapshots(Instant::now())[0]
+            .link
+            .consecutive_failures;
+        let started = Instant::now();
+        let limits = CallLimits {
+            deadline: Some(started + far),
+            commit_by: Some(started + commit_in),
+        };
+        let err = client.generate(&request(prompt), limits).await.unwrap_err();
+        let elapsed = started.elapsed();
+        eprintln!("{prompt} (commit in {commit_in:?}): {err} after {elapsed:?}");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.message().contains(says), "{err}");
+        assert!(elapsed >= timeout.min(commit_in), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        let after = client.snapshots(Instant::now())[0]
+            .link
+            .consecutive_failures;
+        assert_eq!(after, before + u32::from(counts), "{prompt}");
+    }
+    assert_eq!(client.snapshots(Instant::now())[0].in_flight, 0);
 }
 
 /// Parses a grpc-timeout header value ("4999999u", "5S", ...).

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tiergate_proto::v1::generate_stream_response::Event;
 use tiergate_proto::v1::inference_server::{Inference, InferenceServer};
 use tiergate_proto::v1::{
@@ -20,11 +20,14 @@ use tonic_health::server::HealthReporter;
 
 use crate::common::TestPki;
 
-/// Answers `"{node}: {prompt}"`. A prompt starting with `sleep:N ` waits N ms first.
+/// Answers `"{node}: {prompt}"`, a word a delta when streamed. A prompt starting with
+/// `sleep:N ` waits N ms first; a streamed one starting with `stall:N ` sends N deltas, then
+/// nothing more while the call lasts.
 #[derive(Clone)]
 pub struct Echo {
     name: String,
     calls: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
     pub seen_timeout: Arc<Mutex<Option<String>>>,
 }
 
@@ -58,6 +61,13 @@ impl Echo {
     pub fn answer(&self, prompt: &str) -> String {
         format!("{}: {prompt}", self.name)
     }
+
+    fn usage() -> Usage {
+        Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+        }
+    }
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerateStreamResponse, Status>> + Send>>;
@@ -72,10 +82,7 @@ impl Inference for Echo {
         Ok(Response::new(GenerateResponse {
             text: self.answer(&prompt),
             routing: Some(self.routing()),
-            usage: Some(Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2,
-            }),
+            usage: Some(Self::usage()),
             finish_reason: "stop".into(),
             model: "echo".into(),
             ..Default::default()
@@ -88,8 +95,12 @@ impl Inference for Echo {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
         let prompt = self.begin(&request).await?;
         let answer = self.answer(&prompt);
+        let stall_after: Option<usize> = prompt
+            .strip_prefix("stall:")
+            .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap());
         let mut events = vec![GenerateStreamResponse {
             event: Some(Event::Routed(self.routing())),
         }];
@@ -109,10 +120,20 @@ impl Inference for Echo {
         events.push(GenerateStreamResponse {
             event: Some(Event::Done(GenerateResponse {
                 routing: Some(self.routing()),
+                usage: Some(Self::usage()),
                 finish_reason: "stop".into(),
+                model: "echo".into(),
                 ..Default::default()
             })),
         });
+        if let Some(deltas) = stall_after {
+            // The routed message and `deltas` deltas, then silence.
+            events.truncate(1 + deltas);
+            let sent = futures::stream::iter(events.into_iter().map(Ok));
+            return Ok(Response::new(Box::pin(
+                sent.chain(futures::stream::pending()),
+            )));
+        }
         Ok(Response::new(Box::pin(futures::stream::iter(
             events.into_iter().map(Ok),
         ))))
@@ -145,6 +166,7 @@ impl Node {
         let echo = Echo {
             name: name.to_owned(),
             calls: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
             seen_timeout: Arc::new(Mutex::new(None)),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -191,6 +213,11 @@ impl Node {
 
     pub fn calls(&self) -> usize {
         self.echo.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many of the calls were `GenerateStream`.
+    pub fn streams(&self) -> usize {
+        self.echo.streams.load(Ordering::SeqCst)
     }
 
     pub async fn set_serving(&self, serving: bool) {
