@@ -11,6 +11,10 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::repo_root;
 
+/// A node's engine threads: the worker (`tiergate-engine-N`, cut to 15 characters by the
+/// kernel) and the intra-op threads it started, which inherit its name.
+pub const ENGINE_THREADS: &str = "tiergate-engin";
+
 /// stop-threads.py's exit code when ptrace is refused.
 const NOT_PERMITTED: i32 = 77;
 

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tiergate_e2e::scenario::{
     post_streamed, real_edge_toml, request, sse_chat, sse_events, sse_has_text, unary_chat,
 };
-use tiergate_e2e::thread_stop::StoppedThreads;
+use tiergate_e2e::thread_stop::{ENGINE_THREADS, StoppedThreads};
 use tiergate_e2e::{
     Gate, HttpReply, NodeProcess, get, metric, metrics_text, node_toml, real_model_dir,
 };
@@ -34,9 +34,6 @@ const CLIENT_GIVES_UP: Duration = Duration::from_secs(20);
 const PROMPT: &str = "what is the capital of france";
 /// The node's `server.engine_stall_timeout`.
 const STALL_TIMEOUT: Duration = Duration::from_secs(1);
-/// The engine's threads: the worker (`tiergate-engine-N`, cut to 15 characters by the
-/// kernel) and the intra-op threads it started, which inherit its name.
-const ENGINE_THREADS: &str = "tiergate-engin";
 
 /// Streams `PROMPT` over gRPC with no deadline of the client's own; the text it got, or the
 /// status it ended with.

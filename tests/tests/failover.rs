@@ -1,6 +1,7 @@
 //! Slow and broken upstreams, against real `tiergate serve` processes: a cloud that accepts and
-//! never answers, one that stalls mid-stream, one that answers 503 at once, one that flaps, and a
-//! regional peer that accepts TCP but never speaks HTTP/2. Each is judged from the client's side
+//! never answers, one that stalls mid-stream, one that answers 503 at once, one that flaps, a
+//! regional peer that accepts TCP but never speaks HTTP/2, and a regional node whose engine is
+//! stuck. Each is judged from the client's side
 //! (the answer, its timing, never an empty success) and in the edge's /metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -12,6 +13,7 @@ use tiergate_e2e::scenario::{
     EdgeLinks, FIRST_TOKEN_TIMEOUT, FakeCloud, edge_toml, grpc_stream, regional_node, sse_chat,
     unary_chat,
 };
+use tiergate_e2e::thread_stop::{ENGINE_THREADS, StoppedThreads};
 use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
 use tiergate_proto::v1 as pb;
 
@@ -238,6 +240,75 @@ async fn a_whole_answer_from_a_cloud_that_stalls_mid_stream_falls_back_at_the_st
         Some(2.0),
         "{text}"
     );
+}
+
+/// A regional node whose engine is stuck (its threads stopped, as a stalled disk under its
+/// weights would leave them) sends no token. A client that wants the whole answer does not wait
+/// for the regional step's share of the 20 s deadline: the edge asks the regional node for a
+/// stream and gathers it, so the regional first-token timeout (1 s here) ends the wait and the
+/// plan moves on to the local answer of last resort, which says it is degraded.
+#[tokio::test]
+async fn a_whole_answer_from_a_stuck_regional_node_falls_back_at_its_first_token_timeout() {
+    let regional = regional_node().await.unwrap();
+    let first_token = Duration::from_secs(1);
+    let links = EdgeLinks {
+        regional: Some(regional.grpc_url()),
+        failures_to_open: 5,
+        extra: "[limits]\ndefault_timeout = \"20s\"\n".to_owned(),
+        ..EdgeLinks::default()
+    };
+    let edge = NodeProcess::start("edge", &edge_toml(&links, Gate::RegionalFirst, first_token))
+        .await
+        .unwrap();
+    let stopped = match StoppedThreads::stop(regional.pid().unwrap(), ENGINE_THREADS)
+        .await
+        .unwrap()
+    {
+        Ok(stopped) => stopped,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let in_time = |elapsed: Duration| elapsed >= first_token && elapsed < first_token * 3;
+
+    let (reply, elapsed) = unary_chat(&edge, PROMPT).await.unwrap();
+    eprintln!("stuck regional, unary HTTP: the edge answered after {elapsed:?}");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json().unwrap();
+    assert_eq!(json["tiergate"]["tier"], "edge", "{json}");
+    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
+    assert!(in_time(elapsed), "{elapsed:?}");
+
+    let started = Instant::now();
+    let mut client = edge.grpc_client().await.unwrap();
+    let answer = client
+        .generate(pb::GenerateRequest {
+            prompt: PROMPT.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let elapsed = started.elapsed();
+    eprintln!("stuck regional, unary gRPC: {elapsed:?}");
+    let routing = answer.routing.unwrap();
+    assert_eq!(routing.tier(), pb::Tier::Edge);
+    assert!(routing.degraded);
+    assert!(!answer.text.is_empty());
+    assert!(in_time(elapsed), "{elapsed:?}");
+
+    let text = metrics_text(&edge).await.unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "tiergate_upstream_requests_total",
+            &[("upstream", "regional"), ("outcome", "deadline_exceeded")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    stopped.release().await.unwrap();
 }
 
 /// A provider that answers 200 with no text and `finish_reason: "length"` has failed: the

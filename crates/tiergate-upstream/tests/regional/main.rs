@@ -1,6 +1,6 @@
 //! The regional client against in-test tonic servers on 127.0.0.1 that implement
 //! `tiergate.v1.Inference` (an echo) and `grpc.health.v1` (tonic-health).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 #[path = "../common/mod.rs"]
 mod common;

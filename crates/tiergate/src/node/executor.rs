@@ -39,9 +39,10 @@ pub trait TierStarter: Send + Sync + 'static {
         score_prompt: bool,
     ) -> BoxFuture<'_, Result<AttemptStream, NodeError>>;
     /// Starts a call to an upstream tier; `request.forwarding` is already updated. With
-    /// `whole_answer` the client waits for the whole answer, so the upstream is asked for it in
-    /// one response rather than as a stream. The first token (or the whole answer) must come
-    /// by `commit_by`; the upstream client enforces it, so that link health learns of it.
+    /// `whole_answer` the client waits for the whole answer, so the upstream client returns it
+    /// whole (gathered from a stream, unless its link's `stream_whole_answers` is off). The
+    /// first token (or the whole answer) must come by `commit_by`; the upstream client enforces
+    /// it, so that link health learns of it.
     fn start_upstream(
         &self,
         tier: Tier,
