@@ -41,6 +41,47 @@ async fn edge_over_a_faulty_cloud(fault: Fault, extra: &str) -> (FakeCloud, Node
     (cloud, edge)
 }
 
+/// One whole answer over each API (unary HTTP, then gRPC `Generate`), each of which must be the
+/// edge's own answer of last resort: text, marked degraded. Returns how long each took.
+async fn whole_answers_from_the_edge_itself(edge: &NodeProcess, label: &str) -> [Duration; 2] {
+    let (reply, http) = unary_chat(edge, PROMPT).await.unwrap();
+    eprintln!("{label}, unary HTTP: the edge answered after {http:?}");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json().unwrap();
+    assert_eq!(json["tiergate"]["tier"], "edge", "{json}");
+    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
+    let content = json["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.is_empty(), "{json}");
+
+    let started = Instant::now();
+    let mut client = edge.grpc_client().await.unwrap();
+    let answer = client
+        .generate(pb::GenerateRequest {
+            prompt: PROMPT.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let grpc = started.elapsed();
+    eprintln!("{label}, unary gRPC: {grpc:?}");
+    let routing = answer.routing.unwrap();
+    assert_eq!(routing.tier(), pb::Tier::Edge);
+    assert!(routing.degraded);
+    assert!(!answer.text.is_empty());
+    [http, grpc]
+}
+
+/// The edge's count of calls to `upstream` that ended at a timeout.
+async fn upstream_timeouts(edge: &NodeProcess, upstream: &str) -> Option<f64> {
+    let text = metrics_text(edge).await.unwrap();
+    metric(
+        &text,
+        "tiergate_upstream_requests_total",
+        &[("upstream", upstream), ("outcome", "deadline_exceeded")],
+    )
+}
+
 /// The cloud accepts, reads the request and never answers; the regional tier after it in the
 /// plan answers every API, within the cloud's first-token timeout plus its own time.
 #[tokio::test]
@@ -197,49 +238,12 @@ async fn a_whole_answer_from_a_cloud_that_stalls_mid_stream_falls_back_at_the_st
     )
     .await;
 
-    let (reply, elapsed) = unary_chat(&edge, PROMPT).await.unwrap();
-    eprintln!("stall mid-stream, unary HTTP: the edge answered after {elapsed:?}");
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let json = reply.json().unwrap();
-    assert_eq!(json["tiergate"]["tier"], "edge", "{json}");
-    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
-    assert!(
-        !json["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .is_empty()
-    );
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    for elapsed in whole_answers_from_the_edge_itself(&edge, "stall mid-stream").await {
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
     let sent: serde_json::Value = serde_json::from_str(&cloud.faults.last_body().unwrap()).unwrap();
     assert_eq!(sent["stream"], true, "{sent}");
-
-    let started = Instant::now();
-    let mut client = edge.grpc_client().await.unwrap();
-    let answer = client
-        .generate(pb::GenerateRequest {
-            prompt: PROMPT.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    eprintln!("stall mid-stream, unary gRPC: {:?}", started.elapsed());
-    let routing = answer.routing.unwrap();
-    assert_eq!(routing.tier(), pb::Tier::Edge);
-    assert!(routing.degraded);
-    assert!(!answer.text.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(3));
-
-    let text = metrics_text(&edge).await.unwrap();
-    assert_eq!(
-        metric(
-            &text,
-            "tiergate_upstream_requests_total",
-            &[("upstream", "cloud"), ("outcome", "deadline_exceeded")]
-        ),
-        Some(2.0),
-        "{text}"
-    );
+    assert_eq!(upstream_timeouts(&edge, "cloud").await, Some(2.0));
 }
 
 /// A regional node whose engine is stuck (its threads stopped, as a stalled disk under its
@@ -270,44 +274,11 @@ async fn a_whole_answer_from_a_stuck_regional_node_falls_back_at_its_first_token
             return;
         }
     };
-    let in_time = |elapsed: Duration| elapsed >= first_token && elapsed < first_token * 3;
-
-    let (reply, elapsed) = unary_chat(&edge, PROMPT).await.unwrap();
-    eprintln!("stuck regional, unary HTTP: the edge answered after {elapsed:?}");
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let json = reply.json().unwrap();
-    assert_eq!(json["tiergate"]["tier"], "edge", "{json}");
-    assert_eq!(reply.header("x-tiergate-degraded"), Some("true"));
-    assert!(in_time(elapsed), "{elapsed:?}");
-
-    let started = Instant::now();
-    let mut client = edge.grpc_client().await.unwrap();
-    let answer = client
-        .generate(pb::GenerateRequest {
-            prompt: PROMPT.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let elapsed = started.elapsed();
-    eprintln!("stuck regional, unary gRPC: {elapsed:?}");
-    let routing = answer.routing.unwrap();
-    assert_eq!(routing.tier(), pb::Tier::Edge);
-    assert!(routing.degraded);
-    assert!(!answer.text.is_empty());
-    assert!(in_time(elapsed), "{elapsed:?}");
-
-    let text = metrics_text(&edge).await.unwrap();
-    assert_eq!(
-        metric(
-            &text,
-            "tiergate_upstream_requests_total",
-            &[("upstream", "regional"), ("outcome", "deadline_exceeded")]
-        ),
-        Some(2.0),
-        "{text}"
-    );
+    for elapsed in whole_answers_from_the_edge_itself(&edge, "stuck regional").await {
+        assert!(elapsed >= first_token, "{elapsed:?}");
+        assert!(elapsed < first_token * 3, "{elapsed:?}");
+    }
+    assert_eq!(upstream_timeouts(&edge, "regional").await, Some(2.0));
     stopped.release().await.unwrap();
 }
 

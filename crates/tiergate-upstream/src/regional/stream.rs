@@ -59,37 +59,35 @@ pub(super) fn read_stream(
             let error = match tokio::time::timeout_at(timer.at.into(), messages.message()).await {
                 Ok(Ok(Some(message))) => {
                     first_message.get_or_insert_with(|| started.elapsed());
-                    let finish = match &message.event {
+                    match &message.event {
                         Some(Event::Delta(delta)) => {
                             text_bytes += delta.text.len();
                             if text_bytes > MAX_ANSWER_BYTES {
-                                Some(Err(UpstreamError::new(
+                                UpstreamError::new(
                                     ErrorKind::Protocol,
                                     "the regional answer passed 16 MiB",
-                                )))
+                                )
                             } else {
                                 if !delta.text.is_empty() || !delta.logprobs.is_empty() {
                                     last_token = Some(Instant::now());
                                 }
-                                None
+                                yield Ok(message);
+                                continue;
                             }
                         }
-                        Some(Event::Done(done)) => Some(Ok(done.finish_reason.clone())),
-                        _ => None,
-                    };
-                    match finish {
-                        None => {
-                            yield Ok(message);
-                            continue;
+                        Some(Event::Done(done))
+                            if last_token.is_none() && !is_real_stop(&done.finish_reason) =>
+                        {
+                            empty_answer(&done.finish_reason)
                         }
-                        Some(Err(too_big)) => too_big,
-                        Some(Ok(reason)) if last_token.is_none() && !is_real_stop(&reason) => {
-                            empty_answer(&reason)
-                        }
-                        Some(Ok(_)) => {
+                        Some(Event::Done(_)) => {
                             admission.report(Ok(()), first_message.unwrap_or_default());
                             yield Ok(message);
                             break;
+                        }
+                        Some(Event::Routed(_)) | None => {
+                            yield Ok(message);
+                            continue;
                         }
                     }
                 }

@@ -355,6 +355,54 @@ async fn a_whole_answer_from_a_node_that_goes_quiet_fails_at_its_first_token_or_
     assert_eq!(client.snapshots(Instant::now())[0].in_flight, 0);
 }
 
+/// A peer that streams without end is cut when the answer passes 16 MiB, whole or streamed:
+/// a protocol error, never a client that gathers until it runs out of memory.
+#[tokio::test]
+async fn an_answer_streamed_without_end_is_cut_at_16_mib_with_an_error() {
+    let a = Node::start("a").await;
+    let client = RegionalClient::new(&config(&[&a])).unwrap();
+    // Without the cap the calls would run until the deadline (`soon`): bounded well before.
+    let bound = Duration::from_secs(10);
+    let err = tokio::time::timeout(bound, client.generate(&request("endless"), soon()))
+        .await
+        .expect("gathered without end")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("16 MiB"), "{err}");
+
+    let mut stream = client
+        .generate_stream(&request("endless"), soon())
+        .await
+        .unwrap();
+    let mut received = 0;
+    let read = async {
+        loop {
+            match stream
+                .next()
+                .await
+                .expect("the stream ended without an error")
+            {
+                Ok(message) => {
+                    if let Some(Event::Delta(delta)) = message.event {
+                        received += delta.text.len();
+                    }
+                }
+                Err(err) => break err,
+            }
+        }
+    };
+    let err = tokio::time::timeout(bound, read)
+        .await
+        .expect("streamed without end");
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert_eq!(
+        received,
+        16 * 1024 * 1024,
+        "what was passed on before the cut"
+    );
+    assert!(stream.next().await.is_none());
+}
+
 /// Parses a grpc-timeout header value ("4999999u", "5S", ...).
 fn parse_grpc_timeout(value: &str) -> Duration {
     let (digits, unit) = value.split_at(value.len() - 1);

@@ -22,7 +22,7 @@ use crate::common::TestPki;
 
 /// Answers `"{node}: {prompt}"`, a word a delta when streamed. A prompt starting with
 /// `sleep:N ` waits N ms first; a streamed one starting with `stall:N ` sends N deltas, then
-/// nothing more while the call lasts.
+/// nothing more while the call lasts, and `endless` sends 64 KiB deltas without end.
 #[derive(Clone)]
 pub struct Echo {
     name: String,
@@ -126,6 +126,18 @@ impl Inference for Echo {
                 ..Default::default()
             })),
         });
+        if prompt.starts_with("endless") {
+            let chunk = GenerateStreamResponse {
+                event: Some(Event::Delta(TextDelta {
+                    text: "x".repeat(64 * 1024),
+                    ..Default::default()
+                })),
+            };
+            let endless = futures::stream::repeat(chunk).map(Ok);
+            events.truncate(1);
+            let routed = futures::stream::iter(events.into_iter().map(Ok));
+            return Ok(Response::new(Box::pin(routed.chain(endless))));
+        }
         if let Some(deltas) = stall_after {
             // The routed message and `deltas` deltas, then silence.
             events.truncate(1 + deltas);
