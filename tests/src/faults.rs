@@ -22,6 +22,9 @@ pub enum ProxyMode {
     /// Bytes flow both ways, but each read from the target reaches the client this much later
     /// (a slow link: every call through it takes at least this long).
     Delay(Duration),
+    /// The connections open now go silent for good and stay open (a peer that hung while TCP
+    /// lives on: its kernel, or a middlebox, still acknowledges); new ones pass.
+    FreezeOpen,
 }
 
 /// A TCP proxy to `target` on 127.0.0.1:0; stops when dropped.
@@ -74,7 +77,7 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
             hold(client, mode).await;
             return;
         }
-        ProxyMode::Pass | ProxyMode::Delay(_) => {}
+        ProxyMode::Pass | ProxyMode::Delay(_) | ProxyMode::FreezeOpen => {}
     }
     let mut delay = delay_of(current);
     let Ok(mut upstream) = TcpStream::connect(target).await else {
@@ -107,7 +110,7 @@ async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Recei
                 match *mode.borrow_and_update() {
                     next @ (ProxyMode::Pass | ProxyMode::Delay(_)) => delay = delay_of(next),
                     ProxyMode::Refuse => return,
-                    ProxyMode::Blackhole => break,
+                    ProxyMode::Blackhole | ProxyMode::FreezeOpen => break,
                 }
             }
         }

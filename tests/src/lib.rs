@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 pub mod cpu_kinds;
 pub mod faults;
 pub mod netns;
+pub mod pki;
 pub mod scenario;
 pub mod thread_stop;
 

@@ -6,14 +6,20 @@
 //! opens a fresh one and is answered by the cloud at once. Played in a network namespace of the
 //! test's own (the edge inside it, the fake cloud on the host's end of the veth pair), the one
 //! connection dropped with a `tc` filter; without CAP_NET_ADMIN the test says why and skips.
+//!
+//! Over HTTP/2 the link also PINGs: a pooled connection whose peer hung while TCP lives on (a
+//! middlebox or the peer's kernel still acknowledges, so TCP keepalive sees nothing wrong) is
+//! closed when a PING goes unanswered.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tiergate_e2e::faults::{FaultProxy, ProxyMode};
 use tiergate_e2e::netns::Netns;
+use tiergate_e2e::pki::Pki;
 use tiergate_e2e::scenario::{FakeCloud, unary_chat};
-use tiergate_e2e::{Gate, Launch, NodeProcess};
+use tiergate_e2e::{Gate, Launch, NodeProcess, node_toml};
 
 const PROMPT: &str = "what is the capital of france";
 const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -78,4 +84,54 @@ async fn a_pooled_cloud_connection_whose_path_died_is_probed_away_before_the_nex
         pooled.iter().all(|port| !now.contains(port)),
         "the dead connection is still open: {now:?}"
     );
+}
+
+/// The cloud is a tiergate node serving its OpenAI API over TLS (ALPN offers h2), reached
+/// through a proxy that can freeze the connections open at a moment while letting new ones
+/// pass. After one answer the pooled HTTP/2 connection is frozen: TCP keepalive probes are
+/// answered by the proxy's kernel, only an HTTP/2 PING finds it. With `keepalive_interval = 1s`
+/// and `keepalive_timeout = 2s` the unanswered PING closes it about 3 s later, and the next
+/// request opens a fresh connection and is answered by the cloud at once.
+#[tokio::test]
+async fn a_pooled_http2_cloud_connection_whose_peer_hung_is_pinged_away_before_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path()).unwrap();
+    let mut cloud_toml = node_toml("cloud-1", "cloud", "regional", None, None, Gate::Default);
+    cloud_toml.push_str(&pki.server_tls_toml());
+    let cloud = NodeProcess::start("cloud", &cloud_toml).await.unwrap();
+    let proxy = FaultProxy::start(cloud.http, ProxyMode::Pass)
+        .await
+        .unwrap();
+    let toml = format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"models/edge\"\n\
+         [upstreams.cloud]\nbase_url = \"https://{}/v1\"\nmodel = \"tiergate\"\nca_file = \"{}\"\n\
+         connect_timeout = \"1s\"\nfirst_token_timeout = \"{}ms\"\nkeepalive_interval = \"1s\"\n\
+         keepalive_timeout = \"2s\"\n[upstreams.cloud.health]\nconsecutive_failures = 100\n{}",
+        proxy.addr,
+        pki.ca.display(),
+        FIRST_TOKEN_TIMEOUT.as_millis(),
+        Gate::CloudFirst.router_toml()
+    );
+    let edge = NodeProcess::start("edge", &toml).await.unwrap();
+
+    let (first, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tiergate-tier"), Some("cloud"));
+    proxy.set(ProxyMode::FreezeOpen);
+
+    // Idle past the PING's verdict, then the next request.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (second, took) = unary_chat(&edge, PROMPT).await.unwrap();
+    eprintln!(
+        "the next request over HTTP/2: {} from {:?} in {took:?}",
+        second.status,
+        second.header("x-tiergate-tier")
+    );
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(
+        second.header("x-tiergate-tier"),
+        Some("cloud"),
+        "the request went into the hung connection and waited out its first-token timeout"
+    );
+    assert!(took < FIRST_TOKEN_TIMEOUT, "{took:?}");
 }

@@ -2,60 +2,9 @@
 //! regional node serves gRPC over TLS and accepts only callers whose certificate its CA signed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
+use tiergate_e2e::pki::Pki;
 use tiergate_e2e::{Gate, NodeProcess, node_toml};
 use tiergate_proto::v1 as pb;
-
-/// A private CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM
-/// files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "tiergate e2e CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issue = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        (
-            params.signed_by(&key, &ca).unwrap().pem(),
-            key.serialize_pem(),
-        )
-    };
-    let (server_cert, server_key) = issue(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) =
-        issue(vec!["edge-1".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &server_cert),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_cert),
-        client_key: write("client.key", &client_key),
-    }
-}
 
 fn edge_toml(regional: &NodeProcess, pki: &Pki, with_client_cert: bool) -> String {
     let mut toml = node_toml("edge-1", "edge", "edge", None, None, Gate::Abandon);
@@ -77,7 +26,7 @@ fn edge_toml(regional: &NodeProcess, pki: &Pki, with_client_cert: bool) -> Strin
 #[tokio::test]
 async fn regional_link_is_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = Pki::create(dir.path()).unwrap();
     let mut regional_toml = node_toml(
         "regional-1",
         "regional",
