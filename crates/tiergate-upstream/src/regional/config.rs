@@ -32,6 +32,15 @@ pub struct RegionalConfig {
     /// step's share of the deadline). Off: one unary `Generate` call.
     #[serde(default = "default_true")]
     pub stream_whole_answers: bool,
+    /// An endpoint's connection quiet this long gets an HTTP/2 PING (idle or not). It finds a
+    /// peer that hung while TCP lives on, or a path that died, before a request is sent into
+    /// it; it also keeps a NAT's mapping of the connection alive.
+    #[serde(default = "default_keepalive_interval", with = "duration_text")]
+    pub keepalive_interval: Duration,
+    /// A connection whose PING goes unanswered this long is closed; the next call connects
+    /// afresh.
+    #[serde(default = "default_keepalive_timeout", with = "duration_text")]
+    pub keepalive_timeout: Duration,
     /// Wait before re-opening a broken health watch; doubles per failure up to 16 times this.
     #[serde(default = "default_health_check_interval", with = "duration_text")]
     pub health_check_interval: Duration,
@@ -85,6 +94,14 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_health_check_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -101,6 +118,8 @@ impl RegionalConfig {
             ("first_token_timeout", self.first_token_timeout),
             ("stall_timeout", self.stall_timeout),
             ("request_timeout", self.request_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
         ])?;
         self.health.validate().map_err(|e| format!("health.{e}"))
     }
@@ -114,6 +133,8 @@ impl RegionalConfig {
             stall_timeout: default_stall_timeout(),
             request_timeout: default_request_timeout(),
             stream_whole_answers: true,
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
             health_check_interval: default_health_check_interval(),
             active_health_check: true,
             tls: None,

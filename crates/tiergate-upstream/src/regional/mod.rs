@@ -120,9 +120,9 @@ impl RegionalClient {
             let mut endpoint = endpoint
                 .tcp_nodelay(true)
                 .connect_timeout(config.connect_timeout)
-                // Pings find a peer that vanished without closing the connection.
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10))
+                // Pings find a peer that vanished or hung without closing the connection.
+                .http2_keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout)
                 .keep_alive_while_idle(true);
             if let Some(tls) = &tls {
                 endpoint = endpoint

@@ -1,3 +1,6 @@
+//! Pooled connections to the tiers above that die while idle must not cost the next request
+//! anything.
+//!
 //! The cloud link's pooled connection whose path dies silently while it is idle (a NAT that
 //! dropped its mapping: every packet of that one connection vanishes, new connections pass).
 //! Without probes the next request is sent into it and waits out the cloud's first-token
@@ -7,9 +10,10 @@
 //! test's own (the edge inside it, the fake cloud on the host's end of the veth pair), the one
 //! connection dropped with a `tc` filter; without CAP_NET_ADMIN the test says why and skips.
 //!
-//! Over HTTP/2 the link also PINGs: a pooled connection whose peer hung while TCP lives on (a
+//! Over HTTP/2 both links PING: a pooled connection whose peer hung while TCP lives on (a
 //! middlebox or the peer's kernel still acknowledges, so TCP keepalive sees nothing wrong) is
-//! closed when a PING goes unanswered.
+//! closed when a PING goes unanswered. Played with a proxy that freezes the connections open at
+//! a moment and lets new ones pass.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use tiergate_e2e::faults::{FaultProxy, ProxyMode};
 use tiergate_e2e::netns::Netns;
 use tiergate_e2e::pki::Pki;
-use tiergate_e2e::scenario::{FakeCloud, unary_chat};
+use tiergate_e2e::scenario::{FakeCloud, regional_node, unary_chat};
 use tiergate_e2e::{Gate, Launch, NodeProcess, node_toml};
 
 const PROMPT: &str = "what is the capital of france";
@@ -65,7 +69,7 @@ async fn a_pooled_cloud_connection_whose_path_died_is_probed_away_before_the_nex
     eprintln!("pooled cloud connection(s) from port(s) {pooled:?} now lose every packet");
 
     // Idle past the probes' verdict, then the next request.
-    after_a_while_the_cloud_answers(&edge, Duration::from_secs(6), "TCP keepalive").await;
+    after_a_while_the_tier_answers(&edge, "cloud", Duration::from_secs(6), "TCP keepalive").await;
     let now = netns.ports_connected_to(cloud_addr).unwrap();
     assert!(
         pooled.iter().all(|port| !now.contains(port)),
@@ -107,12 +111,48 @@ async fn a_pooled_http2_cloud_connection_whose_peer_hung_is_pinged_away_before_t
     proxy.set(ProxyMode::FreezeOpen);
 
     // Idle past the PING's verdict, then the next request.
-    after_a_while_the_cloud_answers(&edge, Duration::from_secs(5), "HTTP/2 PING").await;
+    after_a_while_the_tier_answers(&edge, "cloud", Duration::from_secs(5), "HTTP/2 PING").await;
 }
 
-/// After `idle`, the next request must be answered by the cloud within its first-token timeout:
-/// it did not go into the connection that died while pooled.
-async fn after_a_while_the_cloud_answers(edge: &NodeProcess, idle: Duration, probe: &str) {
+/// The same over the regional link (gRPC, HTTP/2 always): the regional node behind the
+/// freezing proxy; `[upstreams.regional] keepalive_interval = 1s`, `keepalive_timeout = 2s`.
+/// The channel's hung connection is closed by the PING, and the next call connects afresh and
+/// is answered by the regional tier at once.
+#[tokio::test]
+async fn a_regional_connection_whose_peer_hung_is_pinged_away_before_the_next_request() {
+    let regional = regional_node().await.unwrap();
+    let proxy = FaultProxy::start(regional.grpc, ProxyMode::Pass)
+        .await
+        .unwrap();
+    let toml = format!(
+        "[node]\nname = \"edge-1\"\ntier = \"edge\"\n[engine]\nmodel_dir = \"models/edge\"\n\
+         [upstreams.regional]\nendpoints = [\"{}\"]\nconnect_timeout = \"1s\"\n\
+         first_token_timeout = \"{}ms\"\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"2s\"\n\
+         [upstreams.regional.health]\nconsecutive_failures = 100\n{}",
+        proxy.url(),
+        FIRST_TOKEN_TIMEOUT.as_millis(),
+        Gate::RegionalFirst.router_toml()
+    );
+    let edge = NodeProcess::start("edge", &toml).await.unwrap();
+
+    let (first, _) = unary_chat(&edge, PROMPT).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tiergate-tier"), Some("regional"));
+    proxy.set(ProxyMode::FreezeOpen);
+
+    // Idle past the PING's verdict, then the next request.
+    after_a_while_the_tier_answers(&edge, "regional", Duration::from_secs(5), "regional PING")
+        .await;
+}
+
+/// After `idle`, the next request must be answered by `tier` within its first-token timeout: it
+/// did not go into the connection that died while pooled.
+async fn after_a_while_the_tier_answers(
+    edge: &NodeProcess,
+    tier: &str,
+    idle: Duration,
+    probe: &str,
+) {
     tokio::time::sleep(idle).await;
     let (reply, took) = unary_chat(edge, PROMPT).await.unwrap();
     eprintln!(
@@ -123,7 +163,7 @@ async fn after_a_while_the_cloud_answers(edge: &NodeProcess, idle: Duration, pro
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
         reply.header("x-tiergate-tier"),
-        Some("cloud"),
+        Some(tier),
         "{probe}: the request went into the dead connection and waited out its first-token \
          timeout or deadline there"
     );
