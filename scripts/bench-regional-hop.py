@@ -3,13 +3,14 @@
 (`[upstreams.regional] stream_whole_answers = true`, the default) against one unary call
 (`false`), side by side in one run, with the regional node asked directly as the anchor.
 
-Starts one regional node (the toy model, every local attempt committing) and two edge nodes
+Starts one regional node (the toy model, or `--model`; every local attempt committing) and two edge nodes
 that send every request to it, one per setting; then sends the same non-streamed chat
 completion round-robin to the regional node and to both edges, one request at a time, and
 prints a Markdown table: median and p90 latency, the answer's tokens, and each edge's
 median as a ratio to the other and to the regional node alone. 127.0.0.1 only.
 
     scripts/bench-regional-hop.py [--bin target/debug/tiergate] [--rounds 300] [--max-tokens 32]
+        [--model models/edge] [--variant VARIANT]   (the regional node's model; the edges keep the toy)
 
 Needs ORT_DYLIB_PATH (as `make` sets it) and a built binary.
 """
@@ -97,15 +98,20 @@ def main():
     parser.add_argument("--bin", default=str(ROOT / "target/debug/tiergate"))
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--model", default="models/edge", help="the regional node's model folder")
+    parser.add_argument("--variant", help="the regional node's graph (the engine's default if unset)")
     args = parser.parse_args()
     if "ORT_DYLIB_PATH" not in os.environ:
         sys.exit("set ORT_DYLIB_PATH (make sets it; see the Makefile)")
 
     folder = Path(tempfile.mkdtemp(prefix="bench-regional-hop-"))
     base = '[engine]\nmodel_dir = "models/edge"\n'
+    regional_engine = f'[engine]\nmodel_dir = "{args.model}"\n'
+    if args.variant:
+        regional_engine += f'variant = "{args.variant}"\n'
     regional = Node(
         args.bin, folder, "regional",
-        '[node]\nname = "regional-1"\ntier = "regional"\n' + base + REGIONAL_ROUTER,
+        '[node]\nname = "regional-1"\ntier = "regional"\n' + regional_engine + REGIONAL_ROUTER,
     )
     regional.wait_ready()
     edges = {}
@@ -145,7 +151,10 @@ def main():
             node.stop()
 
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"rounds {args.rounds}, max_tokens {args.max_tokens}, binary {args.bin}\n")
+    print(
+        f"rounds {args.rounds}, max_tokens {args.max_tokens}, binary {args.bin}, "
+        f"regional model {args.model} {args.variant or ''}\n"
+    )
     print("| asked | median ms | p90 ms | tokens | / unary edge | / regional direct |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, t in times.items():
