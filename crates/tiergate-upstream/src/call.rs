@@ -157,6 +157,40 @@ impl Timers {
         let own = (last + self.timeouts.stall).min(self.started + self.timeouts.total);
         Timer::earliest(own, self.limits.deadline, self.started, Duration::MAX)
     }
+
+    /// The timer of a stream's next read: the first-token timer before any token, then the
+    /// stall timer from the last one (`last_token`). When the caller gathers the whole answer
+    /// (`whole`), the whole-answer timer wins where it comes first, as for a unary call.
+    pub fn next_read(&self, last_token: Option<Instant>, whole: bool) -> (Timer, Awaiting) {
+        let (timer, awaiting) = match last_token {
+            None => (self.first_token(), Awaiting::FirstToken),
+            Some(last) => (self.next_message(last), Awaiting::NextToken),
+        };
+        match whole.then(|| self.whole_answer()) {
+            Some(whole_by) if whole_by.at < timer.at => (whole_by, Awaiting::RestOfAnswer),
+            _ => (timer, awaiting),
+        }
+    }
+}
+
+/// What a stream's read waits for, to say in a timeout's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Awaiting {
+    FirstToken,
+    NextToken,
+    /// The rest of an answer the caller gathers whole.
+    RestOfAnswer,
+}
+
+impl Awaiting {
+    /// The timeout's error, naming the tier (`cloud`, `regional`).
+    pub fn timed_out(self, timer: Timer, tier: &str) -> UpstreamError {
+        timer.error(&match self {
+            Awaiting::FirstToken => format!("waiting for the first {tier} token"),
+            Awaiting::NextToken => format!("waiting for the next {tier} token (stalled)"),
+            Awaiting::RestOfAnswer => format!("waiting for the rest of the {tier} answer"),
+        })
+    }
 }
 
 /// One link (an endpoint, or the cloud provider) and its health.
@@ -324,6 +358,39 @@ mod tests {
         )
         .unwrap();
         assert!(own_total.end().counts);
+    }
+
+    #[test]
+    fn a_streams_next_read_waits_for_its_first_token_then_its_stall_then_a_gathered_whole() {
+        let now = Instant::now();
+        let limits = CallLimits {
+            deadline: Some(now + Duration::from_secs(8)),
+            commit_by: Some(now + ms(450)),
+        };
+        let timers = Timers::start(TIMEOUTS, limits, "x").unwrap();
+        let (first, awaiting) = timers.next_read(None, false);
+        assert_eq!(
+            (first.at, awaiting),
+            (timers.started + ms(300), Awaiting::FirstToken)
+        );
+        let last = timers.started + ms(100);
+        let (stall, awaiting) = timers.next_read(Some(last), false);
+        assert_eq!((stall.at, awaiting), (last + ms(200), Awaiting::NextToken));
+        // Gathered whole: the commit point comes before a stall timer from 400 ms.
+        let late = timers.started + ms(400);
+        let (whole, awaiting) = timers.next_read(Some(late), true);
+        assert_eq!(
+            (whole.at, awaiting),
+            (now + ms(450), Awaiting::RestOfAnswer)
+        );
+        assert_eq!(timers.next_read(Some(last), true).1, Awaiting::NextToken);
+        assert_eq!(timers.next_read(Some(late), false).1, Awaiting::NextToken);
+        assert!(
+            Awaiting::NextToken
+                .timed_out(stall, "cloud")
+                .message()
+                .contains("next cloud token (stalled)")
+        );
     }
 
     #[test]

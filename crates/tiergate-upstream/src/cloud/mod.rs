@@ -292,7 +292,7 @@ impl CloudClient {
             inner: self.inner.clone(),
             admission,
             timers,
-            whole_by: whole.then(|| timers.whole_answer()),
+            whole,
         };
         Ok(Box::pin(read_stream(call, response.into_body())))
     }

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::{CloudEvent, Inner, empty_answer, is_real_stop};
 use crate::MAX_ANSWER_BYTES;
-use crate::call::{Admission, Timer, Timers};
+use crate::call::{Admission, Timers};
 use crate::error::{ErrorKind, UpstreamError, error_chain};
 use crate::openai::{self, CloudCompletion};
 use crate::sse::SseParser;
@@ -37,8 +37,8 @@ pub(super) struct StreamCall {
     pub inner: Arc<Inner>,
     pub admission: Admission,
     pub timers: Timers,
-    /// When the caller gathers the whole answer: by when all of it must have come.
-    pub whole_by: Option<Timer>,
+    /// The caller gathers the whole answer, which must then come by the whole-answer timer.
+    pub whole: bool,
 }
 
 /// Turns the SSE body into deltas and a final `Done`. The link hears of the outcome before the
@@ -52,7 +52,7 @@ pub(super) fn read_stream(
         inner,
         mut admission,
         timers,
-        whole_by,
+        whole,
     } = call;
     async_stream::stream! {
         let mut parser = SseParser::new();
@@ -67,16 +67,9 @@ pub(super) fn read_stream(
         let mut last_token: Option<Instant> = None;
         // Set when the stream must end with an error; `None` after `[DONE]`.
         let failure: Option<UpstreamError> = 'read: loop {
-            let (timer, waiting_for) = match last_token {
-                None => (timers.first_token(), "waiting for the first cloud token"),
-                Some(last) => (timers.next_message(last), "waiting for the next cloud token (stalled)"),
-            };
-            let (timer, waiting_for) = match whole_by {
-                Some(whole) if whole.at < timer.at => (whole, "waiting for the rest of the cloud answer"),
-                _ => (timer, waiting_for),
-            };
+            let (timer, awaiting) = timers.next_read(last_token, whole);
             let frame = match tokio::time::timeout_at(timer.at.into(), body.frame()).await {
-                Err(_) => break 'read Some(timer.error(waiting_for)),
+                Err(_) => break 'read Some(awaiting.timed_out(timer, "cloud")),
                 Ok(None) => {
                     // Some servers close without `[DONE]`; accept that only after a finish reason.
                     if done.finish_reason.is_some() && !parser.has_partial_event() {

@@ -261,9 +261,13 @@ impl RegionalClient {
     ) -> Result<RegionalStream, UpstreamError> {
         let timers = Timers::start(self.inner.timeouts, limits, "preparing the regional call")?;
         let first = timers.first_token();
-        let whole_by = whole.then(|| timers.whole_answer());
-        // A stream the caller reads as it comes may go on until the end of the call.
-        let sent_deadline = whole_by.unwrap_or_else(|| timers.end()).at;
+        // A stream the caller reads as it comes may go on until the end of the call; a gathered
+        // one ends at the whole-answer timer.
+        let sent_deadline = if whole {
+            timers.whole_answer().at
+        } else {
+            timers.end().at
+        };
         let (inner, trace, request) = (&self.inner, &request.trace, &request_to_pb(request));
         inner
             .with_failover(first.at, |mut picked| async move {
@@ -292,7 +296,7 @@ impl RegionalClient {
                     in_flight,
                     admission: picked.admission,
                     timers,
-                    whole_by,
+                    whole,
                     started,
                 };
                 Ok(Box::pin(read_stream(opened, call)) as RegionalStream)

@@ -10,7 +10,7 @@ use tiergate_proto::v1::{GenerateResponse, GenerateStreamResponse};
 use super::endpoints::InFlight;
 use super::{RegionalStream, empty_answer, is_real_stop, status_error};
 use crate::MAX_ANSWER_BYTES;
-use crate::call::{Admission, Timer, Timers};
+use crate::call::{Admission, Timers};
 use crate::error::{ErrorKind, UpstreamError};
 
 /// What a stream carries along from its call.
@@ -18,8 +18,8 @@ pub(super) struct StreamCall {
     pub(super) in_flight: InFlight,
     pub(super) admission: Admission,
     pub(super) timers: Timers,
-    /// When the caller gathers the whole answer: by when all of it must have come.
-    pub(super) whole_by: Option<Timer>,
+    /// The caller gathers the whole answer, which must then come by the whole-answer timer.
+    pub(super) whole: bool,
     pub(super) started: Instant,
 }
 
@@ -34,7 +34,7 @@ pub(super) fn read_stream(
         in_flight,
         mut admission,
         timers,
-        whole_by,
+        whole,
         started,
     } = call;
     async_stream::stream! {
@@ -43,19 +43,7 @@ pub(super) fn read_stream(
         // Text seen so far; before the first token the first-token timer runs, then the stall one.
         let mut last_token: Option<Instant> = None;
         loop {
-            let (timer, waiting_for) = match last_token {
-                None => (timers.first_token(), "waiting for the first regional token"),
-                Some(last) => (
-                    timers.next_message(last),
-                    "waiting for the next regional token (stalled)",
-                ),
-            };
-            let (timer, waiting_for) = match whole_by {
-                Some(whole) if whole.at < timer.at => {
-                    (whole, "waiting for the rest of the regional answer")
-                }
-                _ => (timer, waiting_for),
-            };
+            let (timer, awaiting) = timers.next_read(last_token, whole);
             let error = match tokio::time::timeout_at(timer.at.into(), messages.message()).await {
                 Ok(Ok(Some(message))) => {
                     first_message.get_or_insert_with(|| started.elapsed());
@@ -96,7 +84,7 @@ pub(super) fn read_stream(
                     "the regional stream ended without a done message",
                 ),
                 Ok(Err(status)) => status_error(&status, timer),
-                Err(_) => timer.error(waiting_for),
+                Err(_) => awaiting.timed_out(timer, "regional"),
             };
             admission.report(Err(&error), started.elapsed());
             yield Err(error);
