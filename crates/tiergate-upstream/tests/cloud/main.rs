@@ -16,7 +16,7 @@ use provider::{API_KEY, Mode, Provider, answer_for};
 use serde_json::json;
 use tiergate_api::{Input, Message, NodeRequest, Role, Sampling, Usage};
 use tiergate_router::health::{LinkHealthConfig, LinkState};
-use tiergate_upstream::{CloudClient, CloudConfig, CloudEvent, ErrorKind};
+use tiergate_upstream::{CloudClient, CloudConfig, CloudEvent, ErrorKind, UpstreamError};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -417,6 +417,19 @@ async fn stalling_mid_stream(pki: &TestPki) -> (Provider, CloudClient) {
     (provider, client)
 }
 
+/// The call that `stalling_mid_stream`'s client began at `start` (with a 5 s deadline) ended at
+/// the 300 ms stall timeout, which counted against the link.
+fn assert_left_at_the_stall_timeout(err: &UpstreamError, start: Instant, client: &CloudClient) {
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.message().contains("stalled"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the stall timeout, not the deadline, ended it: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+}
+
 #[tokio::test]
 async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     let pki = TestPki::new();
@@ -437,15 +450,8 @@ async fn a_stream_that_stalls_midway_ends_with_a_timeout() {
     };
     assert!(!text.is_empty(), "the deltas before the stall arrive");
     assert!(answer_for("hello there").starts_with(&text), "{text}");
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(stream.next().await.is_none(), "nothing after the error");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "the stall timeout, not the deadline, ended it: {:?}",
-        start.elapsed()
-    );
-    // The tier's own stall timeout fired: that counts against the link.
-    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+    assert_left_at_the_stall_timeout(&err, start, &client);
 
     // The client's own deadline passing mid-stream says nothing about the link.
     let client = CloudClient::new(&provider.https_config(&pki)).unwrap();
@@ -481,14 +487,7 @@ async fn a_whole_answer_whose_stream_stalls_fails_at_the_stall_timeout_or_the_co
         .generate(&request("hello there"), deadline)
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-    assert!(err.message().contains("stalled"), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "the stall timeout, not the deadline, ended it: {:?}",
-        start.elapsed()
-    );
-    assert_eq!(client.snapshot(Instant::now()).consecutive_failures, 1);
+    assert_left_at_the_stall_timeout(&err, start, &client);
 
     // The default stall timeout (10 s) is past the caller's commit point: the whole answer must
     // have come by then, as in one response; the caller's limit says nothing about the link.
