@@ -95,11 +95,7 @@ pub async fn lone_edge(extra: String) -> anyhow::Result<NodeProcess> {
         extra,
         ..EdgeLinks::default()
     };
-    NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::Default, Duration::from_secs(2)),
-    )
-    .await
+    start_edge(&links, Gate::Default).await
 }
 
 /// A regional node from `regional_config` and an edge that asks it first, both logging at
@@ -120,6 +116,12 @@ pub async fn logged_edge_over_regional(
     )
     .await?;
     Ok((edge, regional))
+}
+
+/// An edge node with `links` and `gate`, its regional link at the 2 s first-token timeout a
+/// healthy regional node needs ([`edge_toml`]).
+pub async fn start_edge(links: &EdgeLinks, gate: Gate) -> anyhow::Result<NodeProcess> {
+    NodeProcess::start("edge", &edge_toml(links, gate, Duration::from_secs(2))).await
 }
 
 /// The TOML of an edge node with `links` and `gate`. The regional link gets a first-token

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use tiergate_bench::fake_upstream::Fault;
-use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, edge_toml, lone_edge, request, unary_chat};
+use tiergate_e2e::scenario::{EdgeLinks, FakeCloud, lone_edge, request, start_edge, unary_chat};
 use tiergate_e2e::{Gate, NodeProcess, get, metric, metrics_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,12 +29,7 @@ async fn over_the_concurrency_limit_the_excess_is_shed_at_once_and_the_rest_serv
             .into(),
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
 
     let mut holders = Vec::new();
     for _ in 0..2 {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use tiergate_e2e::scenario::{
-    EdgeLinks, LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, chat_body, edge_toml,
-    long_request, post_streamed, real_edge_toml, request, sse_events, sse_has_text,
+    EdgeLinks, LONG_ANSWER_LIMITS, LONG_MAX_TOKENS, LONG_PROMPT, chat_body, long_request,
+    post_streamed, real_edge_toml, request, sse_events, sse_has_text, start_edge,
 };
 use tiergate_e2e::{
     Gate, NodeProcess, get, metric, metrics_text, node_toml, post_json, real_model_dir,
@@ -122,12 +122,7 @@ async fn sigterm_drains_a_watched_regional_node_without_a_failed_request() {
         failures_to_open: 3,
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::RegionalFirst).await.unwrap();
     let edge_url = edge.http_url();
 
     // The edge plans the regional tier before the test starts.

@@ -11,7 +11,7 @@ use tiergate_bench::fake_upstream::Fault;
 use tiergate_e2e::faults::Blackhole;
 use tiergate_e2e::scenario::{
     EdgeLinks, FIRST_TOKEN_TIMEOUT, FakeCloud, edge_toml, grpc_stream, regional_node, sse_chat,
-    unary_chat,
+    start_edge, unary_chat,
 };
 use tiergate_e2e::thread_stop::{ENGINE_THREADS, StoppedThreads};
 use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
@@ -32,12 +32,7 @@ async fn edge_over_a_faulty_cloud(fault: Fault, extra: &str) -> (FakeCloud, Node
         extra: extra.to_owned(),
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
     (cloud, edge)
 }
 
@@ -98,12 +93,7 @@ async fn a_cloud_that_never_answers_costs_its_first_token_timeout_then_regional_
         extra: "[limits]\ndefault_timeout = \"4s\"\n[budget]\nupstream_share = 0.25\n".into(),
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
 
     // SSE: the regional answer, with its text and a real finish.
     let sse = sse_chat(&edge, PROMPT).await.unwrap();
@@ -390,12 +380,7 @@ async fn an_upstream_failing_at_once_or_flapping_never_reaches_the_client() {
         failures_to_open: 3,
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
 
     // Warm the regional link, then time a failover from an instant 503.
     let warm = sse_chat(&edge, PROMPT).await.unwrap();

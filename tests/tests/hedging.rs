@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tiergate_bench::fake_upstream::Fault;
 use tiergate_e2e::scenario::{
-    EdgeLinks, FakeCloud, NEVER_OPEN, edge_toml, regional_node, sse_chat, unary_chat,
+    EdgeLinks, FakeCloud, NEVER_OPEN, regional_node, sse_chat, start_edge, unary_chat,
 };
-use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
+use tiergate_e2e::{Gate, metric, metrics_text};
 
 const PROMPT: &str = "what is the capital of france";
 /// How long the slow cloud takes to answer: far beyond the hedge delay.
@@ -41,12 +41,7 @@ async fn a_cloud_slow_to_its_first_token_is_hedged_by_the_regional_tier() {
         cloud_first_token: Some(Duration::from_secs(10)),
         extra: "[hedge]\ncloud = \"300ms\"\n[limits]\ndefault_timeout = \"20s\"\n".into(),
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
 
     // Streamed: the regional hedge answers long before the cloud would.
     let sse = sse_chat(&edge, PROMPT).await.unwrap();

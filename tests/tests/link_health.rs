@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tiergate_e2e::faults::{FaultProxy, ProxyMode};
-use tiergate_e2e::scenario::{EdgeLinks, edge_toml, grpc_stream, regional_node, request};
+use tiergate_e2e::scenario::{EdgeLinks, grpc_stream, regional_node, request, start_edge};
 use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text, metrics_text_once};
 use tiergate_proto::v1 as pb;
 
@@ -40,12 +40,7 @@ async fn streamed_traffic_alone_closes_the_breaker_again() {
         failures_to_open: 2,
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::RegionalFirst).await.unwrap();
     let timeout = Duration::from_secs(10);
 
     let answer = grpc_stream(&edge, PROMPT, timeout).await.unwrap();
@@ -103,12 +98,7 @@ async fn short_client_deadlines_do_not_change_the_routing_of_the_next_call() {
         failures_to_open: 5,
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::RegionalFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::RegionalFirst).await.unwrap();
     let mut client = edge.grpc_client().await.unwrap();
 
     let before = client.generate(request(PROMPT)).await.unwrap().into_inner();

@@ -3,13 +3,11 @@
 //! are answered by the edge's own model (degraded, and saying so), never lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::time::Duration;
-
 use tiergate_bench::fake_upstream::Fault;
 use tiergate_e2e::scenario::{
-    EdgeLinks, FakeCloud, NEVER_OPEN, edge_toml, regional_node, sse_chat,
+    EdgeLinks, FakeCloud, NEVER_OPEN, regional_node, sse_chat, start_edge,
 };
-use tiergate_e2e::{Gate, NodeProcess, metric, metrics_text};
+use tiergate_e2e::{Gate, metric, metrics_text};
 
 const REQUESTS: usize = 20;
 
@@ -27,12 +25,7 @@ async fn failovers_stay_within_the_retry_budget_and_the_rest_are_answered_locall
         extra: "[retry]\nratio = 0.5\nmin_per_second = 0.0\nwindow = \"60s\"\n".into(),
         ..EdgeLinks::default()
     };
-    let edge = NodeProcess::start(
-        "edge",
-        &edge_toml(&links, Gate::CloudFirst, Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
+    let edge = start_edge(&links, Gate::CloudFirst).await.unwrap();
 
     let (mut by_regional, mut by_edge) = (0, 0);
     for _ in 0..REQUESTS {
